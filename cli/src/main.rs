@@ -1,0 +1,2 @@
+//! The dvd command.
+fn main() {}

@@ -1,0 +1,135 @@
+//! The receiving side of the TCP transport.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{FeatureListener, ListenerConfig, TransportKind};
+use crate::error::{Result, TransportError};
+use crate::inbox::InboxRegistry;
+use crate::io::read_frame;
+use crate::replies::write_replies;
+use crate::session::Session;
+use crate::stats::ListenerStats;
+
+/// Accepts TCP connections from vision servers and feeds their frames to an inbox registry.
+#[derive(Debug)]
+pub struct TcpFeatureListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    registry: InboxRegistry,
+    config: ListenerConfig,
+    stats: Arc<ListenerStats>,
+}
+
+impl TcpFeatureListener {
+    /// Binds `addr` (port 0 picks a free port; see [`FeatureListener::local_addr`]).
+    pub async fn bind(
+        addr: SocketAddr,
+        registry: InboxRegistry,
+        config: ListenerConfig,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            TransportError::Config(format!("cannot bind TCP feature listener on {addr}: {e}"))
+        })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        Ok(Self {
+            listener,
+            local_addr,
+            registry,
+            config,
+            stats: Arc::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl FeatureListener for TcpFeatureListener {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Tcp
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
+    }
+
+    async fn serve(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
+        let connections = TaskTracker::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let registry = self.registry.clone();
+                        let config = self.config.clone();
+                        let stop = shutdown.child_token();
+                        self.stats.connection();
+                        self.stats.stream();
+                        let stats = self.stats.clone();
+                        connections.spawn(serve_connection(stream, peer, registry, config, stats, stop));
+                    }
+                    Err(e) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        tracing::warn!(error = %e, "feature listener accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        connections.close();
+        connections.wait().await;
+        Ok(())
+    }
+}
+
+/// Reads frames from one connection until it ends, breaks or `shutdown` fires.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: InboxRegistry,
+    config: ListenerConfig,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+) {
+    super::tune_socket(&stream, config.socket_buffer);
+    let (mut reader, writer) = stream.into_split();
+    let (replies, rx) = mpsc::channel(config.reply_queue);
+    let reader_done = CancellationToken::new();
+    let write = write_replies(writer, rx, reader_done.clone());
+    let read = async {
+        let mut session = Session::new(registry, replies, peer.to_string(), false);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                frame = read_frame(&mut reader, config.max_frame_payload) => match frame {
+                    Ok(Some(frame)) => {
+                        stats.frame(frame.payload.len());
+                        session.on_frame(frame);
+                    }
+                    Ok(None) => break,
+                    Err((error, request)) => {
+                        tracing::warn!(%peer, %error, "closing feature connection");
+                        stats.broken();
+                        session.on_broken(error, request);
+                        break;
+                    }
+                },
+            }
+        }
+        // Dropping the session fails any request whose End frame never came.
+        drop(session);
+        reader_done.cancel();
+    };
+    tokio::join!(read, write);
+}

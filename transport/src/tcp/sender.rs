@@ -1,0 +1,319 @@
+//! The sending side of the TCP transport.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::api::{
+    Delivery, Destination, FeatureSender, FeatureStream, SenderConfig, TransportKind,
+};
+use crate::error::{Result, TransportError};
+use crate::frame::{FrameHeader, HEADER_LEN, MAX_ABORT_REASON, Tile};
+use crate::reply::{Reply, ReplyStatus, cut_utf8};
+use crate::request_id::RequestId;
+
+/// Sends features over TCP, one pooled connection per destination.
+#[derive(Debug)]
+pub struct TcpFeatureSender {
+    config: SenderConfig,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    tasks: TaskTracker,
+}
+
+/// One header and payload, written back to back.
+struct OutFrame {
+    header: [u8; HEADER_LEN],
+    payload: Bytes,
+}
+
+/// A connection to one receiver, shared by every request streaming there.
+#[derive(Debug)]
+struct Link {
+    destination: String,
+    frames: mpsc::Sender<OutFrame>,
+    waiting: Mutex<HashMap<RequestId, oneshot::Sender<Reply>>>,
+    broken: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl TcpFeatureSender {
+    /// A sender with no connections yet.
+    pub fn new(config: SenderConfig) -> Self {
+        Self {
+            config,
+            links: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    async fn link(&self, destination: &Destination) -> Result<Arc<Link>> {
+        if let Some(link) = lock(&self.links).get(&destination.address)
+            && !link.is_broken()
+        {
+            return Ok(link.clone());
+        }
+        let address = destination.address.clone();
+        let connect_error = |detail: String| TransportError::Connect {
+            destination: address.clone(),
+            detail,
+        };
+        let stream =
+            tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&address))
+                .await
+                .map_err(|_| {
+                    connect_error(format!("timed out after {:?}", self.config.connect_timeout))
+                })?
+                .map_err(|e| connect_error(e.to_string()))?;
+        super::tune_socket(&stream, self.config.socket_buffer);
+        let (reader, writer) = stream.into_split();
+        let (frames, rx) = mpsc::channel(self.config.queue_frames.max(1));
+        let link = Arc::new(Link {
+            destination: address.clone(),
+            frames,
+            waiting: Mutex::new(HashMap::new()),
+            broken: Mutex::new(None),
+        });
+        self.tasks.spawn(write_frames(writer, rx, link.clone()));
+        self.tasks.spawn(read_replies(reader, link.clone()));
+        lock(&self.links).insert(address, link.clone());
+        Ok(link)
+    }
+}
+
+#[async_trait]
+impl FeatureSender for TcpFeatureSender {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Tcp
+    }
+
+    async fn open(
+        &self,
+        destination: &Destination,
+        request: RequestId,
+    ) -> Result<Box<dyn FeatureStream>> {
+        let link = self.link(destination).await?;
+        let (tx, reply) = oneshot::channel();
+        lock(&link.waiting).insert(request, tx);
+        Ok(Box::new(TcpFeatureStream {
+            link,
+            id: request,
+            sequence: 0,
+            tiles: 0,
+            bytes: 0,
+            reply,
+            refused: None,
+            reply_timeout: self.config.reply_timeout,
+        }))
+    }
+}
+
+impl Link {
+    fn is_broken(&self) -> bool {
+        lock(&self.broken).is_some()
+    }
+
+    /// Records why the connection ended and fails every request waiting on it.
+    fn break_with(&self, reason: String) {
+        lock(&self.broken).get_or_insert(reason);
+        lock(&self.waiting).clear();
+    }
+
+    fn lost(&self) -> TransportError {
+        TransportError::ConnectionLost {
+            destination: self.destination.clone(),
+            detail: lock(&self.broken)
+                .clone()
+                .unwrap_or_else(|| "connection closed".into()),
+        }
+    }
+}
+
+/// Writes queued frames in order until the queue closes or the socket fails.
+async fn write_frames(
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<OutFrame>,
+    link: Arc<Link>,
+) {
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = write_frame(&mut writer, &frame.header, &frame.payload).await {
+            link.break_with(format!("write failed: {e}"));
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Writes header and payload with vectored writes, so the payload is never copied.
+async fn write_frame(
+    writer: &mut OwnedWriteHalf,
+    header: &[u8],
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let (mut header, mut payload) = (header, payload);
+    while !header.is_empty() || !payload.is_empty() {
+        let n = if header.is_empty() {
+            writer.write(payload).await?
+        } else {
+            writer
+                .write_vectored(&[IoSlice::new(header), IoSlice::new(payload)])
+                .await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_header = n.min(header.len());
+        header = &header[from_header..];
+        payload = &payload[n - from_header..];
+    }
+    Ok(())
+}
+
+/// Routes the receiver's replies to the waiting requests.
+async fn read_replies(mut reader: OwnedReadHalf, link: Arc<Link>) {
+    let reason = loop {
+        match Reply::read(&mut reader).await {
+            Ok(Some(reply)) => {
+                if let Some(tx) = lock(&link.waiting).remove(&reply.request_id) {
+                    let _ = tx.send(reply);
+                } else if reply.status != ReplyStatus::Ok {
+                    tracing::warn!(destination = %link.destination, status = ?reply.status,
+                        message = %reply.message, "feature receiver reported an error");
+                    if reply.request_id == RequestId(0) {
+                        break format!("{:?}: {}", reply.status, reply.message);
+                    }
+                }
+            }
+            Ok(None) => break "receiver closed the connection".into(),
+            Err(e) => break format!("bad reply from receiver: {e}"),
+        }
+    };
+    link.break_with(reason);
+}
+
+/// One request's frames on a pooled TCP connection.
+#[derive(Debug)]
+struct TcpFeatureStream {
+    link: Arc<Link>,
+    id: RequestId,
+    sequence: u32,
+    tiles: u32,
+    bytes: u64,
+    reply: oneshot::Receiver<Reply>,
+    refused: Option<Reply>,
+    reply_timeout: std::time::Duration,
+}
+
+impl TcpFeatureStream {
+    fn rejected(&self, reply: &Reply) -> TransportError {
+        TransportError::Rejected {
+            destination: self.link.destination.clone(),
+            request: self.id,
+            status: reply.status,
+            message: reply.message.clone(),
+        }
+    }
+
+    /// Fails if the receiver already answered (which, before `End`, means it refused).
+    fn check_reply(&mut self) -> Result<()> {
+        if let Some(reply) = &self.refused {
+            return Err(self.rejected(reply));
+        }
+        match self.reply.try_recv() {
+            Ok(reply) => {
+                let err = self.rejected(&reply);
+                self.refused = Some(reply);
+                Err(err)
+            }
+            Err(oneshot::error::TryRecvError::Empty) if !self.link.is_broken() => Ok(()),
+            Err(_) => Err(self.link.lost()),
+        }
+    }
+
+    async fn enqueue(&mut self, header: FrameHeader, payload: Bytes) -> Result<()> {
+        let frame = OutFrame {
+            header: header.encode(),
+            payload,
+        };
+        self.link
+            .frames
+            .send(frame)
+            .await
+            .map_err(|_| self.link.lost())?;
+        self.sequence += 1;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FeatureStream for TcpFeatureStream {
+    fn request_id(&self) -> RequestId {
+        self.id
+    }
+
+    async fn send(&mut self, tile: Tile) -> Result<()> {
+        self.check_reply()?;
+        let header = FrameHeader::tile(self.id, self.sequence, &tile);
+        header.check_fields()?;
+        let len = tile.data.len() as u64;
+        self.enqueue(header, tile.data).await?;
+        self.tiles += 1;
+        self.bytes += len;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Delivery> {
+        self.check_reply()?;
+        let header = FrameHeader::end(self.id, self.sequence, self.tiles);
+        self.enqueue(header, Bytes::new()).await?;
+        let timeout = self.reply_timeout;
+        let verdict = tokio::time::timeout(timeout, &mut self.reply).await;
+        lock(&self.link.waiting).remove(&self.id);
+        match verdict {
+            Ok(Ok(reply)) if reply.status == ReplyStatus::Ok => Ok(Delivery {
+                tiles: reply.frames,
+                bytes: self.bytes,
+            }),
+            Ok(Ok(reply)) => Err(self.rejected(&reply)),
+            Ok(Err(_)) => Err(self.link.lost()),
+            Err(_) => Err(TransportError::Timeout {
+                destination: self.link.destination.clone(),
+                millis: timeout.as_millis(),
+            }),
+        }
+    }
+
+    async fn abort(mut self: Box<Self>, reason: &str) -> Result<()> {
+        let reason = cut_utf8(reason, MAX_ABORT_REASON);
+        let header = FrameHeader::abort(self.id, self.sequence, reason.as_bytes());
+        lock(&self.link.waiting).remove(&self.id);
+        self.enqueue(header, Bytes::copy_from_slice(reason.as_bytes()))
+            .await
+    }
+}
+
+impl Drop for TcpFeatureStream {
+    /// A stream dropped before `finish` or `abort` aborts its request (best effort: if the
+    /// connection's queue is full the receiver learns when its consumer times out).
+    fn drop(&mut self) {
+        let waiting = lock(&self.link.waiting).remove(&self.id).is_some();
+        if waiting && self.refused.is_none() {
+            let reason = b"sender dropped the stream";
+            let frame = OutFrame {
+                header: FrameHeader::abort(self.id, self.sequence, reason).encode(),
+                payload: Bytes::from_static(reason),
+            };
+            let _ = self.link.frames.try_send(frame);
+        }
+    }
+}
