@@ -151,8 +151,6 @@ pub struct SenderConfig {
     pub connect_timeout: Duration,
     /// Limit on waiting for the receiver's verdict after the `End` frame.
     pub reply_timeout: Duration,
-    /// Frames queued per connection before `send` waits (backpressure).
-    pub queue_frames: usize,
     /// SO_SNDBUF / SO_RCVBUF for TCP sockets, or the UDP socket buffers for QUIC; `None` keeps the
     /// kernel's default (TCP autotuning).
     pub socket_buffer: Option<usize>,
@@ -163,7 +161,6 @@ impl Default for SenderConfig {
         Self {
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(30),
-            queue_frames: 8,
             socket_buffer: None,
         }
     }
@@ -178,6 +175,8 @@ pub struct ListenerConfig {
     pub socket_buffer: Option<usize>,
     /// Replies queued per connection; a sender that does not read them loses the excess.
     pub reply_queue: usize,
+    /// Idle payload buffers kept for reuse across frames (each as large as the frames it held).
+    pub pooled_buffers: usize,
 }
 
 impl Default for ListenerConfig {
@@ -186,6 +185,7 @@ impl Default for ListenerConfig {
             max_frame_payload: DEFAULT_MAX_FRAME_PAYLOAD,
             socket_buffer: None,
             reply_queue: 256,
+            pooled_buffers: 32,
         }
     }
 }

@@ -113,6 +113,14 @@ impl FrameHeader {
     /// Header of a tile frame; the payload CRC is computed here.
     pub fn tile(request_id: RequestId, sequence: u32, tile: &Tile) -> Self {
         Self {
+            payload_crc: crate::checksum::crc32c(&tile.data),
+            ..Self::tile_unsummed(request_id, sequence, tile)
+        }
+    }
+
+    /// Header of a tile frame with the payload CRC left at zero (for shape checks).
+    fn tile_unsummed(request_id: RequestId, sequence: u32, tile: &Tile) -> Self {
+        Self {
             kind: FrameKind::Tile,
             dtype: Dtype::Bf16 as u8,
             request_id,
@@ -124,7 +132,7 @@ impl FrameHeader {
             hidden: tile.hidden,
             sequence,
             payload_len: tile.data.len() as u64,
-            payload_crc: crc32c::crc32c(&tile.data),
+            payload_crc: 0,
         }
     }
 
@@ -157,7 +165,7 @@ impl FrameHeader {
             hidden: 0,
             sequence,
             payload_len: payload.len() as u64,
-            payload_crc: crc32c::crc32c(payload),
+            payload_crc: crate::checksum::crc32c(payload),
         }
     }
 
@@ -178,7 +186,7 @@ impl FrameHeader {
         b[40..44].copy_from_slice(&self.sequence.to_le_bytes());
         b[48..56].copy_from_slice(&self.payload_len.to_le_bytes());
         b[56..60].copy_from_slice(&self.payload_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..60]);
+        let crc = crate::checksum::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -195,7 +203,7 @@ impl FrameHeader {
             return Err(FrameError::UnsupportedVersion { found: version });
         }
         let expected = u32_at(b, 60);
-        let actual = crc32c::crc32c(&b[..60]);
+        let actual = crate::checksum::crc32c(&b[..60]);
         if expected != actual {
             return Err(FrameError::HeaderChecksum { expected, actual });
         }
@@ -356,7 +364,7 @@ impl Tile {
             hidden,
             data,
         };
-        FrameHeader::tile(RequestId(0), 0, &tile).check_fields()?;
+        FrameHeader::tile_unsummed(RequestId(0), 0, &tile).check_fields()?;
         Ok(tile)
     }
 
@@ -426,7 +434,9 @@ mod tests {
         let decoded = FrameHeader::decode(&h.encode()).unwrap();
         assert_eq!(decoded, h);
         decoded.check_fields().unwrap();
-        decoded.check_payload_crc(crc32c::crc32c(&t.data)).unwrap();
+        decoded
+            .check_payload_crc(crate::checksum::crc32c(&t.data))
+            .unwrap();
         assert_eq!(t.to_bf16()[5], half::bf16::from_f32(5.0));
     }
 

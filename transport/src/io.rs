@@ -1,10 +1,15 @@
 //! Reading frames off any byte stream (a TCP socket or a QUIC stream).
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::checksum::Crc32c;
 
 use crate::error::FrameError;
 use crate::frame::{FrameHeader, HEADER_LEN};
+use crate::pool::BufferPool;
 use crate::request_id::RequestId;
 
 /// A frame as read: the header, the payload and the CRC computed while reading it. Field and CRC
@@ -52,6 +57,7 @@ pub(crate) type Broken = (FrameError, Option<RequestId>);
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max_payload: u64,
+    pool: &Arc<BufferPool>,
 ) -> Result<Option<RawFrame>, Broken> {
     let mut h = [0u8; HEADER_LEN];
     if !read_exact_or_eof(r, &mut h).await.map_err(|e| (e, None))? {
@@ -60,7 +66,9 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     let header = FrameHeader::decode(&h).map_err(|e| (e, None))?;
     let named = |e| (e, Some(header.request_id));
     header.check_size(max_payload).map_err(named)?;
-    let (payload, payload_crc) = read_payload(r, header.payload_len).await.map_err(named)?;
+    let (payload, payload_crc) = read_payload(r, header.payload_len, pool)
+        .await
+        .map_err(named)?;
     Ok(Some(RawFrame {
         header,
         payload,
@@ -68,18 +76,19 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     }))
 }
 
-/// Reads `len` bytes into one buffer, computing their CRC-32C chunk by chunk while the bytes are
-/// still in cache.
+/// Reads `len` bytes into one (recycled) buffer, computing their CRC-32C piece by piece while
+/// the bytes are still in cache.
 async fn read_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     len: u64,
+    pool: &Arc<BufferPool>,
 ) -> Result<(Bytes, u32), FrameError> {
     let total = usize::try_from(len).map_err(|_| FrameError::TooLarge {
         len,
         limit: usize::MAX as u64,
     })?;
-    let mut buf = BytesMut::with_capacity(total);
-    let mut crc = 0u32;
+    let mut buf = pool.take(total);
+    let mut crc = Crc32c::new();
     while buf.len() < total {
         let before = buf.len();
         let remaining = (total - before) as u64;
@@ -93,9 +102,9 @@ async fn read_payload<R: AsyncRead + Unpin>(
                 received: before as u64,
             });
         }
-        crc = crc32c::crc32c_append(crc, &buf[before..]);
+        crc.update(&buf[before..]);
     }
-    Ok((buf.freeze(), crc))
+    Ok((BufferPool::freeze(pool, buf), crc.finish()))
 }
 
 #[cfg(test)]
@@ -120,10 +129,18 @@ mod tests {
     async fn reads_a_frame_then_clean_eof() {
         let (bytes, tile) = frame_bytes();
         let mut r = std::io::Cursor::new(bytes);
-        let f = read_frame(&mut r, 1 << 20).await.unwrap().unwrap();
+        let f = read_frame(&mut r, 1 << 20, &BufferPool::new(1))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(f.payload, tile.data);
         f.header.check_payload_crc(f.payload_crc).unwrap();
-        assert!(read_frame(&mut r, 1 << 20).await.unwrap().is_none());
+        assert!(
+            read_frame(&mut r, 1 << 20, &BufferPool::new(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -131,7 +148,10 @@ mod tests {
         let (bytes, _) = frame_bytes();
         let mut r = std::io::Cursor::new(bytes[..30].to_vec());
         assert_eq!(
-            read_frame(&mut r, 1 << 20).await.unwrap_err().0,
+            read_frame(&mut r, 1 << 20, &BufferPool::new(1))
+                .await
+                .unwrap_err()
+                .0,
             FrameError::Truncated {
                 expected: 64,
                 received: 30
@@ -139,7 +159,10 @@ mod tests {
         );
         let mut r = std::io::Cursor::new(bytes[..70].to_vec());
         assert_eq!(
-            read_frame(&mut r, 1 << 20).await.unwrap_err().0,
+            read_frame(&mut r, 1 << 20, &BufferPool::new(1))
+                .await
+                .unwrap_err()
+                .0,
             FrameError::Truncated {
                 expected: 12,
                 received: 6
@@ -152,7 +175,7 @@ mod tests {
         let (bytes, _) = frame_bytes();
         let mut r = std::io::Cursor::new(bytes);
         assert!(matches!(
-            read_frame(&mut r, 8).await,
+            read_frame(&mut r, 8, &BufferPool::new(1)).await,
             Err((
                 FrameError::TooLarge { len: 12, limit: 8 },
                 Some(RequestId(5))

@@ -12,10 +12,12 @@
 //! keep going.
 
 pub mod api;
+pub mod checksum;
 pub mod error;
 pub mod frame;
 pub mod inbox;
 mod io;
+mod pool;
 pub mod quic;
 mod replies;
 pub mod reply;

@@ -5,13 +5,37 @@
 //! way, frames reach a [`Session`], and replies leave through the session's reply channel.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use crate::api::ListenerConfig;
 use crate::error::{FrameError, InboxError};
 use crate::frame::{FrameKind, Tile};
 use crate::inbox::{Attachment, InboxRegistry, Refusal, ReplyTx};
 use crate::io::RawFrame;
+use crate::pool::BufferPool;
 use crate::reply::{Reply, ReplyStatus};
 use crate::request_id::RequestId;
+use crate::stats::ListenerStats;
+
+/// What every connection and stream of one listener shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Receiving {
+    pub registry: InboxRegistry,
+    pub config: ListenerConfig,
+    pub stats: Arc<ListenerStats>,
+    pub pool: Arc<BufferPool>,
+}
+
+impl Receiving {
+    pub(crate) fn new(registry: InboxRegistry, config: ListenerConfig) -> Self {
+        Self {
+            pool: BufferPool::new(config.pooled_buffers),
+            registry,
+            config,
+            stats: Arc::default(),
+        }
+    }
+}
 
 /// How many failed request ids a session remembers so their remaining frames are skipped quietly.
 const REMEMBERED_FAILURES: usize = 1024;

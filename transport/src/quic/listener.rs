@@ -13,8 +13,9 @@ use crate::api::{FeatureListener, ListenerConfig, TransportKind};
 use crate::error::{Result, TransportError};
 use crate::inbox::InboxRegistry;
 use crate::io::read_frame;
+
 use crate::replies::write_replies;
-use crate::session::Session;
+use crate::session::{Receiving, Session};
 use crate::stats::ListenerStats;
 
 /// QUIC application error code sent with STOP_SENDING when a stream's request failed.
@@ -25,9 +26,7 @@ pub(crate) const STREAM_REFUSED: u32 = 1;
 pub struct QuicFeatureListener {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    registry: InboxRegistry,
-    config: ListenerConfig,
-    stats: Arc<ListenerStats>,
+    receiving: Receiving,
 }
 
 impl QuicFeatureListener {
@@ -61,9 +60,7 @@ impl QuicFeatureListener {
         Ok(Self {
             endpoint,
             local_addr,
-            registry,
-            config,
-            stats: Arc::default(),
+            receiving: Receiving::new(registry, config),
         })
     }
 }
@@ -79,7 +76,7 @@ impl FeatureListener for QuicFeatureListener {
     }
 
     fn stats(&self) -> Arc<ListenerStats> {
-        self.stats.clone()
+        self.receiving.stats.clone()
     }
 
     async fn serve(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
@@ -89,11 +86,8 @@ impl FeatureListener for QuicFeatureListener {
                 () = shutdown.cancelled() => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        let registry = self.registry.clone();
-                        let config = self.config.clone();
                         let stop = shutdown.child_token();
-                        let stats = self.stats.clone();
-                        connections.spawn(serve_connection(incoming, registry, config, stats, stop));
+                        connections.spawn(serve_connection(incoming, self.receiving.clone(), stop));
                     }
                     None => break,
                 },
@@ -109,9 +103,7 @@ impl FeatureListener for QuicFeatureListener {
 /// Completes the handshake, then serves each stream the sender opens.
 async fn serve_connection(
     incoming: quinn::Incoming,
-    registry: InboxRegistry,
-    config: ListenerConfig,
-    stats: Arc<ListenerStats>,
+    receiving: Receiving,
     shutdown: CancellationToken,
 ) {
     let connection = match incoming.await {
@@ -121,7 +113,7 @@ async fn serve_connection(
             return;
         }
     };
-    stats.connection();
+    receiving.stats.connection();
     let peer = connection.remote_address().to_string();
     let streams = TaskTracker::new();
     loop {
@@ -129,8 +121,8 @@ async fn serve_connection(
             () = shutdown.cancelled() => break,
             stream = connection.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    stats.stream();
-                    let fut = serve_stream(send, recv, registry.clone(), config.clone(), peer.clone(), stats.clone(), shutdown.clone());
+                    receiving.stats.stream();
+                    let fut = serve_stream(send, recv, receiving.clone(), peer.clone(), shutdown.clone());
                     streams.spawn(fut);
                 }
                 Err(e) => {
@@ -148,12 +140,16 @@ async fn serve_connection(
 async fn serve_stream(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    registry: InboxRegistry,
-    config: ListenerConfig,
+    receiving: Receiving,
     peer: String,
-    stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
 ) {
+    let Receiving {
+        registry,
+        config,
+        stats,
+        pool,
+    } = receiving;
     let (replies, rx) = mpsc::channel(config.reply_queue.min(8));
     // The writer outlives the reader: a request that ended before anyone claimed it is answered
     // through the registry later, so it runs until every reply sender is gone.
@@ -163,7 +159,7 @@ async fn serve_stream(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                frame = read_frame(&mut recv, config.max_frame_payload) => match frame {
+                frame = read_frame(&mut recv, config.max_frame_payload, &pool) => match frame {
                     Ok(Some(frame)) => {
                         stats.frame(frame.payload.len());
                         session.on_frame(frame);

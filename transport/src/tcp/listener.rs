@@ -13,8 +13,9 @@ use crate::api::{FeatureListener, ListenerConfig, TransportKind};
 use crate::error::{Result, TransportError};
 use crate::inbox::InboxRegistry;
 use crate::io::read_frame;
+
 use crate::replies::write_replies;
-use crate::session::Session;
+use crate::session::{Receiving, Session};
 use crate::stats::ListenerStats;
 
 /// Accepts TCP connections from vision servers and feeds their frames to an inbox registry.
@@ -22,9 +23,7 @@ use crate::stats::ListenerStats;
 pub struct TcpFeatureListener {
     listener: TcpListener,
     local_addr: SocketAddr,
-    registry: InboxRegistry,
-    config: ListenerConfig,
-    stats: Arc<ListenerStats>,
+    receiving: Receiving,
 }
 
 impl TcpFeatureListener {
@@ -43,9 +42,7 @@ impl TcpFeatureListener {
         Ok(Self {
             listener,
             local_addr,
-            registry,
-            config,
-            stats: Arc::default(),
+            receiving: Receiving::new(registry, config),
         })
     }
 }
@@ -61,7 +58,7 @@ impl FeatureListener for TcpFeatureListener {
     }
 
     fn stats(&self) -> Arc<ListenerStats> {
-        self.stats.clone()
+        self.receiving.stats.clone()
     }
 
     async fn serve(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
@@ -71,13 +68,10 @@ impl FeatureListener for TcpFeatureListener {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let registry = self.registry.clone();
-                        let config = self.config.clone();
+                        self.receiving.stats.connection();
+                        self.receiving.stats.stream();
                         let stop = shutdown.child_token();
-                        self.stats.connection();
-                        self.stats.stream();
-                        let stats = self.stats.clone();
-                        connections.spawn(serve_connection(stream, peer, registry, config, stats, stop));
+                        connections.spawn(serve_connection(stream, peer, self.receiving.clone(), stop));
                     }
                     Err(e) => {
                         // Typically out of file descriptors: back off instead of spinning.
@@ -97,11 +91,15 @@ impl FeatureListener for TcpFeatureListener {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    registry: InboxRegistry,
-    config: ListenerConfig,
-    stats: Arc<ListenerStats>,
+    receiving: Receiving,
     shutdown: CancellationToken,
 ) {
+    let Receiving {
+        registry,
+        config,
+        stats,
+        pool,
+    } = receiving;
     super::tune_socket(&stream, config.socket_buffer);
     let (mut reader, writer) = stream.into_split();
     let (replies, rx) = mpsc::channel(config.reply_queue);
@@ -112,7 +110,7 @@ async fn serve_connection(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                frame = read_frame(&mut reader, config.max_frame_payload) => match frame {
+                frame = read_frame(&mut reader, config.max_frame_payload, &pool) => match frame {
                     Ok(Some(frame)) => {
                         stats.frame(frame.payload.len());
                         session.on_frame(frame);
