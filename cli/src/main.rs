@@ -1,2 +1,37 @@
-//! The dvd command.
-fn main() {}
+//! `dvd`: the single entry point for every dvd role and tool.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// dvd: decoupled vision-language serving for InternVL3.5.
+#[derive(Debug, Parser)]
+#[command(name = "dvd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// TLS material for the QUIC feature transport.
+    #[command(subcommand)]
+    Tls(commands::tls::TlsCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Bench(cmd) => cmd.run(),
+        Command::Tls(cmd) => cmd.run(),
+    }
+}

@@ -1,0 +1,107 @@
+//! `dvd bench ...`: benchmarks.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use dvd_bench::transport::TransportBench;
+use dvd_transport::quic::QuicTuning;
+
+/// Benchmarks (see docs/performance.md for recorded results).
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Feature-frame throughput on loopback: raw TCP, our TCP, raw quinn, our QUIC.
+    Transport(TransportArgs),
+}
+
+/// Options of `dvd bench transport`.
+#[derive(Debug, Args)]
+pub struct TransportArgs {
+    /// Tile frames per TCP run.
+    #[arg(long, default_value_t = 512)]
+    tcp_frames: u32,
+    /// Tile frames per QUIC run.
+    #[arg(long, default_value_t = 256)]
+    quic_frames: u32,
+    /// Feature rows per tile (256, or 64 after ViR).
+    #[arg(long, default_value_t = 256)]
+    tokens: u32,
+    /// Feature columns per tile (the LLM hidden size).
+    #[arg(long, default_value_t = 4096)]
+    hidden: u32,
+    /// Rounds; every mode runs once per round and the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// QUIC: largest UDP payload MTU discovery may reach.
+    #[arg(long)]
+    quic_max_udp_payload: Option<u16>,
+    /// QUIC: per-stream flow-control window in bytes.
+    #[arg(long)]
+    quic_stream_window: Option<u64>,
+    /// QUIC: per-connection flow-control window in bytes.
+    #[arg(long)]
+    quic_connection_window: Option<u64>,
+    /// QUIC: ask the peer to acknowledge every N packets (ACK frequency extension).
+    #[arg(long)]
+    quic_ack_every: Option<u32>,
+    /// QUIC: UDP socket buffer size in bytes.
+    #[arg(long)]
+    quic_socket_buffer: Option<usize>,
+    /// Modes to run, comma-separated (raw_tcp, tcp, raw_quic, quic); all by default.
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl BenchCommand {
+    /// Runs the benchmark on a two-worker tokio runtime.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Transport(args) => transport(args),
+        }
+    }
+}
+
+fn transport(args: TransportArgs) -> Result<()> {
+    let mut quic = QuicTuning::default();
+    if let Some(v) = args.quic_max_udp_payload {
+        quic.max_udp_payload = v;
+    }
+    if let Some(v) = args.quic_stream_window {
+        quic.stream_window = v;
+    }
+    if let Some(v) = args.quic_connection_window {
+        quic.connection_window = v;
+    }
+    if let Some(v) = args.quic_ack_every {
+        quic.ack_every = Some(v);
+    }
+    if let Some(v) = args.quic_socket_buffer {
+        quic.socket_buffer = v;
+    }
+    let bench = TransportBench {
+        tcp_frames: args.tcp_frames,
+        quic_frames: args.quic_frames,
+        tokens: args.tokens,
+        hidden: args.hidden,
+        rounds: args.rounds,
+        quic,
+        modes: args.modes,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let json = args.json;
+    let report = runtime.block_on(bench.run(|line| {
+        if !json {
+            eprintln!("{line}");
+        }
+    }))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}

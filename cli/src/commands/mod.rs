@@ -1,0 +1,4 @@
+//! One module per `dvd` subcommand.
+
+pub mod bench;
+pub mod tls;
