@@ -25,6 +25,7 @@ pub mod request_id;
 mod session;
 pub mod stats;
 pub mod tcp;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,11 +7,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+
 use crate::api::ListenerConfig;
 use crate::error::{FrameError, InboxError};
 use crate::frame::{FrameKind, Tile};
 use crate::inbox::{Attachment, InboxRegistry, Refusal, ReplyTx};
-use crate::io::RawFrame;
+use crate::io::{RawFrame, read_frame};
 use crate::pool::BufferPool;
 use crate::reply::{Reply, ReplyStatus};
 use crate::request_id::RequestId;
@@ -33,6 +36,37 @@ impl Receiving {
             registry,
             config,
             stats: Arc::default(),
+        }
+    }
+
+    /// Feeds frames from `reader` to `session` until the stream ends, breaks, `shutdown` fires
+    /// or, on a single-request stream, the request is done.
+    pub(crate) async fn pump<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        session: &mut Session,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                frame = read_frame(reader, self.config.max_frame_payload, &self.pool) => match frame {
+                    Ok(Some(frame)) => {
+                        self.stats.frame(frame.payload.len());
+                        session.on_frame(frame);
+                        if session.done() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err((error, request)) => {
+                        tracing::warn!(peer = %session.peer, %error, "closing feature stream");
+                        self.stats.broken();
+                        session.on_broken(error, request);
+                        break;
+                    }
+                },
+            }
         }
     }
 }

@@ -12,8 +12,6 @@ use super::{QuicTuning, ServerTls};
 use crate::api::{FeatureListener, ListenerConfig, TransportKind};
 use crate::error::{Result, TransportError};
 use crate::inbox::InboxRegistry;
-use crate::io::read_frame;
-
 use crate::replies::write_replies;
 use crate::session::{Receiving, Session};
 use crate::stats::ListenerStats;
@@ -144,39 +142,14 @@ async fn serve_stream(
     peer: String,
     shutdown: CancellationToken,
 ) {
-    let Receiving {
-        registry,
-        config,
-        stats,
-        pool,
-    } = receiving;
-    let (replies, rx) = mpsc::channel(config.reply_queue.min(8));
+    let (replies, rx) = mpsc::channel(receiving.config.reply_queue.min(8));
     // The writer outlives the reader: a request that ended before anyone claimed it is answered
     // through the registry later, so it runs until every reply sender is gone.
     let write = write_replies(send, rx, shutdown.clone());
     let read = async {
-        let mut session = Session::new(registry, replies, peer.clone(), true);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                frame = read_frame(&mut recv, config.max_frame_payload, &pool) => match frame {
-                    Ok(Some(frame)) => {
-                        stats.frame(frame.payload.len());
-                        session.on_frame(frame);
-                        if session.done() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err((error, request)) => {
-                        tracing::warn!(%peer, %error, "closing feature stream");
-                        stats.broken();
-                        session.on_broken(error, request);
-                        break;
-                    }
-                },
-            }
-        }
+        let registry = receiving.registry.clone();
+        let mut session = Session::new(registry, replies, peer, true);
+        receiving.pump(&mut recv, &mut session, &shutdown).await;
         // Whatever the sender still writes is refused at once; a finished stream ignores this.
         let _ = recv.stop(STREAM_REFUSED.into());
         drop(session);

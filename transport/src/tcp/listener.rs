@@ -12,8 +12,6 @@ use tokio_util::task::TaskTracker;
 use crate::api::{FeatureListener, ListenerConfig, TransportKind};
 use crate::error::{Result, TransportError};
 use crate::inbox::InboxRegistry;
-use crate::io::read_frame;
-
 use crate::replies::write_replies;
 use crate::session::{Receiving, Session};
 use crate::stats::ListenerStats;
@@ -94,37 +92,15 @@ async fn serve_connection(
     receiving: Receiving,
     shutdown: CancellationToken,
 ) {
-    let Receiving {
-        registry,
-        config,
-        stats,
-        pool,
-    } = receiving;
-    super::tune_socket(&stream, config.socket_buffer);
+    super::tune_socket(&stream, receiving.config.socket_buffer);
     let (mut reader, writer) = stream.into_split();
-    let (replies, rx) = mpsc::channel(config.reply_queue);
+    let (replies, rx) = mpsc::channel(receiving.config.reply_queue);
     let reader_done = CancellationToken::new();
     let write = write_replies(writer, rx, reader_done.clone());
     let read = async {
+        let registry = receiving.registry.clone();
         let mut session = Session::new(registry, replies, peer.to_string(), false);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                frame = read_frame(&mut reader, config.max_frame_payload, &pool) => match frame {
-                    Ok(Some(frame)) => {
-                        stats.frame(frame.payload.len());
-                        session.on_frame(frame);
-                    }
-                    Ok(None) => break,
-                    Err((error, request)) => {
-                        tracing::warn!(%peer, %error, "closing feature connection");
-                        stats.broken();
-                        session.on_broken(error, request);
-                        break;
-                    }
-                },
-            }
-        }
+        receiving.pump(&mut reader, &mut session, &shutdown).await;
         // Dropping the session fails any request whose End frame never came.
         drop(session);
         reader_done.cancel();
