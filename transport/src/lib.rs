@@ -25,6 +25,7 @@ pub mod request_id;
 mod session;
 pub mod stats;
 pub mod tcp;
+mod verdict;
 mod wire;
 
 use std::net::SocketAddr;

@@ -16,8 +16,9 @@ use crate::api::{
 };
 use crate::error::{Result, TransportError};
 use crate::frame::{FrameHeader, MAX_ABORT_REASON, Tile};
-use crate::reply::{Reply, ReplyStatus, cut_utf8};
+use crate::reply::{Reply, cut_utf8};
 use crate::request_id::RequestId;
+use crate::verdict::Verdict;
 
 /// How long a refused stream waits for the receiver's explanation after its writes were stopped.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
@@ -151,8 +152,7 @@ impl FeatureSender for QuicFeatureSender {
             sequence: 0,
             tiles: 0,
             bytes: 0,
-            reply,
-            refused: None,
+            verdict: Verdict::new(destination.address.clone(), request, reply),
             reply_timeout: self.config.reply_timeout,
         }))
     }
@@ -167,21 +167,11 @@ struct QuicFeatureStream {
     sequence: u32,
     tiles: u32,
     bytes: u64,
-    reply: oneshot::Receiver<Reply>,
-    refused: Option<Reply>,
+    verdict: Verdict,
     reply_timeout: Duration,
 }
 
 impl QuicFeatureStream {
-    fn rejected(&self, reply: &Reply) -> TransportError {
-        TransportError::Rejected {
-            destination: self.destination.clone(),
-            request: self.id,
-            status: reply.status,
-            message: reply.message.clone(),
-        }
-    }
-
     fn lost(&self, detail: String) -> TransportError {
         TransportError::ConnectionLost {
             destination: self.destination.clone(),
@@ -189,33 +179,12 @@ impl QuicFeatureStream {
         }
     }
 
-    /// Fails if the receiver already answered (which, before `End`, means it refused).
-    fn check_reply(&mut self) -> Result<()> {
-        if let Some(reply) = &self.refused {
-            return Err(self.rejected(reply));
-        }
-        match self.reply.try_recv() {
-            Ok(reply) => {
-                let err = self.rejected(&reply);
-                self.refused = Some(reply);
-                Err(err)
-            }
-            Err(oneshot::error::TryRecvError::Empty) => Ok(()),
-            // The reply reader ended without a reply; the next write will say why.
-            Err(oneshot::error::TryRecvError::Closed) => Ok(()),
-        }
-    }
-
-    /// Waits for the receiver's verdict, up to `limit`.
+    /// Waits up to `limit` for the receiver's reply.
     async fn await_reply(&mut self, limit: Duration) -> Result<Reply> {
-        match tokio::time::timeout(limit, &mut self.reply).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(self.lost("stream closed without a reply".into())),
-            Err(_) => Err(TransportError::Timeout {
-                destination: self.destination.clone(),
-                millis: limit.as_millis(),
-            }),
-        }
+        self.verdict
+            .wait(limit)
+            .await?
+            .ok_or_else(|| self.lost("stream closed without a reply".into()))
     }
 
     async fn write(&mut self, header: FrameHeader, payload: Bytes) -> Result<()> {
@@ -228,9 +197,7 @@ impl QuicFeatureStream {
             Err(quinn::WriteError::Stopped(_)) => {
                 // The receiver refused the request; its reply says why.
                 let reply = self.await_reply(REFUSAL_GRACE).await?;
-                let err = self.rejected(&reply);
-                self.refused = Some(reply);
-                Err(err)
+                Err(self.verdict.refuse(reply))
             }
             Err(e) => Err(self.lost(e.to_string())),
         }
@@ -244,7 +211,8 @@ impl FeatureStream for QuicFeatureStream {
     }
 
     async fn send(&mut self, tile: Tile) -> Result<()> {
-        self.check_reply()?;
+        // A closed reply channel needs no check here: the next write says why.
+        self.verdict.check()?;
         let header = FrameHeader::tile(self.id, self.sequence, &tile);
         header.check_fields()?;
         let len = tile.data.len() as u64;
@@ -255,19 +223,12 @@ impl FeatureStream for QuicFeatureStream {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Delivery> {
-        self.check_reply()?;
+        self.verdict.check()?;
         let header = FrameHeader::end(self.id, self.sequence, self.tiles);
         self.write(header, Bytes::new()).await?;
         let _ = self.send.finish();
         let reply = self.await_reply(self.reply_timeout).await?;
-        if reply.status == ReplyStatus::Ok {
-            Ok(Delivery {
-                tiles: reply.frames,
-                bytes: self.bytes,
-            })
-        } else {
-            Err(self.rejected(&reply))
-        }
+        self.verdict.conclude(reply, self.bytes)
     }
 
     async fn abort(mut self: Box<Self>, reason: &str) -> Result<()> {

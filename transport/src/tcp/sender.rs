@@ -18,6 +18,7 @@ use crate::error::{Result, TransportError};
 use crate::frame::{FrameHeader, MAX_ABORT_REASON, Tile};
 use crate::reply::{Reply, ReplyStatus, cut_utf8};
 use crate::request_id::RequestId;
+use crate::verdict::{Pending, Verdict};
 
 /// Sends features over TCP, one pooled connection per destination.
 #[derive(Debug)]
@@ -101,13 +102,12 @@ impl FeatureSender for TcpFeatureSender {
         let (tx, reply) = oneshot::channel();
         lock(&link.waiting).insert(request, tx);
         Ok(Box::new(TcpFeatureStream {
+            verdict: Verdict::new(link.destination.clone(), request, reply),
             link,
             id: request,
             sequence: 0,
             tiles: 0,
             bytes: 0,
-            reply,
-            refused: None,
             reply_timeout: self.config.reply_timeout,
             tasks: self.tasks.clone(),
         }))
@@ -232,35 +232,17 @@ struct TcpFeatureStream {
     sequence: u32,
     tiles: u32,
     bytes: u64,
-    reply: oneshot::Receiver<Reply>,
-    refused: Option<Reply>,
+    verdict: Verdict,
     reply_timeout: std::time::Duration,
     tasks: TaskTracker,
 }
 
 impl TcpFeatureStream {
-    fn rejected(&self, reply: &Reply) -> TransportError {
-        TransportError::Rejected {
-            destination: self.link.destination.clone(),
-            request: self.id,
-            status: reply.status,
-            message: reply.message.clone(),
-        }
-    }
-
-    /// Fails if the receiver already answered (which, before `End`, means it refused).
+    /// Fails if the receiver refused the request or the connection is gone.
     fn check_reply(&mut self) -> Result<()> {
-        if let Some(reply) = &self.refused {
-            return Err(self.rejected(reply));
-        }
-        match self.reply.try_recv() {
-            Ok(reply) => {
-                let err = self.rejected(&reply);
-                self.refused = Some(reply);
-                Err(err)
-            }
-            Err(oneshot::error::TryRecvError::Empty) if !self.link.is_broken() => Ok(()),
-            Err(_) => Err(self.link.lost()),
+        match self.verdict.check()? {
+            Pending::Listening if !self.link.is_broken() => Ok(()),
+            _ => Err(self.link.lost()),
         }
     }
 
@@ -292,20 +274,11 @@ impl FeatureStream for TcpFeatureStream {
         self.check_reply()?;
         let header = FrameHeader::end(self.id, self.sequence, self.tiles);
         self.write(header, &[]).await?;
-        let timeout = self.reply_timeout;
-        let verdict = tokio::time::timeout(timeout, &mut self.reply).await;
+        let reply = self.verdict.wait(self.reply_timeout).await;
         lock(&self.link.waiting).remove(&self.id);
-        match verdict {
-            Ok(Ok(reply)) if reply.status == ReplyStatus::Ok => Ok(Delivery {
-                tiles: reply.frames,
-                bytes: self.bytes,
-            }),
-            Ok(Ok(reply)) => Err(self.rejected(&reply)),
-            Ok(Err(_)) => Err(self.link.lost()),
-            Err(_) => Err(TransportError::Timeout {
-                destination: self.link.destination.clone(),
-                millis: timeout.as_millis(),
-            }),
+        match reply? {
+            Some(reply) => self.verdict.conclude(reply, self.bytes),
+            None => Err(self.link.lost()),
         }
     }
 
@@ -321,7 +294,7 @@ impl Drop for TcpFeatureStream {
     /// A stream dropped before `finish` or `abort` aborts its request, in the background.
     fn drop(&mut self) {
         let waiting = lock(&self.link.waiting).remove(&self.id).is_some();
-        if waiting && self.refused.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+        if waiting && !self.verdict.refused() && tokio::runtime::Handle::try_current().is_ok() {
             let reason = b"sender dropped the stream";
             let header = FrameHeader::abort(self.id, self.sequence, reason);
             let link = self.link.clone();
