@@ -3,6 +3,11 @@
 //! BF16 features tile by tile to the language server named in each request through
 //! [`dvd-transport`](../dvd_transport/index.html).
 //!
-//! This crate is the library behind `dvd vision serve`. The model and the server land with the
-//! `[vision-model]` and `[vision-server]` issues; until then it holds nothing, and `dvd` offers no
-//! vision subcommand.
+//! What is here so far: [`preprocess`], the image half (decoding, reference-exact tiling and
+//! resizing, normalisation). The encoder and the server land with the `[vision-model]` and
+//! `[vision-server]` issues; until then `dvd` offers no vision subcommand.
+
+pub mod error;
+pub mod preprocess;
+
+pub use error::ImageError;
