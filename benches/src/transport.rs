@@ -193,7 +193,8 @@ impl TransportBench {
     async fn ours_tcp(&self, payload: &Bytes) -> Result<f64> {
         let registry = InboxRegistry::new(bench_inbox());
         let listener =
-            TcpFeatureListener::bind(loopback(), registry.clone(), listener_config()).await?;
+            TcpFeatureListener::bind(loopback(), registry.clone(), ListenerConfig::default())
+                .await?;
         let destination = Destination::new(listener.local_addr().to_string());
         let sender = TcpFeatureSender::new(SenderConfig::default());
         let tiles = self.tiles(payload, self.tcp_frames)?;
@@ -206,7 +207,7 @@ impl TransportBench {
         let listener = QuicFeatureListener::bind_tuned(
             loopback(),
             registry.clone(),
-            listener_config(),
+            ListenerConfig::default(),
             server,
             &self.quic,
         )?;
@@ -365,10 +366,6 @@ fn bench_inbox() -> InboxConfig {
         max_request_bytes: u64::MAX,
         ..InboxConfig::default()
     }
-}
-
-fn listener_config() -> ListenerConfig {
-    ListenerConfig::default()
 }
 
 /// Incompressible-looking payload bytes (a fixed xorshift sequence).

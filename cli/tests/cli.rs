@@ -1,10 +1,18 @@
 //! The `dvd` binary as users run it: real processes, real sockets.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn dvd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dvd"))
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -27,11 +35,7 @@ fn bench_transport_prints_the_documented_json() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in ["raw_tcp_gbps", "tcp_gbps", "raw_quic_gbps", "quic_gbps"] {
         let v = report[key]
@@ -61,11 +65,7 @@ fn tls_self_signed_writes_usable_pem_files() {
         .args(["--name", "language-0.dvd"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     dvd_transport::quic::ServerTls::from_pem_files(&cert, &key).unwrap();

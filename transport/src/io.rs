@@ -6,7 +6,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::checksum::Crc32c;
-
 use crate::error::FrameError;
 use crate::frame::{FrameHeader, HEADER_LEN};
 use crate::pool::BufferPool;

@@ -127,12 +127,13 @@ impl Link {
             return Err(self.lost());
         };
         let written = write_frame(writer, &header.encode(), payload).await;
+        if let Err(e) = &written {
+            // Recorded before the guard closes the connection, so the reason names the error.
+            self.break_with(format!("write failed: {e}"));
+        }
         guard.complete = written.is_ok();
         drop(guard);
-        written.map_err(|e| {
-            self.break_with(format!("write failed: {e}"));
-            self.lost()
-        })
+        written.map_err(|_| self.lost())
     }
 
     fn is_broken(&self) -> bool {
@@ -200,7 +201,7 @@ impl Drop for WriteGuard<'_> {
 /// Routes the receiver's replies to the waiting requests. Holds the link weakly: once no sender
 /// or stream uses it, its write half closes, the receiver closes too, and this task ends.
 async fn read_replies(mut reader: OwnedReadHalf, link: Weak<Link>) {
-    let reason = loop {
+    let (link, reason) = loop {
         let reply = Reply::read(&mut reader).await;
         let Some(link) = link.upgrade() else {
             return;
@@ -221,7 +222,7 @@ async fn read_replies(mut reader: OwnedReadHalf, link: Weak<Link>) {
             Err(e) => break (link, format!("bad reply from receiver: {e}")),
         }
     };
-    reason.0.break_with(reason.1);
+    link.break_with(reason);
 }
 
 /// One request's frames on a pooled TCP connection.
