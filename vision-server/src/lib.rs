@@ -8,6 +8,7 @@
 //! `[vision-server]` issues; until then `dvd` offers no vision subcommand.
 
 pub mod error;
+pub mod model;
 pub mod preprocess;
 
 pub use error::ImageError;

@@ -1,0 +1,522 @@
+//! The vision half of an InternVL3.5 `config.json`, in either published layout, with missing
+//! fields filled from the reference classes' defaults.
+//!
+//! - GitHub/custom layout (`InternVLChatModel`): `vision_config` in `InternVisionConfig` names
+//!   (whose defaults are the **6B** values), `llm_config`, and top-level `force_image_size`,
+//!   `select_layer`, `ps_version`, `min/max_dynamic_patch`, `use_thumbnail`, `flash_*`.
+//! - HF layout (`InternVLForConditionalGeneration`): `vision_config` in `InternVLVisionConfig`
+//!   names (300M defaults), `text_config`, `vision_feature_layer`, and tiling from
+//!   `preprocessor_config.json` when present.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::error::ModelError;
+use crate::preprocess::TilingOptions;
+
+/// Which of the two published configuration layouts a `config.json` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigStyle {
+    /// `InternVLChatModel` (`llm_config`, `InternVisionConfig` names).
+    Custom,
+    /// `InternVLForConditionalGeneration` (`text_config`, `InternVLVisionConfig` names).
+    Hf,
+}
+
+/// Normalisation used inside the ViT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// LayerNorm with weight and bias (InternViT-300M).
+    LayerNorm,
+    /// RMSNorm with weight only (InternViT-6B).
+    RmsNorm,
+}
+
+/// Token order produced by the pixel shuffle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelShuffleVersion {
+    /// Column-major output (the transposed original behaviour).
+    V1,
+    /// Row-major output; every InternVL3.5 checkpoint.
+    V2,
+}
+
+/// InternViT hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitConfig {
+    /// Width D of the tokens.
+    pub hidden_size: usize,
+    /// Encoder layers in the checkpoint.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Side of a square patch in pixels.
+    pub patch_size: usize,
+    /// Image side the position embedding was trained for (its grid is `image_size / patch_size`).
+    pub image_size: usize,
+    /// LayerNorm or RMSNorm.
+    pub norm: NormKind,
+    /// Epsilon of the ViT norms (and of the 6B's q/k norms).
+    pub norm_eps: f64,
+    /// Whether the fused qkv projection has a bias.
+    pub qkv_bias: bool,
+    /// Whether q and k are RMS-normalised over the full width (InternViT-6B).
+    pub qk_norm: bool,
+    /// A LayerNorm after the last layer (HF `use_mean_pooling: false`; never in InternVL3.5).
+    pub final_norm: bool,
+}
+
+impl VitConfig {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+}
+
+/// Visual Resolution Router settings (InternVL3.5-Flash).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouterConfig {
+    /// `flash_mode`: route by default.
+    pub enabled: bool,
+    /// `flash_relative_threshold`: the quantile of the request's router scores a tile must exceed.
+    pub relative_threshold: Option<f64>,
+    /// `flash_absolute_threshold`: the score a tile must reach.
+    pub absolute_threshold: Option<f64>,
+}
+
+/// Everything the vision server needs to know about a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    /// The layout of `config.json`.
+    pub style: ConfigStyle,
+    /// The ViT.
+    pub vit: VitConfig,
+    /// Output of which hidden state feeds the projector: 0 = embeddings, k = after layer k.
+    pub feature_layer: usize,
+    /// Pixel-shuffle ratio of `mlp1` (0.5: 2x2 tokens merge into one).
+    pub downsample_ratio: f64,
+    /// Pixel-shuffle token order.
+    pub ps_version: PixelShuffleVersion,
+    /// Width of the language model the features are for (`mlp1` output).
+    pub llm_hidden_size: usize,
+    /// Router settings, read whether or not the checkpoint has router weights.
+    pub router: RouterConfig,
+    /// How images become tiles for this checkpoint.
+    pub tiling: TilingOptions,
+}
+
+impl VisionConfig {
+    /// Reads `config.json` (and, for the HF layout, `preprocessor_config.json`) from `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("config.json");
+        let json = dvd_checkpoint::read_json(&path)?;
+        let preprocessor = dir.join("preprocessor_config.json");
+        let preprocessor = if preprocessor.is_file() {
+            Some((dvd_checkpoint::read_json(&preprocessor)?, preprocessor))
+        } else {
+            None
+        };
+        Self::from_json(
+            &json,
+            &path,
+            preprocessor.as_ref().map(|(j, p)| (j, p.as_path())),
+        )
+    }
+
+    /// Parses an already read `config.json`; `path` names it in errors.
+    pub fn from_json(
+        json: &Value,
+        path: &Path,
+        preprocessor: Option<(&Value, &Path)>,
+    ) -> Result<Self, ModelError> {
+        let top = Fields::new(json, path, "")?;
+        let style = detect_style(json, path)?;
+        let config = match style {
+            ConfigStyle::Custom => parse_custom(&top)?,
+            ConfigStyle::Hf => parse_hf(&top, preprocessor)?,
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Side of the pixel-shuffle block: 2 for ratio 0.5, 4 for 0.25.
+    pub fn shuffle_factor(&self) -> usize {
+        (1.0 / self.downsample_ratio).round() as usize
+    }
+
+    /// Tokens per tile after the projector.
+    pub fn tokens_per_tile(&self) -> usize {
+        let grid = self.tiling.tile_size as usize / self.vit.patch_size;
+        (grid / self.shuffle_factor()).pow(2)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let err = |message: String| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let vit = &self.vit;
+        if vit.hidden_size == 0 || vit.num_heads == 0 || vit.hidden_size % vit.num_heads != 0 {
+            return Err(err(format!(
+                "vision hidden_size {} is not divisible by {} heads",
+                vit.hidden_size, vit.num_heads
+            )));
+        }
+        if vit.patch_size == 0 || vit.image_size % vit.patch_size != 0 {
+            return Err(err(format!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                vit.image_size, vit.patch_size
+            )));
+        }
+        if self.feature_layer > vit.num_layers {
+            return Err(err(format!(
+                "feature layer {} but the ViT has {} layers",
+                self.feature_layer, vit.num_layers
+            )));
+        }
+        let factor = 1.0 / self.downsample_ratio;
+        if !(factor >= 1.0 && (factor - factor.round()).abs() < 1e-9) {
+            return Err(err(format!(
+                "downsample_ratio {} is not 1/n",
+                self.downsample_ratio
+            )));
+        }
+        let tile = self.tiling.tile_size as usize;
+        let grid = tile / vit.patch_size;
+        if tile % vit.patch_size != 0 || grid % self.shuffle_factor() != 0 {
+            return Err(err(format!(
+                "tile size {tile} gives a {grid}x{grid} patch grid that pixel shuffle by {} cannot split",
+                self.shuffle_factor()
+            )));
+        }
+        if self.tiling.max_tiles == 0 || self.tiling.min_tiles > self.tiling.max_tiles {
+            return Err(err(format!(
+                "tile limits {}..{} are empty",
+                self.tiling.min_tiles, self.tiling.max_tiles
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn detect_style(json: &Value, path: &Path) -> Result<ConfigStyle, ModelError> {
+    let model_type = json.get("model_type").and_then(Value::as_str);
+    if json.get("llm_config").is_some() || model_type == Some("internvl_chat") {
+        Ok(ConfigStyle::Custom)
+    } else if json.get("text_config").is_some() || model_type == Some("internvl") {
+        Ok(ConfigStyle::Hf)
+    } else {
+        Err(ModelError::Config {
+            path: path.to_path_buf(),
+            message: "not an InternVL config: no llm_config or text_config, model_type is neither \
+                      internvl_chat nor internvl"
+                .into(),
+        })
+    }
+}
+
+fn parse_custom(top: &Fields) -> Result<VisionConfig, ModelError> {
+    // InternVisionConfig defaults are the InternViT-6B values.
+    let v = top.object("vision_config")?;
+    let norm = match v.str_or("norm_type", "rms_norm")?.as_str() {
+        "rms_norm" => NormKind::RmsNorm,
+        "layer_norm" => NormKind::LayerNorm,
+        other => return Err(v.error(format!("unknown norm_type {other:?}"))),
+    };
+    v.require_gelu("hidden_act")?;
+    let vit = VitConfig {
+        hidden_size: v.usize_or("hidden_size", 3200)?,
+        num_layers: v.usize_or("num_hidden_layers", 48)?,
+        num_heads: v.usize_or("num_attention_heads", 25)?,
+        intermediate_size: v.usize_or("intermediate_size", 12800)?,
+        patch_size: v.side_or("patch_size", 14)?,
+        image_size: v.side_or("image_size", 224)?,
+        norm,
+        norm_eps: v.f64_or("layer_norm_eps", 1e-6)?,
+        qkv_bias: v.bool_or("qkv_bias", false)?,
+        qk_norm: v.bool_or("qk_normalization", true)?,
+        final_norm: false,
+    };
+    let llm_hidden_size = top.object("llm_config")?.usize_or("hidden_size", 4096)?;
+    let tile_size = match top.get("force_image_size") {
+        Some(Value::Null) | None => vit.image_size,
+        Some(_) => top.side_or("force_image_size", 0)?,
+    };
+    let dynamic = top.bool_or("dynamic_image_size", false)?;
+    let (min_tiles, max_tiles) = if dynamic {
+        (
+            top.usize_or("min_dynamic_patch", 1)?,
+            top.usize_or("max_dynamic_patch", 6)?,
+        )
+    } else {
+        (1, 1)
+    };
+    let ps_version = match top.str_or("ps_version", "v1")?.as_str() {
+        "v1" => PixelShuffleVersion::V1,
+        "v2" => PixelShuffleVersion::V2,
+        other => return Err(top.error(format!("unknown ps_version {other:?}"))),
+    };
+    let feature_layer = resolve_layer(top, "select_layer", vit.num_layers)?;
+    let router = RouterConfig {
+        enabled: truthy(top.get("flash_mode")),
+        relative_threshold: top.opt_f64("flash_relative_threshold")?,
+        absolute_threshold: top.opt_f64("flash_absolute_threshold")?,
+    };
+    Ok(VisionConfig {
+        style: ConfigStyle::Custom,
+        vit,
+        feature_layer,
+        downsample_ratio: top.f64_or("downsample_ratio", 0.5)?,
+        ps_version,
+        llm_hidden_size,
+        router,
+        tiling: TilingOptions {
+            tile_size: to_u32(top, tile_size)?,
+            min_tiles: to_u32(top, min_tiles)?,
+            max_tiles: to_u32(top, max_tiles)?,
+            thumbnail: top.bool_or("use_thumbnail", false)?,
+            ..TilingOptions::default()
+        },
+    })
+}
+
+fn parse_hf(
+    top: &Fields,
+    preprocessor: Option<(&Value, &Path)>,
+) -> Result<VisionConfig, ModelError> {
+    // InternVLVisionConfig defaults are the InternViT-300M values.
+    let v = top.object("vision_config")?;
+    let norm = match v.str_or("norm_type", "layer_norm")?.as_str() {
+        "rms_norm" => NormKind::RmsNorm,
+        "layer_norm" => NormKind::LayerNorm,
+        other => return Err(v.error(format!("unknown norm_type {other:?}"))),
+    };
+    v.require_gelu("hidden_act")?;
+    top.require_gelu("projector_hidden_act")?;
+    if !v.bool_or("use_absolute_position_embeddings", true)? {
+        return Err(ModelError::Unsupported(
+            "vision_config.use_absolute_position_embeddings = false".into(),
+        ));
+    }
+    let vit = VitConfig {
+        hidden_size: v.usize_or("hidden_size", 1024)?,
+        num_layers: v.usize_or("num_hidden_layers", 24)?,
+        num_heads: v.usize_or("num_attention_heads", 16)?,
+        intermediate_size: v.usize_or("intermediate_size", 4096)?,
+        patch_size: v.side_or("patch_size", 14)?,
+        image_size: v.side_or("image_size", 448)?,
+        norm,
+        norm_eps: v.f64_or("layer_norm_eps", 1e-6)?,
+        qkv_bias: v.bool_or("attention_bias", false)?,
+        qk_norm: v.bool_or("use_qk_norm", false)?,
+        final_norm: !v.bool_or("use_mean_pooling", true)?,
+    };
+    let strategy = top.str_or("vision_feature_select_strategy", "default")?;
+    if strategy != "default" {
+        return Err(ModelError::Unsupported(format!(
+            "vision_feature_select_strategy {strategy:?} (only \"default\", which drops CLS)"
+        )));
+    }
+    // Qwen2Config's default width when text_config is absent.
+    let llm_hidden_size = match top.get("text_config") {
+        Some(_) => top.object("text_config")?.usize_or("hidden_size", 4096)?,
+        None => 4096,
+    };
+    let feature_layer = resolve_layer(top, "vision_feature_layer", vit.num_layers)?;
+    let mut tiling = TilingOptions {
+        tile_size: to_u32(top, vit.image_size)?,
+        min_tiles: 1,
+        max_tiles: 12,
+        thumbnail: true,
+        ..TilingOptions::default()
+    };
+    if let Some((json, path)) = preprocessor {
+        let p = Fields::new(json, path, "")?;
+        // InternVLProcessor turns crop_to_patches on; a processor saved without it tiles.
+        if p.bool_or("crop_to_patches", true)? {
+            tiling.min_tiles = to_u32(&p, p.usize_or("min_patches", 1)?)?;
+            tiling.max_tiles = to_u32(&p, p.usize_or("max_patches", 12)?)?;
+        } else {
+            tiling.max_tiles = 1;
+        }
+        if p.get("size").is_some() {
+            let size = p.object("size")?;
+            let height = size.usize_or("height", vit.image_size)?;
+            let width = size.usize_or("width", vit.image_size)?;
+            if height != width {
+                return Err(p.error(format!("non-square tile size {width}x{height}")));
+            }
+            tiling.tile_size = to_u32(&p, height)?;
+        }
+    }
+    let router = RouterConfig {
+        enabled: truthy(top.get("flash_mode")),
+        relative_threshold: top.opt_f64("flash_relative_threshold")?,
+        absolute_threshold: top.opt_f64("flash_absolute_threshold")?,
+    };
+    Ok(VisionConfig {
+        style: ConfigStyle::Hf,
+        vit,
+        feature_layer,
+        downsample_ratio: top.f64_or("downsample_ratio", 0.5)?,
+        ps_version: PixelShuffleVersion::V2,
+        llm_hidden_size,
+        router,
+        tiling,
+    })
+}
+
+/// `select_layer` / `vision_feature_layer` (-1 = last) as a count of layers to run.
+fn resolve_layer(top: &Fields, key: &str, layers: usize) -> Result<usize, ModelError> {
+    let value = match top.get(key) {
+        None | Some(Value::Null) => -1,
+        Some(Value::Number(n)) if n.is_i64() => n.as_i64().unwrap_or(-1),
+        Some(other) => {
+            return Err(top.error(format!(
+                "{key} must be one integer layer index, found {other}"
+            )));
+        }
+    };
+    let resolved = if value < 0 {
+        layers as i64 + 1 + value
+    } else {
+        value
+    };
+    if resolved < 0 || resolved > layers as i64 {
+        return Err(top.error(format!("{key} = {value} is outside the {layers}-layer ViT")));
+    }
+    Ok(resolved as usize)
+}
+
+fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|v| v != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn to_u32(fields: &Fields, v: usize) -> Result<u32, ModelError> {
+    u32::try_from(v).map_err(|_| fields.error(format!("{v} is too large")))
+}
+
+/// Typed access to one JSON object, with errors naming the file and the key path.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: &'a Path,
+    prefix: String,
+}
+
+impl<'a> Fields<'a> {
+    fn new(json: &'a Value, path: &'a Path, prefix: &str) -> Result<Self, ModelError> {
+        let map = json.as_object().ok_or_else(|| ModelError::Config {
+            path: path.to_path_buf(),
+            message: format!("{} is not a JSON object", display_prefix(prefix)),
+        })?;
+        Ok(Self {
+            map,
+            path,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn error(&self, message: String) -> ModelError {
+        ModelError::Config {
+            path: PathBuf::from(self.path),
+            message,
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key)
+    }
+
+    fn object(&self, key: &str) -> Result<Fields<'a>, ModelError> {
+        match self.map.get(key) {
+            Some(v) => Fields::new(v, self.path, &format!("{}.", self.key(key))),
+            None => Err(self.error(format!("missing {}", self.key(key)))),
+        }
+    }
+
+    fn typed<T>(
+        &self,
+        key: &str,
+        default: T,
+        what: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<T, ModelError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => read(v)
+                .ok_or_else(|| self.error(format!("{} must be {what}, found {v}", self.key(key)))),
+        }
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
+        self.typed(key, default, "a non-negative integer", |v| {
+            v.as_u64().and_then(|n| usize::try_from(n).ok())
+        })
+    }
+
+    /// A square side: an integer or an `[h, w]` pair with `h == w`.
+    fn side_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
+        self.typed(
+            key,
+            default,
+            "an integer or a square [h, w] pair",
+            |v| match v {
+                Value::Array(items) => match items.as_slice() {
+                    [h, w] if h == w => h.as_u64().and_then(|n| usize::try_from(n).ok()),
+                    _ => None,
+                },
+                _ => v.as_u64().and_then(|n| usize::try_from(n).ok()),
+            },
+        )
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
+        self.typed(key, default, "a number", Value::as_f64)
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        self.typed(key, None, "a number", |v| v.as_f64().map(Some))
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
+        self.typed(key, default, "true or false", Value::as_bool)
+    }
+
+    fn str_or(&self, key: &str, default: &str) -> Result<String, ModelError> {
+        self.typed(key, default.to_string(), "a string", |v| {
+            v.as_str().map(str::to_string)
+        })
+    }
+
+    fn require_gelu(&self, key: &str) -> Result<(), ModelError> {
+        let act = self.str_or(key, "gelu")?;
+        if act != "gelu" {
+            return Err(ModelError::Unsupported(format!(
+                "{} = {act:?} (only exact \"gelu\")",
+                self.key(key)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn display_prefix(prefix: &str) -> &str {
+    if prefix.is_empty() {
+        "the file"
+    } else {
+        prefix.trim_end_matches('.')
+    }
+}

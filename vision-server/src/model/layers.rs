@@ -1,0 +1,168 @@
+//! Small building blocks shared by the ViT, the projectors and the router.
+
+use candle_core::{DType, Device, Result as CandleResult, Tensor};
+
+use super::error::ModelError;
+use dvd_checkpoint::Checkpoint;
+
+/// A dense layer `y = x W^T + b` over the last dimension of any-rank input.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    /// `[out, in]`.
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let dims = x.dims();
+        let input = dims[dims.len() - 1];
+        let rows = x.elem_count() / input.max(1);
+        let y = x.reshape((rows, input))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        let mut shape = dims.to_vec();
+        let last = shape.len() - 1;
+        shape[last] = self.weight.dim(0)?;
+        y.reshape(shape)
+    }
+}
+
+/// LayerNorm (weight and bias) or RMSNorm (weight only) over the last dimension.
+#[derive(Debug, Clone)]
+pub(crate) enum Norm {
+    Layer {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f32,
+    },
+    Rms {
+        weight: Tensor,
+        eps: f32,
+    },
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let x = x.contiguous()?;
+        match self {
+            Norm::Layer { weight, bias, eps } => candle_nn::ops::layer_norm(&x, weight, bias, *eps),
+            Norm::Rms { weight, eps } => candle_nn::ops::rms_norm(&x, weight, *eps),
+        }
+    }
+}
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax(x: &Tensor) -> CandleResult<Tensor> {
+    candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+}
+
+/// Reads tensors of one checkpoint in one dtype onto one device, checking shapes.
+pub(crate) struct Loader<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub dtype: DType,
+    pub device: &'a Device,
+}
+
+impl Loader<'_> {
+    /// The tensor `name`, which must have shape `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        Ok(self
+            .checkpoint
+            .load_shaped(name, shape, self.dtype, self.device)?)
+    }
+
+    /// The tensor `name` reshaped to `shape`; the stored shape may differ only by leading ones
+    /// (`[1, 1, D]` and `[D]` are both accepted for a `[D]` vector).
+    pub fn tensor_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let info = self.checkpoint.info(name).ok_or_else(|| {
+            dvd_checkpoint::CheckpointError::MissingTensor {
+                name: name.to_string(),
+            }
+        })?;
+        let significant: Vec<usize> = info.shape.iter().copied().skip_while(|&d| d == 1).collect();
+        let wanted: Vec<usize> = shape.iter().copied().skip_while(|&d| d == 1).collect();
+        if significant != wanted {
+            return Err(dvd_checkpoint::CheckpointError::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape,
+            }
+            .into());
+        }
+        Ok(self
+            .checkpoint
+            .load(name, self.dtype, self.device)?
+            .reshape(shape)?)
+    }
+
+    /// `prefix.weight` `[out, in]` and, when `bias`, `prefix.bias` `[out]`.
+    pub fn linear(
+        &self,
+        prefix: &str,
+        out: usize,
+        input: usize,
+        bias: bool,
+    ) -> Result<Linear, ModelError> {
+        let weight = self.tensor(&format!("{prefix}.weight"), &[out, input])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    /// LayerNorm `prefix.{weight,bias}` over `dim`.
+    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, ModelError> {
+        Ok(Norm::Layer {
+            weight: self.tensor(&format!("{prefix}.weight"), &[dim])?,
+            bias: self.tensor(&format!("{prefix}.bias"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    /// RMSNorm `prefix.weight` over `dim`.
+    pub fn rms_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, ModelError> {
+        Ok(Norm::Rms {
+            weight: self.tensor(&format!("{prefix}.weight"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Linear {
+    /// Stacks layers with the same input width into one whose output is their concatenation.
+    pub fn fuse(parts: &[&Linear]) -> CandleResult<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let bias = if parts.iter().all(|l| l.bias.is_some()) {
+            let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear::new(Tensor::cat(&weights, 0)?, bias))
+    }
+
+    /// Splits the output rows into `n` equal layers (the inverse of [`Linear::fuse`]).
+    pub fn split(&self, n: usize) -> CandleResult<Vec<Linear>> {
+        let rows = self.weight.dim(0)? / n;
+        (0..n)
+            .map(|i| {
+                Ok(Linear::new(
+                    self.weight.narrow(0, i * rows, rows)?,
+                    match &self.bias {
+                        Some(b) => Some(b.narrow(0, i * rows, rows)?),
+                        None => None,
+                    },
+                ))
+            })
+            .collect()
+    }
+}

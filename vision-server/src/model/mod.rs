@@ -1,0 +1,22 @@
+//! The vision model: InternViT (300M and 6B styles), pixel shuffle + `mlp1`, and the
+//! InternVL3.5-Flash Visual Resolution Router with `mlp2`, on candle (CPU now, any candle
+//! device later), loaded from either published checkpoint layout.
+
+mod config;
+mod error;
+mod layers;
+mod names;
+mod pos_embed;
+mod projector;
+mod router;
+mod vision_model;
+mod vit;
+
+pub use config::{
+    ConfigStyle, NormKind, PixelShuffleVersion, RouterConfig, VisionConfig, VitConfig,
+};
+pub use error::ModelError;
+pub use names::TensorLayout;
+pub use projector::pixel_shuffle;
+pub use router::{POOLING_HEADS, RouterThresholds, decide};
+pub use vision_model::{EncodedTiles, LoadOptions, RouterDecision, Routing, VisionModel};

@@ -1,0 +1,348 @@
+//! The vision half of InternVL3.5: InternViT, the `mlp1` projector and, for Flash checkpoints,
+//! the router and `mlp2`. Loads only vision tensors from any published checkpoint layout.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use dvd_checkpoint::Checkpoint;
+use image::RgbImage;
+
+use super::config::{PixelShuffleVersion, VisionConfig};
+use super::error::ModelError;
+use super::layers::Loader;
+use super::names::{Mlp1Part, TensorLayout};
+use super::projector::{MlpProjector, pixel_shuffle};
+use super::router::{Router, RouterThresholds, decide};
+use super::vit::InternVit;
+use crate::preprocess::pixel_values;
+
+/// Shuffle factor of the Flash `mlp2` path (ratio 0.25: 4x4 tokens merge into one).
+const COMPRESSED_SHUFFLE: usize = 4;
+
+/// Where and in which precision the model runs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; weights are converted to it whatever they are stored as.
+    pub dtype: DType,
+    /// Device the weights live on.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// Whether tiles go through the Visual Resolution Router.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Routing {
+    /// Route when the config enables it (`flash_mode`) and the checkpoint has router weights.
+    Default,
+    /// Every tile takes the 256-token `mlp1` path.
+    Off,
+    /// Route with the config's thresholds (fails without router weights or thresholds).
+    On,
+    /// Route with these thresholds.
+    With(RouterThresholds),
+}
+
+/// What the router decided for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterDecision {
+    /// Per tile, the router's probability of "compress".
+    pub compress_probs: Vec<f32>,
+    /// The request's quantile threshold.
+    pub threshold: f32,
+    /// Per tile, whether it was compressed to the `mlp2` path.
+    pub compress: Vec<bool>,
+}
+
+/// Features of a request's tiles, ready for the language model.
+#[derive(Debug, Clone)]
+pub struct EncodedTiles {
+    /// `[tokens, llm_hidden]`, tiles concatenated in order.
+    pub features: Tensor,
+    /// Tokens of each tile (e.g. 256, or 64 when the router compressed it).
+    pub tokens_per_tile: Vec<usize>,
+    /// The router's decision, when routing ran.
+    pub router: Option<RouterDecision>,
+}
+
+impl EncodedTiles {
+    /// Features of tile `index`: `[tokens_per_tile[index], llm_hidden]`.
+    pub fn tile(&self, index: usize) -> Result<Tensor, ModelError> {
+        let count = *self.tokens_per_tile.get(index).ok_or_else(|| {
+            ModelError::InvalidInput(format!("tile {index} of {}", self.tokens_per_tile.len()))
+        })?;
+        let start: usize = self.tokens_per_tile[..index].iter().sum();
+        Ok(self.features.narrow(0, start, count)?)
+    }
+}
+
+/// InternViT + projector (+ ViR), ready to encode tiles.
+#[derive(Debug)]
+pub struct VisionModel {
+    config: VisionConfig,
+    layout: TensorLayout,
+    options: LoadOptions,
+    vit: InternVit,
+    mlp1: MlpProjector,
+    flash: Option<(Router, MlpProjector)>,
+}
+
+impl VisionModel {
+    /// Loads the vision tensors of the checkpoint in `dir` (see [`dvd_checkpoint::resolve_model_dir`]
+    /// for hub ids).
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
+        let config = VisionConfig::from_dir(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_checkpoint(config, &checkpoint, options)
+    }
+
+    /// Loads the vision tensors of an opened checkpoint described by `config`.
+    pub fn from_checkpoint(
+        config: VisionConfig,
+        checkpoint: &Checkpoint,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let layout = TensorLayout::detect(checkpoint)?;
+        let loader = Loader {
+            checkpoint,
+            dtype: options.dtype,
+            device: &options.device,
+        };
+        let vit = InternVit::load(&config, layout, &loader)?;
+        let shuffled = config.vit.hidden_size * config.shuffle_factor().pow(2);
+        let h = config.llm_hidden_size;
+        let mlp1 = MlpProjector::load(
+            &loader,
+            &layout.mlp1(Mlp1Part::Norm),
+            &[
+                layout.mlp1(Mlp1Part::Linear1),
+                layout.mlp1(Mlp1Part::Linear2),
+            ],
+            shuffled,
+            &[h, h],
+        )?;
+        let flash = if Router::present(&loader) {
+            let d = config.vit.hidden_size;
+            let router = Router::load(&loader, d)?;
+            let names = ["mlp2.1", "mlp2.4", "mlp2.7"].map(String::from);
+            let mlp2 = MlpProjector::load(
+                &loader,
+                "mlp2.0",
+                &names,
+                d * COMPRESSED_SHUFFLE.pow(2),
+                &[2 * h, 2 * h, h],
+            )?;
+            Some((router, mlp2))
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            layout,
+            options: options.clone(),
+            vit,
+            mlp1,
+            flash,
+        })
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &VisionConfig {
+        &self.config
+    }
+
+    /// The tensor-naming layout the checkpoint uses.
+    pub fn layout(&self) -> TensorLayout {
+        self.layout
+    }
+
+    /// Whether the checkpoint has a Visual Resolution Router.
+    pub fn has_router(&self) -> bool {
+        self.flash.is_some()
+    }
+
+    /// Compute dtype and device.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// `pixel_values` `[tiles, 3, S, S]` (f32) of tiles on the model's device.
+    pub fn pixel_values(&self, tiles: &[RgbImage]) -> Result<Tensor, ModelError> {
+        let side = tiles.first().map_or(0, |t| t.width() as usize);
+        if tiles.is_empty()
+            || tiles
+                .iter()
+                .any(|t| t.dimensions() != (side as u32, side as u32))
+        {
+            return Err(ModelError::InvalidInput(
+                "tiles must be a non-empty list of equal squares".into(),
+            ));
+        }
+        Ok(Tensor::from_vec(
+            pixel_values(tiles),
+            (tiles.len(), 3, side, side),
+            &self.options.device,
+        )?)
+    }
+
+    /// ViT patch tokens of the feature layer, CLS dropped: `[T, g*g, D]`.
+    pub fn vit_tokens(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        self.vit.forward(pixel_values)
+    }
+
+    /// The router's "compress" probability of each tile (`[T, g*g, D]` ViT tokens in).
+    pub fn router_probs(&self, tokens: &Tensor) -> Result<Vec<f32>, ModelError> {
+        let (router, _) = self.flash.as_ref().ok_or_else(|| {
+            ModelError::Unsupported("this checkpoint has no Visual Resolution Router".into())
+        })?;
+        let probs = router.probabilities(tokens)?;
+        Ok(probs.i((.., 0))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// Projects ViT tokens to LLM features: compressed tiles through `mlp2`, others through
+    /// `mlp1`. Returns `[tokens, llm_hidden]` in tile order and the tokens of each tile.
+    pub fn project(
+        &self,
+        tokens: &Tensor,
+        compress: &[bool],
+    ) -> Result<(Tensor, Vec<usize>), ModelError> {
+        let t = tokens.dim(0)?;
+        if compress.len() != t {
+            return Err(ModelError::InvalidInput(format!(
+                "{} routing decisions for {t} tiles",
+                compress.len()
+            )));
+        }
+        let full = self.project_group(tokens, compress, false)?;
+        let small = self.project_group(tokens, compress, true)?;
+        let mut pieces = Vec::with_capacity(t);
+        let mut counts = Vec::with_capacity(t);
+        let (mut next_full, mut next_small) = (0, 0);
+        for &c in compress {
+            let (group, next) = if c {
+                (&small, &mut next_small)
+            } else {
+                (&full, &mut next_full)
+            };
+            let features = group.as_ref().map(|g| g.get(*next)).transpose()?;
+            let features = features.ok_or_else(|| {
+                ModelError::InvalidInput("projector group is missing a tile".into())
+            })?;
+            *next += 1;
+            counts.push(features.dim(0)?);
+            pieces.push(features);
+        }
+        Ok((Tensor::cat(&pieces, 0)?, counts))
+    }
+
+    /// Features `[tiles_in_group, tokens, H]` of the tiles whose decision equals `compressed`.
+    fn project_group(
+        &self,
+        tokens: &Tensor,
+        compress: &[bool],
+        compressed: bool,
+    ) -> Result<Option<Tensor>, ModelError> {
+        let indices: Vec<u32> = (0..compress.len() as u32)
+            .filter(|&i| compress[i as usize] == compressed)
+            .collect();
+        if indices.is_empty() {
+            return Ok(None);
+        }
+        let group = if indices.len() == compress.len() {
+            tokens.clone()
+        } else {
+            let index = Tensor::new(indices.as_slice(), tokens.device())?;
+            tokens.index_select(&index, 0)?
+        };
+        let features = if compressed {
+            let (_, mlp2) = self.flash.as_ref().ok_or_else(|| {
+                ModelError::Unsupported("this checkpoint has no mlp2 projector".into())
+            })?;
+            mlp2.forward(&pixel_shuffle(
+                &group,
+                COMPRESSED_SHUFFLE,
+                PixelShuffleVersion::V2,
+            )?)?
+        } else {
+            let shuffled =
+                pixel_shuffle(&group, self.config.shuffle_factor(), self.config.ps_version)?;
+            self.mlp1.forward(&shuffled)?
+        };
+        Ok(Some(features))
+    }
+
+    /// The thresholds `routing` asks for, or `None` when routing is off.
+    pub fn thresholds(&self, routing: Routing) -> Result<Option<RouterThresholds>, ModelError> {
+        let configured = || {
+            let r = &self.config.router;
+            match (r.relative_threshold, r.absolute_threshold) {
+                (Some(relative), Some(absolute)) => Ok(RouterThresholds { relative, absolute }),
+                _ => Err(ModelError::Unsupported(
+                    "config.json lacks flash_relative_threshold / flash_absolute_threshold".into(),
+                )),
+            }
+        };
+        match routing {
+            Routing::Off => return Ok(None),
+            Routing::Default if !(self.config.router.enabled && self.has_router()) => {
+                return Ok(None);
+            }
+            _ if !self.has_router() => {
+                return Err(ModelError::Unsupported(
+                    "this checkpoint has no Visual Resolution Router (not a Flash model)".into(),
+                ));
+            }
+            _ => {}
+        }
+        let wanted = match routing {
+            Routing::With(t) => t,
+            _ => configured()?,
+        };
+        if !(0.0..=1.0).contains(&wanted.relative) {
+            return Err(ModelError::InvalidInput(format!(
+                "relative threshold {} is not a quantile in [0, 1]",
+                wanted.relative
+            )));
+        }
+        Ok(Some(wanted))
+    }
+
+    /// Encodes one request's tiles (`[T, 3, S, S]`), routing them as `routing` says.
+    pub fn encode(
+        &self,
+        pixel_values: &Tensor,
+        routing: Routing,
+    ) -> Result<EncodedTiles, ModelError> {
+        let thresholds = self.thresholds(routing)?;
+        let tokens = self.vit_tokens(pixel_values)?;
+        let router = match thresholds {
+            Some(thresholds) => {
+                let compress_probs = self.router_probs(&tokens)?;
+                let (threshold, compress) = decide(&compress_probs, thresholds);
+                Some(RouterDecision {
+                    compress_probs,
+                    threshold,
+                    compress,
+                })
+            }
+            None => None,
+        };
+        let t = tokens.dim(0)?;
+        let compress = router
+            .as_ref()
+            .map_or_else(|| vec![false; t], |r| r.compress.clone());
+        let (features, tokens_per_tile) = self.project(&tokens, &compress)?;
+        Ok(EncodedTiles {
+            features,
+            tokens_per_tile,
+            router,
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! InternViT: patch embedding, CLS token and position embedding, then pre-norm encoder layers
+//! with layer scale. Both variants: 300M (LayerNorm, qkv bias) and 6B (RMSNorm, q/k RMSNorm over
+//! the full width, no qkv bias).
+
+use candle_core::{DType, Result as CandleResult, Tensor};
+
+use super::config::{NormKind, VisionConfig, VitConfig};
+use super::error::ModelError;
+use super::layers::{Linear, Loader, Norm, softmax};
+use super::names::{LayerPart, TensorLayout};
+use super::pos_embed::resize_grid;
+
+/// Bytes of attention scores materialised at once; larger batches are split by tiles.
+const ATTENTION_SCORE_BUDGET: usize = 256 * 1024 * 1024;
+
+/// The ViT up to the configured feature layer.
+#[derive(Debug)]
+pub(crate) struct InternVit {
+    config: VitConfig,
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    class_embedding: Tensor,
+    /// `[g0*g0, D]` patch position embeddings in f32, for resizing to other grids.
+    position_grid: Vec<f32>,
+    position_cls: Tensor,
+    /// Position embedding for the configured tile size, `[1, 1 + g*g, D]`.
+    position_tile: (usize, Tensor),
+    layers: Vec<EncoderLayer>,
+    final_norm: Option<Norm>,
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    norm1: Norm,
+    norm2: Norm,
+    scale1: Tensor,
+    scale2: Tensor,
+    attention: Attention,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: Linear,
+    qk_norm: Option<(Norm, Norm)>,
+    proj: Linear,
+    heads: usize,
+}
+
+impl InternVit {
+    pub fn load(
+        config: &VisionConfig,
+        layout: TensorLayout,
+        loader: &Loader,
+    ) -> Result<Self, ModelError> {
+        let vit = config.vit.clone();
+        let d = vit.hidden_size;
+        let p = vit.patch_size;
+        let patch_weight = loader
+            .tensor(
+                &format!("{}.weight", layout.patch_embedding()),
+                &[d, 3, p, p],
+            )?
+            .reshape((d, 3 * p * p))?;
+        let patch_bias = loader.tensor(&format!("{}.bias", layout.patch_embedding()), &[d])?;
+        let class_embedding = loader.tensor_squeezed(&layout.class_embedding(), &[1, 1, d])?;
+        let g0 = vit.image_size / p;
+        let position = loader.tensor(&layout.position_embedding(), &[1, 1 + g0 * g0, d])?;
+        let position_cls = position.narrow(1, 0, 1)?;
+        let position_grid = position
+            .narrow(1, 1, g0 * g0)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut layers = Vec::with_capacity(config.feature_layer);
+        for i in 0..config.feature_layer {
+            layers.push(EncoderLayer::load(&vit, layout, loader, i)?);
+        }
+        let final_norm = if vit.final_norm && config.feature_layer == vit.num_layers {
+            Some(loader.layer_norm(&layout.final_norm(), d, vit.norm_eps)?)
+        } else {
+            None
+        };
+        let mut model = Self {
+            config: vit,
+            patch_weight,
+            patch_bias,
+            class_embedding,
+            position_grid,
+            position_cls,
+            position_tile: (g0, position),
+            layers,
+            final_norm,
+        };
+        let tile_grid = config.tiling.tile_size as usize / p;
+        model.position_tile = (tile_grid, model.position_embedding(tile_grid)?);
+        Ok(model)
+    }
+
+    /// `[1, 1 + g*g, D]` position embedding for a `g x g` patch grid.
+    fn position_embedding(&self, grid: usize) -> CandleResult<Tensor> {
+        if grid == self.position_tile.0 {
+            return Ok(self.position_tile.1.clone());
+        }
+        let d = self.config.hidden_size;
+        let g0 = self.config.image_size / self.config.patch_size;
+        let resized = resize_grid(&self.position_grid, d, g0, grid);
+        let device = self.position_cls.device();
+        let patches = Tensor::from_vec(resized, (1, grid * grid, d), device)?
+            .to_dtype(self.position_cls.dtype())?;
+        Tensor::cat(&[&self.position_cls, &patches], 1)
+    }
+
+    /// Runs the ViT on `[T, 3, S, S]` pixel values and returns the patch tokens of the feature
+    /// layer without CLS: `[T, g*g, D]`.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor, ModelError> {
+        let (t, c, h, w) = pixel_values.dims4()?;
+        let p = self.config.patch_size;
+        if c != 3 || h != w || h % p != 0 || h == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "pixel values must be [tiles, 3, S, S] with S a multiple of {p}, got [{t}, {c}, {h}, {w}]"
+            )));
+        }
+        let g = h / p;
+        let d = self.config.hidden_size;
+        let x = pixel_values.to_dtype(self.patch_weight.dtype())?;
+        // The stride-p convolution is a matmul over non-overlapping patches.
+        let patches = x
+            .reshape((t, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((t * g * g, 3 * p * p))?;
+        let embedded = patches
+            .matmul(&self.patch_weight.t()?)?
+            .broadcast_add(&self.patch_bias)?
+            .reshape((t, g * g, d))?;
+        let cls = self.class_embedding.broadcast_as((t, 1, d))?;
+        let mut hidden =
+            Tensor::cat(&[&cls, &embedded], 1)?.broadcast_add(&self.position_embedding(g)?)?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden)?;
+        }
+        if let Some(norm) = &self.final_norm {
+            hidden = norm.forward(&hidden)?;
+        }
+        Ok(hidden.narrow(1, 1, g * g)?.contiguous()?)
+    }
+}
+
+impl EncoderLayer {
+    fn load(
+        vit: &VitConfig,
+        layout: TensorLayout,
+        loader: &Loader,
+        i: usize,
+    ) -> Result<Self, ModelError> {
+        let d = vit.hidden_size;
+        let name = |part| layout.layer(i, part);
+        let norm = |part| match vit.norm {
+            NormKind::LayerNorm => loader.layer_norm(&name(part), d, vit.norm_eps),
+            NormKind::RmsNorm => loader.rms_norm(&name(part), d, vit.norm_eps),
+        };
+        let qkv = match layout {
+            TensorLayout::Custom => loader.linear(&name(LayerPart::Qkv), 3 * d, d, vit.qkv_bias)?,
+            TensorLayout::Hf | TensorLayout::HfLegacy => {
+                // One fused matmul instead of three.
+                let parts = [LayerPart::Q, LayerPart::K, LayerPart::V]
+                    .map(|part| loader.linear(&name(part), d, d, vit.qkv_bias));
+                let [q, k, v] = parts;
+                let (q, k, v) = (q?, k?, v?);
+                Linear::fuse(&[&q, &k, &v])?
+            }
+        };
+        let qk_norm = if vit.qk_norm {
+            Some((
+                loader.rms_norm(&name(LayerPart::QNorm), d, vit.norm_eps)?,
+                loader.rms_norm(&name(LayerPart::KNorm), d, vit.norm_eps)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: norm(LayerPart::Norm1)?,
+            norm2: norm(LayerPart::Norm2)?,
+            scale1: loader.tensor(&name(LayerPart::Scale1), &[d])?,
+            scale2: loader.tensor(&name(LayerPart::Scale2), &[d])?,
+            attention: Attention {
+                qkv,
+                qk_norm,
+                proj: loader.linear(&name(LayerPart::Proj), d, d, true)?,
+                heads: vit.num_heads,
+            },
+            fc1: loader.linear(&name(LayerPart::Fc1), vit.intermediate_size, d, true)?,
+            fc2: loader.linear(&name(LayerPart::Fc2), d, vit.intermediate_size, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let attended = self.attention.forward(&self.norm1.forward(x)?)?;
+        let x = (x + attended.broadcast_mul(&self.scale1)?)?;
+        let mlp = self
+            .fc2
+            .forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        x + mlp.broadcast_mul(&self.scale2)?
+    }
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let (t, n, d) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?;
+        let mut q = qkv.narrow(2, 0, d)?;
+        let mut k = qkv.narrow(2, d, d)?;
+        let v = qkv.narrow(2, 2 * d, d)?;
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?;
+            k = k_norm.forward(&k)?;
+        }
+        let hd = d / self.heads;
+        let split = |x: Tensor| -> CandleResult<Tensor> {
+            x.reshape((t, n, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scale = (hd as f64).powf(-0.5);
+        let per_tile = self.heads * n * n * x.dtype().size_in_bytes();
+        let chunk = (ATTENTION_SCORE_BUDGET / per_tile.max(1)).max(1);
+        let mut outputs = Vec::with_capacity(t.div_ceil(chunk));
+        for start in (0..t).step_by(chunk) {
+            let len = chunk.min(t - start);
+            let q = q.narrow(0, start, len)?;
+            let k = k.narrow(0, start, len)?;
+            let v = v.narrow(0, start, len)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            outputs.push(softmax(&scores)?.matmul(&v)?);
+        }
+        let out = Tensor::cat(&outputs, 0)?
+            .transpose(1, 2)?
+            .reshape((t, n, d))?;
+        self.proj.forward(&out)
+    }
+}
