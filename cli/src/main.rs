@@ -17,6 +17,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Runs the vision half of a checkpoint on images and writes the features.
+    Encode(commands::encode::EncodeArgs),
     /// TLS material for the QUIC feature transport.
     #[command(subcommand)]
     Tls(commands::tls::TlsCommand),
@@ -32,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Bench(cmd) => cmd.run(),
+        Command::Encode(cmd) => cmd.run(),
         Command::Tls(cmd) => cmd.run(),
     }
 }

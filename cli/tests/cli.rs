@@ -71,3 +71,114 @@ fn tls_self_signed_writes_usable_pem_files() {
     dvd_transport::quic::ServerTls::from_pem_files(&cert, &key).unwrap();
     dvd_transport::quic::ClientTls::from_ca_file(&cert).unwrap();
 }
+
+fn model_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../vision-server/tests/fixtures/model")
+        .join(name)
+}
+
+fn read_f32(file: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+#[test]
+fn encode_writes_reference_features_from_a_hub_cache_id() {
+    // A hub id resolves through the local Hugging Face cache (HF_HUB_CACHE), offline.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--tiny--flash");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            model_fixture("flash-custom").join(file),
+            snapshot.join(file),
+        )
+        .unwrap();
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("features.safetensors");
+    let run = |vir: &str| {
+        dvd()
+            .env("HF_HUB_CACHE", cache.path())
+            .args(["encode", "--model", "tiny/flash", "--vir", vir, "--out"])
+            .arg(&out)
+            .arg("--image")
+            .arg(model_fixture("image.png"))
+            .output()
+            .unwrap()
+    };
+    let result = run("on");
+    assert_success(&result);
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(summary["tiles"], 7);
+    assert_eq!(summary["tiles_per_image"], serde_json::json!([7]));
+    assert!(summary["timings_ms"]["vit"].as_f64().unwrap() > 0.0);
+
+    let (shape, features) = read_f32(&out, "features");
+    let (ref_shape, reference) = read_f32(
+        &model_fixture("flash-custom/reference.safetensors"),
+        "features",
+    );
+    assert_eq!(shape, ref_shape);
+    assert_eq!(summary["tokens"], shape[0]);
+    let diff = features
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-4, "features differ by {diff}");
+    let (pv_shape, _) = read_f32(&out, "pixel_values");
+    assert_eq!(pv_shape, vec![7, 3, 56, 56]);
+
+    // With the router off every tile takes the 4-token (256 at 448 px) path.
+    assert_success(&run("off"));
+    let (shape, _) = read_f32(&out, "features");
+    assert_eq!(shape, vec![28, 48]);
+}
+
+#[test]
+fn encode_reports_bad_images_and_models_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("truncated.png");
+    let png = std::fs::read(model_fixture("image.png")).unwrap();
+    std::fs::write(&bad, &png[..png.len() / 3]).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let result = dvd()
+        .args(["encode", "--model"])
+        .arg(model_fixture("vit300m-hf"))
+        .arg("--image")
+        .arg(&bad)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("truncated.png") && stderr.contains("decode"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let result = dvd()
+        .env("HF_HUB_CACHE", dir.path())
+        .args(["encode", "--model", "nobody/nothing", "--image"])
+        .arg(model_fixture("image.png"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("not found"));
+}

@@ -1,4 +1,5 @@
 //! One module per `dvd` subcommand.
 
 pub mod bench;
+pub mod encode;
 pub mod tls;

@@ -2,6 +2,7 @@
 //! the router and `mlp2`. Loads only vision tensors from any published checkpoint layout.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use dvd_checkpoint::Checkpoint;
@@ -70,6 +71,19 @@ pub struct EncodedTiles {
     pub tokens_per_tile: Vec<usize>,
     /// The router's decision, when routing ran.
     pub router: Option<RouterDecision>,
+    /// Time spent in each stage.
+    pub timings: EncodeTimings,
+}
+
+/// Wall time of each encoding stage (the device is synchronised at the end of each).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EncodeTimings {
+    /// InternViT.
+    pub vit: Duration,
+    /// Router scoring and decision (zero when routing is off).
+    pub router: Duration,
+    /// Pixel shuffle and projectors.
+    pub project: Duration,
 }
 
 impl EncodedTiles {
@@ -321,7 +335,11 @@ impl VisionModel {
         routing: Routing,
     ) -> Result<EncodedTiles, ModelError> {
         let thresholds = self.thresholds(routing)?;
+        let started = Instant::now();
         let tokens = self.vit_tokens(pixel_values)?;
+        self.options.device.synchronize()?;
+        let vit = started.elapsed();
+        let started = Instant::now();
         let router = match thresholds {
             Some(thresholds) => {
                 let compress_probs = self.router_probs(&tokens)?;
@@ -334,15 +352,24 @@ impl VisionModel {
             }
             None => None,
         };
+        let router_time = started.elapsed();
+        let started = Instant::now();
         let t = tokens.dim(0)?;
         let compress = router
             .as_ref()
             .map_or_else(|| vec![false; t], |r| r.compress.clone());
         let (features, tokens_per_tile) = self.project(&tokens, &compress)?;
+        self.options.device.synchronize()?;
+        let timings = EncodeTimings {
+            vit,
+            router: router_time,
+            project: started.elapsed(),
+        };
         Ok(EncodedTiles {
             features,
             tokens_per_tile,
             router,
+            timings,
         })
     }
 }

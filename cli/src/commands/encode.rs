@@ -1,0 +1,162 @@
+//! `dvd encode`: runs the vision half of a checkpoint on images and writes the features the
+//! language server would receive.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
+use dvd_vision_server::preprocess::preprocess;
+use serde_json::json;
+
+/// Options of `dvd encode`.
+#[derive(Debug, Args)]
+pub struct EncodeArgs {
+    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Image file (JPEG, PNG or WebP); repeat for several images of one request.
+    #[arg(long = "image", required = true)]
+    images: Vec<PathBuf>,
+    /// Most tiles per image, thumbnail excluded (default: the checkpoint's setting).
+    #[arg(long)]
+    max_tiles: Option<u32>,
+    /// Do not append a thumbnail to multi-tile images.
+    #[arg(long)]
+    no_thumbnail: bool,
+    /// Visual Resolution Router (Flash checkpoints); default: the config's `flash_mode`.
+    #[arg(long, value_enum)]
+    vir: Option<Switch>,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Output safetensors file: `pixel_values`, `features`, `tokens_per_tile`, `tiles_per_image`.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Compute precision of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// 32-bit float.
+    F32,
+    /// bfloat16.
+    Bf16,
+}
+
+impl EncodeArgs {
+    /// Runs the command and prints a one-line JSON summary.
+    pub fn run(self) -> Result<()> {
+        let total = Instant::now();
+        let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
+        let dtype = match self.dtype {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        };
+        let started = Instant::now();
+        let model = VisionModel::load(
+            &dir,
+            &LoadOptions {
+                dtype,
+                device: Device::Cpu,
+            },
+        )
+        .with_context(|| format!("loading the vision model from {}", dir.display()))?;
+        let load_ms = ms(started);
+
+        let mut tiling = model.config().tiling.clone();
+        if let Some(max) = self.max_tiles {
+            if max == 0 {
+                bail!("--max-tiles must be at least 1");
+            }
+            tiling.max_tiles = max;
+            tiling.min_tiles = tiling.min_tiles.min(max);
+        }
+        if self.no_thumbnail {
+            tiling.thumbnail = false;
+        }
+        let started = Instant::now();
+        let mut tiles = Vec::new();
+        let mut tiles_per_image = Vec::with_capacity(self.images.len());
+        for path in &self.images {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let tiled =
+                preprocess(&bytes, &tiling).with_context(|| format!("image {}", path.display()))?;
+            tiles_per_image.push(tiled.tiles.len() as i64);
+            tiles.extend(tiled.tiles);
+        }
+        let pixel_values = model.pixel_values(&tiles)?;
+        let preprocess_ms = ms(started);
+
+        let routing = match self.vir {
+            None => Routing::Default,
+            Some(Switch::On) => Routing::On,
+            Some(Switch::Off) => Routing::Off,
+        };
+        let encoded = model.encode(&pixel_values, routing)?;
+        let tokens: usize = encoded.tokens_per_tile.iter().sum();
+        let tokens_per_tile: Vec<i64> = encoded.tokens_per_tile.iter().map(|&t| t as i64).collect();
+        let tiles_count = tokens_per_tile.len();
+        let outputs: HashMap<String, Tensor> = HashMap::from([
+            ("pixel_values".to_string(), pixel_values),
+            (
+                "features".to_string(),
+                encoded.features.to_dtype(DType::F32)?,
+            ),
+            (
+                "tokens_per_tile".to_string(),
+                Tensor::new(tokens_per_tile.as_slice(), &Device::Cpu)?,
+            ),
+            (
+                "tiles_per_image".to_string(),
+                Tensor::new(tiles_per_image.as_slice(), &Device::Cpu)?,
+            ),
+        ]);
+        candle_core::safetensors::save(&outputs, &self.out)
+            .with_context(|| format!("writing {}", self.out.display()))?;
+
+        let t = encoded.timings;
+        let summary = json!({
+            "images": self.images.len(),
+            "tiles": tiles_count,
+            "tiles_per_image": tiles_per_image,
+            "tokens": tokens,
+            "hidden": model.config().llm_hidden_size,
+            "compressed_tiles": encoded.router.as_ref().map(|r| r.compress.iter().filter(|&&c| c).count()),
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "out": self.out,
+            "timings_ms": {
+                "load": load_ms,
+                "preprocess": preprocess_ms,
+                "vit": round(t.vit.as_secs_f64() * 1e3),
+                "router": round(t.router.as_secs_f64() * 1e3),
+                "project": round(t.project.as_secs_f64() * 1e3),
+                "total": ms(total),
+            },
+        });
+        println!("{summary}");
+        Ok(())
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    round(since.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Milliseconds to microsecond precision, for a readable summary.
+fn round(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
+}
