@@ -1,15 +1,45 @@
 //! `dvd bench ...`: benchmarks.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use dvd_bench::transport::TransportBench;
+use dvd_bench::vision::VisionBench;
 use dvd_transport::quic::QuicTuning;
+
+use super::encode::Precision;
 
 /// Benchmarks (see docs/performance.md for recorded results).
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Feature-frame throughput on loopback: raw TCP, our TCP, raw quinn, our QUIC.
     Transport(TransportArgs),
+    /// Image preprocessing time and encoder tiles/s of a checkpoint on the CPU.
+    Vision(VisionArgs),
+}
+
+/// Options of `dvd bench vision`.
+#[derive(Debug, Args)]
+pub struct VisionArgs {
+    /// Model directory, or a hub id in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Image whose preprocessing is timed (its tiles also feed the encoder).
+    #[arg(long)]
+    image: PathBuf,
+    /// Tiles per encoder batch.
+    #[arg(long, default_value_t = 4)]
+    tiles: usize,
+    /// Timed rounds after one warm-up; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `dvd bench transport`.
@@ -58,6 +88,7 @@ impl BenchCommand {
     pub fn run(self) -> Result<()> {
         match self {
             Self::Transport(args) => transport(args),
+            Self::Vision(args) => vision(args),
         }
     }
 }
@@ -102,6 +133,40 @@ fn transport(args: TransportArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn vision(args: VisionArgs) -> Result<()> {
+    let bench = VisionBench {
+        model: args.model,
+        image: args.image,
+        tiles: args.tiles,
+        rounds: args.rounds,
+        dtype: args.dtype.dtype(),
+    };
+    let report = bench.run()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "preprocess {}x{} -> {} tiles: {:.2} ms (median; {:.2}..{:.2})",
+            report.image_size.0,
+            report.image_size.1,
+            report.image_tiles,
+            report.preprocess_ms,
+            report.preprocess_range_ms.0,
+            report.preprocess_range_ms.1
+        );
+        println!(
+            "encode {} tiles ({}): {:.1} ms (median; {:.1}..{:.1}) = {:.2} tiles/s",
+            report.batch_tiles,
+            report.dtype,
+            report.encode_ms,
+            report.encode_range_ms.0,
+            report.encode_range_ms.1,
+            report.tiles_per_s
+        );
     }
     Ok(())
 }

@@ -56,15 +56,22 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
 impl EncodeArgs {
     /// Runs the command and prints a one-line JSON summary.
     pub fn run(self) -> Result<()> {
         let total = Instant::now();
         let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
-        let dtype = match self.dtype {
-            Precision::F32 => DType::F32,
-            Precision::Bf16 => DType::BF16,
-        };
+        let dtype = self.dtype.dtype();
         let started = Instant::now();
         let model = VisionModel::load(
             &dir,

@@ -10,8 +10,12 @@ use super::layers::{Linear, Loader, Norm, softmax};
 use super::names::{LayerPart, TensorLayout};
 use super::pos_embed::resize_grid;
 
-/// Bytes of attention scores materialised at once; larger batches are split by tiles.
-const ATTENTION_SCORE_BUDGET: usize = 256 * 1024 * 1024;
+/// Bytes of attention scores materialised at once on the CPU: a few (tile, head) pairs, so the
+/// scores stay in cache between the two matmuls and the softmax (about 2x faster than one big
+/// batch on the 2-core benchmark machine; see docs/performance.md).
+const CPU_SCORE_BUDGET: usize = 16 * 1024 * 1024;
+/// The same bound on accelerators, where large batches keep the device busy.
+const DEVICE_SCORE_BUDGET: usize = 512 * 1024 * 1024;
 
 /// The ViT up to the configured feature layer.
 #[derive(Debug)]
@@ -218,25 +222,33 @@ impl Attention {
             k = k_norm.forward(&k)?;
         }
         let hd = d / self.heads;
+        // Heads become the batch axis: [T * heads, N, hd].
         let split = |x: Tensor| -> CandleResult<Tensor> {
             x.reshape((t, n, self.heads, hd))?
                 .transpose(1, 2)?
-                .contiguous()
+                .contiguous()?
+                .reshape((t * self.heads, n, hd))
         };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let scale = (hd as f64).powf(-0.5);
-        let per_tile = self.heads * n * n * x.dtype().size_in_bytes();
-        let chunk = (ATTENTION_SCORE_BUDGET / per_tile.max(1)).max(1);
-        let mut outputs = Vec::with_capacity(t.div_ceil(chunk));
-        for start in (0..t).step_by(chunk) {
-            let len = chunk.min(t - start);
-            let q = q.narrow(0, start, len)?;
-            let k = k.narrow(0, start, len)?;
-            let v = v.narrow(0, start, len)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            outputs.push(softmax(&scores)?.matmul(&v)?);
+        // Scaling q is cheaper than scaling the N x N scores.
+        let q = (split(q)? * (hd as f64).powf(-0.5))?;
+        let (k, v) = (split(k)?, split(v)?);
+        let pairs = t * self.heads;
+        let budget = if x.device().is_cpu() {
+            CPU_SCORE_BUDGET
+        } else {
+            DEVICE_SCORE_BUDGET
+        };
+        let chunk = (budget / (n * n * x.dtype().size_in_bytes()).max(1)).clamp(1, pairs);
+        let mut outputs = Vec::with_capacity(pairs.div_ceil(chunk));
+        for start in (0..pairs).step_by(chunk) {
+            let len = chunk.min(pairs - start);
+            let scores = q
+                .narrow(0, start, len)?
+                .matmul(&k.narrow(0, start, len)?.t()?)?;
+            outputs.push(softmax(&scores)?.matmul(&v.narrow(0, start, len)?)?);
         }
         let out = Tensor::cat(&outputs, 0)?
+            .reshape((t, self.heads, n, hd))?
             .transpose(1, 2)?
             .reshape((t, n, d))?;
         self.proj.forward(&out)
