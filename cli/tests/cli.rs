@@ -145,6 +145,33 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
     assert_success(&run("off"));
     let (shape, _) = read_f32(&out, "features");
     assert_eq!(shape, vec![28, 48]);
+
+    // Tiling overrides: at most 2 tiles (a 2x1 grid for 150x100), no thumbnail.
+    let result = dvd()
+        .args([
+            "encode",
+            "--max-tiles",
+            "2",
+            "--no-thumbnail",
+            "--vir",
+            "off",
+            "--model",
+        ])
+        .arg(model_fixture("vit300m-hf"))
+        .arg("--image")
+        .arg(model_fixture("image.png"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_success(&result);
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(
+        (summary["tiles"].as_u64(), summary["tokens"].as_u64()),
+        (Some(2), Some(8))
+    );
+    let (pv_shape, _) = read_f32(&out, "pixel_values");
+    assert_eq!(pv_shape, vec![2, 3, 56, 56]);
 }
 
 #[test]

@@ -159,13 +159,16 @@ impl VisionConfig {
             message,
         };
         let vit = &self.vit;
-        if vit.hidden_size == 0 || vit.num_heads == 0 || vit.hidden_size % vit.num_heads != 0 {
+        if vit.hidden_size == 0
+            || vit.num_heads == 0
+            || !vit.hidden_size.is_multiple_of(vit.num_heads)
+        {
             return Err(err(format!(
                 "vision hidden_size {} is not divisible by {} heads",
                 vit.hidden_size, vit.num_heads
             )));
         }
-        if vit.patch_size == 0 || vit.image_size % vit.patch_size != 0 {
+        if vit.patch_size == 0 || !vit.image_size.is_multiple_of(vit.patch_size) {
             return Err(err(format!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 vit.image_size, vit.patch_size
@@ -186,7 +189,7 @@ impl VisionConfig {
         }
         let tile = self.tiling.tile_size as usize;
         let grid = tile / vit.patch_size;
-        if tile % vit.patch_size != 0 || grid % self.shuffle_factor() != 0 {
+        if !tile.is_multiple_of(vit.patch_size) || !grid.is_multiple_of(self.shuffle_factor()) {
             return Err(err(format!(
                 "tile size {tile} gives a {grid}x{grid} patch grid that pixel shuffle by {} cannot split",
                 self.shuffle_factor()

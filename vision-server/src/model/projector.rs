@@ -21,7 +21,7 @@ pub fn pixel_shuffle(
 ) -> CandleResult<Tensor> {
     let (t, n, d) = tokens.dims3()?;
     let g = (n as f64).sqrt().round() as usize;
-    if g * g != n || factor == 0 || g % factor != 0 {
+    if g * g != n || factor == 0 || !g.is_multiple_of(factor) {
         candle_core::bail!(
             "pixel shuffle by {factor} needs a square grid divisible by it, got {n} tokens"
         );

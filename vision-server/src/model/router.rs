@@ -135,7 +135,7 @@ impl Router {
     }
 
     pub fn load(loader: &Loader, d: usize) -> Result<Self, ModelError> {
-        if d % POOLING_HEADS != 0 {
+        if !d.is_multiple_of(POOLING_HEADS) {
             return Err(ModelError::Unsupported(format!(
                 "router pooling needs the ViT width {d} to split into {POOLING_HEADS} heads"
             )));
