@@ -4,8 +4,9 @@
 //! [`dvd-transport`](../dvd_transport/index.html).
 //!
 //! What is here so far: [`preprocess`], the image half (decoding, reference-exact tiling and
-//! resizing, normalisation). The encoder and the server land with the `[vision-model]` and
-//! `[vision-server]` issues; until then `dvd` offers no vision subcommand.
+//! resizing, normalisation), and [`model`], the encoder (InternViT, pixel shuffle, `mlp1`, the
+//! Flash models' router and `mlp2`) behind `dvd encode`. The server lands with the
+//! `[vision-server]` issue.
 
 pub mod error;
 pub mod model;

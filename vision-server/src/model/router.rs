@@ -73,16 +73,15 @@ impl CrossAttention {
             loader.tensor(&format!("{prefix}.in_proj_weight"), &[3 * d, d])?,
             Some(loader.tensor(&format!("{prefix}.in_proj_bias"), &[3 * d])?),
         );
-        let mut parts = in_proj.split(3)?.into_iter();
-        let mut next = || {
-            parts
-                .next()
-                .ok_or_else(|| ModelError::Unsupported("in_proj split".into()))
-        };
+        // in_proj rows are q | k | v.
+        let [q, k, v]: [Linear; 3] = in_proj
+            .split(3)?
+            .try_into()
+            .map_err(|_| ModelError::Unsupported(format!("{prefix}.in_proj_weight split")))?;
         Ok(Self {
-            q: next()?,
-            k: next()?,
-            v: next()?,
+            q,
+            k,
+            v,
             out: loader.linear(&format!("{prefix}.out_proj"), d, d, true)?,
         })
     }
