@@ -4,7 +4,6 @@
 
 mod config;
 mod error;
-mod layers;
 mod names;
 mod pos_embed;
 mod projector;

@@ -6,7 +6,7 @@ use candle_core::{Result as CandleResult, Tensor};
 
 use super::config::PixelShuffleVersion;
 use super::error::ModelError;
-use super::layers::{Linear, Loader, Norm};
+use dvd_nn::{Linear, Loader, Norm};
 
 /// Epsilon of every projector LayerNorm (PyTorch's default, not the ViT's 1e-6).
 pub(crate) const PROJECTOR_NORM_EPS: f64 = 1e-5;

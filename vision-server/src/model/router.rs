@@ -8,7 +8,7 @@
 use candle_core::{Result as CandleResult, Tensor};
 
 use super::error::ModelError;
-use super::layers::{Linear, Loader, Norm, softmax};
+use dvd_nn::{Linear, Loader, Norm, softmax};
 use super::projector::PROJECTOR_NORM_EPS;
 
 /// Heads of the pooling attention (`CrossAttentionPooling(dim, num_heads=16)` in the reference).

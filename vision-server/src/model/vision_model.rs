@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::config::{PixelShuffleVersion, VisionConfig};
 use super::error::ModelError;
-use super::layers::Loader;
+use dvd_nn::Loader;
 use super::names::{Mlp1Part, TensorLayout};
 use super::projector::{MlpProjector, pixel_shuffle};
 use super::router::{Router, RouterThresholds, decide};

@@ -6,7 +6,7 @@ use candle_core::{DType, Result as CandleResult, Tensor};
 
 use super::config::{NormKind, VisionConfig, VitConfig};
 use super::error::ModelError;
-use super::layers::{Linear, Loader, Norm, softmax};
+use dvd_nn::{Linear, Loader, Norm, softmax};
 use super::names::{LayerPart, TensorLayout};
 use super::pos_embed::resize_grid;
 

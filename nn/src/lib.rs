@@ -1,23 +1,26 @@
-//! Small building blocks shared by the ViT, the projectors and the router.
+//! Building blocks shared by dvd's models (the vision encoder and the language model): a
+//! last-axis [`Linear`], LayerNorm/RMSNorm ([`Norm`]), [`softmax`], and a [`Loader`] that reads
+//! weights from a [`Checkpoint`] with the shapes the config implies.
 
 use candle_core::{DType, Device, Result as CandleResult, Tensor};
 
-use super::error::ModelError;
-use dvd_checkpoint::Checkpoint;
+use dvd_checkpoint::{Checkpoint, CheckpointError};
 
 /// A dense layer `y = x W^T + b` over the last dimension of any-rank input.
 #[derive(Debug, Clone)]
-pub(crate) struct Linear {
+pub struct Linear {
     /// `[out, in]`.
     weight: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// A layer from its `[out, in]` weight and optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
+    /// Applies the layer to the last axis of `x`.
     pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
         let dims = x.dims();
         let input = dims[dims.len() - 1];
@@ -36,19 +39,27 @@ impl Linear {
 
 /// LayerNorm (weight and bias) or RMSNorm (weight only) over the last dimension.
 #[derive(Debug, Clone)]
-pub(crate) enum Norm {
+pub enum Norm {
+    /// `(x - mean) / sqrt(var + eps) * weight + bias`.
     Layer {
+        /// Scale.
         weight: Tensor,
+        /// Shift.
         bias: Tensor,
+        /// Variance epsilon.
         eps: f32,
     },
+    /// `x / sqrt(mean(x^2) + eps) * weight`.
     Rms {
+        /// Scale.
         weight: Tensor,
+        /// Epsilon.
         eps: f32,
     },
 }
 
 impl Norm {
+    /// Normalises the last axis of `x`.
     pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
         let x = x.contiguous()?;
         match self {
@@ -59,47 +70,51 @@ impl Norm {
 }
 
 /// Softmax over the last dimension.
-pub(crate) fn softmax(x: &Tensor) -> CandleResult<Tensor> {
+pub fn softmax(x: &Tensor) -> CandleResult<Tensor> {
     candle_nn::ops::softmax_last_dim(&x.contiguous()?)
 }
 
 /// Reads tensors of one checkpoint in one dtype onto one device, checking shapes.
-pub(crate) struct Loader<'a> {
+pub struct Loader<'a> {
+    /// Where the weights come from.
     pub checkpoint: &'a Checkpoint,
+    /// The dtype every weight is converted to.
     pub dtype: DType,
+    /// The device every weight is placed on.
     pub device: &'a Device,
 }
 
 impl Loader<'_> {
     /// The tensor `name`, which must have shape `shape`.
-    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        Ok(self
-            .checkpoint
-            .load_shaped(name, shape, self.dtype, self.device)?)
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
+        self.checkpoint
+            .load_shaped(name, shape, self.dtype, self.device)
     }
 
     /// The tensor `name` reshaped to `shape`; the stored shape may differ only by leading ones
     /// (`[1, 1, D]` and `[D]` are both accepted for a `[D]` vector).
-    pub fn tensor_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+    pub fn tensor_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
         let info = self.checkpoint.info(name).ok_or_else(|| {
-            dvd_checkpoint::CheckpointError::MissingTensor {
+            CheckpointError::MissingTensor {
                 name: name.to_string(),
             }
         })?;
         let significant: Vec<usize> = info.shape.iter().copied().skip_while(|&d| d == 1).collect();
         let wanted: Vec<usize> = shape.iter().copied().skip_while(|&d| d == 1).collect();
         if significant != wanted {
-            return Err(dvd_checkpoint::CheckpointError::ShapeMismatch {
+            return Err(CheckpointError::ShapeMismatch {
                 name: name.to_string(),
                 expected: shape.to_vec(),
                 found: info.shape,
-            }
-            .into());
+            });
         }
-        Ok(self
-            .checkpoint
+        self.checkpoint
             .load(name, self.dtype, self.device)?
-            .reshape(shape)?)
+            .reshape(shape)
+            .map_err(|source| CheckpointError::Tensor {
+                name: name.to_string(),
+                source,
+            })
     }
 
     /// `prefix.weight` `[out, in]` and, when `bias`, `prefix.bias` `[out]`.
@@ -109,7 +124,7 @@ impl Loader<'_> {
         out: usize,
         input: usize,
         bias: bool,
-    ) -> Result<Linear, ModelError> {
+    ) -> Result<Linear, CheckpointError> {
         let weight = self.tensor(&format!("{prefix}.weight"), &[out, input])?;
         let bias = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
@@ -120,7 +135,7 @@ impl Loader<'_> {
     }
 
     /// LayerNorm `prefix.{weight,bias}` over `dim`.
-    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, ModelError> {
+    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, CheckpointError> {
         Ok(Norm::Layer {
             weight: self.tensor(&format!("{prefix}.weight"), &[dim])?,
             bias: self.tensor(&format!("{prefix}.bias"), &[dim])?,
@@ -129,7 +144,7 @@ impl Loader<'_> {
     }
 
     /// RMSNorm `prefix.weight` over `dim`.
-    pub fn rms_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, ModelError> {
+    pub fn rms_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, CheckpointError> {
         Ok(Norm::Rms {
             weight: self.tensor(&format!("{prefix}.weight"), &[dim])?,
             eps: eps as f32,
