@@ -181,3 +181,21 @@ impl Linear {
             .collect()
     }
 }
+
+/// Where and in which precision a model runs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; weights are converted to it whatever they are stored as.
+    pub dtype: DType,
+    /// Device the weights live on.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}

@@ -18,6 +18,4 @@ pub use error::ModelError;
 pub use names::TensorLayout;
 pub use projector::pixel_shuffle;
 pub use router::{POOLING_HEADS, RouterThresholds, decide};
-pub use vision_model::{
-    EncodeTimings, EncodedTiles, LoadOptions, RouterDecision, Routing, VisionModel,
-};
+pub use vision_model::{EncodeTimings, EncodedTiles, RouterDecision, Routing, VisionModel};

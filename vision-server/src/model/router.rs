@@ -8,8 +8,8 @@
 use candle_core::{Result as CandleResult, Tensor};
 
 use super::error::ModelError;
-use dvd_nn::{Linear, Loader, Norm, softmax};
 use super::projector::PROJECTOR_NORM_EPS;
+use dvd_nn::{Linear, Loader, Norm, softmax};
 
 /// Heads of the pooling attention (`CrossAttentionPooling(dim, num_heads=16)` in the reference).
 pub const POOLING_HEADS: usize = 16;

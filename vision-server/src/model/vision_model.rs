@@ -4,39 +4,21 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use dvd_checkpoint::Checkpoint;
 use image::RgbImage;
 
 use super::config::{PixelShuffleVersion, VisionConfig};
 use super::error::ModelError;
-use dvd_nn::Loader;
 use super::names::{Mlp1Part, TensorLayout};
 use super::projector::{MlpProjector, pixel_shuffle};
 use super::router::{Router, RouterThresholds, decide};
 use super::vit::InternVit;
 use crate::preprocess::pixel_values;
+use dvd_nn::{LoadOptions, Loader};
 
 /// Shuffle factor of the Flash `mlp2` path (ratio 0.25: 4x4 tokens merge into one).
 const COMPRESSED_SHUFFLE: usize = 4;
-
-/// Where and in which precision the model runs.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// Compute dtype; weights are converted to it whatever they are stored as.
-    pub dtype: DType,
-    /// Device the weights live on.
-    pub device: Device,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            dtype: DType::F32,
-            device: Device::Cpu,
-        }
-    }
-}
 
 /// Whether tiles go through the Visual Resolution Router.
 #[derive(Debug, Clone, Copy, PartialEq)]

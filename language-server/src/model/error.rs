@@ -1,0 +1,30 @@
+//! Errors of loading and running the language model.
+
+use std::path::PathBuf;
+
+use dvd_checkpoint::CheckpointError;
+
+/// What can go wrong loading or running the language model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The checkpoint could not be found or read, or a tensor is missing or misshapen.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// `config.json` is unusable.
+    #[error("{}: {message}", path.display())]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The checkpoint asks for something dvd does not implement.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// The caller's input does not fit the model.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}

@@ -1,0 +1,91 @@
+//! Per-sequence key/value cache: one growing buffer per layer (the serving engine replaces it
+//! with paged blocks).
+
+use candle_core::{Result, Tensor};
+
+/// Initial capacity in positions.
+const INITIAL_CAPACITY: usize = 256;
+
+/// Keys and values of one layer: `[kv_heads, capacity, head_dim]`, the first `len` positions
+/// filled.
+#[derive(Debug)]
+struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+}
+
+/// The cached keys and values of one sequence, every layer. Not `Clone`: appends write into
+/// the buffers in place.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `layers` layers.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Positions cached (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `keys`/`values` `[kv_heads, n, head_dim]` to layer `layer` and returns all cached
+    /// positions of that layer, `[kv_heads, len + n, head_dim]`. The sequence length advances
+    /// when the last layer has been appended.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let n = keys.dim(1)?;
+        let needed = self.len + n;
+        let slot = &mut self.layers[layer];
+        let grow = match slot {
+            Some(c) => c.keys.dim(1)? < needed,
+            None => true,
+        };
+        if grow {
+            let (heads, _, dim) = keys.dims3()?;
+            let capacity = needed.max(INITIAL_CAPACITY).next_power_of_two();
+            let fresh = LayerCache {
+                keys: Tensor::zeros((heads, capacity, dim), keys.dtype(), keys.device())?,
+                values: Tensor::zeros((heads, capacity, dim), values.dtype(), values.device())?,
+            };
+            if let Some(old) = slot.as_ref().filter(|_| self.len > 0) {
+                fresh
+                    .keys
+                    .slice_set(&old.keys.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                fresh
+                    .values
+                    .slice_set(&old.values.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+            }
+            *slot = Some(fresh);
+        }
+        let Some(cache) = slot.as_ref() else {
+            candle_core::bail!("kv cache layer {layer} missing");
+        };
+        cache.keys.slice_set(&keys.contiguous()?, 1, self.len)?;
+        cache.values.slice_set(&values.contiguous()?, 1, self.len)?;
+        let out = (
+            cache.keys.narrow(1, 0, needed)?,
+            cache.values.narrow(1, 0, needed)?,
+        );
+        if layer + 1 == self.layers.len() {
+            self.len = needed;
+        }
+        Ok(out)
+    }
+}

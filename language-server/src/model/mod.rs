@@ -1,0 +1,21 @@
+//! The language model: Qwen3 dense and Qwen3-MoE on candle (CPU now, any candle device later),
+//! loaded from the HF, GitHub/legacy InternVL or plain Qwen3 layouts, with a batched forward pass
+//! over sequences of different lengths that each keep their own KV cache.
+
+mod attention;
+mod config;
+mod error;
+mod kv_cache;
+mod mlp;
+mod names;
+mod qwen3;
+mod rope;
+
+pub use attention::argmax_rows;
+pub use config::{LanguageConfig, MoeConfig};
+pub use dvd_nn::LoadOptions;
+pub use error::ModelError;
+pub use kv_cache::KvCache;
+pub use names::LanguageLayout;
+pub use qwen3::{LanguageModel, SequenceStep};
+pub use rope::Rope;

@@ -1,0 +1,291 @@
+//! The Qwen3 (dense or MoE) decoder: loading from any published layout and a batched forward
+//! pass over sequences of different lengths, each with its own KV cache.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use dvd_checkpoint::Checkpoint;
+use dvd_nn::{Linear, LoadOptions, Loader, Norm};
+
+use super::attention::{Attention, Span};
+use super::config::LanguageConfig;
+use super::error::ModelError;
+use super::kv_cache::KvCache;
+use super::mlp::{FeedForward, Moe, SwiGlu};
+use super::names::LanguageLayout;
+use super::rope::Rope;
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_norm: Norm,
+    attention: Attention,
+    post_attention_norm: Norm,
+    feed_forward: FeedForward,
+}
+
+/// One sequence's part of a batched forward step.
+#[derive(Debug)]
+pub struct SequenceStep<'a> {
+    /// Input embeddings of the new tokens, `[len, hidden]` (see [`LanguageModel::embed`]).
+    pub embeds: Tensor,
+    /// The sequence's cache; the new tokens are appended to it.
+    pub cache: &'a mut KvCache,
+}
+
+/// Qwen3 / Qwen3-MoE, language tensors only.
+#[derive(Debug)]
+pub struct LanguageModel {
+    config: LanguageConfig,
+    layout: LanguageLayout,
+    options: LoadOptions,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Norm,
+    lm_head: Tensor,
+    tied: bool,
+    rope: Rope,
+}
+
+impl LanguageModel {
+    /// Loads the language tensors of the checkpoint in `dir`.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
+        let config = LanguageConfig::from_dir(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_checkpoint(config, &checkpoint, options)
+    }
+
+    /// Loads the language tensors of an opened checkpoint described by `config`.
+    pub fn from_checkpoint(
+        config: LanguageConfig,
+        checkpoint: &Checkpoint,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let layout = LanguageLayout::detect(checkpoint)?;
+        let loader = Loader {
+            checkpoint,
+            dtype: options.dtype,
+            device: &options.device,
+        };
+        let c = &config;
+        let embed_tokens = loader.tensor(&layout.embed_tokens(), &[c.vocab_size, c.hidden_size])?;
+        // Prefer a stored lm_head (InternVL3.5 ships one even for tied base models).
+        let (lm_head, tied) = if checkpoint.contains(&layout.lm_head()) {
+            (
+                loader.tensor(&layout.lm_head(), &[c.vocab_size, c.hidden_size])?,
+                false,
+            )
+        } else if c.tie_word_embeddings {
+            (embed_tokens.clone(), true)
+        } else {
+            return Err(dvd_checkpoint::CheckpointError::MissingTensor {
+                name: layout.lm_head(),
+            }
+            .into());
+        };
+        let layers = (0..c.num_layers)
+            .map(|i| load_layer(c, layout, &loader, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            norm: loader.rms_norm(&layout.final_norm(), c.hidden_size, c.rms_norm_eps)?,
+            rope: Rope::new(c.rope_theta, c.head_dim),
+            config,
+            layout,
+            options: options.clone(),
+            embed_tokens,
+            layers,
+            lm_head,
+            tied,
+        })
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &LanguageConfig {
+        &self.config
+    }
+
+    /// The tensor-naming layout of the checkpoint.
+    pub fn layout(&self) -> LanguageLayout {
+        self.layout
+    }
+
+    /// Whether `lm_head` is the embedding matrix (no `lm_head` tensor in the checkpoint).
+    pub fn tied_embeddings(&self) -> bool {
+        self.tied
+    }
+
+    /// Compute dtype and device.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// A fresh cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers)
+    }
+
+    /// Text embeddings of `ids`, with `image_features` (`[n, hidden]`, any dtype) written into
+    /// the positions holding `image_token_id`, in order. The number of such positions must equal
+    /// `n`: the prompt's `<IMG_CONTEXT>` runs are built from the vision side's tokens per tile.
+    pub fn embed(
+        &self,
+        ids: &[u32],
+        image_token_id: Option<u32>,
+        image_features: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let device = &self.options.device;
+        let index = Tensor::from_vec(ids.to_vec(), ids.len(), device)?;
+        let text = self.embed_tokens.index_select(&index, 0)?;
+        let slots: Vec<usize> = match image_token_id {
+            Some(image) => ids
+                .iter()
+                .enumerate()
+                .filter(|&(_, &t)| t == image)
+                .map(|(i, _)| i)
+                .collect(),
+            None => Vec::new(),
+        };
+        let provided = match image_features {
+            Some(f) => f.dim(0)?,
+            None => 0,
+        };
+        if slots.len() != provided {
+            return Err(ModelError::InvalidInput(format!(
+                "the prompt has {} image-token positions but {provided} image features",
+                slots.len()
+            )));
+        }
+        let Some(features) = image_features.filter(|_| !slots.is_empty()) else {
+            return Ok(text);
+        };
+        let (_, width) = features.dims2()?;
+        if width != self.config.hidden_size {
+            return Err(ModelError::InvalidInput(format!(
+                "image features are {width} wide, the model {}",
+                self.config.hidden_size
+            )));
+        }
+        // Rows 0..len are text, len.. are features; pick per position.
+        let mut pick: Vec<u32> = (0..ids.len() as u32).collect();
+        for (k, &slot) in slots.iter().enumerate() {
+            pick[slot] = (ids.len() + k) as u32;
+        }
+        let table = Tensor::cat(
+            &[&text, &features.to_dtype(text.dtype())?.to_device(device)?],
+            0,
+        )?;
+        let pick = Tensor::from_vec(pick, ids.len(), device)?;
+        Ok(table.index_select(&pick, 0)?)
+    }
+
+    /// Runs one step for every sequence in `batch` (prefill chunks and decode tokens alike):
+    /// appends their tokens to their caches and returns the logits of each sequence's last new
+    /// token, f32 `[batch, vocab]`.
+    pub fn forward(&self, batch: &mut [SequenceStep<'_>]) -> Result<Tensor, ModelError> {
+        if batch.is_empty() {
+            return Err(ModelError::InvalidInput("empty batch".into()));
+        }
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for step in batch.iter() {
+            let (len, width) = step.embeds.dims2()?;
+            if len == 0 || width != self.config.hidden_size {
+                return Err(ModelError::InvalidInput(format!(
+                    "a sequence step must be [len > 0, {}], got [{len}, {width}]",
+                    self.config.hidden_size
+                )));
+            }
+            if step.cache.len() + len > self.config.max_position_embeddings {
+                return Err(ModelError::InvalidInput(format!(
+                    "sequence of {} positions exceeds max_position_embeddings {}",
+                    step.cache.len() + len,
+                    self.config.max_position_embeddings
+                )));
+            }
+            spans.push(Span { start, len });
+            start += len;
+        }
+        let embeds: Vec<Tensor> = batch
+            .iter()
+            .map(|s| s.embeds.to_dtype(self.options.dtype))
+            .collect::<Result<_, _>>()?;
+        let mut x = Tensor::cat(&embeds, 0)?;
+        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|s| &mut *s.cache).collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attended = layer.attention.forward(
+                &layer.input_norm.forward(&x)?,
+                &spans,
+                &mut caches,
+                i,
+                &self.rope,
+            )?;
+            x = (x + attended)?;
+            let ff = layer
+                .feed_forward
+                .forward(&layer.post_attention_norm.forward(&x)?)?;
+            x = (x + ff)?;
+        }
+        let last: Vec<u32> = spans.iter().map(|s| (s.start + s.len - 1) as u32).collect();
+        let last = Tensor::from_vec(last, spans.len(), x.device())?;
+        let hidden = self.norm.forward(&x.index_select(&last, 0)?)?;
+        Ok(hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+    }
+}
+
+fn load_layer(
+    c: &LanguageConfig,
+    layout: LanguageLayout,
+    loader: &Loader,
+    i: usize,
+) -> Result<DecoderLayer, ModelError> {
+    let p = layout.layer(i);
+    let (h, d, kv) = (c.hidden_size, c.head_dim, c.num_kv_heads);
+    let bias = c.attention_bias;
+    let q = loader.linear(&format!("{p}.self_attn.q_proj"), c.num_heads * d, h, bias)?;
+    let k = loader.linear(&format!("{p}.self_attn.k_proj"), kv * d, h, bias)?;
+    let v = loader.linear(&format!("{p}.self_attn.v_proj"), kv * d, h, bias)?;
+    let attention = Attention {
+        qkv: Linear::fuse(&[&q, &k, &v])?,
+        o: loader.linear(&format!("{p}.self_attn.o_proj"), h, c.num_heads * d, bias)?,
+        q_norm: loader.rms_norm(&format!("{p}.self_attn.q_norm"), d, c.rms_norm_eps)?,
+        k_norm: loader.rms_norm(&format!("{p}.self_attn.k_norm"), d, c.rms_norm_eps)?,
+        heads: c.num_heads,
+        kv_heads: kv,
+        head_dim: d,
+    };
+    let swiglu = |prefix: &str, width: usize| -> Result<SwiGlu, ModelError> {
+        let gate = loader.linear(&format!("{prefix}.gate_proj"), width, h, false)?;
+        let up = loader.linear(&format!("{prefix}.up_proj"), width, h, false)?;
+        Ok(SwiGlu {
+            gate_up: Linear::fuse(&[&gate, &up])?,
+            down: loader.linear(&format!("{prefix}.down_proj"), h, width, false)?,
+            width,
+        })
+    };
+    let feed_forward = match &c.moe {
+        Some(m) if c.is_moe_layer(i) => FeedForward::Moe(Moe {
+            router: loader.linear(&format!("{p}.mlp.gate"), m.num_experts, h, false)?,
+            experts: (0..m.num_experts)
+                .map(|e| swiglu(&format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size))
+                .collect::<Result<_, _>>()?,
+            top_k: m.experts_per_token,
+            norm_topk_prob: m.norm_topk_prob,
+        }),
+        _ => FeedForward::Dense(swiglu(&format!("{p}.mlp"), c.intermediate_size)?),
+    };
+    Ok(DecoderLayer {
+        input_norm: loader.rms_norm(&format!("{p}.input_layernorm"), h, c.rms_norm_eps)?,
+        attention,
+        post_attention_norm: loader.rms_norm(
+            &format!("{p}.post_attention_layernorm"),
+            h,
+            c.rms_norm_eps,
+        )?,
+        feed_forward,
+    })
+}
