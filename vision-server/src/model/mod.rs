@@ -14,6 +14,7 @@ mod vit;
 pub use config::{
     ConfigStyle, NormKind, PixelShuffleVersion, RouterConfig, VisionConfig, VitConfig,
 };
+pub use dvd_nn::LoadOptions;
 pub use error::ModelError;
 pub use names::TensorLayout;
 pub use projector::pixel_shuffle;
