@@ -18,7 +18,9 @@ Writes into language-server/tests/fixtures/model/:
                               2 shards + index, llm_config
   qwen3-tied-f16/             plain Qwen3ForCausalLM, tied embeddings (no lm_head tensor), f16
   */reference.safetensors     text_ids, text_logits, text_greedy[, image_ids, image_logits,
-                              image_greedy] (ids i64, logits f32)
+                              image_greedy] (ids i64, logits f32); internvl-dense-hf also
+                              chat_ids (apply_chat_template with its template, image expanded)
+                              and chat_logits
 Every checkpoint directory also gets tokenizer.json, tokenizer_config.json and
 generation_config.json (eos = <|im_end|>).
 
@@ -205,6 +207,17 @@ def main():
         "max_patches": 6, "size": {"height": TILE, "width": TILE}}, indent=1))
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     write_text_files(out, tok)
+    # The prompt transformers builds from the shipped chat template (InternVLProcessor expands
+    # each <IMG_CONTEXT> placeholder to <img> + <IMG_CONTEXT> x tokens + </img>).
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in the picture?"}]}]
+    chat = fast.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    n = TOKENS_PER_TILE * pixel_values.shape[0]
+    chat = chat.replace("<IMG_CONTEXT>", "<img>" + "<IMG_CONTEXT>" * n + "</img>", 1)
+    refs["chat_ids"] = torch.tensor(tok.encode(chat).ids)
+    with torch.no_grad():
+        refs["chat_logits"] = model(input_ids=refs["chat_ids"][None], pixel_values=pixel_values).logits[0, -1].clone()
     save_file(refs, str(out / "reference.safetensors"))
     report["internvl-dense-hf"] = (seed, margin)
 

@@ -2,9 +2,12 @@
 //!
 //! - [`transport`]: feature-frame throughput of our TCP and QUIC transports against raw tokio TCP
 //!   and raw quinn measured in the same run (`dvd bench transport`).
+//! - [`language`]: prefill and decode tokens/s of a checkpoint (`dvd bench language`), beside
+//!   `tools/bench_language_torch.py` for PyTorch.
 //! - [`vision`]: image preprocessing time and encoder tiles/s of a checkpoint
 //!   (`dvd bench vision`), beside `tools/bench_vision_torch.py` for PyTorch.
 
+pub mod language;
 pub mod stats;
 pub mod transport;
 pub mod vision;

@@ -19,6 +19,9 @@ enum Command {
     Bench(commands::bench::BenchCommand),
     /// Runs the vision half of a checkpoint on images and writes the features.
     Encode(commands::encode::EncodeArgs),
+    /// Vision and language in one process (the coupled baseline): images and a prompt in,
+    /// streamed text out.
+    Generate(commands::generate::GenerateArgs),
     /// TLS material for the QUIC feature transport.
     #[command(subcommand)]
     Tls(commands::tls::TlsCommand),
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(cmd) => cmd.run(),
         Command::Encode(cmd) => cmd.run(),
+        Command::Generate(cmd) => cmd.run(),
         Command::Tls(cmd) => cmd.run(),
     }
 }

@@ -209,3 +209,179 @@ fn encode_reports_bad_images_and_models_clearly() {
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("not found"));
 }
+
+fn language_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../language-server/tests/fixtures/model")
+        .join(name)
+}
+
+fn read_i64(file: &std::path::Path, name: &str) -> Vec<i64> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs `dvd generate --json` with `args` and returns the report and the prefill logits.
+fn generate_json(args: &[&str], model: &std::path::Path) -> (serde_json::Value, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let out = dvd()
+        .arg("generate")
+        .arg("--model")
+        .arg(model)
+        .args(args)
+        .args(["--json", "--logits-out"])
+        .arg(&logits)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (report, read_f32(&logits, "logits").1)
+}
+
+#[test]
+fn generate_coupled_matches_transformers_with_an_image() {
+    // GitHub-format MoE checkpoint: the InternVL conversation template with its default system
+    // message, `<image>` expanded from the vision side's tokens per tile.
+    let model = language_fixture("internvl-moe-custom-bf16");
+    let image = model_fixture("image.png");
+    let (report, logits) = generate_json(
+        &[
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            "What is shown in the picture?",
+            "--max-new-tokens",
+            "16",
+        ],
+        &model,
+    );
+    let reference = model.join("reference.safetensors");
+    let tokens: Vec<i64> = serde_json::from_value(report["token_ids"].clone()).unwrap();
+    assert_eq!(tokens, read_i64(&reference, "image_greedy"));
+    assert_eq!(
+        report["prompt_tokens"],
+        read_i64(&reference, "image_ids").len()
+    );
+    assert_eq!(report["image_tokens"], serde_json::json!([28]));
+    assert_eq!(report["finish_reason"], "length");
+    let diff = max_diff(&logits, &read_f32(&reference, "image_logits").1);
+    assert!(diff <= 1e-3, "prefill logits differ by {diff}");
+}
+
+#[test]
+fn generate_renders_the_hf_chat_template_like_transformers() {
+    let model = language_fixture("internvl-dense-hf");
+    let image = model_fixture("image.png");
+    let (report, logits) = generate_json(
+        &[
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            "What is shown in the picture?",
+            "--max-new-tokens",
+            "2",
+        ],
+        &model,
+    );
+    let reference = model.join("reference.safetensors");
+    assert_eq!(
+        report["prompt_tokens"],
+        read_i64(&reference, "chat_ids").len()
+    );
+    let diff = max_diff(&logits, &read_f32(&reference, "chat_logits").1);
+    assert!(diff <= 1e-3, "prefill logits differ by {diff}");
+}
+
+#[test]
+fn generate_text_only_and_raw_prompts() {
+    let model = language_fixture("qwen3-tied-f16");
+    let reference = model.join("reference.safetensors");
+    let (report, logits) = generate_json(
+        &[
+            "--prompt",
+            "Describe this image in detail.",
+            "--max-new-tokens",
+            "16",
+        ],
+        &model,
+    );
+    let tokens: Vec<i64> = serde_json::from_value(report["token_ids"].clone()).unwrap();
+    assert_eq!(tokens, read_i64(&reference, "text_greedy"));
+    assert!(max_diff(&logits, &read_f32(&reference, "text_logits").1) <= 1e-3);
+
+    // --raw: the prompt is used verbatim.
+    let (report, _) = generate_json(
+        &["--raw", "--prompt", "Hello world!", "--max-new-tokens", "3"],
+        &model,
+    );
+    assert!(report["prompt_tokens"].as_u64().unwrap() < 10);
+    assert_eq!(report["completion_tokens"], 3);
+
+    // Seeded sampling is reproducible.
+    let sampled = |seed: &str| {
+        generate_json(
+            &[
+                "--prompt",
+                "Hi",
+                "--temperature",
+                "0.9",
+                "--top-p",
+                "0.9",
+                "--seed",
+                seed,
+                "--max-new-tokens",
+                "8",
+            ],
+            &model,
+        )
+        .0["token_ids"]
+            .clone()
+    };
+    assert_eq!(sampled("7"), sampled("7"));
+}
+
+#[test]
+fn generate_reports_bad_requests_clearly() {
+    let model = language_fixture("qwen3-tied-f16");
+    let run = |args: &[&str]| {
+        let out = dvd()
+            .arg("generate")
+            .arg("--model")
+            .arg(&model)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let image = model_fixture("image.png");
+    // A text-only checkpoint has no vision tower.
+    let err = run(&["--prompt", "x", "--image", image.to_str().unwrap()]);
+    assert!(err.contains("InternViT") || err.contains("vision"), "{err}");
+    let err = run(&["--prompt", "x", "--temperature=-1"]);
+    assert!(err.contains("temperature"), "{err}");
+    // Two <image> placeholders for one image.
+    let err = run(&[
+        "--raw",
+        "--prompt",
+        "<image><image>",
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    assert!(!err.is_empty());
+}

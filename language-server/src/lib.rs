@@ -2,6 +2,14 @@
 //! and a paged KV cache, and starts prefill on the features that arrive in its
 //! [`dvd-transport`](../dvd_transport/index.html) inbox before the last tile has landed.
 //!
-//! This crate is the library behind `dvd language serve`. The model and the engine land with the
-//! `[language-model]` and `[language-server]` issues; until then it holds nothing, and `dvd` offers
-//! no language subcommand.
+//! What is here so far: [`model`] (Qwen3 dense and MoE on candle, a batched forward pass over
+//! sequences of different lengths with a KV cache each, image features merged into the
+//! `<IMG_CONTEXT>` positions), [`text`] (tokenizer, streaming detokenisation, the InternVL3.5
+//! prompt format and HF chat templates), [`sampling`], and [`generate`] (one sequence from
+//! prompt to answer, as the coupled `dvd generate` runs it). The serving engine lands with the
+//! `[language-server]` issue.
+
+pub mod generate;
+pub mod model;
+pub mod sampling;
+pub mod text;

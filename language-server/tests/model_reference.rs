@@ -205,8 +205,8 @@ fn batched_steps_equal_single_sequences() {
             },
         ])
         .unwrap();
-    for s in 0..2 {
-        let diff = max_abs_diff(&logits.get(s).unwrap(), &alone[s].0);
+    for (s, (first, _)) in alone.iter().enumerate().take(2) {
+        let diff = max_abs_diff(&logits.get(s).unwrap(), first);
         assert!(diff <= 1e-4, "sequence {s} prefill differs by {diff}");
     }
     let mut next: Vec<u32> = argmax_rows(&logits).unwrap()[..2].to_vec();

@@ -94,11 +94,12 @@ impl Loader<'_> {
     /// The tensor `name` reshaped to `shape`; the stored shape may differ only by leading ones
     /// (`[1, 1, D]` and `[D]` are both accepted for a `[D]` vector).
     pub fn tensor_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
-        let info = self.checkpoint.info(name).ok_or_else(|| {
-            CheckpointError::MissingTensor {
+        let info = self
+            .checkpoint
+            .info(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
                 name: name.to_string(),
-            }
-        })?;
+            })?;
         let significant: Vec<usize> = info.shape.iter().copied().skip_while(|&d| d == 1).collect();
         let wanted: Vec<usize> = shape.iter().copied().skip_while(|&d| d == 1).collect();
         if significant != wanted {

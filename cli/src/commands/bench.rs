@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use dvd_bench::language::LanguageBench;
 use dvd_bench::transport::TransportBench;
 use dvd_bench::vision::VisionBench;
 use dvd_transport::quic::QuicTuning;
@@ -17,6 +18,34 @@ pub enum BenchCommand {
     Transport(TransportArgs),
     /// Image preprocessing time and encoder tiles/s of a checkpoint on the CPU.
     Vision(VisionArgs),
+    /// Prefill and decode tokens/s of a checkpoint's language model on the CPU.
+    Language(LanguageArgs),
+}
+
+/// Options of `dvd bench language`.
+#[derive(Debug, Args)]
+pub struct LanguageArgs {
+    /// Model directory, or a hub id in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Prompt length of the prefill.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Greedy decode steps after the prefill.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Sequences decoding together in one batched step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed rounds after one warm-up; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `dvd bench vision`.
@@ -89,6 +118,7 @@ impl BenchCommand {
         match self {
             Self::Transport(args) => transport(args),
             Self::Vision(args) => vision(args),
+            Self::Language(args) => language(args),
         }
     }
 }
@@ -166,6 +196,41 @@ fn vision(args: VisionArgs) -> Result<()> {
             report.encode_range_ms.0,
             report.encode_range_ms.1,
             report.tiles_per_s
+        );
+    }
+    Ok(())
+}
+
+fn language(args: LanguageArgs) -> Result<()> {
+    let bench = LanguageBench {
+        model: args.model,
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        batch: args.batch,
+        rounds: args.rounds,
+        dtype: args.dtype.dtype(),
+    };
+    let r = bench.run()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "prefill {} tokens ({}): {:.1} ms (median; {:.1}..{:.1}) = {:.1} tokens/s",
+            r.prompt_tokens,
+            r.dtype,
+            r.prefill_ms,
+            r.prefill_range_ms.0,
+            r.prefill_range_ms.1,
+            r.prefill_tokens_per_s
+        );
+        println!(
+            "decode {} steps x {} sequences: {:.2} ms/step (median; {:.2}..{:.2}) = {:.1} tokens/s",
+            r.decode_tokens,
+            r.batch,
+            r.decode_ms_per_step,
+            r.decode_range_ms.0,
+            r.decode_range_ms.1,
+            r.decode_tokens_per_s
         );
     }
     Ok(())

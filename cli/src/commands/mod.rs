@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod encode;
+pub mod generate;
 pub mod tls;

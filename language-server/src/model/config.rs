@@ -65,7 +65,7 @@ impl LanguageConfig {
             m.num_experts > 0
                 && !m.mlp_only_layers.contains(&i)
                 && m.decoder_sparse_step > 0
-                && (i + 1) % m.decoder_sparse_step == 0
+                && (i + 1).is_multiple_of(m.decoder_sparse_step)
         })
     }
 

@@ -1,0 +1,292 @@
+//! `dvd generate`: vision and language in one process (the coupled baseline DvD is measured
+//! against): images -> tiles -> features, prompt -> ids, prefill, sampled decode, streamed text.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use dvd_language_server::generate::{ImageInput, generate};
+use dvd_language_server::model::LanguageModel;
+use dvd_language_server::sampling::{SamplingParams, StopReason};
+use dvd_language_server::text::{
+    ChatMessage, ContentPart, IMAGE_PLACEHOLDER, IMG_CONTEXT, ImageTokenIds, InternVlPromptOptions,
+    R1_SYSTEM_PROMPT, Tokenizer, encode_with_images, render_internvl, split_thinking,
+};
+use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
+use dvd_vision_server::preprocess::preprocess;
+use serde_json::json;
+
+use super::encode::{Precision, Switch};
+
+/// Options of `dvd generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Image file (JPEG, PNG or WebP); repeat for several images.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// Most tiles per image, thumbnail excluded (default: the checkpoint's setting).
+    #[arg(long)]
+    max_tiles: Option<u32>,
+    /// Visual Resolution Router (Flash checkpoints); default: the config's `flash_mode`.
+    #[arg(long, value_enum)]
+    vir: Option<Switch>,
+    /// The user's message (or, with --raw, the whole prompt).
+    #[arg(long)]
+    prompt: String,
+    /// Use --prompt verbatim, only expanding each `<image>` to the image's tokens.
+    #[arg(long)]
+    raw: bool,
+    /// System message (default: the checkpoint family's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Thinking mode: the R1 system prompt; the answer is split from `<think>...</think>`.
+    #[arg(long)]
+    thinking: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens reaching this probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Keep tokens at least this fraction as likely as the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// transformers' repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Seed of the sampler.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write the last prompt position's logits after prefill (f32 [vocab], tensor `logits`).
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
+}
+
+impl GenerateArgs {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        let total = Instant::now();
+        let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
+        let options = LoadOptions {
+            dtype: self.dtype.dtype(),
+            device: Device::Cpu,
+        };
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+            stop_strings: self.stop.clone(),
+            ..SamplingParams::default()
+        };
+        params.validate()?;
+        let started = Instant::now();
+        let tokenizer = Tokenizer::from_dir(&dir)?;
+        let model = LanguageModel::load(&dir, &options)
+            .with_context(|| format!("loading the language model from {}", dir.display()))?;
+        let load_ms = ms(started);
+
+        let started = Instant::now();
+        let (features, image_tokens) = self.encode_images(&dir, &options)?;
+        let vision_ms = ms(started);
+
+        // GitHub-format checkpoints (llm_config) are prompted through their conversation
+        // template, as the reference `chat()` does, even when they also ship a Jinja file.
+        let config = dvd_checkpoint::read_json(&dir.join("config.json"))?;
+        let use_template = config.get("llm_config").is_none();
+        let (prompt, placeholder) = self.prompt_text(&tokenizer, use_template)?;
+        let ids = if self.images.is_empty() {
+            tokenizer.encode(&prompt)?
+        } else {
+            let image_ids = ImageTokenIds::from_tokenizer(&tokenizer)?;
+            encode_with_images(&tokenizer, image_ids, &prompt, placeholder, &image_tokens)?
+        };
+        let image = match &features {
+            Some(features) => Some(ImageInput {
+                token_id: ImageTokenIds::from_tokenizer(&tokenizer)?.context,
+                features,
+            }),
+            None => None,
+        };
+        let mut eos = model.config().eos_token_ids.clone();
+        eos.extend(tokenizer.eos_token_id());
+        eos.extend(tokenizer.token_id("<|im_end|>"));
+        let stream = !self.json;
+        let mut stdout = std::io::stdout();
+        let mut on_text = |text: &str| {
+            if stream {
+                // A closed stdout only loses the stream; the run itself goes on.
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+        };
+        let out = generate(&model, &tokenizer, &ids, image, &params, &eos, &mut on_text)?;
+        if let Some(path) = &self.logits_out {
+            let tensors = HashMap::from([("logits".to_string(), out.prefill_logits.clone())]);
+            candle_core::safetensors::save(&tensors, path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let decode_steps = out.token_ids.len().saturating_sub(1);
+        let decode_s = out.timings.decode.as_secs_f64();
+        let timings = json!({
+            "load_ms": load_ms,
+            "vision_ms": vision_ms,
+            "prefill_ms": round(out.timings.prefill.as_secs_f64() * 1e3),
+            "decode_ms": round(decode_s * 1e3),
+            "prefill_tokens_per_s": round(out.prompt_tokens as f64 / out.timings.prefill.as_secs_f64()),
+            "decode_tokens_per_s": if decode_steps > 0 { round(decode_steps as f64 / decode_s) } else { 0.0 },
+            "total_ms": ms(total),
+        });
+        let finish = match &out.finish {
+            StopReason::Eos(_) | StopReason::StopToken(_) | StopReason::StopString(_) => "stop",
+            StopReason::MaxTokens => "length",
+        };
+        if self.json {
+            let mut report = json!({
+                "token_ids": out.token_ids,
+                "text": out.text,
+                "prompt_tokens": out.prompt_tokens,
+                "completion_tokens": out.token_ids.len(),
+                "finish_reason": finish,
+                "image_tokens": image_tokens,
+                "timings": timings,
+            });
+            if self.thinking {
+                let split = split_thinking(&out.text);
+                report["thinking"] = json!(split.thinking);
+                report["answer"] = json!(split.answer);
+            }
+            println!("{report}");
+        } else {
+            println!();
+            eprintln!(
+                "{}",
+                json!({"finish_reason": finish, "prompt_tokens": out.prompt_tokens, "completion_tokens": out.token_ids.len(), "timings": timings})
+            );
+        }
+        Ok(())
+    }
+
+    /// Tiles and encodes every image as one request; returns the features and each image's
+    /// token count.
+    fn encode_images(
+        &self,
+        dir: &std::path::Path,
+        options: &LoadOptions,
+    ) -> Result<(Option<Tensor>, Vec<usize>)> {
+        if self.images.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let vision = VisionModel::load(dir, options)
+            .with_context(|| format!("loading the vision model from {}", dir.display()))?;
+        let mut tiling = vision.config().tiling.clone();
+        if let Some(max) = self.max_tiles {
+            if max == 0 {
+                bail!("--max-tiles must be at least 1");
+            }
+            tiling.max_tiles = max;
+            tiling.min_tiles = tiling.min_tiles.min(max);
+        }
+        let mut tiles = Vec::new();
+        let mut tiles_per_image = Vec::new();
+        for path in &self.images {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let tiled =
+                preprocess(&bytes, &tiling).with_context(|| format!("image {}", path.display()))?;
+            tiles_per_image.push(tiled.tiles.len());
+            tiles.extend(tiled.tiles);
+        }
+        let routing = match self.vir {
+            None => Routing::Default,
+            Some(Switch::On) => Routing::On,
+            Some(Switch::Off) => Routing::Off,
+        };
+        let encoded = vision.encode(&vision.pixel_values(&tiles)?, routing)?;
+        let mut image_tokens = Vec::with_capacity(tiles_per_image.len());
+        let mut next = 0;
+        for n in tiles_per_image {
+            image_tokens.push(encoded.tokens_per_tile[next..next + n].iter().sum());
+            next += n;
+        }
+        Ok((Some(encoded.features), image_tokens))
+    }
+
+    /// The prompt text and the image placeholder it uses.
+    fn prompt_text(
+        &self,
+        tokenizer: &Tokenizer,
+        use_template: bool,
+    ) -> Result<(String, &'static str)> {
+        if self.raw {
+            return Ok((self.prompt.clone(), IMAGE_PLACEHOLDER));
+        }
+        let system = match (&self.system, self.thinking) {
+            (Some(s), _) => Some(s.clone()),
+            (None, true) => Some(R1_SYSTEM_PROMPT.to_string()),
+            (None, false) => None,
+        };
+        // An HF-format checkpoint's own chat template, as transformers renders it; its image
+        // placeholder is <IMG_CONTEXT>.
+        if let Some(template) = tokenizer.chat_template(None)?.filter(|_| use_template) {
+            let mut parts = vec![ContentPart::Image; self.images.len()];
+            parts.push(ContentPart::Text(self.prompt.clone()));
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(ChatMessage::system(system));
+            }
+            messages.push(ChatMessage::parts("user", parts));
+            return Ok((template.render(&messages, true)?, IMG_CONTEXT));
+        }
+        let mut messages = Vec::new();
+        if let Some(system) = system {
+            messages.push(ChatMessage::system(system));
+        }
+        let parts = if self.prompt.contains(IMAGE_PLACEHOLDER) {
+            vec![ContentPart::Text(self.prompt.clone())]
+        } else {
+            let mut parts = vec![ContentPart::Image; self.images.len()];
+            parts.push(ContentPart::Text(self.prompt.clone()));
+            parts
+        };
+        messages.push(ChatMessage::parts("user", parts));
+        let options = InternVlPromptOptions {
+            thinking: self.thinking,
+            add_generation_prompt: true,
+        };
+        Ok((render_internvl(&messages, &options)?, IMAGE_PLACEHOLDER))
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    round(since.elapsed().as_secs_f64() * 1e3)
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1e3).round() / 1e3
+}
