@@ -385,3 +385,41 @@ fn generate_reports_bad_requests_clearly() {
     ]);
     assert!(!err.is_empty());
 }
+
+#[test]
+fn benches_run_on_small_checkpoints() {
+    let out = dvd()
+        .args([
+            "bench",
+            "language",
+            "--prompt-tokens",
+            "16",
+            "--decode-tokens",
+            "4",
+            "--rounds",
+            "1",
+        ])
+        .args(["--batch", "2", "--json", "--model"])
+        .arg(language_fixture("qwen3-tied-f16"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["batch"], 2);
+
+    let out = dvd()
+        .args([
+            "bench", "vision", "--tiles", "3", "--rounds", "1", "--json", "--model",
+        ])
+        .arg(model_fixture("vit300m-hf"))
+        .arg("--image")
+        .arg(model_fixture("image.png"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["image_tiles"], 7);
+    assert!(report["tiles_per_s"].as_f64().unwrap() > 0.0);
+}

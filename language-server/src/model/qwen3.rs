@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use dvd_checkpoint::Checkpoint;
-use dvd_nn::{Linear, LoadOptions, Loader, Norm};
+use dvd_nn::{Linear, LoadOptions, Loader, Norm, matmul_wt};
 
 use super::attention::{Attention, Span};
 use super::config::LanguageConfig;
@@ -233,7 +233,7 @@ impl LanguageModel {
         let last: Vec<u32> = spans.iter().map(|s| (s.start + s.len - 1) as u32).collect();
         let last = Tensor::from_vec(last, spans.len(), x.device())?;
         let hidden = self.norm.forward(&x.index_select(&last, 0)?)?;
-        Ok(hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        Ok(matmul_wt(&hidden, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 }
 
