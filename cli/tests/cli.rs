@@ -332,6 +332,15 @@ fn generate_text_only_and_raw_prompts() {
     assert!(report["prompt_tokens"].as_u64().unwrap() < 10);
     assert_eq!(report["completion_tokens"], 3);
 
+    // Thinking mode: the R1 system prompt replaces the default one; the answer is split.
+    let (thinking, _) = generate_json(
+        &["--prompt", "Hi", "--thinking", "--max-new-tokens", "2"],
+        &model,
+    );
+    let (plain, _) = generate_json(&["--prompt", "Hi", "--max-new-tokens", "2"], &model);
+    assert_ne!(thinking["prompt_tokens"], plain["prompt_tokens"]);
+    assert!(thinking.get("answer").is_some() && plain.get("answer").is_none());
+
     // Seeded sampling is reproducible.
     let sampled = |seed: &str| {
         generate_json(

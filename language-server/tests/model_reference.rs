@@ -298,3 +298,55 @@ fn bf16_compute_keeps_the_greedy_start() {
         "bf16 logits differ by {diff} (scale {scale})"
     );
 }
+
+#[test]
+fn vision_tensors_are_never_read() {
+    // A vision tensor in a dtype dvd cannot read: loading the language half must not touch it.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("internvl-dense-hf");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let file = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let victim = entries
+        .iter_mut()
+        .find(|e| e.0 == "model.vision_tower.embeddings.cls_token")
+        .unwrap();
+    victim.1 = safetensors::Dtype::BOOL;
+    victim.3 = vec![0u8; victim.2.iter().product()];
+    let views: Vec<(String, safetensors::tensor::TensorView)> = entries
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+    let model = LanguageModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(model.layout(), LanguageLayout::Hf);
+    // And a missing language tensor is named.
+    let victim = "model.language_model.layers.2.mlp.down_proj.weight";
+    entries.retain(|e| e.0 != victim);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = entries
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = LanguageModel::load(dir.path(), &LoadOptions::default()).unwrap_err();
+    assert!(err.to_string().contains(victim), "{err}");
+}

@@ -287,3 +287,54 @@ impl Fields<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<LanguageConfig, ModelError> {
+        LanguageConfig::from_json(&json, Path::new("config.json"))
+    }
+
+    #[test]
+    fn moe_layers_follow_sparse_step_and_mlp_only_layers() {
+        let c = parse(serde_json::json!({
+            "model_type": "qwen3_moe", "num_hidden_layers": 6, "decoder_sparse_step": 2,
+            "mlp_only_layers": [3], "num_experts": 8, "num_experts_per_tok": 2
+        }))
+        .unwrap();
+        let moe: Vec<bool> = (0..6).map(|i| c.is_moe_layer(i)).collect();
+        assert_eq!(moe, vec![false, true, false, false, false, true]);
+        // Qwen3MoeConfig defaults: head_dim falls back to hidden / heads, norm_topk_prob false.
+        assert_eq!(c.head_dim, 2048 / 32);
+        assert!(!c.moe.unwrap().norm_topk_prob);
+    }
+
+    #[test]
+    fn dense_defaults_and_rope_forms() {
+        let c = parse(serde_json::json!({"model_type": "qwen3", "rope_theta": 5e6})).unwrap();
+        assert_eq!((c.head_dim, c.rope_theta, c.hidden_size), (128, 5e6, 4096));
+        let c = parse(serde_json::json!({"text_config": {
+            "model_type": "qwen3", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+            "eos_token_id": [1, 2]
+        }}))
+        .unwrap();
+        assert_eq!((c.rope_theta, c.eos_token_ids.clone()), (1e6, vec![1, 2]));
+    }
+
+    #[test]
+    fn unsupported_and_malformed_configs_are_named() {
+        let err = parse(serde_json::json!({"model_type": "llama"})).unwrap_err();
+        assert!(err.to_string().contains("llama"), "{err}");
+        let err =
+            parse(serde_json::json!({"llm_config": {"rope_parameters": {"rope_type": "yarn"}}}))
+                .unwrap_err();
+        assert!(err.to_string().contains("yarn"), "{err}");
+        let err = parse(serde_json::json!({"num_attention_heads": 6, "num_key_value_heads": 4}))
+            .unwrap_err();
+        assert!(err.to_string().contains("num_key_value_heads"), "{err}");
+        let err = parse(serde_json::json!({"text_config": {"hidden_size": "big"}})).unwrap_err();
+        assert!(err.to_string().contains("text_config.hidden_size"), "{err}");
+    }
+}
