@@ -5,7 +5,7 @@
 use candle_core::{D, DType, Result, Tensor};
 use dvd_nn::{Linear, Norm, softmax};
 
-use super::kv_cache::KvCache;
+use super::kv_cache::SequenceCache;
 use super::rope::Rope;
 
 /// Bytes of attention scores materialised at once on the CPU (query rows are chunked).
@@ -48,7 +48,7 @@ impl Attention {
         &self,
         x: &Tensor,
         spans: &[Span],
-        caches: &mut [&mut KvCache],
+        caches: &mut [&mut dyn SequenceCache],
         layer: usize,
         rope: &Rope,
     ) -> Result<Tensor> {

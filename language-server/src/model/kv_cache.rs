@@ -1,7 +1,24 @@
-//! Per-sequence key/value cache: one growing buffer per layer (the serving engine replaces it
-//! with paged blocks).
+//! Key/value caches: the [`SequenceCache`] interface the forward pass writes through, and
+//! [`KvCache`], one growing buffer per layer for a single sequence (the coupled path; the serving
+//! engine uses paged blocks, `crate::engine::kv`).
 
 use candle_core::{Result, Tensor};
+
+/// Where one sequence's keys and values live.
+pub trait SequenceCache {
+    /// Positions cached (the next token's position).
+    fn len(&self) -> usize;
+
+    /// Whether nothing is cached.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `keys`/`values` `[kv_heads, n, head_dim]` to layer `layer` and returns every
+    /// cached position of that layer, `[kv_heads, len + n, head_dim]`. Layers are appended in
+    /// order; the sequence length advances after the last one.
+    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)>;
+}
 
 /// Initial capacity in positions.
 const INITIAL_CAPACITY: usize = 256;
@@ -30,26 +47,14 @@ impl KvCache {
             len: 0,
         }
     }
+}
 
-    /// Positions cached (the next token's position).
-    pub fn len(&self) -> usize {
+impl SequenceCache for KvCache {
+    fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends `keys`/`values` `[kv_heads, n, head_dim]` to layer `layer` and returns all cached
-    /// positions of that layer, `[kv_heads, len + n, head_dim]`. The sequence length advances
-    /// when the last layer has been appended.
-    pub fn append(
-        &mut self,
-        layer: usize,
-        keys: &Tensor,
-        values: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = keys.dim(1)?;
         let needed = self.len + n;
         let slot = &mut self.layers[layer];

@@ -15,7 +15,7 @@ pub use attention::argmax_rows;
 pub use config::{LanguageConfig, MoeConfig};
 pub use dvd_nn::LoadOptions;
 pub use error::ModelError;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, SequenceCache};
 pub use names::LanguageLayout;
 pub use qwen3::{LanguageModel, SequenceStep};
 pub use rope::Rope;

@@ -10,7 +10,7 @@ use dvd_nn::{Linear, LoadOptions, Loader, Norm, matmul_wt};
 use super::attention::{Attention, Span};
 use super::config::LanguageConfig;
 use super::error::ModelError;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, SequenceCache};
 use super::mlp::{FeedForward, Moe, SwiGlu};
 use super::names::LanguageLayout;
 use super::rope::Rope;
@@ -24,12 +24,11 @@ struct DecoderLayer {
 }
 
 /// One sequence's part of a batched forward step.
-#[derive(Debug)]
 pub struct SequenceStep<'a> {
     /// Input embeddings of the new tokens, `[len, hidden]` (see [`LanguageModel::embed`]).
     pub embeds: Tensor,
     /// The sequence's cache; the new tokens are appended to it.
-    pub cache: &'a mut KvCache,
+    pub cache: &'a mut (dyn SequenceCache + 'a),
 }
 
 /// Qwen3 / Qwen3-MoE, language tensors only.
@@ -215,7 +214,10 @@ impl LanguageModel {
             .map(|s| s.embeds.to_dtype(self.options.dtype))
             .collect::<Result<_, _>>()?;
         let mut x = Tensor::cat(&embeds, 0)?;
-        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|s| &mut *s.cache).collect();
+        let mut caches: Vec<&mut dyn SequenceCache> = batch
+            .iter_mut()
+            .map(|s| &mut *s.cache as &mut dyn SequenceCache)
+            .collect();
         for (i, layer) in self.layers.iter().enumerate() {
             let attended = layer.attention.forward(
                 &layer.input_norm.forward(&x)?,

@@ -1,0 +1,139 @@
+//! One sequence's block table over a shared [`KvPool`].
+
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+
+use super::pool::KvPool;
+use crate::model::SequenceCache;
+
+/// What can go wrong reserving cache space.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// Not enough free blocks now; the request should wait (nothing was taken).
+    #[error("KV cache full: {needed} blocks needed, {free} free")]
+    OutOfBlocks {
+        /// Blocks the reservation needed.
+        needed: usize,
+        /// Blocks free at the time.
+        free: usize,
+    },
+    /// The sequence could never fit, even in an empty pool.
+    #[error("sequence of {positions} positions needs {needed} blocks; the pool has {total}")]
+    TooLong {
+        /// Positions asked for.
+        positions: usize,
+        /// Blocks they need.
+        needed: usize,
+        /// Blocks in the pool.
+        total: usize,
+    },
+}
+
+/// A sequence's cached positions: a table of pool blocks, filled in order.
+#[derive(Debug)]
+pub struct PagedSequence {
+    pool: Arc<KvPool>,
+    blocks: Vec<u32>,
+    len: usize,
+}
+
+impl PagedSequence {
+    /// An empty sequence on `pool`.
+    pub fn new(pool: Arc<KvPool>) -> Self {
+        Self {
+            pool,
+            blocks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// The sequence's block table.
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    /// Blocks still to allocate before `tokens` more positions fit.
+    pub fn blocks_needed(&self, tokens: usize) -> usize {
+        let size = self.pool.config().block_size;
+        (self.len + tokens)
+            .div_ceil(size)
+            .saturating_sub(self.blocks.len())
+    }
+
+    /// Makes room for `tokens` more positions: all the blocks or none.
+    pub fn reserve(&mut self, tokens: usize) -> std::result::Result<(), KvError> {
+        let needed = self.blocks_needed(tokens);
+        if needed == 0 {
+            return Ok(());
+        }
+        let total_needed = self.blocks.len() + needed;
+        if total_needed > self.pool.total_blocks() {
+            return Err(KvError::TooLong {
+                positions: self.len + tokens,
+                needed: total_needed,
+                total: self.pool.total_blocks(),
+            });
+        }
+        let mut allocator = self.pool.allocator();
+        let free = allocator.free();
+        let blocks = allocator
+            .allocate(needed)
+            .ok_or(KvError::OutOfBlocks { needed, free })?;
+        self.blocks.extend(blocks);
+        Ok(())
+    }
+
+    /// Pool slot of position `p`.
+    fn slot(&self, p: usize) -> usize {
+        let size = self.pool.config().block_size;
+        self.blocks[p / size] as usize * size + p % size
+    }
+}
+
+impl SequenceCache for PagedSequence {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = keys.dim(1)?;
+        let end = self.len + n;
+        let size = self.pool.config().block_size;
+        if end > self.blocks.len() * size {
+            candle_core::bail!(
+                "KV cache: {end} positions but only {} reserved",
+                self.blocks.len() * size
+            );
+        }
+        let Some((pool_keys, pool_values)) = self.pool.layer(layer) else {
+            candle_core::bail!("KV cache has no layer {layer}");
+        };
+        // Write each run of new positions that falls in one block.
+        let mut p = self.len;
+        while p < end {
+            let run = (size - p % size).min(end - p);
+            let slot = self.slot(p);
+            let from = p - self.len;
+            pool_keys.slice_set(&keys.narrow(1, from, run)?.contiguous()?, 1, slot)?;
+            pool_values.slice_set(&values.narrow(1, from, run)?.contiguous()?, 1, slot)?;
+            p += run;
+        }
+        let slots: Vec<u32> = (0..end).map(|p| self.slot(p) as u32).collect();
+        let index = Tensor::from_vec(slots, end, keys.device())?;
+        let out = (
+            pool_keys.index_select(&index, 1)?,
+            pool_values.index_select(&index, 1)?,
+        );
+        if layer + 1 == self.pool.config().layers {
+            self.len = end;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for PagedSequence {
+    fn drop(&mut self) {
+        self.pool.allocator().release(&self.blocks);
+    }
+}

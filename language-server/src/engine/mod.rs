@@ -1,0 +1,3 @@
+//! The serving engine's building blocks. So far: [`kv`], the paged KV cache.
+
+pub mod kv;
