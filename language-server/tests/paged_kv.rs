@@ -182,3 +182,83 @@ fn pool_size_follows_the_memory_budget() {
         (1 << 20) / 12_288
     );
 }
+
+/// Greedy tokens and prefill logits of `prompt[seq.len()..]` on `seq`.
+fn continue_on(
+    model: &LanguageModel,
+    seq: &mut PagedSequence,
+    prompt: &[u32],
+    steps: usize,
+) -> (Tensor, Vec<u32>) {
+    let done = seq.len();
+    seq.reserve(prompt.len() - done + steps).unwrap();
+    let logits = model
+        .forward(&mut [SequenceStep {
+            embeds: model.embed(&prompt[done..], None, None).unwrap(),
+            cache: seq,
+        }])
+        .unwrap();
+    let mut tokens = vec![argmax_rows(&logits).unwrap()[0]];
+    while tokens.len() < steps {
+        let next = model
+            .forward(&mut [SequenceStep {
+                embeds: model
+                    .embed(&tokens[tokens.len() - 1..], None, None)
+                    .unwrap(),
+                cache: seq,
+            }])
+            .unwrap();
+        tokens.push(argmax_rows(&next).unwrap()[0]);
+    }
+    (logits, tokens)
+}
+
+#[test]
+fn a_prefix_cache_hit_gives_identical_output() {
+    use dvd_language_server::engine::kv::{ImageSpan, block_keys};
+    let name = "internvl-moe-custom-bf16";
+    let model = LanguageModel::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let prompt = text_ids(name);
+    let pool = pool(&model, 16, 40);
+    // Keys of the full blocks before the last prompt token.
+    let keys = block_keys(&prompt[..prompt.len() - 1], &[], 16);
+    assert!(keys.len() >= 2);
+
+    let mut first = PagedSequence::new(pool.clone());
+    let (want_logits, want) = continue_on(&model, &mut first, &prompt, 8);
+    first.register_prefix(&keys);
+    drop(first);
+    assert_eq!(pool.state().prefix.len(), keys.len());
+
+    let mut second = PagedSequence::from_prefix(pool.clone(), &keys);
+    assert_eq!(second.len(), keys.len() * 16, "whole cached prefix reused");
+    let (got_logits, got) = continue_on(&model, &mut second, &prompt, 8);
+    assert_eq!(got, want);
+    let diff = (got_logits - want_logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5);
+    assert!(pool.state().prefix.hit_rate() > 0.0);
+
+    // The same ids with an image of different content in the first block share nothing.
+    let other = block_keys(
+        &prompt[..prompt.len() - 1],
+        &[ImageSpan {
+            start: 2,
+            len: 4,
+            content_hash: [7; 32],
+        }],
+        16,
+    );
+    assert_eq!(PagedSequence::from_prefix(pool.clone(), &other).len(), 0);
+    drop(second);
+
+    // Under memory pressure cached blocks nobody uses are evicted rather than failing.
+    let mut big = PagedSequence::new(pool.clone());
+    big.reserve(40 * 16).unwrap();
+    assert_eq!(pool.state().prefix.len(), 0);
+    assert_eq!(pool.free_blocks(), 0);
+}

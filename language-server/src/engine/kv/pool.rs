@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::allocator::BlockAllocator;
+use super::prefix::PrefixCache;
 use crate::model::LanguageConfig;
 
 /// Shape and size of a pool.
@@ -57,7 +58,36 @@ pub struct KvPool {
     config: KvPoolConfig,
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
-    allocator: Mutex<BlockAllocator>,
+    state: Mutex<PoolState>,
+}
+
+/// The pool's bookkeeping, behind one lock.
+#[derive(Debug)]
+pub struct PoolState {
+    /// Block ids and reference counts.
+    pub allocator: BlockAllocator,
+    /// Cached prompt blocks.
+    pub prefix: PrefixCache,
+}
+
+impl PoolState {
+    /// `n` fresh blocks, evicting cached prefix blocks nobody uses when too few are free; `None`
+    /// (and nothing taken) if even that is not enough.
+    pub fn allocate(&mut self, n: usize) -> Option<Vec<u32>> {
+        let short = n.saturating_sub(self.allocator.free());
+        if short > 0 {
+            self.prefix.evict(short, &mut self.allocator);
+        }
+        self.allocator.allocate(n)
+    }
+
+    /// Blocks free now or freeable by evicting unused cached blocks.
+    pub fn available(&self) -> usize {
+        let evictable = (0..self.allocator.total() as u32)
+            .filter(|&b| self.allocator.refcount(b) == 1 && self.prefix.contains_block(b))
+            .count();
+        self.allocator.free() + evictable
+    }
 }
 
 impl KvPool {
@@ -81,7 +111,10 @@ impl KvPool {
             config,
             keys,
             values,
-            allocator: Mutex::new(BlockAllocator::new(config.blocks)),
+            state: Mutex::new(PoolState {
+                allocator: BlockAllocator::new(config.blocks),
+                prefix: PrefixCache::default(),
+            }),
         })
     }
 
@@ -95,15 +128,15 @@ impl KvPool {
         self.config.blocks
     }
 
-    /// Blocks nobody holds.
+    /// Blocks nobody holds (cached prefix blocks count as held).
     pub fn free_blocks(&self) -> usize {
-        self.allocator().free()
+        self.state().allocator.free()
     }
 
-    /// The allocator (a poisoned lock is recovered: the allocator's state stays consistent
-    /// because every method completes its update before returning).
-    pub fn allocator(&self) -> MutexGuard<'_, BlockAllocator> {
-        self.allocator.lock().unwrap_or_else(|e| e.into_inner())
+    /// The bookkeeping (a poisoned lock is recovered: every method completes its update before
+    /// returning, so the state stays consistent).
+    pub fn state(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {

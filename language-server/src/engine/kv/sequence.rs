@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
-use super::pool::KvPool;
+use super::pool::{KvPool, PoolState};
+use super::prefix::BlockKey;
 use crate::model::SequenceCache;
 
 /// What can go wrong reserving cache space.
@@ -75,13 +76,39 @@ impl PagedSequence {
                 total: self.pool.total_blocks(),
             });
         }
-        let mut allocator = self.pool.allocator();
-        let free = allocator.free();
-        let blocks = allocator
-            .allocate(needed)
-            .ok_or(KvError::OutOfBlocks { needed, free })?;
-        self.blocks.extend(blocks);
-        Ok(())
+        let mut state = self.pool.state();
+        match state.allocate(needed) {
+            Some(blocks) => {
+                self.blocks.extend(blocks);
+                Ok(())
+            }
+            None => Err(KvError::OutOfBlocks {
+                needed,
+                free: state.available(),
+            }),
+        }
+    }
+
+    /// A sequence that starts on the cached blocks of the longest known prefix of `keys` (see
+    /// [`block_keys`](super::block_keys)); its length is the matched blocks' positions. Pass keys
+    /// of blocks strictly before the prompt's last token, so at least one token is computed.
+    pub fn from_prefix(pool: Arc<KvPool>, keys: &[BlockKey]) -> Self {
+        let blocks = {
+            let mut state = pool.state();
+            let PoolState { allocator, prefix } = &mut *state;
+            prefix.lookup(keys, allocator)
+        };
+        let len = blocks.len() * pool.config().block_size;
+        Self { pool, blocks, len }
+    }
+
+    /// Offers this sequence's first `keys.len()` blocks to the prefix cache (call once they
+    /// hold the computed positions `keys` describe).
+    pub fn register_prefix(&self, keys: &[BlockKey]) {
+        let full = (self.len / self.pool.config().block_size).min(keys.len());
+        let mut state = self.pool.state();
+        let PoolState { allocator, prefix } = &mut *state;
+        prefix.insert(&keys[..full], &self.blocks[..full], allocator);
     }
 
     /// Pool slot of position `p`.
@@ -134,6 +161,6 @@ impl SequenceCache for PagedSequence {
 
 impl Drop for PagedSequence {
     fn drop(&mut self) {
-        self.pool.allocator().release(&self.blocks);
+        self.pool.state().allocator.release(&self.blocks);
     }
 }
