@@ -6,8 +6,9 @@
 //! sequences of different lengths with a KV cache each, image features merged into the
 //! `<IMG_CONTEXT>` positions), [`text`] (tokenizer, streaming detokenisation, the InternVL3.5
 //! prompt format and HF chat templates), [`sampling`], and [`generate`] (one sequence from
-//! prompt to answer, as the coupled `dvd generate` runs it), and the first piece of the serving
-//! [`engine`]: the paged KV cache. The serving engine lands with the
+//! prompt to answer, as the coupled `dvd generate` runs it), and the serving [`engine`] (paged
+//! KV cache, prefix cache, continuous-batching scheduler; the gRPC service and the feature inbox
+//! are still to come). The serving engine lands with the
 //! `[language-server]` issue.
 
 pub mod engine;

@@ -1,0 +1,321 @@
+#![allow(clippy::unwrap_used)]
+//! Continuous batching: concurrent requests give the tokens each gives alone, chunked prefill
+//! equals whole prefill, a full cache queues instead of failing, cancel frees blocks at once,
+//! and impossible requests are refused clearly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use dvd_checkpoint::Checkpoint;
+use dvd_language_server::engine::kv::{KvPool, KvPoolConfig};
+use dvd_language_server::engine::{
+    EngineError, EngineEvent, EngineRequest, Scheduler, SchedulerConfig,
+};
+use dvd_language_server::generate::{ImageInput, generate};
+use dvd_language_server::model::{LanguageModel, LoadOptions};
+use dvd_language_server::sampling::{SamplingParams, StopReason};
+use dvd_language_server::text::Tokenizer;
+use dvd_vision_server::model::{Routing, VisionModel};
+
+const IMG_CONTEXT: u32 = 503;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model")
+        .join(name)
+}
+
+fn ids(name: &str, tensor: &str) -> Vec<u32> {
+    let t = Checkpoint::open_file(&fixture(name).join("reference.safetensors"))
+        .unwrap()
+        .load(tensor, DType::I64, &Device::Cpu)
+        .unwrap();
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+fn image_features(name: &str) -> Tensor {
+    let vision = VisionModel::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let pv = Checkpoint::open_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../vision-server/tests/fixtures/model/pixel_values.safetensors"),
+    )
+    .unwrap()
+    .load("pixel_values", DType::F32, &Device::Cpu)
+    .unwrap();
+    vision.encode(&pv, Routing::Off).unwrap().features
+}
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens,
+        ..SamplingParams::greedy()
+    }
+}
+
+struct Setup {
+    model: Arc<LanguageModel>,
+    tokenizer: Tokenizer,
+    requests: Vec<EngineRequest>,
+}
+
+fn setup(name: &str, max_new_tokens: usize) -> Setup {
+    let model = Arc::new(LanguageModel::load(&fixture(name), &LoadOptions::default()).unwrap());
+    let tokenizer = Tokenizer::from_dir(&fixture(name)).unwrap();
+    let text = ids(name, "text_ids");
+    let requests = vec![
+        (text.clone(), None),
+        (
+            ids(name, "image_ids"),
+            Some((IMG_CONTEXT, image_features(name))),
+        ),
+        (text[..20].to_vec(), None),
+        (text[..33].to_vec(), None),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (prompt_ids, images))| EngineRequest {
+        id: i as u64,
+        prompt_ids,
+        images,
+        image_spans: Vec::new(),
+        params: greedy(max_new_tokens),
+    })
+    .collect();
+    Setup {
+        model,
+        tokenizer,
+        requests,
+    }
+}
+
+/// Tokens of each request run alone through the single-sequence path.
+fn alone(s: &Setup) -> HashMap<u64, Vec<u32>> {
+    s.requests
+        .iter()
+        .map(|r| {
+            let image = r.images.as_ref().map(|(t, f)| ImageInput {
+                token_id: *t,
+                features: f,
+            });
+            let out = generate(
+                &s.model,
+                &s.tokenizer,
+                &r.prompt_ids,
+                image,
+                &r.params,
+                &[],
+                &mut |_| {},
+            )
+            .unwrap();
+            (r.id, out.token_ids)
+        })
+        .collect()
+}
+
+fn pool(model: &LanguageModel, block_size: usize, blocks: usize) -> Arc<KvPool> {
+    let c = model.config();
+    Arc::new(
+        KvPool::new(
+            KvPoolConfig {
+                layers: c.num_layers,
+                kv_heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+                block_size,
+                blocks,
+            },
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap(),
+    )
+}
+
+/// Steps until idle; returns each request's tokens, finish events and the most requests ever
+/// waiting at once.
+fn run(scheduler: &mut Scheduler) -> (HashMap<u64, Vec<u32>>, Vec<EngineEvent>, usize) {
+    let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut finished = Vec::new();
+    let mut max_waiting = 0;
+    let mut steps = 0;
+    while !scheduler.is_idle() {
+        max_waiting = max_waiting.max(scheduler.stats().waiting);
+        for event in scheduler.step().unwrap() {
+            match event {
+                EngineEvent::Token { id, token, .. } => tokens.entry(id).or_default().push(token),
+                other => finished.push(other),
+            }
+        }
+        steps += 1;
+        assert!(steps < 10_000, "engine does not make progress");
+    }
+    (tokens, finished, max_waiting)
+}
+
+fn engine(s: &Setup, blocks: usize, config: SchedulerConfig) -> (Scheduler, Arc<KvPool>) {
+    let pool = pool(&s.model, 16, blocks);
+    let scheduler = Scheduler::new(
+        s.model.clone(),
+        s.tokenizer.clone(),
+        pool.clone(),
+        Vec::new(),
+        config,
+    );
+    (scheduler, pool)
+}
+
+#[test]
+fn concurrent_requests_give_the_tokens_each_gives_alone() {
+    for name in ["internvl-dense-hf", "internvl-moe-custom-bf16"] {
+        let s = setup(name, 10);
+        let want = alone(&s);
+        let (mut scheduler, pool) = engine(&s, 128, SchedulerConfig::default());
+        for r in &s.requests {
+            scheduler.add(r.clone()).unwrap();
+        }
+        let (got, finished, _) = run(&mut scheduler);
+        assert_eq!(got, want, "{name}");
+        assert_eq!(finished.len(), 4);
+        assert!(finished.iter().all(|e| matches!(
+            e,
+            EngineEvent::Finished {
+                reason: StopReason::MaxTokens,
+                completion_tokens: 10,
+                ..
+            }
+        )));
+        // Only the prefix cache still holds blocks.
+        let stats = scheduler.stats();
+        assert_eq!(stats.blocks_used, pool.state().prefix.len(), "{name}");
+    }
+}
+
+#[test]
+fn chunked_prefill_gives_the_same_tokens() {
+    let s = setup("internvl-moe-custom-bf16", 6);
+    let want = alone(&s);
+    // 7 tokens per step: every prompt is prefilled in many chunks, interleaved with decodes.
+    let (mut scheduler, _) = engine(
+        &s,
+        128,
+        SchedulerConfig {
+            max_step_tokens: 7,
+            max_running: 64,
+        },
+    );
+    for r in &s.requests {
+        scheduler.add(r.clone()).unwrap();
+    }
+    let (got, _, _) = run(&mut scheduler);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_full_cache_queues_requests_instead_of_failing() {
+    let s = setup("internvl-dense-hf", 8);
+    let want = alone(&s);
+    // The longest request needs ceil((201 + 8) / 16) = 14 blocks: room for one big request at
+    // a time.
+    let (mut scheduler, _) = engine(&s, 15, SchedulerConfig::default());
+    for r in &s.requests {
+        scheduler.add(r.clone()).unwrap();
+    }
+    let (got, finished, max_waiting) = run(&mut scheduler);
+    assert!(
+        max_waiting >= 2,
+        "requests should have waited ({max_waiting})"
+    );
+    assert_eq!(finished.len(), 4);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn cancel_frees_blocks_at_once() {
+    let s = setup("internvl-dense-hf", 50);
+    let (mut scheduler, pool) = engine(
+        &s,
+        64,
+        SchedulerConfig {
+            max_step_tokens: 16,
+            max_running: 64,
+        },
+    );
+    scheduler.add(s.requests[0].clone()).unwrap();
+    scheduler.step().unwrap();
+    let held = scheduler.stats().blocks_used;
+    assert!(held > 0);
+    assert!(scheduler.cancel(0));
+    assert_eq!(scheduler.stats().blocks_used, pool.state().prefix.len());
+    assert_eq!(
+        pool.state().prefix.len(),
+        0,
+        "its prompt never finished, so nothing is cached"
+    );
+    assert!(scheduler.is_idle());
+    assert!(!scheduler.cancel(0));
+}
+
+#[test]
+fn a_prefix_cache_hit_serves_the_same_tokens() {
+    let s = setup("internvl-dense-hf", 6);
+    let want = alone(&s);
+    let (mut scheduler, pool) = engine(&s, 128, SchedulerConfig::default());
+    scheduler.add(s.requests[0].clone()).unwrap();
+    run(&mut scheduler);
+    let mut again = s.requests[0].clone();
+    again.id = 9;
+    scheduler.add(again).unwrap();
+    let (got, finished, _) = run(&mut scheduler);
+    assert_eq!(got[&9], want[&0]);
+    let EngineEvent::Finished {
+        cached_tokens,
+        prompt_tokens,
+        ..
+    } = &finished[0]
+    else {
+        panic!("{finished:?}");
+    };
+    assert_eq!(*cached_tokens, (prompt_tokens - 1) / 16 * 16);
+    assert!(pool.state().prefix.hit_rate() > 0.0);
+}
+
+#[test]
+fn impossible_requests_are_refused_clearly() {
+    let s = setup("internvl-dense-hf", 8);
+    let (mut scheduler, _) = engine(&s, 8, SchedulerConfig::default());
+    let mut long = s.requests[0].clone();
+    long.prompt_ids = vec![5; 5000];
+    let err = scheduler.add(long).unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+    // Longer than the whole pool (8 blocks of 16).
+    let err = scheduler.add(s.requests[0].clone()).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Rejected { message, .. } if message.contains("KV blocks")),
+        "{err}"
+    );
+    let mut bad = s.requests[2].clone();
+    bad.params.temperature = -1.0;
+    assert!(scheduler.add(bad).is_err());
+    // Features that do not match the prompt fail that request only.
+    let mut wrong = s.requests[2].clone();
+    wrong.images = Some((
+        IMG_CONTEXT,
+        Tensor::zeros((3, 64), DType::F32, &Device::Cpu).unwrap(),
+    ));
+    wrong.id = 7;
+    scheduler.add(wrong).unwrap();
+    scheduler.add(s.requests[3].clone()).unwrap();
+    let (got, finished, _) = run(&mut scheduler);
+    assert!(
+        finished
+            .iter()
+            .any(|e| matches!(e, EngineEvent::Failed { id: 7, .. }))
+    );
+    assert_eq!(got[&3].len(), 8);
+    assert_eq!(scheduler.stats().running, 0);
+}
