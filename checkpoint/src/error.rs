@@ -21,6 +21,14 @@ pub enum CheckpointError {
         /// What the parser said.
         message: String,
     },
+    /// A configuration file has a field of the wrong type or value.
+    #[error("{}: {message}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
     /// A safetensors file is malformed.
     #[error("{}: invalid safetensors file: {message}", path.display())]
     InvalidFile {

@@ -6,11 +6,13 @@
 //! it is asked for, so a vision server never touches the language weights and vice versa.
 
 mod checkpoint;
+mod config_fields;
 mod error;
 mod header;
 mod resolve;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
+pub use config_fields::ConfigFields;
 pub use error::CheckpointError;
 pub use resolve::{hf_hub_cache_dir, resolve_model_dir, resolve_model_dir_in};
 

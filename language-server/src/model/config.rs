@@ -2,9 +2,10 @@
 //! InternVL) or the top level (a plain Qwen3 checkpoint), with missing fields filled from
 //! transformers' `Qwen3Config` / `Qwen3MoeConfig` defaults.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde_json::{Map, Value};
+use dvd_checkpoint::ConfigFields;
+use serde_json::Value;
 
 use super::error::ModelError;
 
@@ -99,14 +100,10 @@ impl LanguageConfig {
         } else {
             (json, "")
         };
+        let f = ConfigFields::new(section, path, name)?;
         let map = section
             .as_object()
             .ok_or_else(|| err(format!("{name} is not an object")))?;
-        let f = Fields {
-            map,
-            path,
-            prefix: name,
-        };
         let model_type = f.str_or("model_type", "qwen3")?;
         let moe = match model_type.as_str() {
             "qwen3" => false,
@@ -136,13 +133,9 @@ impl LanguageConfig {
         } else {
             128
         };
-        let rope_theta = match map.get("rope_parameters").and_then(Value::as_object) {
-            Some(p) => {
-                let rope = Fields {
-                    map: p,
-                    path,
-                    prefix: name,
-                };
+        let rope_theta = match map.get("rope_parameters").filter(|v| v.is_object()) {
+            Some(_) => {
+                let rope = f.object("rope_parameters")?;
                 let kind = rope.str_or("rope_type", "default")?;
                 if kind != "default" {
                     return Err(ModelError::Unsupported(format!(
@@ -241,50 +234,6 @@ fn token_ids(value: Option<&Value>, path: &Path) -> Result<Vec<u32>, ModelError>
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items.iter().map(|v| one(v).ok_or_else(bad)).collect(),
         Some(v) => Ok(vec![one(v).ok_or_else(bad)?]),
-    }
-}
-
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    path: &'a Path,
-    prefix: &'a str,
-}
-
-impl Fields<'_> {
-    fn typed<T>(
-        &self,
-        key: &str,
-        default: T,
-        what: &str,
-        read: impl Fn(&Value) -> Option<T>,
-    ) -> Result<T, ModelError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => read(v).ok_or_else(|| ModelError::Config {
-                path: PathBuf::from(self.path),
-                message: format!("{}{key} must be {what}, found {v}", self.prefix),
-            }),
-        }
-    }
-
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
-        self.typed(key, default, "a non-negative integer", |v| {
-            v.as_u64().and_then(|n| usize::try_from(n).ok())
-        })
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
-        self.typed(key, default, "a number", Value::as_f64)
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
-        self.typed(key, default, "true or false", Value::as_bool)
-    }
-
-    fn str_or(&self, key: &str, default: &str) -> Result<String, ModelError> {
-        self.typed(key, default.to_string(), "a string", |v| {
-            v.as_str().map(str::to_string)
-        })
     }
 }
 

@@ -8,9 +8,10 @@
 //!   names (300M defaults), `text_config`, `vision_feature_layer`, and tiling from
 //!   `preprocessor_config.json` when present.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde_json::{Map, Value};
+use dvd_checkpoint::ConfigFields as Fields;
+use serde_json::Value;
 
 use super::error::ModelError;
 use crate::preprocess::TilingOptions;
@@ -224,12 +225,8 @@ fn detect_style(json: &Value, path: &Path) -> Result<ConfigStyle, ModelError> {
 fn parse_custom(top: &Fields) -> Result<VisionConfig, ModelError> {
     // InternVisionConfig defaults are the InternViT-6B values.
     let v = top.object("vision_config")?;
-    let norm = match v.str_or("norm_type", "rms_norm")?.as_str() {
-        "rms_norm" => NormKind::RmsNorm,
-        "layer_norm" => NormKind::LayerNorm,
-        other => return Err(v.error(format!("unknown norm_type {other:?}"))),
-    };
-    v.require_gelu("hidden_act")?;
+    let norm = norm_kind(&v, "rms_norm")?;
+    require_gelu(&v, "hidden_act")?;
     let vit = VitConfig {
         hidden_size: v.usize_or("hidden_size", 3200)?,
         num_layers: v.usize_or("num_hidden_layers", 48)?,
@@ -260,7 +257,7 @@ fn parse_custom(top: &Fields) -> Result<VisionConfig, ModelError> {
     let ps_version = match top.str_or("ps_version", "v1")?.as_str() {
         "v1" => PixelShuffleVersion::V1,
         "v2" => PixelShuffleVersion::V2,
-        other => return Err(top.error(format!("unknown ps_version {other:?}"))),
+        other => return Err(top.error(format!("unknown ps_version {other:?}")).into()),
     };
     let feature_layer = resolve_layer(top, "select_layer", vit.num_layers)?;
     let router = RouterConfig {
@@ -292,13 +289,9 @@ fn parse_hf(
 ) -> Result<VisionConfig, ModelError> {
     // InternVLVisionConfig defaults are the InternViT-300M values.
     let v = top.object("vision_config")?;
-    let norm = match v.str_or("norm_type", "layer_norm")?.as_str() {
-        "rms_norm" => NormKind::RmsNorm,
-        "layer_norm" => NormKind::LayerNorm,
-        other => return Err(v.error(format!("unknown norm_type {other:?}"))),
-    };
-    v.require_gelu("hidden_act")?;
-    top.require_gelu("projector_hidden_act")?;
+    let norm = norm_kind(&v, "layer_norm")?;
+    require_gelu(&v, "hidden_act")?;
+    require_gelu(top, "projector_hidden_act")?;
     if !v.bool_or("use_absolute_position_embeddings", true)? {
         return Err(ModelError::Unsupported(
             "vision_config.use_absolute_position_embeddings = false".into(),
@@ -350,7 +343,9 @@ fn parse_hf(
             let height = size.usize_or("height", vit.image_size)?;
             let width = size.usize_or("width", vit.image_size)?;
             if height != width {
-                return Err(p.error(format!("non-square tile size {width}x{height}")));
+                return Err(p
+                    .error(format!("non-square tile size {width}x{height}"))
+                    .into());
             }
             tiling.tile_size = to_u32(&p, height)?;
         }
@@ -378,9 +373,11 @@ fn resolve_layer(top: &Fields, key: &str, layers: usize) -> Result<usize, ModelE
         None | Some(Value::Null) => -1,
         Some(Value::Number(n)) if n.is_i64() => n.as_i64().unwrap_or(-1),
         Some(other) => {
-            return Err(top.error(format!(
-                "{key} must be one integer layer index, found {other}"
-            )));
+            return Err(top
+                .error(format!(
+                    "{key} must be one integer layer index, found {other}"
+                ))
+                .into());
         }
     };
     let resolved = if value < 0 {
@@ -389,7 +386,9 @@ fn resolve_layer(top: &Fields, key: &str, layers: usize) -> Result<usize, ModelE
         value
     };
     if resolved < 0 || resolved > layers as i64 {
-        return Err(top.error(format!("{key} = {value} is outside the {layers}-layer ViT")));
+        return Err(top
+            .error(format!("{key} = {value} is outside the {layers}-layer ViT"))
+            .into());
     }
     Ok(resolved as usize)
 }
@@ -405,121 +404,25 @@ fn truthy(value: Option<&Value>) -> bool {
 }
 
 fn to_u32(fields: &Fields, v: usize) -> Result<u32, ModelError> {
-    u32::try_from(v).map_err(|_| fields.error(format!("{v} is too large")))
+    u32::try_from(v).map_err(|_| fields.error(format!("{v} is too large")).into())
 }
 
-/// Typed access to one JSON object, with errors naming the file and the key path.
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    path: &'a Path,
-    prefix: String,
-}
-
-impl<'a> Fields<'a> {
-    fn new(json: &'a Value, path: &'a Path, prefix: &str) -> Result<Self, ModelError> {
-        let map = json.as_object().ok_or_else(|| ModelError::Config {
-            path: path.to_path_buf(),
-            message: format!("{} is not a JSON object", display_prefix(prefix)),
-        })?;
-        Ok(Self {
-            map,
-            path,
-            prefix: prefix.to_string(),
-        })
-    }
-
-    fn error(&self, message: String) -> ModelError {
-        ModelError::Config {
-            path: PathBuf::from(self.path),
-            message,
-        }
-    }
-
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key)
-    }
-
-    fn object(&self, key: &str) -> Result<Fields<'a>, ModelError> {
-        match self.map.get(key) {
-            Some(v) => Fields::new(v, self.path, &format!("{}.", self.key(key))),
-            None => Err(self.error(format!("missing {}", self.key(key)))),
-        }
-    }
-
-    fn typed<T>(
-        &self,
-        key: &str,
-        default: T,
-        what: &str,
-        read: impl Fn(&Value) -> Option<T>,
-    ) -> Result<T, ModelError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => read(v)
-                .ok_or_else(|| self.error(format!("{} must be {what}, found {v}", self.key(key)))),
-        }
-    }
-
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
-        self.typed(key, default, "a non-negative integer", |v| {
-            v.as_u64().and_then(|n| usize::try_from(n).ok())
-        })
-    }
-
-    /// A square side: an integer or an `[h, w]` pair with `h == w`.
-    fn side_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
-        self.typed(
-            key,
-            default,
-            "an integer or a square [h, w] pair",
-            |v| match v {
-                Value::Array(items) => match items.as_slice() {
-                    [h, w] if h == w => h.as_u64().and_then(|n| usize::try_from(n).ok()),
-                    _ => None,
-                },
-                _ => v.as_u64().and_then(|n| usize::try_from(n).ok()),
-            },
-        )
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
-        self.typed(key, default, "a number", Value::as_f64)
-    }
-
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
-        self.typed(key, None, "a number", |v| v.as_f64().map(Some))
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
-        self.typed(key, default, "true or false", Value::as_bool)
-    }
-
-    fn str_or(&self, key: &str, default: &str) -> Result<String, ModelError> {
-        self.typed(key, default.to_string(), "a string", |v| {
-            v.as_str().map(str::to_string)
-        })
-    }
-
-    fn require_gelu(&self, key: &str) -> Result<(), ModelError> {
-        let act = self.str_or(key, "gelu")?;
-        if act != "gelu" {
-            return Err(ModelError::Unsupported(format!(
-                "{} = {act:?} (only exact \"gelu\")",
-                self.key(key)
-            )));
-        }
-        Ok(())
+/// `norm_type`, `default` when absent.
+fn norm_kind(fields: &Fields, default: &str) -> Result<NormKind, ModelError> {
+    match fields.str_or("norm_type", default)?.as_str() {
+        "rms_norm" => Ok(NormKind::RmsNorm),
+        "layer_norm" => Ok(NormKind::LayerNorm),
+        other => Err(fields.error(format!("unknown norm_type {other:?}")).into()),
     }
 }
 
-fn display_prefix(prefix: &str) -> &str {
-    if prefix.is_empty() {
-        "the file"
-    } else {
-        prefix.trim_end_matches('.')
+fn require_gelu(fields: &Fields, key: &str) -> Result<(), ModelError> {
+    let act = fields.str_or(key, "gelu")?;
+    if act != "gelu" {
+        return Err(ModelError::Unsupported(format!(
+            "{} = {act:?} (only exact \"gelu\")",
+            fields.key(key)
+        )));
     }
+    Ok(())
 }
