@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
 use dvd_vision_server::preprocess::preprocess;
+use image::RgbImage;
 use serde_json::json;
 
 /// Options of `dvd encode`.
@@ -56,6 +57,48 @@ pub enum Precision {
     Bf16,
 }
 
+impl Switch {
+    /// The router setting `--vir` asks for (absent: the config's `flash_mode`).
+    pub fn routing(vir: Option<Switch>) -> Routing {
+        match vir {
+            None => Routing::Default,
+            Some(Switch::On) => Routing::On,
+            Some(Switch::Off) => Routing::Off,
+        }
+    }
+}
+
+/// Decodes and tiles `images` with `model`'s tiling, `--max-tiles` and `--no-thumbnail`
+/// applied; returns every tile in order and the number of tiles of each image.
+pub fn tile_images(
+    model: &VisionModel,
+    images: &[PathBuf],
+    max_tiles: Option<u32>,
+    no_thumbnail: bool,
+) -> Result<(Vec<RgbImage>, Vec<usize>)> {
+    let mut tiling = model.config().tiling.clone();
+    if let Some(max) = max_tiles {
+        if max == 0 {
+            bail!("--max-tiles must be at least 1");
+        }
+        tiling.max_tiles = max;
+        tiling.min_tiles = tiling.min_tiles.min(max);
+    }
+    if no_thumbnail {
+        tiling.thumbnail = false;
+    }
+    let mut tiles = Vec::new();
+    let mut tiles_per_image = Vec::with_capacity(images.len());
+    for path in images {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let tiled =
+            preprocess(&bytes, &tiling).with_context(|| format!("image {}", path.display()))?;
+        tiles_per_image.push(tiled.tiles.len());
+        tiles.extend(tiled.tiles);
+    }
+    Ok((tiles, tiles_per_image))
+}
+
 impl Precision {
     /// The candle dtype.
     pub fn dtype(self) -> DType {
@@ -83,36 +126,14 @@ impl EncodeArgs {
         .with_context(|| format!("loading the vision model from {}", dir.display()))?;
         let load_ms = ms(started);
 
-        let mut tiling = model.config().tiling.clone();
-        if let Some(max) = self.max_tiles {
-            if max == 0 {
-                bail!("--max-tiles must be at least 1");
-            }
-            tiling.max_tiles = max;
-            tiling.min_tiles = tiling.min_tiles.min(max);
-        }
-        if self.no_thumbnail {
-            tiling.thumbnail = false;
-        }
         let started = Instant::now();
-        let mut tiles = Vec::new();
-        let mut tiles_per_image = Vec::with_capacity(self.images.len());
-        for path in &self.images {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let tiled =
-                preprocess(&bytes, &tiling).with_context(|| format!("image {}", path.display()))?;
-            tiles_per_image.push(tiled.tiles.len() as i64);
-            tiles.extend(tiled.tiles);
-        }
+        let (tiles, tiles_per_image) =
+            tile_images(&model, &self.images, self.max_tiles, self.no_thumbnail)?;
+        let tiles_per_image: Vec<i64> = tiles_per_image.iter().map(|&n| n as i64).collect();
         let pixel_values = model.pixel_values(&tiles)?;
         let preprocess_ms = ms(started);
 
-        let routing = match self.vir {
-            None => Routing::Default,
-            Some(Switch::On) => Routing::On,
-            Some(Switch::Off) => Routing::Off,
-        };
+        let routing = Switch::routing(self.vir);
         let encoded = model.encode(&pixel_values, routing)?;
         let tokens: usize = encoded.tokens_per_tile.iter().sum();
         let tokens_per_tile: Vec<i64> = encoded.tokens_per_tile.iter().map(|&t| t as i64).collect();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use dvd_language_server::generate::{ImageInput, generate};
@@ -16,11 +16,10 @@ use dvd_language_server::text::{
     ChatMessage, ContentPart, IMAGE_PLACEHOLDER, IMG_CONTEXT, ImageTokenIds, InternVlPromptOptions,
     R1_SYSTEM_PROMPT, Tokenizer, encode_with_images, render_internvl, split_thinking,
 };
-use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
-use dvd_vision_server::preprocess::preprocess;
+use dvd_vision_server::model::{LoadOptions, VisionModel};
 use serde_json::json;
 
-use super::encode::{Precision, Switch};
+use super::encode::{Precision, Switch, tile_images};
 
 /// Options of `dvd generate`.
 #[derive(Debug, Args)]
@@ -120,18 +119,18 @@ impl GenerateArgs {
         let config = dvd_checkpoint::read_json(&dir.join("config.json"))?;
         let use_template = config.get("llm_config").is_none();
         let (prompt, placeholder) = self.prompt_text(&tokenizer, use_template)?;
-        let ids = if self.images.is_empty() {
-            tokenizer.encode(&prompt)?
-        } else {
-            let image_ids = ImageTokenIds::from_tokenizer(&tokenizer)?;
-            encode_with_images(&tokenizer, image_ids, &prompt, placeholder, &image_tokens)?
-        };
-        let image = match &features {
-            Some(features) => Some(ImageInput {
-                token_id: ImageTokenIds::from_tokenizer(&tokenizer)?.context,
-                features,
-            }),
-            None => None,
+        let (ids, image) = match &features {
+            None => (tokenizer.encode(&prompt)?, None),
+            Some(features) => {
+                let image_ids = ImageTokenIds::from_tokenizer(&tokenizer)?;
+                let ids =
+                    encode_with_images(&tokenizer, image_ids, &prompt, placeholder, &image_tokens)?;
+                let image = ImageInput {
+                    token_id: image_ids.context,
+                    features,
+                };
+                (ids, Some(image))
+            }
         };
         let mut eos = model.config().eos_token_ids.clone();
         eos.extend(tokenizer.eos_token_id());
@@ -204,29 +203,8 @@ impl GenerateArgs {
         }
         let vision = VisionModel::load(dir, options)
             .with_context(|| format!("loading the vision model from {}", dir.display()))?;
-        let mut tiling = vision.config().tiling.clone();
-        if let Some(max) = self.max_tiles {
-            if max == 0 {
-                bail!("--max-tiles must be at least 1");
-            }
-            tiling.max_tiles = max;
-            tiling.min_tiles = tiling.min_tiles.min(max);
-        }
-        let mut tiles = Vec::new();
-        let mut tiles_per_image = Vec::new();
-        for path in &self.images {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let tiled =
-                preprocess(&bytes, &tiling).with_context(|| format!("image {}", path.display()))?;
-            tiles_per_image.push(tiled.tiles.len());
-            tiles.extend(tiled.tiles);
-        }
-        let routing = match self.vir {
-            None => Routing::Default,
-            Some(Switch::On) => Routing::On,
-            Some(Switch::Off) => Routing::Off,
-        };
+        let (tiles, tiles_per_image) = tile_images(&vision, &self.images, self.max_tiles, false)?;
+        let routing = Switch::routing(self.vir);
         let encoded = vision.encode(&vision.pixel_values(&tiles)?, routing)?;
         let mut image_tokens = Vec::with_capacity(tiles_per_image.len());
         let mut next = 0;
