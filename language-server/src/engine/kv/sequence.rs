@@ -37,6 +37,9 @@ pub struct PagedSequence {
     pool: Arc<KvPool>,
     blocks: Vec<u32>,
     len: usize,
+    /// Pool slots of positions `0..n` as an index tensor, built by the first layer of a step
+    /// and reused by the others.
+    slots: Option<(usize, Tensor)>,
 }
 
 impl PagedSequence {
@@ -46,6 +49,7 @@ impl PagedSequence {
             pool,
             blocks: Vec::new(),
             len: 0,
+            slots: None,
         }
     }
 
@@ -99,7 +103,12 @@ impl PagedSequence {
             prefix.lookup(keys, allocator)
         };
         let len = blocks.len() * pool.config().block_size;
-        Self { pool, blocks, len }
+        Self {
+            pool,
+            blocks,
+            len,
+            slots: None,
+        }
     }
 
     /// Offers this sequence's first `keys.len()` blocks to the prefix cache (call once they
@@ -146,8 +155,15 @@ impl SequenceCache for PagedSequence {
             pool_values.slice_set(&values.narrow(1, from, run)?.contiguous()?, 1, slot)?;
             p += run;
         }
-        let slots: Vec<u32> = (0..end).map(|p| self.slot(p) as u32).collect();
-        let index = Tensor::from_vec(slots, end, keys.device())?;
+        let index = match &self.slots {
+            Some((n, index)) if *n == end => index.clone(),
+            _ => {
+                let slots: Vec<u32> = (0..end).map(|p| self.slot(p) as u32).collect();
+                let index = Tensor::from_vec(slots, end, keys.device())?;
+                self.slots = Some((end, index.clone()));
+                index
+            }
+        };
         let out = (
             pool_keys.index_select(&index, 1)?,
             pool_values.index_select(&index, 1)?,
