@@ -2,20 +2,31 @@
 //! every decoding sequence's next token plus prefill chunks of admitted prompts under a per-step
 //! token budget, all in one batched forward pass.
 //!
+//! Prompts may still be waiting for image features ([`StreamingRequest`]): a sequence prefills
+//! every position known so far (the text before the first image, then each tile as it arrives)
+//! and stalls, without holding up the batch, while the next tile is on the wire.
+//!
 //! Memory policy (no preemption): a request is admitted only when the pool can hold its whole
-//! prompt plus `max_new_tokens`, and those blocks are reserved at admission, so a running
-//! sequence never runs out of cache. Requests that do not fit yet wait in arrival order; a
-//! request that could never fit (longer than the pool or the model's context) is refused at once.
+//! prompt plus its new tokens, and those blocks are reserved at admission, so a running sequence
+//! never runs out of cache. A prompt whose images have not arrived reserves its upper bound
+//! (each image at its tile limit) and hands the surplus back once its features are complete.
+//! Requests that do not fit yet wait in arrival order; a request that could never fit (longer
+//! than the pool or the model's context) is refused at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use super::kv::{ImageSpan, KvError, KvPool, PagedSequence, block_keys};
+use super::kv::{KvError, KvPool, PagedSequence};
+use super::meter::ThroughputMeter;
+use super::prompt::{FeatureLimits, FeatureTile, PromptPiece, StreamingPrompt};
 use crate::model::{LanguageModel, ModelError, SequenceCache, SequenceStep};
 use crate::sampling::{Sampler, SamplingError, SamplingParams, StopChecker, StopReason};
-use crate::text::{IncrementalDecoder, TextError, Tokenizer};
+use crate::text::{ImageTokenIds, IncrementalDecoder, TextError, Tokenizer};
+
+pub use super::kv::ImageSpan;
 
 /// Engine settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +35,8 @@ pub struct SchedulerConfig {
     pub max_step_tokens: usize,
     /// Most sequences running at once.
     pub max_running: usize,
+    /// Bounds on incoming image features (size reservations of prompts still streaming).
+    pub feature_limits: FeatureLimits,
 }
 
 impl Default for SchedulerConfig {
@@ -31,11 +44,13 @@ impl Default for SchedulerConfig {
         Self {
             max_step_tokens: 512,
             max_running: 64,
+            feature_limits: FeatureLimits::default(),
         }
     }
 }
 
-/// A request as the engine takes it.
+/// A request whose prompt is complete: ids with image placeholders already expanded and the
+/// features at hand.
 #[derive(Debug, Clone)]
 pub struct EngineRequest {
     /// Caller's id, echoed in events.
@@ -48,6 +63,48 @@ pub struct EngineRequest {
     pub image_spans: Vec<ImageSpan>,
     /// Sampling and stopping.
     pub params: SamplingParams,
+}
+
+/// A request whose image features arrive later, tile by tile, through
+/// [`Scheduler::push_features`].
+#[derive(Debug, Clone)]
+pub struct StreamingRequest {
+    /// Caller's id, echoed in events.
+    pub id: u64,
+    /// Text and images, in prompt order.
+    pub pieces: Vec<PromptPiece>,
+    /// Sampling and stopping. `max_new_tokens` beyond the context stops at the context.
+    pub params: SamplingParams,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Its input does not fit the model (feature shape, tile counts, prompt length...).
+    InvalidInput,
+    /// Its image features did not arrive in time.
+    FeaturesTimedOut,
+    /// Its feature stream broke (the sender aborted or disconnected).
+    FeaturesFailed,
+    /// The engine failed while running it.
+    Internal,
+}
+
+/// Wall time of each stage of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SequenceTimings {
+    /// From arrival to admission into the running batch.
+    pub queue: Duration,
+    /// Admitted but stalled: nothing to prefill until the next tile arrived.
+    pub feature_wait: Duration,
+    /// From admission to the first token, stalls excluded.
+    pub prefill: Duration,
+    /// From the first token to the end.
+    pub decode: Duration,
+    /// From arrival to the first token.
+    pub time_to_first_token: Duration,
+    /// From arrival to the end.
+    pub total: Duration,
 }
 
 /// What a step produced for one request.
@@ -72,18 +129,28 @@ pub enum EngineEvent {
         text: String,
         /// Prompt tokens.
         prompt_tokens: usize,
+        /// Prompt tokens that are image features.
+        image_tokens: usize,
         /// Prompt tokens served from the prefix cache.
         cached_tokens: usize,
         /// Generated tokens.
         completion_tokens: usize,
+        /// Stage timings.
+        timings: SequenceTimings,
     },
-    /// The request failed after it was queued (its features do not fit the prompt...); it
-    /// holds nothing any more.
+    /// The request failed after it was queued; it holds nothing any more.
     Failed {
         /// Request id.
         id: u64,
+        /// What kind of failure.
+        kind: FailureKind,
         /// Why.
         message: String,
+    },
+    /// The request was cancelled; it holds nothing any more.
+    Cancelled {
+        /// Request id.
+        id: u64,
     },
 }
 
@@ -112,24 +179,67 @@ pub enum EngineError {
     Tensor(#[from] candle_core::Error),
 }
 
+/// When a request reached each stage.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    arrived: Instant,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    stalled: Duration,
+    stalled_since: Option<Instant>,
+}
+
+impl Clock {
+    fn stall(&mut self, now: Instant) {
+        self.stalled_since.get_or_insert(now);
+    }
+
+    fn resume(&mut self, now: Instant) {
+        if let Some(since) = self.stalled_since.take() {
+            self.stalled += now.saturating_duration_since(since);
+        }
+    }
+
+    fn timings(&self, now: Instant) -> SequenceTimings {
+        let first = self.first_token.unwrap_or(now);
+        SequenceTimings {
+            queue: self.admitted.saturating_duration_since(self.arrived),
+            feature_wait: self.stalled,
+            prefill: first
+                .saturating_duration_since(self.admitted)
+                .saturating_sub(self.stalled),
+            decode: now.saturating_duration_since(first),
+            time_to_first_token: first.saturating_duration_since(self.arrived),
+            total: now.saturating_duration_since(self.arrived),
+        }
+    }
+}
+
+/// A request waiting for cache space.
+struct Pending {
+    id: u64,
+    prompt: StreamingPrompt,
+    params: SamplingParams,
+    arrived: Instant,
+}
+
 struct Sequence {
     id: u64,
-    prompt: Vec<u32>,
-    /// Prompt embeddings `[prompt_len, hidden]` (images merged).
-    embeds: Tensor,
-    keys: Vec<super::kv::BlockKey>,
+    prompt: StreamingPrompt,
     cache: PagedSequence,
     cached_tokens: usize,
     generated: Vec<u32>,
     sampler: Sampler,
     stop: StopChecker,
     decoder: IncrementalDecoder,
+    /// `params.max_new_tokens` capped at the context once the prompt length is known.
     max_new_tokens: usize,
+    clock: Clock,
 }
 
 impl Sequence {
     fn prefilled(&self) -> bool {
-        self.cache.len() >= self.prompt.len()
+        self.prompt.is_complete() && self.cache.len() >= self.prompt.len()
     }
 }
 
@@ -140,23 +250,41 @@ pub struct EngineStats {
     pub running: usize,
     /// Requests waiting for cache space.
     pub waiting: usize,
+    /// Requests (running or waiting) whose image features have not all arrived.
+    pub waiting_for_features: usize,
     /// KV blocks held (running sequences and the prefix cache).
     pub blocks_used: usize,
     /// KV blocks in the pool.
     pub blocks_total: usize,
-    /// Prefix-cache block hit rate.
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Fraction of prefilled prompt tokens served from the prefix cache.
     pub prefix_hit_rate: f64,
+    /// Prompt positions still to prefill plus tokens still to generate, over all requests.
+    pub outstanding_tokens: u64,
+    /// Prompt positions prefilled per second, recently.
+    pub prompt_tokens_per_s: f64,
+    /// Tokens generated per second, recently.
+    pub generation_tokens_per_s: f64,
 }
+
+/// How far back [`EngineStats`]' throughput looks.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 
 /// The continuous-batching engine over one model and one KV pool.
 pub struct Scheduler {
     model: Arc<LanguageModel>,
     tokenizer: Tokenizer,
+    image_ids: Option<ImageTokenIds>,
     pool: Arc<KvPool>,
     eos: Vec<u32>,
     config: SchedulerConfig,
-    waiting: VecDeque<EngineRequest>,
+    waiting: VecDeque<Pending>,
     running: Vec<Sequence>,
+    meter: ThroughputMeter,
+    last_step_tokens: usize,
+    /// Prompt tokens of every prefilled prompt, and how many of them came from the cache.
+    prompt_totals: (u64, u64),
 }
 
 impl Scheduler {
@@ -169,6 +297,7 @@ impl Scheduler {
         config: SchedulerConfig,
     ) -> Self {
         Self {
+            image_ids: ImageTokenIds::from_tokenizer(&tokenizer).ok(),
             model,
             tokenizer,
             pool,
@@ -176,53 +305,168 @@ impl Scheduler {
             config,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            meter: ThroughputMeter::new(THROUGHPUT_WINDOW),
+            last_step_tokens: 0,
+            prompt_totals: (0, 0),
         }
     }
 
-    /// Queues a request; refuses at once one that could never be served.
+    /// The model the engine runs.
+    pub fn model(&self) -> &Arc<LanguageModel> {
+        &self.model
+    }
+
+    /// Queues a request whose prompt is complete; refuses at once one that could never be
+    /// served or whose features do not fit its prompt.
     pub fn add(&mut self, request: EngineRequest) -> Result<(), EngineError> {
-        let reject = |message: String| EngineError::Rejected {
-            id: request.id,
-            message,
-        };
-        request
-            .params
-            .validate()
-            .map_err(|e| reject(e.to_string()))?;
+        let id = request.id;
+        let reject = |message: String| EngineError::Rejected { id, message };
         if request.prompt_ids.is_empty() {
             return Err(reject("empty prompt".into()));
         }
-        let positions = request.prompt_ids.len() + request.params.max_new_tokens;
+        let embeds = self
+            .model
+            .embed(
+                &request.prompt_ids,
+                request.images.as_ref().map(|(t, _)| *t),
+                request.images.as_ref().map(|(_, f)| f),
+            )
+            .map_err(|e| reject(e.to_string()))?;
+        let prompt = StreamingPrompt::complete(request.prompt_ids, embeds, request.image_spans);
+        self.enqueue(id, prompt, request.params)
+    }
+
+    /// Queues a request whose image features will arrive through [`push_features`]
+    /// (Self::push_features); text up to its first image can be prefilled at once.
+    pub fn add_streaming(&mut self, request: StreamingRequest) -> Result<(), EngineError> {
+        let id = request.id;
+        let prompt = StreamingPrompt::streaming(
+            &self.model,
+            request.pieces,
+            self.image_ids,
+            self.config.feature_limits,
+        )
+        .map_err(|e| EngineError::Rejected {
+            id,
+            message: e.to_string(),
+        })?;
+        if prompt.is_complete() && prompt.len() == 0 {
+            return Err(EngineError::Rejected {
+                id,
+                message: "empty prompt".into(),
+            });
+        }
+        self.enqueue(id, prompt, request.params)
+    }
+
+    fn enqueue(
+        &mut self,
+        id: u64,
+        prompt: StreamingPrompt,
+        params: SamplingParams,
+    ) -> Result<(), EngineError> {
+        let reject = |message: String| EngineError::Rejected { id, message };
+        params.validate().map_err(|e| reject(e.to_string()))?;
         let context = self.model.config().max_position_embeddings;
-        if positions > context {
+        let least = if prompt.is_complete() {
+            prompt.len()
+        } else {
+            prompt.len() + 1 // at least `</img>` follows
+        };
+        if least >= context {
             return Err(reject(format!(
-                "prompt of {} tokens + {} new tokens exceeds the context of {context}",
-                request.prompt_ids.len(),
-                request.params.max_new_tokens
+                "prompt of {least} tokens leaves no room to generate within the context of \
+                 {context}"
             )));
         }
+        let positions = self.reservation(&prompt, &params);
         let blocks = positions.div_ceil(self.pool.config().block_size);
         if blocks > self.pool.total_blocks() {
             return Err(reject(format!(
-                "needs {blocks} KV blocks; the pool has {}",
+                "needs {blocks} KV blocks for {positions} positions; the pool has {}",
                 self.pool.total_blocks()
             )));
         }
-        if self.waiting.iter().any(|r| r.id == request.id)
-            || self.running.iter().any(|s| s.id == request.id)
-        {
+        if self.waiting.iter().any(|r| r.id == id) || self.running.iter().any(|s| s.id == id) {
             return Err(reject("duplicate request id".into()));
         }
-        self.waiting.push_back(request);
+        self.waiting.push_back(Pending {
+            id,
+            prompt,
+            params,
+            arrived: Instant::now(),
+        });
         Ok(())
+    }
+
+    /// Positions to reserve for a prompt: exact once complete, its upper bound before.
+    fn reservation(&self, prompt: &StreamingPrompt, params: &SamplingParams) -> usize {
+        let context = self.model.config().max_position_embeddings;
+        if prompt.is_complete() {
+            prompt.len() + params.max_new_tokens.min(context - prompt.len())
+        } else {
+            prompt
+                .upper_bound()
+                .saturating_add(params.max_new_tokens)
+                .min(context)
+        }
+    }
+
+    /// Hands one tile to request `id` (waiting or running). Returns `None` when no such request
+    /// is queued (it finished, failed or was cancelled), else the events it caused: a
+    /// [`Failed`](EngineEvent::Failed) if the tile does not fit the prompt.
+    pub fn push_features(&mut self, id: u64, tile: FeatureTile) -> Option<Vec<EngineEvent>> {
+        let now = Instant::now();
+        let limits = self.config.feature_limits;
+        let result = if let Some(p) = self.waiting.iter_mut().find(|p| p.id == id) {
+            p.prompt.push_tile(&self.model, tile, limits)
+        } else if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
+            s.clock.resume(now);
+            s.prompt
+                .push_tile(&self.model, tile, limits)
+                .map(|()| finish_prompt(s, &self.model))
+        } else {
+            return None;
+        };
+        Some(match result {
+            Ok(()) => Vec::new(),
+            Err(e) => self
+                .fail(id, FailureKind::InvalidInput, e.to_string())
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    /// Fails request `id` wherever it is (its features timed out or broke...); its blocks
+    /// return to the pool at once. `None` when no such request is queued.
+    pub fn fail(&mut self, id: u64, kind: FailureKind, message: String) -> Option<EngineEvent> {
+        self.remove(id)
+            .then_some(EngineEvent::Failed { id, kind, message })
     }
 
     /// Drops a request wherever it is; its blocks return to the pool at once.
     pub fn cancel(&mut self, id: u64) -> bool {
+        self.remove(id)
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
         let before = self.waiting.len() + self.running.len();
         self.waiting.retain(|r| r.id != id);
         self.running.retain(|s| s.id != id);
         before != self.waiting.len() + self.running.len()
+    }
+
+    /// Fails every running sequence (after a step failed halfway, their caches cannot be
+    /// trusted); waiting requests stay queued.
+    pub fn fail_running(&mut self, message: &str) -> Vec<EngineEvent> {
+        self.running
+            .drain(..)
+            .map(|s| EngineEvent::Failed {
+                id: s.id,
+                kind: FailureKind::Internal,
+                message: message.to_owned(),
+            })
+            .collect()
     }
 
     /// Whether nothing is waiting or running.
@@ -230,41 +474,73 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
+    /// Positions the last [`step`](Self::step) computed; 0 means the engine can do nothing until
+    /// features arrive or a request ends.
+    pub fn last_step_tokens(&self) -> usize {
+        self.last_step_tokens
+    }
+
     /// Current counters.
     pub fn stats(&self) -> EngineStats {
         let state = self.pool.state();
+        let (prompt_rate, generation_rate) = self.meter.rates(Instant::now());
+        let waiting_for_features = self
+            .waiting
+            .iter()
+            .filter(|p| !p.prompt.is_complete())
+            .count()
+            + self
+                .running
+                .iter()
+                .filter(|s| !s.prompt.is_complete())
+                .count();
+        let outstanding: usize = self
+            .waiting
+            .iter()
+            .map(|p| p.prompt.len() + p.params.max_new_tokens.min(1 << 20))
+            .chain(self.running.iter().map(|s| {
+                s.prompt.len().saturating_sub(s.cache.len())
+                    + s.max_new_tokens
+                        .min(1 << 20)
+                        .saturating_sub(s.generated.len())
+            }))
+            .sum();
         EngineStats {
             running: self.running.len(),
             waiting: self.waiting.len(),
+            waiting_for_features,
             blocks_used: state.allocator.total() - state.allocator.free(),
             blocks_total: state.allocator.total(),
-            prefix_hit_rate: state.prefix.hit_rate(),
+            block_size: self.pool.config().block_size,
+            prefix_hit_rate: match self.prompt_totals {
+                (0, _) => 0.0,
+                (prompt, cached) => cached as f64 / prompt as f64,
+            },
+            outstanding_tokens: outstanding as u64,
+            prompt_tokens_per_s: prompt_rate,
+            generation_tokens_per_s: generation_rate,
         }
     }
 
     /// Admits waiting requests in arrival order while their whole reservation fits.
-    fn admit(&mut self) -> Result<Vec<EngineEvent>, EngineError> {
+    fn admit(&mut self, now: Instant) -> Vec<EngineEvent> {
         let mut events = Vec::new();
         let block_size = self.pool.config().block_size;
         while self.running.len() < self.config.max_running {
             let Some(request) = self.waiting.front() else {
                 break;
             };
-            let prompt_len = request.prompt_ids.len();
-            // Full blocks strictly before the last prompt token may come from the cache.
-            let keys = block_keys(
-                &request.prompt_ids[..prompt_len - 1],
-                &request.image_spans,
-                block_size,
-            );
+            let keys = request.prompt.block_keys(block_size);
             let mut cache = PagedSequence::from_prefix(self.pool.clone(), &keys);
             let cached = cache.len();
-            match cache.reserve(prompt_len - cached + request.params.max_new_tokens) {
+            let positions = self.reservation(&request.prompt, &request.params);
+            match cache.reserve(positions - cached) {
                 Ok(()) => {}
-                Err(KvError::OutOfBlocks { .. }) => break, // wait for running sequences to finish
+                Err(KvError::OutOfBlocks { .. }) => break, // wait for running sequences to end
                 Err(e) => {
                     events.push(EngineEvent::Failed {
                         id: request.id,
+                        kind: FailureKind::InvalidInput,
                         message: e.to_string(),
                     });
                     self.waiting.pop_front();
@@ -274,130 +550,207 @@ impl Scheduler {
             let Some(request) = self.waiting.pop_front() else {
                 break;
             };
-            let embeds = self.model.embed(
-                &request.prompt_ids,
-                request.images.as_ref().map(|(t, _)| *t),
-                request.images.as_ref().map(|(_, f)| f),
-            );
-            let embeds = match embeds {
-                Ok(e) => e,
+            let sampler = match Sampler::new(request.params.clone()) {
+                Ok(s) => s,
                 Err(e) => {
-                    // `cache` drops here and returns its blocks.
                     events.push(EngineEvent::Failed {
                         id: request.id,
+                        kind: FailureKind::InvalidInput,
                         message: e.to_string(),
                     });
                     continue;
                 }
             };
-            self.running.push(Sequence {
+            let mut seq = Sequence {
                 id: request.id,
-                sampler: Sampler::new(request.params.clone())?,
+                sampler,
                 stop: StopChecker::new(&request.params, &self.eos),
                 decoder: IncrementalDecoder::new(self.tokenizer.clone(), true),
                 max_new_tokens: request.params.max_new_tokens,
-                prompt: request.prompt_ids,
-                embeds,
-                keys,
+                prompt: request.prompt,
                 cache,
                 cached_tokens: cached,
                 generated: Vec::new(),
-            });
+                clock: Clock {
+                    arrived: request.arrived,
+                    admitted: now,
+                    first_token: None,
+                    stalled: Duration::ZERO,
+                    stalled_since: None,
+                },
+            };
+            if seq.prompt.is_complete() {
+                finish_prompt(&mut seq, &self.model);
+            }
+            self.running.push(seq);
         }
-        Ok(events)
+        events
     }
 
     /// Runs one batched step: admits what fits, then decodes one token for every sequence past
-    /// its prompt and prefills the next chunk of the others, within the step's token budget.
+    /// its prompt and prefills the next known chunk of the others, within the step's token
+    /// budget. Sequences with nothing known to prefill stall until their next tile.
     pub fn step(&mut self) -> Result<Vec<EngineEvent>, EngineError> {
-        let mut events = self.admit()?;
+        let now = Instant::now();
+        let mut events = self.admit(now);
+        self.last_step_tokens = 0;
         if self.running.is_empty() {
             return Ok(events);
         }
         let mut budget = self.config.max_step_tokens.max(1);
-        // (index into running, embeds for this step, completes the prompt / is a decode)
-        let mut plan: Vec<(usize, Tensor, bool)> = Vec::new();
+        // (index into running, embeds for this step, whether the step samples a token)
+        let mut plan = Vec::new();
+        let mut decodes = 0;
         for (i, seq) in self.running.iter().enumerate() {
             if seq.prefilled() && budget > 0 {
                 let last = seq.generated.last().copied().unwrap_or(0);
                 plan.push((i, self.model.embed(&[last], None, None)?, true));
                 budget -= 1;
+                decodes += 1;
             }
         }
-        for (i, seq) in self.running.iter().enumerate() {
-            if !seq.prefilled() && budget > 0 {
-                let done = seq.cache.len();
-                let n = (seq.prompt.len() - done).min(budget);
-                let completes = done + n == seq.prompt.len();
-                plan.push((i, seq.embeds.narrow(0, done, n)?, completes));
-                budget -= n;
+        let mut prompt_tokens = 0;
+        let block_size = self.pool.config().block_size;
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            if seq.prefilled() || budget == 0 {
+                continue;
             }
+            // Blocks another request already computed for the same content are taken over.
+            if seq.cache.len().is_multiple_of(block_size) {
+                seq.cached_tokens += seq.cache.adopt_prefix(&seq.prompt.block_keys(block_size));
+                if seq.prefilled() {
+                    continue;
+                }
+            }
+            let done = seq.cache.len();
+            // Until the prompt is complete, prefill whole blocks only, so a later tile can
+            // still meet a cached block at a block boundary.
+            let known = if seq.prompt.is_complete() {
+                seq.prompt.len()
+            } else {
+                seq.prompt.len() / block_size * block_size
+            };
+            if known <= done {
+                seq.clock.stall(now); // the next tile is still on the wire
+                continue;
+            }
+            let n = (known - done).min(budget);
+            let samples = seq.prompt.is_complete() && done + n == seq.prompt.len();
+            plan.push((i, seq.prompt.embeds(done, n)?, samples));
+            budget -= n;
+            prompt_tokens += n;
         }
         if plan.is_empty() {
             return Ok(events);
         }
-        let order: Vec<(usize, bool)> = plan.iter().map(|(i, _, c)| (*i, *c)).collect();
-        let logits = {
-            let mut by_index: Vec<Option<Tensor>> = vec![None; self.running.len()];
-            for (i, embeds, _) in plan {
-                by_index[i] = Some(embeds);
+        self.last_step_tokens = decodes + prompt_tokens;
+        let mut by_index: Vec<Option<(Tensor, bool)>> = vec![None; self.running.len()];
+        for (i, embeds, samples) in plan {
+            by_index[i] = Some((embeds, samples));
+        }
+        let mut steps = Vec::with_capacity(by_index.len());
+        let mut stepped = Vec::with_capacity(by_index.len());
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            if let Some((embeds, samples)) = by_index[i].take() {
+                steps.push(SequenceStep {
+                    embeds,
+                    cache: &mut seq.cache,
+                });
+                stepped.push((i, samples));
             }
-            let mut steps = Vec::with_capacity(order.len());
-            let mut index_of_step = Vec::with_capacity(order.len());
-            for (i, seq) in self.running.iter_mut().enumerate() {
-                if let Some(embeds) = by_index[i].take() {
-                    steps.push(SequenceStep {
-                        embeds,
-                        cache: &mut seq.cache,
-                    });
-                    index_of_step.push(i);
-                }
-            }
-            let logits = self.model.forward(&mut steps)?;
-            (logits, index_of_step)
-        };
-        let (logits, index_of_step) = logits;
+        }
+        let logits = self.model.forward(&mut steps)?;
+        drop(steps);
         let rows = logits.to_vec2::<f32>()?;
-        let mut finished = Vec::new();
-        for (row, &i) in rows.iter().zip(&index_of_step) {
-            let samples = order.iter().any(|&(j, completes)| j == i && completes);
+        let end = Instant::now();
+        let mut generated = 0;
+        // (index into running, how it ended)
+        let mut ended: Vec<(usize, Result<StopReason, String>)> = Vec::new();
+        for (row, &(i, samples)) in rows.iter().zip(&stepped) {
             let seq = &mut self.running[i];
+            seq.prompt.release_before(seq.cache.len());
             if !samples {
                 continue; // a prefill chunk that does not reach the prompt's end
             }
             if seq.generated.is_empty() {
                 // Prompt done: offer its full blocks to the prefix cache.
-                seq.cache.register_prefix(&seq.keys);
+                seq.cache
+                    .register_prefix(&seq.prompt.block_keys(block_size));
+                seq.clock.first_token = Some(end);
+                self.prompt_totals.0 += seq.prompt.len() as u64;
+                self.prompt_totals.1 += seq.cached_tokens as u64;
             }
-            let token = seq.sampler.sample(row, &seq.prompt, &seq.generated)?;
-            seq.generated.push(token);
-            let delta = seq.decoder.push(token)?;
-            let update = seq.stop.push(token, &delta);
-            events.push(EngineEvent::Token {
-                id: seq.id,
-                token,
-                text: update.text,
-            });
-            if let Some(reason) = update.stop {
-                finished.push((i, reason));
-            } else if seq.generated.len() >= seq.max_new_tokens {
-                finished.push((i, StopReason::MaxTokens));
+            match sample_next(seq, row) {
+                Ok((token, text, stop)) => {
+                    generated += 1;
+                    events.push(EngineEvent::Token {
+                        id: seq.id,
+                        token,
+                        text,
+                    });
+                    if let Some(reason) = stop {
+                        ended.push((i, Ok(reason)));
+                    } else if seq.generated.len() >= seq.max_new_tokens {
+                        ended.push((i, Ok(StopReason::MaxTokens)));
+                    }
+                }
+                Err(e) => ended.push((i, Err(e.to_string()))),
             }
         }
-        // Remove finished sequences (highest index first keeps the others' indices valid).
-        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, reason) in finished {
+        self.meter.record(end, prompt_tokens, generated);
+        // Remove ended sequences (highest index first keeps the others' indices valid).
+        ended.sort_by_key(|e| std::cmp::Reverse(e.0));
+        for (i, outcome) in ended {
             let mut seq = self.running.remove(i);
-            let tail = seq.stop.finish(&seq.decoder.finish()?);
-            events.push(EngineEvent::Finished {
-                id: seq.id,
-                reason,
-                text: tail,
-                prompt_tokens: seq.prompt.len(),
-                cached_tokens: seq.cached_tokens,
-                completion_tokens: seq.generated.len(),
-            });
+            let event = match outcome.and_then(|reason| {
+                let tail = seq.decoder.finish().map_err(|e| e.to_string())?;
+                Ok((reason, seq.stop.finish(&tail)))
+            }) {
+                Ok((reason, text)) => EngineEvent::Finished {
+                    id: seq.id,
+                    reason,
+                    text,
+                    prompt_tokens: seq.prompt.len(),
+                    image_tokens: seq.prompt.image_tokens(),
+                    cached_tokens: seq.cached_tokens,
+                    completion_tokens: seq.generated.len(),
+                    timings: seq.clock.timings(end),
+                },
+                Err(message) => EngineEvent::Failed {
+                    id: seq.id,
+                    kind: FailureKind::Internal,
+                    message,
+                },
+            };
+            events.push(event);
         }
         Ok(events)
     }
+}
+
+/// Samples a sequence's next token from its logits row; returns the token, the text now safe
+/// to stream, and why generation stops, if it does.
+fn sample_next(
+    seq: &mut Sequence,
+    row: &[f32],
+) -> Result<(u32, String, Option<StopReason>), EngineError> {
+    let token = seq.sampler.sample(row, seq.prompt.ids(), &seq.generated)?;
+    seq.generated.push(token);
+    let delta = seq.decoder.push(token)?;
+    let update = seq.stop.push(token, &delta);
+    Ok((token, update.text, update.stop))
+}
+
+/// Settles a sequence whose prompt just became complete: caps its new tokens at the context and
+/// returns the reservation it no longer needs.
+fn finish_prompt(seq: &mut Sequence, model: &LanguageModel) {
+    if !seq.prompt.is_complete() {
+        return;
+    }
+    let context = model.config().max_position_embeddings;
+    seq.max_new_tokens = seq
+        .max_new_tokens
+        .min(context.saturating_sub(seq.prompt.len()));
+    seq.cache
+        .release_unused(seq.prompt.len() + seq.max_new_tokens);
 }

@@ -35,6 +35,9 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Texts that end generation; the output is cut before the first one.
     pub stop_strings: Vec<String>,
+    /// Keep generating past the model's EOS tokens (benchmarks); stop ids and strings still
+    /// apply.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -51,6 +54,7 @@ impl Default for SamplingParams {
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
             stop_token_ids: Vec::new(),
             stop_strings: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

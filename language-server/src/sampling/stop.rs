@@ -46,10 +46,14 @@ pub struct StopChecker {
 }
 
 impl StopChecker {
-    /// A checker for `params` and the model's EOS ids.
+    /// A checker for `params` and the model's EOS ids (ignored with `params.ignore_eos`).
     pub fn new(params: &SamplingParams, eos_token_ids: &[u32]) -> Self {
         Self {
-            eos_token_ids: eos_token_ids.to_vec(),
+            eos_token_ids: if params.ignore_eos {
+                Vec::new()
+            } else {
+                eos_token_ids.to_vec()
+            },
             stop_token_ids: params.stop_token_ids.clone(),
             stop_strings: params
                 .stop_strings

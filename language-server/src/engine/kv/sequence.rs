@@ -93,6 +93,18 @@ impl PagedSequence {
         }
     }
 
+    /// Returns reserved blocks beyond what `positions` positions need (never blocks holding
+    /// computed positions) to the pool.
+    pub fn release_unused(&mut self, positions: usize) {
+        let keep = positions
+            .max(self.len)
+            .div_ceil(self.pool.config().block_size);
+        if keep < self.blocks.len() {
+            let surplus = self.blocks.split_off(keep);
+            self.pool.state().allocator.release(&surplus);
+        }
+    }
+
     /// A sequence that starts on the cached blocks of the longest known prefix of `keys` (see
     /// [`block_keys`](super::block_keys)); its length is the matched blocks' positions. Pass keys
     /// of blocks strictly before the prompt's last token, so at least one token is computed.
@@ -109,6 +121,34 @@ impl PagedSequence {
             len,
             slots: None,
         }
+    }
+
+    /// At a block boundary, takes over cached blocks for the next positions: where `keys` (the
+    /// keys of the prompt's settled full blocks, from block 0) continue past the computed
+    /// positions with blocks the prefix cache holds, those replace the sequence's own reserved,
+    /// unwritten blocks. Returns the positions gained.
+    pub fn adopt_prefix(&mut self, keys: &[BlockKey]) -> usize {
+        let size = self.pool.config().block_size;
+        let first = self.len / size;
+        if !self.len.is_multiple_of(size) || keys.len() <= first {
+            return 0;
+        }
+        let last = keys.len().min(self.blocks.len());
+        if last <= first {
+            return 0;
+        }
+        let mut state = self.pool.state();
+        let PoolState { allocator, prefix } = &mut *state;
+        let found = prefix.lookup(&keys[first..last], allocator);
+        for (i, &block) in found.iter().enumerate() {
+            let own = std::mem::replace(&mut self.blocks[first + i], block);
+            allocator.release(&[own]);
+        }
+        drop(state);
+        let gained = found.len() * size;
+        self.len += gained;
+        self.slots = None;
+        gained
     }
 
     /// Offers this sequence's first `keys.len()` blocks to the prefix cache (call once they
