@@ -22,6 +22,9 @@ enum Command {
     /// Vision and language in one process (the coupled baseline): images and a prompt in,
     /// streamed text out.
     Generate(commands::generate::GenerateArgs),
+    /// The language server of a decoupled deployment.
+    #[command(subcommand)]
+    Language(commands::language::LanguageCommand),
     /// TLS material for the QUIC feature transport.
     #[command(subcommand)]
     Tls(commands::tls::TlsCommand),
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => cmd.run(),
         Command::Encode(cmd) => cmd.run(),
         Command::Generate(cmd) => cmd.run(),
+        Command::Language(cmd) => cmd.run(),
         Command::Tls(cmd) => cmd.run(),
     }
 }

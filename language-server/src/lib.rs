@@ -15,4 +15,6 @@ pub mod engine;
 pub mod generate;
 pub mod model;
 pub mod sampling;
+pub mod server;
+pub mod service;
 pub mod text;

@@ -13,8 +13,8 @@ use dvd_language_server::generate::{ImageInput, generate};
 use dvd_language_server::model::LanguageModel;
 use dvd_language_server::sampling::{SamplingParams, StopReason};
 use dvd_language_server::text::{
-    ChatMessage, ContentPart, IMAGE_PLACEHOLDER, IMG_CONTEXT, ImageTokenIds, InternVlPromptOptions,
-    R1_SYSTEM_PROMPT, Tokenizer, encode_with_images, render_internvl, split_thinking,
+    ChatMessage, ContentPart, IMAGE_PLACEHOLDER, ImageTokenIds, PromptFormat, R1_SYSTEM_PROMPT,
+    Tokenizer, encode_with_images, split_thinking,
 };
 use dvd_vision_server::model::{LoadOptions, VisionModel};
 use serde_json::json;
@@ -75,6 +75,10 @@ pub struct GenerateArgs {
     /// Compute precision.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     dtype: Precision,
+    /// Round image features to BF16, as vision servers send them, so the output equals a
+    /// decoupled deployment's token for token.
+    #[arg(long)]
+    wire_features: bool,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -114,11 +118,9 @@ impl GenerateArgs {
         let (features, image_tokens) = self.encode_images(&dir, &options)?;
         let vision_ms = ms(started);
 
-        // GitHub-format checkpoints (llm_config) are prompted through their conversation
-        // template, as the reference `chat()` does, even when they also ship a Jinja file.
         let config = dvd_checkpoint::read_json(&dir.join("config.json"))?;
-        let use_template = config.get("llm_config").is_none();
-        let (prompt, placeholder) = self.prompt_text(&tokenizer, use_template)?;
+        let format = PromptFormat::for_checkpoint(&config, &tokenizer)?;
+        let (prompt, placeholder) = self.prompt_text(&format)?;
         let (ids, image) = match &features {
             None => (tokenizer.encode(&prompt)?, None),
             Some(features) => {
@@ -212,15 +214,19 @@ impl GenerateArgs {
             image_tokens.push(encoded.tokens_per_tile[next..next + n].iter().sum());
             next += n;
         }
-        Ok((Some(encoded.features), image_tokens))
+        let features = if self.wire_features {
+            encoded
+                .features
+                .to_dtype(candle_core::DType::BF16)?
+                .to_dtype(encoded.features.dtype())?
+        } else {
+            encoded.features
+        };
+        Ok((Some(features), image_tokens))
     }
 
     /// The prompt text and the image placeholder it uses.
-    fn prompt_text(
-        &self,
-        tokenizer: &Tokenizer,
-        use_template: bool,
-    ) -> Result<(String, &'static str)> {
+    fn prompt_text(&self, format: &PromptFormat) -> Result<(String, &'static str)> {
         if self.raw {
             return Ok((self.prompt.clone(), IMAGE_PLACEHOLDER));
         }
@@ -229,23 +235,14 @@ impl GenerateArgs {
             (None, true) => Some(R1_SYSTEM_PROMPT.to_string()),
             (None, false) => None,
         };
-        // An HF-format checkpoint's own chat template, as transformers renders it; its image
-        // placeholder is <IMG_CONTEXT>.
-        if let Some(template) = tokenizer.chat_template(None)?.filter(|_| use_template) {
-            let mut parts = vec![ContentPart::Image; self.images.len()];
-            parts.push(ContentPart::Text(self.prompt.clone()));
-            let mut messages = Vec::new();
-            if let Some(system) = system {
-                messages.push(ChatMessage::system(system));
-            }
-            messages.push(ChatMessage::parts("user", parts));
-            return Ok((template.render(&messages, true)?, IMG_CONTEXT));
-        }
         let mut messages = Vec::new();
         if let Some(system) = system {
             messages.push(ChatMessage::system(system));
         }
-        let parts = if self.prompt.contains(IMAGE_PLACEHOLDER) {
+        // An InternVL-format prompt may place its images itself with `<image>`.
+        let inline =
+            matches!(format, PromptFormat::InternVl) && self.prompt.contains(IMAGE_PLACEHOLDER);
+        let parts = if inline {
             vec![ContentPart::Text(self.prompt.clone())]
         } else {
             let mut parts = vec![ContentPart::Image; self.images.len()];
@@ -253,11 +250,10 @@ impl GenerateArgs {
             parts
         };
         messages.push(ChatMessage::parts("user", parts));
-        let options = InternVlPromptOptions {
-            thinking: self.thinking,
-            add_generation_prompt: true,
-        };
-        Ok((render_internvl(&messages, &options)?, IMAGE_PLACEHOLDER))
+        Ok((
+            format.render(&messages, self.thinking)?,
+            format.placeholder(),
+        ))
     }
 }
 

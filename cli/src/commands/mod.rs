@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod encode;
 pub mod generate;
+pub mod language;
 pub mod tls;

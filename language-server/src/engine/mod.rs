@@ -1,9 +1,16 @@
-//! The serving engine: [`kv`] (paged KV cache with a prefix cache) and [`scheduler`]
-//! (continuous batching with chunked prefill under a per-step token budget).
+//! The serving engine: [`kv`] (paged KV cache with a prefix cache), [`scheduler`] (continuous
+//! batching with chunked prefill under a per-step token budget, fed prompts whose image features
+//! are still arriving) and [`runner`] (the engine thread the gRPC service talks to).
 
 pub mod kv;
+mod meter;
+mod prompt;
+pub mod runner;
 pub mod scheduler;
 
+pub use prompt::{FeatureLimits, FeatureTile, ImageSlot, PromptPiece};
+pub use runner::{AddError, EngineHandle, EngineStopped, EventStream, NewRequest};
 pub use scheduler::{
-    EngineError, EngineEvent, EngineRequest, EngineStats, Scheduler, SchedulerConfig,
+    EngineError, EngineEvent, EngineRequest, EngineStats, FailureKind, Scheduler, SchedulerConfig,
+    SequenceTimings, StreamingRequest,
 };

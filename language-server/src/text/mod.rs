@@ -16,6 +16,7 @@
 mod chat_template;
 mod config;
 mod error;
+mod format;
 mod incremental;
 mod message;
 mod placeholder;
@@ -28,11 +29,12 @@ mod tokenizer;
 pub use chat_template::ChatTemplate;
 pub use config::{AddedTokenEntry, TokenizerConfig};
 pub use error::{Result, TextError};
+pub use format::PromptFormat;
 pub use incremental::IncrementalDecoder;
 pub use message::{ChatMessage, ContentPart, MessageContent};
 pub use placeholder::{
     IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, ImageTokenIds, count_placeholders,
-    encode_with_images, expand_image_placeholders, image_token_count,
+    encode_segments, encode_with_images, expand_image_placeholders, image_token_count,
 };
 pub use prompt::{
     DEFAULT_SYSTEM_MESSAGE, IM_END, IM_START, InternVlPromptOptions, R1_SYSTEM_PROMPT, THINK_END,

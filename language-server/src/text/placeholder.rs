@@ -89,12 +89,10 @@ pub fn encode_with_images(
     placeholder: &str,
     image_tokens: &[usize],
 ) -> Result<Vec<u32>> {
-    let segments = split_at_placeholders(prompt, placeholder, image_tokens.len())?;
+    let segments = encode_segments(tokenizer, prompt, placeholder, image_tokens.len())?;
     let mut out = Vec::with_capacity(prompt.len() / 3 + image_tokens.iter().sum::<usize>());
-    for (k, segment) in segments.iter().enumerate() {
-        if !segment.is_empty() {
-            out.extend(tokenizer.encode(segment)?);
-        }
+    for (k, segment) in segments.into_iter().enumerate() {
+        out.extend(segment);
         if let Some(&n) = image_tokens.get(k) {
             out.push(ids.start);
             out.extend(std::iter::repeat_n(ids.context, n));
@@ -102,6 +100,26 @@ pub fn encode_with_images(
         }
     }
     Ok(out)
+}
+
+/// Token ids of the text before, between and after the `images` placeholders of `prompt` (one
+/// more piece than placeholders; a piece may be empty). Fails if the counts differ.
+pub fn encode_segments(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    placeholder: &str,
+    images: usize,
+) -> Result<Vec<Vec<u32>>> {
+    split_at_placeholders(prompt, placeholder, images)?
+        .into_iter()
+        .map(|segment| {
+            if segment.is_empty() {
+                Ok(Vec::new())
+            } else {
+                tokenizer.encode(segment)
+            }
+        })
+        .collect()
 }
 
 /// The text around the placeholders (one more piece than placeholders), checking the count.

@@ -1,0 +1,166 @@
+//! `dvd language serve`: the language half of a decoupled deployment. Loads only the LLM,
+//! receives image features from vision servers on the feature listener and serves
+//! `LanguageService` over gRPC.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use dvd_language_server::engine::{FeatureLimits, SchedulerConfig};
+use dvd_language_server::server::{ServeConfig, start};
+use dvd_language_server::service::RequestDefaults;
+use dvd_transport::quic::ServerTls;
+use dvd_transport::{InboxConfig, TlsOptions, TransportKind};
+use serde_json::json;
+
+use super::encode::Precision;
+
+/// Language server commands.
+#[derive(Debug, Subcommand)]
+pub enum LanguageCommand {
+    /// Serves `LanguageService` until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+impl LanguageCommand {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Serve(args) => args.run(),
+        }
+    }
+}
+
+/// Options of `dvd language serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// Feature listen address (vision servers send tiles here).
+    #[arg(long, default_value = "127.0.0.1:50062")]
+    feature_listen: SocketAddr,
+    /// Feature address to advertise in `Health` (default: the bound address).
+    #[arg(long)]
+    feature_advertise: Option<String>,
+    /// Feature transport: tcp or quic.
+    #[arg(long, default_value = "tcp")]
+    transport: TransportKind,
+    /// PEM certificate chain of the QUIC listener (default: a self-signed `localhost` one).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the QUIC listener.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// KV cache size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    kv_cache_mib: usize,
+    /// Token positions per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Most sequences in the running batch.
+    #[arg(long, default_value_t = 64)]
+    max_running: usize,
+    /// Most tokens (decode + prefill chunks) per engine step.
+    #[arg(long, default_value_t = 512)]
+    max_step_tokens: usize,
+    /// Most feature tokens per tile (256 for InternVL3.5's 448-pixel tiles).
+    #[arg(long, default_value_t = 256)]
+    max_tokens_per_tile: usize,
+    /// Tiles per image when a request does not say (12 + thumbnail for InternVL3.5).
+    #[arg(long, default_value_t = 13)]
+    max_tiles_per_image: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = 64)]
+    max_images: usize,
+    /// How long a request waits for its features when it does not say, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    feature_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    /// Runs the server until SIGINT or SIGTERM.
+    pub fn run(self) -> Result<()> {
+        if self.block_size == 0 || self.max_running == 0 || self.max_step_tokens == 0 {
+            bail!("--block-size, --max-running and --max-step-tokens must be at least 1");
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => TlsOptions {
+                server: Some(ServerTls::from_pem_files(cert, key)?),
+                client: None,
+            },
+            _ => TlsOptions::default(),
+        };
+        let config = ServeConfig {
+            model: self.model.clone(),
+            listen: self.listen,
+            feature_listen: self.feature_listen,
+            feature_advertise: self.feature_advertise.clone(),
+            transport: self.transport,
+            tls,
+            dtype: self.dtype.dtype(),
+            kv_cache_bytes: self.kv_cache_mib << 20,
+            block_size: self.block_size,
+            scheduler: SchedulerConfig {
+                max_step_tokens: self.max_step_tokens,
+                max_running: self.max_running,
+                feature_limits: FeatureLimits {
+                    max_tokens_per_tile: self.max_tokens_per_tile,
+                },
+            },
+            requests: RequestDefaults {
+                max_tiles_per_image: self.max_tiles_per_image,
+                feature_timeout: Duration::from_millis(self.feature_timeout_ms),
+                max_images: self.max_images,
+            },
+            inbox: InboxConfig::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async move {
+            let server = start(config).await?;
+            // One line on stdout when ready, for scripts and tests.
+            println!(
+                "{}",
+                json!({
+                    "grpc": server.grpc_addr.to_string(),
+                    "features": server.feature_addr.to_string(),
+                    "transport": self.transport.to_string(),
+                    "model_dir": server.model_dir.display().to_string(),
+                })
+            );
+            wait_for_signal().await?;
+            tracing::info!("shutting down");
+            server.shutdown().await;
+            Ok(())
+        })
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The engine thread: owns the [`Scheduler`] and steps it while there is work, taking requests,
+//! feature tiles, failures and cancellations from the async side through a channel, and sending
+//! each request's events to its own stream.
+//!
+//! The model runs on this thread, never on the async runtime. The thread blocks on the channel
+//! when nothing can run (idle, or every sequence waiting for its next tile); a request whose
+//! event stream was dropped (the client went away) is cancelled before the next step.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+use super::prompt::FeatureTile;
+use super::scheduler::{
+    EngineError, EngineEvent, EngineRequest, EngineStats, FailureKind, Scheduler, StreamingRequest,
+};
+
+/// A request for the engine thread.
+#[derive(Debug)]
+pub enum NewRequest {
+    /// Prompt and features complete.
+    Complete(EngineRequest),
+    /// Features arrive later through [`EngineHandle::push_features`].
+    Streaming(StreamingRequest),
+}
+
+impl NewRequest {
+    fn id(&self) -> u64 {
+        match self {
+            Self::Complete(r) => r.id,
+            Self::Streaming(r) => r.id,
+        }
+    }
+}
+
+/// The engine thread has stopped (shut down or crashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the engine has stopped")]
+pub struct EngineStopped;
+
+/// Why [`EngineHandle::add`] did not queue a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// The engine refused it.
+    #[error(transparent)]
+    Rejected(#[from] EngineError),
+    /// The engine thread is gone.
+    #[error(transparent)]
+    Stopped(#[from] EngineStopped),
+}
+
+/// Events of one request, ending with `Finished`, `Failed` or `Cancelled`.
+pub type EventStream = async_mpsc::UnboundedReceiver<EngineEvent>;
+
+enum Command {
+    Add {
+        request: NewRequest,
+        events: async_mpsc::UnboundedSender<EngineEvent>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Features {
+        id: u64,
+        tile: FeatureTile,
+    },
+    Fail {
+        id: u64,
+        kind: FailureKind,
+        message: String,
+    },
+    Cancel {
+        id: u64,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+}
+
+/// The async side's handle on the engine thread. Cheap to clone; the thread stops once every
+/// handle is dropped and its last request has ended.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+    alive: Arc<AtomicBool>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread over `scheduler`.
+    pub fn start(scheduler: Scheduler) -> std::io::Result<Self> {
+        let (commands, rx) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(scheduler.stats()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let runner = Runner {
+            scheduler,
+            commands: rx,
+            streams: HashMap::new(),
+            stats: stats.clone(),
+        };
+        let flag = alive.clone();
+        thread::Builder::new()
+            .name("dvd-engine".into())
+            .spawn(move || {
+                runner.run();
+                flag.store(false, Ordering::Release);
+            })?;
+        Ok(Self {
+            commands,
+            stats,
+            alive,
+        })
+    }
+
+    /// Queues a request; its events arrive on the returned stream.
+    pub async fn add(&self, request: NewRequest) -> Result<EventStream, AddError> {
+        let (events, stream) = async_mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Add {
+            request,
+            events,
+            reply,
+        })?;
+        answer.await.map_err(|_| EngineStopped)??;
+        Ok(stream)
+    }
+
+    /// Hands one tile of request `id` to the engine.
+    pub fn push_features(&self, id: u64, tile: FeatureTile) -> Result<(), EngineStopped> {
+        self.send(Command::Features { id, tile })
+    }
+
+    /// Fails request `id` (its features timed out or broke); it frees everything it held.
+    pub fn fail(&self, id: u64, kind: FailureKind, message: String) -> Result<(), EngineStopped> {
+        self.send(Command::Fail { id, kind, message })
+    }
+
+    /// Cancels request `id`; returns whether it was still queued or running.
+    pub async fn cancel(&self, id: u64) -> Result<bool, EngineStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Cancel {
+            id,
+            reply: Some(reply),
+        })?;
+        answer.await.map_err(|_| EngineStopped)
+    }
+
+    /// Cancels request `id` without waiting for the answer.
+    pub fn cancel_later(&self, id: u64) {
+        let _ = self.send(Command::Cancel { id, reply: None });
+    }
+
+    /// The counters after the engine's latest step.
+    pub fn stats(&self) -> EngineStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn send(&self, command: Command) -> Result<(), EngineStopped> {
+        self.commands.send(command).map_err(|_| EngineStopped)
+    }
+}
+
+struct Runner {
+    scheduler: Scheduler,
+    commands: Receiver<Command>,
+    streams: HashMap<u64, async_mpsc::UnboundedSender<EngineEvent>>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Runner {
+    fn run(mut self) {
+        let mut can_run = false;
+        loop {
+            if !can_run {
+                // Nothing can run until a command arrives.
+                match self.commands.recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => break,
+                }
+            }
+            let mut disconnected = false;
+            loop {
+                match self.commands.try_recv() {
+                    Ok(command) => self.handle(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            self.cancel_abandoned();
+            let step = catch_unwind(AssertUnwindSafe(|| self.scheduler.step()));
+            let events = match step {
+                Ok(Ok(events)) => events,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "engine step failed; failing the running batch");
+                    self.scheduler
+                        .fail_running(&format!("engine step failed: {e}"))
+                }
+                Err(_) => {
+                    tracing::error!("engine step panicked; failing the running batch");
+                    self.scheduler.fail_running("engine step panicked")
+                }
+            };
+            can_run = self.scheduler.last_step_tokens() > 0 || !events.is_empty();
+            self.route(events);
+            self.publish();
+            if disconnected && (self.scheduler.is_idle() || !can_run) {
+                break;
+            }
+        }
+        // Whatever is left can never finish now.
+        let left: Vec<u64> = self.streams.keys().copied().collect();
+        for id in left {
+            if let Some(event) = self.scheduler.fail(
+                id,
+                FailureKind::Internal,
+                "the engine is shutting down".into(),
+            ) {
+                self.route(vec![event]);
+            }
+        }
+        self.publish();
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Add {
+                request,
+                events,
+                reply,
+            } => {
+                let id = request.id();
+                let added = match request {
+                    NewRequest::Complete(r) => self.scheduler.add(r),
+                    NewRequest::Streaming(r) => self.scheduler.add_streaming(r),
+                };
+                if added.is_ok() {
+                    self.streams.insert(id, events);
+                }
+                if reply.send(added).is_err() {
+                    // The caller went away before hearing back.
+                    self.scheduler.cancel(id);
+                    self.streams.remove(&id);
+                }
+            }
+            Command::Features { id, tile } => {
+                if let Some(events) = self.scheduler.push_features(id, tile) {
+                    self.route(events);
+                }
+            }
+            Command::Fail { id, kind, message } => {
+                if let Some(event) = self.scheduler.fail(id, kind, message) {
+                    self.route(vec![event]);
+                }
+            }
+            Command::Cancel { id, reply } => {
+                let found = self.scheduler.cancel(id);
+                if found {
+                    self.route(vec![EngineEvent::Cancelled { id }]);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(found);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Cancels requests whose event stream nobody reads any more.
+    fn cancel_abandoned(&mut self) {
+        let gone: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, tx)| tx.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            tracing::debug!(id, "event stream closed; cancelling");
+            self.scheduler.cancel(id);
+            self.streams.remove(&id);
+        }
+    }
+
+    fn route(&mut self, events: Vec<EngineEvent>) {
+        for event in events {
+            let (id, last) = match &event {
+                EngineEvent::Token { id, .. } => (*id, false),
+                EngineEvent::Finished { id, .. }
+                | EngineEvent::Failed { id, .. }
+                | EngineEvent::Cancelled { id } => (*id, true),
+            };
+            let delivered = self
+                .streams
+                .get(&id)
+                .is_some_and(|tx| tx.send(event).is_ok());
+            if !delivered && !last {
+                self.scheduler.cancel(id);
+            }
+            if last || !delivered {
+                self.streams.remove(&id);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = self.scheduler.stats();
+    }
+}

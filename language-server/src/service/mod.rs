@@ -1,0 +1,313 @@
+//! `LanguageService` over gRPC: `Generate` turns a request into a prompt, claims the request's
+//! feature inbox, queues it on the engine thread and streams its tokens back; `Cancel`, `Health`
+//! and `Stats` report on and steer the engine.
+//!
+//! A `Generate` stream dropped by its client cancels the request at once: its KV blocks go back
+//! to the pool and its feature inbox is released (a vision server still streaming to it is told).
+
+mod events;
+mod features;
+mod request;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dvd_proto::common::v1::ServingStatus;
+use dvd_proto::feature::v1::Transport;
+use dvd_proto::language::v1::language_service_server::LanguageService;
+use dvd_proto::language::v1::{
+    CancelRequest, CancelResponse, GenerateEvent, GenerateRequest, HealthRequest, HealthResponse,
+    StatsRequest, StatsResponse,
+};
+use dvd_transport::{InboxRegistry, RequestId, TransportKind};
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+pub use request::RequestDefaults;
+
+use crate::engine::{AddError, EngineHandle, EventStream, NewRequest, StreamingRequest};
+use crate::text::{PromptFormat, Tokenizer};
+use request::RequestConverter;
+
+/// What `Health` reports about this server.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// Model id (the `--model` argument or the served name).
+    pub model_id: String,
+    /// `host:port` vision servers send features to.
+    pub feature_address: String,
+    /// Protocol of the feature listener.
+    pub feature_transport: TransportKind,
+    /// Hidden size of the model.
+    pub hidden_size: usize,
+}
+
+/// The `LanguageService` implementation.
+#[derive(Debug, Clone)]
+pub struct LanguageServer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: EngineHandle,
+    inboxes: InboxRegistry,
+    converter: RequestConverter,
+    identity: ServerIdentity,
+    /// Requests with a live `Generate` stream: their engine id and the token that stops their
+    /// feature forwarding.
+    active: Mutex<HashMap<RequestId, (u64, CancellationToken)>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    /// Feature forwarding tasks.
+    tasks: TaskTracker,
+}
+
+impl LanguageServer {
+    /// A service over a running engine and the inbox registry its feature listener fills.
+    pub fn new(
+        engine: EngineHandle,
+        inboxes: InboxRegistry,
+        tokenizer: Tokenizer,
+        format: PromptFormat,
+        defaults: RequestDefaults,
+        identity: ServerIdentity,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                inboxes,
+                converter: RequestConverter {
+                    tokenizer,
+                    format,
+                    defaults,
+                },
+                identity,
+                active: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Refuses new requests from now on (in-flight ones finish); `Health` reports `DRAINING`.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Refuses new requests and waits until every feature forwarding task has ended.
+    pub async fn close(&self) {
+        self.drain();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Requests with a live `Generate` stream.
+    pub fn active_requests(&self) -> usize {
+        self.inner.active().len()
+    }
+}
+
+impl Inner {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, (u64, CancellationToken)>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ends a request's bookkeeping when its stream goes away; cancels it in the engine if it had
+/// not finished (the client disconnected).
+struct StreamGuard {
+    inner: Arc<Inner>,
+    request_id: RequestId,
+    id: u64,
+    finished: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let entry = self.inner.active().remove(&self.request_id);
+        if let Some((_, stop)) = entry {
+            stop.cancel();
+        }
+        if !self.finished {
+            tracing::debug!(request = %self.request_id, "Generate stream dropped; cancelling");
+            self.inner.engine.cancel_later(self.id);
+        }
+    }
+}
+
+/// The `Generate` response stream.
+pub type GenerateStream = Pin<Box<dyn Stream<Item = Result<GenerateEvent, Status>> + Send>>;
+
+fn response_stream(events: EventStream, guard: StreamGuard, return_ids: bool) -> GenerateStream {
+    use std::collections::VecDeque;
+    let state = (events, guard, VecDeque::new());
+    Box::pin(futures::stream::unfold(
+        state,
+        move |(mut events, mut guard, mut queued)| async move {
+            loop {
+                if let Some(item) = queued.pop_front() {
+                    return Some((item, (events, guard, queued)));
+                }
+                if guard.finished {
+                    return None;
+                }
+                let Some(event) = events.recv().await else {
+                    guard.finished = true;
+                    let status = Status::internal("the engine stopped before the request ended");
+                    return Some((Err(status), (events, guard, queued)));
+                };
+                let (items, last) = events::stream_items(event, return_ids);
+                guard.finished = last;
+                queued.extend(items);
+            }
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl LanguageService for LanguageServer {
+    type GenerateStream = GenerateStream;
+
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let inner = &self.inner;
+        if inner.draining.load(Ordering::Acquire) {
+            return Err(Status::unavailable("the server is draining"));
+        }
+        let prepared = inner.converter.prepare(request.get_ref())?;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        {
+            let mut active = inner.active();
+            if active.contains_key(&prepared.request_id) {
+                return Err(Status::already_exists(format!(
+                    "request {} is already running",
+                    prepared.request_id
+                )));
+            }
+            active.insert(prepared.request_id, (id, stop.clone()));
+        }
+        // From here on the guard undoes the registration on every exit.
+        let mut guard = StreamGuard {
+            inner: inner.clone(),
+            request_id: prepared.request_id,
+            id,
+            finished: true,
+        };
+        let inbox = if prepared.images > 0 {
+            let images = u16::try_from(prepared.images)
+                .map_err(|_| Status::invalid_argument("too many images"))?;
+            Some(
+                inner
+                    .inboxes
+                    .register(prepared.request_id, Some(images))
+                    .map_err(|e| Status::already_exists(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let events = inner
+            .engine
+            .add(NewRequest::Streaming(StreamingRequest {
+                id,
+                pieces: prepared.pieces,
+                params: prepared.params,
+            }))
+            .await
+            .map_err(|e| match e {
+                AddError::Rejected(e) => Status::invalid_argument(e.to_string()),
+                AddError::Stopped(e) => Status::unavailable(e.to_string()),
+            })?;
+        guard.finished = false;
+        if let Some(inbox) = inbox {
+            inner.tasks.spawn(features::forward_features(
+                inbox,
+                id,
+                inner.engine.clone(),
+                prepared.feature_timeout,
+                stop,
+            ));
+        }
+        Ok(Response::new(response_stream(
+            events,
+            guard,
+            prepared.return_token_ids,
+        )))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let request_id: RequestId = request
+            .get_ref()
+            .request_id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("request_id: {e}")))?;
+        let entry = self.inner.active().get(&request_id).cloned();
+        let Some((id, stop)) = entry else {
+            return Ok(Response::new(CancelResponse { found: false }));
+        };
+        stop.cancel();
+        let found = self
+            .inner
+            .engine
+            .cancel(id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(CancelResponse { found }))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        let inner = &self.inner;
+        let status = if !inner.engine.is_running() {
+            ServingStatus::NotServing
+        } else if inner.draining.load(Ordering::Acquire) {
+            ServingStatus::Draining
+        } else {
+            ServingStatus::Serving
+        };
+        let identity = &inner.identity;
+        Ok(Response::new(HealthResponse {
+            status: status as i32,
+            model_id: identity.model_id.clone(),
+            feature_address: identity.feature_address.clone(),
+            feature_transport: match identity.feature_transport {
+                TransportKind::Tcp => Transport::Tcp,
+                TransportKind::Quic => Transport::Quic,
+            } as i32,
+            hidden_size: identity.hidden_size as u32,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let s = self.inner.engine.stats();
+        Ok(Response::new(StatsResponse {
+            running_sequences: s.running as u32,
+            waiting_sequences: s.waiting as u32,
+            waiting_for_features: s.waiting_for_features as u32,
+            kv_blocks_used: s.blocks_used as u32,
+            kv_blocks_total: s.blocks_total as u32,
+            kv_block_size: s.block_size as u32,
+            prefix_cache_hit_rate: s.prefix_hit_rate,
+            prompt_tokens_per_second: s.prompt_tokens_per_s,
+            generation_tokens_per_second: s.generation_tokens_per_s,
+            outstanding_tokens: s.outstanding_tokens,
+        }))
+    }
+}
