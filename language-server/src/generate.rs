@@ -27,6 +27,69 @@ pub enum GenerateError {
     Tensor(#[from] candle_core::Error),
 }
 
+/// The per-token work after the model: pick the next token, detokenise it, check the stop
+/// conditions. [`generate`] and the serving engine share it.
+#[derive(Debug)]
+pub struct Continuation {
+    sampler: Sampler,
+    stop: StopChecker,
+    decoder: IncrementalDecoder,
+    generated: Vec<u32>,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextToken {
+    /// The token.
+    pub token: u32,
+    /// Text that became safe to stream with it (may be empty).
+    pub text: String,
+    /// Why generation stops here, if it does (`max_new_tokens` included).
+    pub stop: Option<StopReason>,
+}
+
+impl Continuation {
+    /// A continuation sampling with `params` that stops at `eos_token_ids` (unless
+    /// `params.ignore_eos`).
+    pub fn new(
+        params: &SamplingParams,
+        tokenizer: &Tokenizer,
+        eos_token_ids: &[u32],
+    ) -> Result<Self, GenerateError> {
+        Ok(Self {
+            sampler: Sampler::new(params.clone())?,
+            stop: StopChecker::new(params, eos_token_ids),
+            decoder: IncrementalDecoder::new(tokenizer.clone(), true),
+            generated: Vec::new(),
+        })
+    }
+
+    /// Picks the token after `prompt_ids` and the tokens so far from the last position's
+    /// `logits`.
+    pub fn next(&mut self, logits: &[f32], prompt_ids: &[u32]) -> Result<NextToken, GenerateError> {
+        let token = self.sampler.sample(logits, prompt_ids, &self.generated)?;
+        self.generated.push(token);
+        let delta = self.decoder.push(token)?;
+        let update = self.stop.push(token, &delta);
+        Ok(NextToken {
+            token,
+            text: update.text,
+            stop: update.stop,
+        })
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// The text held back until the end (incomplete characters, a partial stop string that
+    /// never completed).
+    pub fn finish(&mut self) -> Result<String, GenerateError> {
+        Ok(self.stop.finish(&self.decoder.finish()?))
+    }
+}
+
 /// Image features for the prompt's `<IMG_CONTEXT>` positions.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageInput<'a> {
@@ -73,9 +136,7 @@ pub fn generate(
     eos_token_ids: &[u32],
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, GenerateError> {
-    let mut sampler = Sampler::new(params.clone())?;
-    let mut stop = StopChecker::new(params, eos_token_ids);
-    let mut decoder = IncrementalDecoder::new(tokenizer.clone(), true);
+    let mut continuation = Continuation::new(params, tokenizer, eos_token_ids)?;
     let started = Instant::now();
     let embeds = model.embed(
         prompt_ids,
@@ -90,33 +151,30 @@ pub fn generate(
     let prefill_logits = logits.squeeze(0)?;
     let prefill = started.elapsed();
     let started = Instant::now();
-    let mut generated = Vec::new();
     let mut text = String::new();
     let mut row = prefill_logits.to_vec1::<f32>()?;
     let finish = loop {
-        let token = sampler.sample(&row, prompt_ids, &generated)?;
-        generated.push(token);
-        let delta = decoder.push(token)?;
-        let update = stop.push(token, &delta);
-        if !update.text.is_empty() {
-            on_text(&update.text);
-            text.push_str(&update.text);
+        let next = continuation.next(&row, prompt_ids)?;
+        if !next.text.is_empty() {
+            on_text(&next.text);
+            text.push_str(&next.text);
         }
-        if let Some(reason) = update.stop {
+        if let Some(reason) = next.stop {
             break reason;
         }
-        let embeds = model.embed(&[token], None, None)?;
+        let embeds = model.embed(&[next.token], None, None)?;
         let logits = model.forward(&mut [SequenceStep {
             embeds,
             cache: &mut cache,
         }])?;
         row = logits.squeeze(0)?.to_vec1::<f32>()?;
     };
-    let tail = stop.finish(&decoder.finish()?);
+    let tail = continuation.finish()?;
     if !tail.is_empty() {
         on_text(&tail);
         text.push_str(&tail);
     }
+    let generated = continuation.generated().to_vec();
     Ok(Generation {
         token_ids: generated,
         text,

@@ -22,9 +22,10 @@ use candle_core::Tensor;
 use super::kv::{KvError, KvPool, PagedSequence};
 use super::meter::ThroughputMeter;
 use super::prompt::{FeatureLimits, FeatureTile, PromptPiece, StreamingPrompt};
+use crate::generate::Continuation;
 use crate::model::{LanguageModel, ModelError, SequenceCache, SequenceStep};
-use crate::sampling::{Sampler, SamplingError, SamplingParams, StopChecker, StopReason};
-use crate::text::{ImageTokenIds, IncrementalDecoder, TextError, Tokenizer};
+use crate::sampling::{SamplingParams, StopReason};
+use crate::text::{ImageTokenIds, Tokenizer};
 
 pub use super::kv::ImageSpan;
 
@@ -168,12 +169,6 @@ pub enum EngineError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// Sampling failed.
-    #[error(transparent)]
-    Sampling(#[from] SamplingError),
-    /// Detokenisation failed.
-    #[error(transparent)]
-    Text(#[from] TextError),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
@@ -228,10 +223,7 @@ struct Sequence {
     prompt: StreamingPrompt,
     cache: PagedSequence,
     cached_tokens: usize,
-    generated: Vec<u32>,
-    sampler: Sampler,
-    stop: StopChecker,
-    decoder: IncrementalDecoder,
+    continuation: Continuation,
     /// `params.max_new_tokens` capped at the context once the prompt length is known.
     max_new_tokens: usize,
     clock: Clock,
@@ -502,7 +494,7 @@ impl Scheduler {
                 s.prompt.len().saturating_sub(s.cache.len())
                     + s.max_new_tokens
                         .min(1 << 20)
-                        .saturating_sub(s.generated.len())
+                        .saturating_sub(s.continuation.generated().len())
             }))
             .sum();
         EngineStats {
@@ -550,8 +542,9 @@ impl Scheduler {
             let Some(request) = self.waiting.pop_front() else {
                 break;
             };
-            let sampler = match Sampler::new(request.params.clone()) {
-                Ok(s) => s,
+            let continuation = match Continuation::new(&request.params, &self.tokenizer, &self.eos)
+            {
+                Ok(c) => c,
                 Err(e) => {
                     events.push(EngineEvent::Failed {
                         id: request.id,
@@ -563,14 +556,11 @@ impl Scheduler {
             };
             let mut seq = Sequence {
                 id: request.id,
-                sampler,
-                stop: StopChecker::new(&request.params, &self.eos),
-                decoder: IncrementalDecoder::new(self.tokenizer.clone(), true),
+                continuation,
                 max_new_tokens: request.params.max_new_tokens,
                 prompt: request.prompt,
                 cache,
                 cached_tokens: cached,
-                generated: Vec::new(),
                 clock: Clock {
                     arrived: request.arrived,
                     admitted: now,
@@ -603,7 +593,7 @@ impl Scheduler {
         let mut decodes = 0;
         for (i, seq) in self.running.iter().enumerate() {
             if seq.prefilled() && budget > 0 {
-                let last = seq.generated.last().copied().unwrap_or(0);
+                let last = seq.continuation.generated().last().copied().unwrap_or(0);
                 plan.push((i, self.model.embed(&[last], None, None)?, true));
                 budget -= 1;
                 decodes += 1;
@@ -672,7 +662,7 @@ impl Scheduler {
             if !samples {
                 continue; // a prefill chunk that does not reach the prompt's end
             }
-            if seq.generated.is_empty() {
+            if seq.continuation.generated().is_empty() {
                 // Prompt done: offer its full blocks to the prefix cache.
                 seq.cache
                     .register_prefix(&seq.prompt.block_keys(block_size));
@@ -680,17 +670,17 @@ impl Scheduler {
                 self.prompt_totals.0 += seq.prompt.len() as u64;
                 self.prompt_totals.1 += seq.cached_tokens as u64;
             }
-            match sample_next(seq, row) {
-                Ok((token, text, stop)) => {
+            match seq.continuation.next(row, seq.prompt.ids()) {
+                Ok(next) => {
                     generated += 1;
                     events.push(EngineEvent::Token {
                         id: seq.id,
-                        token,
-                        text,
+                        token: next.token,
+                        text: next.text,
                     });
-                    if let Some(reason) = stop {
+                    if let Some(reason) = next.stop {
                         ended.push((i, Ok(reason)));
-                    } else if seq.generated.len() >= seq.max_new_tokens {
+                    } else if seq.continuation.generated().len() >= seq.max_new_tokens {
                         ended.push((i, Ok(StopReason::MaxTokens)));
                     }
                 }
@@ -703,8 +693,8 @@ impl Scheduler {
         for (i, outcome) in ended {
             let mut seq = self.running.remove(i);
             let event = match outcome.and_then(|reason| {
-                let tail = seq.decoder.finish().map_err(|e| e.to_string())?;
-                Ok((reason, seq.stop.finish(&tail)))
+                let tail = seq.continuation.finish().map_err(|e| e.to_string())?;
+                Ok((reason, tail))
             }) {
                 Ok((reason, text)) => EngineEvent::Finished {
                     id: seq.id,
@@ -713,7 +703,7 @@ impl Scheduler {
                     prompt_tokens: seq.prompt.len(),
                     image_tokens: seq.prompt.image_tokens(),
                     cached_tokens: seq.cached_tokens,
-                    completion_tokens: seq.generated.len(),
+                    completion_tokens: seq.continuation.generated().len(),
                     timings: seq.clock.timings(end),
                 },
                 Err(message) => EngineEvent::Failed {
@@ -726,19 +716,6 @@ impl Scheduler {
         }
         Ok(events)
     }
-}
-
-/// Samples a sequence's next token from its logits row; returns the token, the text now safe
-/// to stream, and why generation stops, if it does.
-fn sample_next(
-    seq: &mut Sequence,
-    row: &[f32],
-) -> Result<(u32, String, Option<StopReason>), EngineError> {
-    let token = seq.sampler.sample(row, seq.prompt.ids(), &seq.generated)?;
-    seq.generated.push(token);
-    let delta = seq.decoder.push(token)?;
-    let update = seq.stop.push(token, &delta);
-    Ok((token, update.text, update.stop))
 }
 
 /// Settles a sequence whose prompt just became complete: caps its new tokens at the context and
