@@ -12,12 +12,25 @@ pub struct Linear {
     /// `[out, in]`.
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Whether few-row inputs may take [`matmul_wt`]'s faster path.
+    skinny: bool,
 }
 
 impl Linear {
     /// A layer from its `[out, in]` weight and optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            skinny: true,
+        }
+    }
+
+    /// The same layer computing every row the same way whatever the number of rows, so a row's
+    /// result does not depend on what it is batched with (the few-row fast path is off).
+    pub fn batch_invariant(mut self) -> Self {
+        self.skinny = false;
+        self
     }
 
     /// Applies the layer to the last axis of `x`.
@@ -25,7 +38,12 @@ impl Linear {
         let dims = x.dims();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
-        let y = matmul_wt(&x.reshape((rows, input))?, &self.weight)?;
+        let x = x.reshape((rows, input))?;
+        let y = if self.skinny {
+            matmul_wt(&x, &self.weight)?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
@@ -96,6 +114,8 @@ pub struct Loader<'a> {
     pub dtype: DType,
     /// The device every weight is placed on.
     pub device: &'a Device,
+    /// Build [`Linear::batch_invariant`] layers.
+    pub batch_invariant: bool,
 }
 
 impl Loader<'_> {
@@ -146,7 +166,16 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Linear::new(weight, bias))
+        Ok(self.layer(weight, bias))
+    }
+
+    /// A layer from loaded tensors, batch invariant when the loader says so.
+    pub fn layer(&self, weight: Tensor, bias: Option<Tensor>) -> Linear {
+        let layer = Linear::new(weight, bias);
+        match self.batch_invariant {
+            true => layer.batch_invariant(),
+            false => layer,
+        }
     }
 
     /// LayerNorm `prefix.{weight,bias}` over `dim`.
@@ -177,7 +206,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear::new(Tensor::cat(&weights, 0)?, bias))
+        let fused = Linear::new(Tensor::cat(&weights, 0)?, bias);
+        Ok(match parts.iter().all(|l| l.skinny) {
+            true => fused,
+            false => fused.batch_invariant(),
+        })
     }
 
     /// Splits the output rows into `n` equal layers (the inverse of [`Linear::fuse`]).
@@ -185,13 +218,14 @@ impl Linear {
         let rows = self.weight.dim(0)? / n;
         (0..n)
             .map(|i| {
-                Ok(Linear::new(
-                    self.weight.narrow(0, i * rows, rows)?,
-                    match &self.bias {
+                Ok(Linear {
+                    weight: self.weight.narrow(0, i * rows, rows)?,
+                    bias: match &self.bias {
                         Some(b) => Some(b.narrow(0, i * rows, rows)?),
                         None => None,
                     },
-                ))
+                    skinny: self.skinny,
+                })
             })
             .collect()
     }

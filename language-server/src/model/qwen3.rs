@@ -64,6 +64,7 @@ impl LanguageModel {
             checkpoint,
             dtype: options.dtype,
             device: &options.device,
+            batch_invariant: false,
         };
         let c = &config;
         let embed_tokens = loader.tensor(&layout.embed_tokens(), &[c.vocab_size, c.hidden_size])?;

@@ -69,7 +69,7 @@ struct CrossAttention {
 
 impl CrossAttention {
     fn load(loader: &Loader, prefix: &str, d: usize) -> Result<Self, ModelError> {
-        let in_proj = Linear::new(
+        let in_proj = loader.layer(
             loader.tensor(&format!("{prefix}.in_proj_weight"), &[3 * d, d])?,
             Some(loader.tensor(&format!("{prefix}.in_proj_bias"), &[3 * d])?),
         );

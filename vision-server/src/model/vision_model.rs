@@ -106,10 +106,12 @@ impl VisionModel {
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
         let layout = TensorLayout::detect(checkpoint)?;
+        // Batch invariant: a tile's features must not depend on which tiles share its batch.
         let loader = Loader {
             checkpoint,
             dtype: options.dtype,
             device: &options.device,
+            batch_invariant: true,
         };
         let vit = InternVit::load(&config, layout, &loader)?;
         let shuffled = config.vit.hidden_size * config.shuffle_factor().pow(2);
