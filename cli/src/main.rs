@@ -25,6 +25,9 @@ enum Command {
     /// The language server of a decoupled deployment.
     #[command(subcommand)]
     Language(commands::language::LanguageCommand),
+    /// The vision server of a decoupled deployment.
+    #[command(subcommand)]
+    Vision(commands::vision::VisionCommand),
     /// TLS material for the QUIC feature transport.
     #[command(subcommand)]
     Tls(commands::tls::TlsCommand),
@@ -44,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(cmd) => cmd.run(),
         Command::Language(cmd) => cmd.run(),
         Command::Tls(cmd) => cmd.run(),
+        Command::Vision(cmd) => cmd.run(),
     }
 }

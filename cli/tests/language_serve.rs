@@ -4,9 +4,8 @@
 //! their own request cleanly and free what it held.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus};
@@ -24,49 +23,39 @@ use dvd_transport::{
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
+mod common;
+
+use common::{ServerProcess, encoded_tiles, image, language_fixture};
+
 const PROMPT: &str = "What is shown in the picture?";
 
-fn language_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../language-server/tests/fixtures/model")
-        .join(name)
-}
-
-fn image() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vision-server/tests/fixtures/model/image.png")
-}
-
-/// A `dvd language serve` process, killed on drop.
+/// A `dvd language serve` process on ports chosen at run time.
 struct Server {
-    child: Child,
+    _process: ServerProcess,
     grpc: String,
     features: String,
 }
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dvd"))
-            .args(["language", "serve", "--model"])
-            .arg(model)
-            .args(["--listen", "127.0.0.1:0", "--feature-listen", "127.0.0.1:0"])
-            .args(["--kv-cache-mib", "16"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Ok(ready) = serde_json::from_str::<serde_json::Value>(&line) else {
-            let status = child.wait().unwrap();
-            panic!("server did not start ({status}): {line:?}");
-        };
+        let mut args = vec![
+            "language",
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--feature-listen",
+            "127.0.0.1:0",
+            "--kv-cache-mib",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        let process = ServerProcess::start(&args);
         Self {
-            child,
-            grpc: ready["grpc"].as_str().unwrap().to_owned(),
-            features: ready["features"].as_str().unwrap().to_owned(),
+            grpc: process.field("grpc"),
+            features: process.field("features"),
+            _process: process,
         }
     }
 
@@ -76,57 +65,22 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `dvd encode`'s features of the fixture image as transport tiles (BF16 on the wire).
 fn tiles(model: &Path) -> Vec<Tile> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("features.safetensors");
-    let status = Command::new(env!("CARGO_BIN_EXE_dvd"))
-        .args(["encode", "--model"])
-        .arg(model)
-        .arg("--image")
-        .arg(image())
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let bytes = std::fs::read(&out).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let features = st.tensor("features").unwrap();
-    let hidden = features.shape()[1];
-    let values: Vec<half::bf16> = features
-        .data()
-        .chunks_exact(4)
-        .map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())))
-        .collect();
-    let per_tile: Vec<usize> = st
-        .tensor("tokens_per_tile")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
-        .collect();
-    let mut start = 0;
-    per_tile
+    let (tiles, hidden) = encoded_tiles(model, &[]);
+    let count = tiles.len() as u16;
+    tiles
         .iter()
         .enumerate()
-        .map(|(i, &n)| {
+        .map(|(i, rows)| {
             let position = TilePosition {
                 image_index: 0,
                 image_count: 1,
                 tile_index: i as u16,
-                tile_count: per_tile.len() as u16,
+                tile_count: count,
             };
-            let rows = &values[start * hidden..(start + n) * hidden];
-            start += n;
-            Tile::from_bf16(position, n as u32, hidden as u32, rows).unwrap()
+            let tokens = (rows.len() / hidden) as u32;
+            Tile::from_bf16(position, tokens, hidden as u32, rows).unwrap()
         })
         .collect()
 }

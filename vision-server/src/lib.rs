@@ -8,8 +8,11 @@
 //! Flash models' router and `mlp2`) behind `dvd encode`. The server lands with the
 //! `[vision-server]` issue.
 
+pub mod engine;
 pub mod error;
 pub mod model;
 pub mod preprocess;
+pub mod server;
+pub mod service;
 
 pub use error::ImageError;

@@ -139,28 +139,10 @@ impl ServeArgs {
                     "model_dir": server.model_dir.display().to_string(),
                 })
             );
-            wait_for_signal().await?;
+            super::wait_for_signal().await?;
             tracing::info!("shutting down");
             server.shutdown().await;
             Ok(())
         })
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() -> Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
 }

@@ -1,0 +1,131 @@
+//! `dvd vision serve`: the vision half of a decoupled deployment. Loads only the vision weights
+//! (InternViT, projector, ViR), encodes images with batching across requests and streams the
+//! features to the language servers named in each request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use dvd_transport::quic::ClientTls;
+use dvd_transport::{SenderConfig, TlsOptions};
+use dvd_vision_server::engine::EncoderConfig;
+use dvd_vision_server::server::{ServeConfig, start};
+use dvd_vision_server::service::{Admission, RequestLimits};
+use serde_json::json;
+
+use super::encode::Precision;
+
+/// Vision server commands.
+#[derive(Debug, Subcommand)]
+pub enum VisionCommand {
+    /// Serves `VisionService` until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+impl VisionCommand {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Serve(args) => args.run(),
+        }
+    }
+}
+
+/// Options of `dvd vision serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// PEM CA certificate(s) to verify QUIC language servers with (without it only TCP
+    /// destinations are accepted).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Most tiles in one encoder batch (across requests).
+    #[arg(long, default_value_t = 8)]
+    max_batch_tiles: usize,
+    /// How long a batch that is not full waits for more tiles, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
+    /// Embedding cache size in MiB (0 disables it).
+    #[arg(long, default_value_t = 512)]
+    cache_mib: u64,
+    /// Most images per request.
+    #[arg(long, default_value_t = 16)]
+    max_images: usize,
+    /// Largest encoded image accepted, in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_image_mib: usize,
+    /// Requests that may wait for preprocessing before new ones are refused.
+    #[arg(long, default_value_t = 64)]
+    max_pending_requests: usize,
+    /// Images decoded and tiled at the same time (CPU workers).
+    #[arg(long, default_value_t = 2)]
+    preprocess_workers: usize,
+    /// Tiles that may wait for the encoder before new requests are refused.
+    #[arg(long, default_value_t = 256)]
+    max_queued_tiles: usize,
+}
+
+impl ServeArgs {
+    /// Runs the server until SIGINT or SIGTERM.
+    pub fn run(self) -> Result<()> {
+        if self.max_batch_tiles == 0 || self.preprocess_workers == 0 {
+            bail!("--max-batch-tiles and --preprocess-workers must be at least 1");
+        }
+        let tls = TlsOptions {
+            server: None,
+            client: match &self.tls_ca {
+                Some(ca) => Some(ClientTls::from_ca_file(ca)?),
+                None => None,
+            },
+        };
+        let config = ServeConfig {
+            model: self.model.clone(),
+            listen: self.listen,
+            tls,
+            dtype: self.dtype.dtype(),
+            encoder: EncoderConfig {
+                max_batch_tiles: self.max_batch_tiles,
+                batch_wait: Duration::from_millis(self.batch_wait_ms),
+            },
+            cache_bytes: self.cache_mib << 20,
+            limits: RequestLimits {
+                max_images: self.max_images,
+                max_image_bytes: self.max_image_mib << 20,
+            },
+            admission: Admission {
+                max_pending_requests: self.max_pending_requests,
+                preprocess_workers: self.preprocess_workers,
+                max_queued_tiles: self.max_queued_tiles,
+            },
+            sender: SenderConfig::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async move {
+            let server = start(config).await?;
+            println!(
+                "{}",
+                json!({
+                    "grpc": server.grpc_addr.to_string(),
+                    "model_dir": server.model_dir.display().to_string(),
+                })
+            );
+            super::wait_for_signal().await?;
+            tracing::info!("shutting down");
+            server.shutdown().await;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! What the real-process tests share: fixture paths, `dvd ... serve` processes that are killed
+//! when dropped, and the fixture image's features as `dvd encode` computes them.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A checkpoint under `language-server/tests/fixtures/model` (both halves of InternVL).
+pub fn language_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../language-server/tests/fixtures/model")
+        .join(name)
+}
+
+/// A checkpoint (or file) under `vision-server/tests/fixtures/model`.
+pub fn vision_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../vision-server/tests/fixtures/model")
+        .join(name)
+}
+
+/// The fixture image (7 tiles with thumbnail under the fixtures' tiling).
+pub fn image() -> PathBuf {
+    vision_fixture("image.png")
+}
+
+/// The `dvd` binary.
+pub fn dvd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dvd"))
+}
+
+/// A `dvd <role> serve` process, killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// The JSON line it printed when ready.
+    pub ready: serde_json::Value,
+}
+
+impl ServerProcess {
+    /// Starts `dvd <args...>` and waits for its ready line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = dvd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Ok(ready) = serde_json::from_str::<serde_json::Value>(&line) else {
+            let status = child.wait().unwrap();
+            panic!("server did not start ({status}): {line:?}");
+        };
+        Self { child, ready }
+    }
+
+    /// A string field of the ready line.
+    pub fn field(&self, name: &str) -> String {
+        self.ready[name].as_str().unwrap().to_owned()
+    }
+
+    /// Kills the process now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `dvd encode` of the fixture image with `model` (`extra` arguments appended): each tile's
+/// features rounded to BF16 as they travel, and the tokens of each tile.
+pub fn encoded_tiles(model: &Path, extra: &[&str]) -> (Vec<Vec<half::bf16>>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("features.safetensors");
+    let status = dvd()
+        .args(["encode", "--model"])
+        .arg(model)
+        .arg("--image")
+        .arg(image())
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let features = st.tensor("features").unwrap();
+    let hidden = features.shape()[1];
+    let values: Vec<half::bf16> = features
+        .data()
+        .chunks_exact(4)
+        .map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())))
+        .collect();
+    let per_tile: Vec<usize> = st
+        .tensor("tokens_per_tile")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    let mut start = 0;
+    let tiles = per_tile
+        .iter()
+        .map(|&n| {
+            let rows = values[start * hidden..(start + n) * hidden].to_vec();
+            start += n;
+            rows
+        })
+        .collect();
+    (tiles, hidden)
+}

@@ -1,0 +1,518 @@
+//! `dvd vision serve` as operators run it: a real process encoding images and streaming the
+//! features over real sockets, to an inbox in this test or to a real `dvd language serve`.
+//! Features arrive bit-identical to `dvd encode`; batching across requests and the embedding
+//! cache do not change them; bad input, a full queue and a receiver that dies each fail only
+//! their own request.
+#![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{ServerProcess, encoded_tiles, image, language_fixture, vision_fixture};
+use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus};
+use dvd_proto::feature::v1::{FeatureDestination, Transport};
+use dvd_proto::language::v1::{
+    ChatMessage, ChatPrompt, ContentPart, GenerateRequest, ImageSlot, content_part, generate_event,
+    generate_request,
+};
+use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
+use dvd_proto::vision::v1::vision_service_client::VisionServiceClient;
+use dvd_proto::vision::v1::{
+    EncodeDone, EncodeRequest, HealthRequest, ImageInput, ImagePlanned, PreprocessOptions,
+    StatsRequest, StatsResponse, TileSent, encode_event, image_input,
+};
+use dvd_transport::{
+    InboxConfig, InboxRegistry, ListenerConfig, RequestId, TlsOptions, TransportKind,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A `dvd vision serve` process.
+struct Vision {
+    _process: ServerProcess,
+    grpc: String,
+}
+
+impl Vision {
+    fn start(model: &std::path::Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "vision",
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let process = ServerProcess::start(&args);
+        Self {
+            grpc: process.field("grpc"),
+            _process: process,
+        }
+    }
+
+    async fn client(&self) -> VisionServiceClient<Channel> {
+        vision_client(tuned_endpoint(&self.grpc).unwrap().connect().await.unwrap())
+    }
+}
+
+/// A feature inbox in this process: a real TCP listener over a real registry.
+struct Inbox {
+    registry: InboxRegistry,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Inbox {
+    async fn start() -> Self {
+        let registry = InboxRegistry::new(InboxConfig::default());
+        let listener = dvd_transport::listen(
+            TransportKind::Tcp,
+            "127.0.0.1:0".parse().unwrap(),
+            registry.clone(),
+            ListenerConfig::default(),
+            &TlsOptions::default(),
+        )
+        .await
+        .unwrap();
+        let addr = listener.local_addr();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(listener.serve(token)).unwrap();
+        });
+        Self {
+            registry,
+            addr,
+            stop,
+        }
+    }
+
+    /// Every tile of `request`, in order, as BF16 values.
+    async fn receive(&self, mut inbox: dvd_transport::Inbox) -> Vec<Vec<half::bf16>> {
+        let mut tiles = Vec::new();
+        while let Some(tile) = tokio::time::timeout(Duration::from_secs(30), inbox.next_tile())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            tiles.push(tile.to_bf16());
+        }
+        tiles
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn png() -> Bytes {
+    Bytes::from(std::fs::read(image()).unwrap())
+}
+
+fn request(id: RequestId, to: &str, images: Vec<Bytes>) -> EncodeRequest {
+    EncodeRequest {
+        request_id: id.to_string(),
+        images: images
+            .into_iter()
+            .map(|data| ImageInput {
+                source: Some(image_input::Source::Data(data)),
+                content_hash: None,
+            })
+            .collect(),
+        options: None,
+        destination: Some(FeatureDestination {
+            address: to.to_owned(),
+            transport: Transport::Tcp as i32,
+            server_name: String::new(),
+        }),
+    }
+}
+
+/// The events of one `Encode` call.
+#[derive(Debug, Default)]
+struct Events {
+    planned: Vec<ImagePlanned>,
+    tiles: Vec<TileSent>,
+    done: Option<EncodeDone>,
+}
+
+async fn encode(
+    client: &mut VisionServiceClient<Channel>,
+    request: EncodeRequest,
+) -> Result<Events, tonic::Status> {
+    let mut stream = client.encode(request).await?.into_inner();
+    let mut events = Events::default();
+    while let Some(event) = stream.message().await? {
+        match event.event.unwrap() {
+            encode_event::Event::Planned(p) => events.planned.push(p),
+            encode_event::Event::Tile(t) => events.tiles.push(t),
+            encode_event::Event::Done(d) => events.done = Some(d),
+        }
+    }
+    assert!(events.done.is_some(), "stream ended without EncodeDone");
+    Ok(events)
+}
+
+async fn stats(client: &mut VisionServiceClient<Channel>) -> StatsResponse {
+    client.stats(StatsRequest {}).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_arrive_bit_identical_to_dvd_encode_and_cache_hits_skip_the_encoder() {
+    let model = vision_fixture("flash-custom");
+    let (want, _) = encoded_tiles(&model, &["--vir", "off"]);
+    let vision = Vision::start(&model, &[]);
+    let mut client = vision.client().await;
+    let health = client.health(HealthRequest {}).await.unwrap().into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+    let inbox = Inbox::start().await;
+    let to = inbox.addr.to_string();
+
+    let mut first = None;
+    for round in 0..2 {
+        let id = RequestId::random();
+        let registered = inbox.registry.register(id, Some(1)).unwrap();
+        let mut req = request(id, &to, vec![png()]);
+        req.options = Some(PreprocessOptions {
+            vir: Some(false),
+            ..Default::default()
+        });
+        let (events, got) = tokio::join!(encode(&mut client, req), inbox.receive(registered));
+        let events = events.unwrap();
+        assert_eq!(got, want, "round {round}");
+        assert_eq!(events.planned.len(), 1);
+        assert_eq!(events.planned[0].tile_count, 7);
+        assert_eq!(events.planned[0].cache_hit, round == 1);
+        assert_eq!(events.tiles.len(), 7);
+        let done = events.done.unwrap();
+        assert_eq!(done.total_tiles, 7);
+        assert_eq!(done.images[0].tokens_per_tile, vec![4; 7]);
+        let s = stats(&mut client).await;
+        // The second round was a cache hit: the encoder did not run again.
+        assert_eq!(s.encoded_tiles_total, 7, "round {round}");
+        assert_eq!((s.cache_hits, s.cache_misses), (round, 1));
+        first.get_or_insert(events.planned[0].content_hash.clone());
+    }
+    assert_eq!(stats(&mut client).await.cache_entries, 1);
+
+    // The router (Flash checkpoint) compresses some tiles; still identical to `dvd encode`.
+    let (routed, _) = encoded_tiles(&model, &["--vir", "on"]);
+    let id = RequestId::random();
+    let registered = inbox.registry.register(id, Some(1)).unwrap();
+    let mut req = request(id, &to, vec![png()]);
+    req.options = Some(PreprocessOptions {
+        vir: Some(true),
+        ..Default::default()
+    });
+    let (events, got) = tokio::join!(encode(&mut client, req), inbox.receive(registered));
+    assert_eq!(got, routed);
+    let per_tile = &events.unwrap().done.unwrap().images[0].tokens_per_tile;
+    assert!(
+        per_tile.contains(&1) && per_tile.contains(&4),
+        "{per_tile:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_batched_together_get_their_features_alone() {
+    let model = vision_fixture("vit300m-hf");
+    let (want, _) = encoded_tiles(&model, &[]);
+    // Room for both requests in one batch, a long wait to gather them, no cache.
+    let vision = Vision::start(
+        &model,
+        &[
+            "--max-batch-tiles",
+            "32",
+            "--batch-wait-ms",
+            "500",
+            "--cache-mib",
+            "0",
+        ],
+    );
+    let inbox = Inbox::start().await;
+    let to = inbox.addr.to_string();
+    let mut a_client = vision.client().await;
+    let mut b_client = a_client.clone();
+    let (a, b) = (RequestId::random(), RequestId::random());
+    let (a_inbox, b_inbox) = (
+        inbox.registry.register(a, Some(1)).unwrap(),
+        inbox.registry.register(b, Some(1)).unwrap(),
+    );
+    let (ea, eb, ta, tb) = tokio::join!(
+        encode(&mut a_client, request(a, &to, vec![png()])),
+        encode(&mut b_client, request(b, &to, vec![png()])),
+        inbox.receive(a_inbox),
+        inbox.receive(b_inbox),
+    );
+    assert_eq!(ta, want);
+    assert_eq!(tb, want);
+    // (That they shared a batch is checked in vision-server/tests/encoder_batching.rs.)
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert_eq!(ea.tiles.len() + eb.tiles.len(), 14);
+    let s = stats(&mut a_client).await;
+    assert_eq!(s.encoded_tiles_total, 14);
+    assert_eq!(s.max_batch_tiles, 32);
+    assert_eq!(s.cache_hits + s.cache_entries, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_a_full_queue_fail_only_their_request() {
+    let model = vision_fixture("vit300m-hf");
+    let vision = Vision::start(&model, &[]);
+    let mut client = vision.client().await;
+    let inbox = Inbox::start().await;
+    let to = inbox.addr.to_string();
+
+    // A corrupt image fails its own request while a good one beside it goes through.
+    let mut corrupt = png().to_vec();
+    corrupt.truncate(corrupt.len() / 3);
+    let good = RequestId::random();
+    let good_inbox = inbox.registry.register(good, Some(1)).unwrap();
+    let mut other = client.clone();
+    let (bad, ok, tiles) = tokio::join!(
+        encode(
+            &mut other,
+            request(RequestId::random(), &to, vec![Bytes::from(corrupt)])
+        ),
+        encode(&mut client, request(good, &to, vec![png()])),
+        inbox.receive(good_inbox),
+    );
+    let bad = bad.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("image 0"), "{}", bad.message());
+    assert_eq!(ok.unwrap().tiles.len(), 7);
+    assert_eq!(tiles.len(), 7);
+
+    let check = |r: Result<Events, tonic::Status>, code: Code, needle: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(e.message().contains(needle), "{}", e.message());
+    };
+    let mut bad_id = request(RequestId::random(), &to, vec![png()]);
+    bad_id.request_id = "xyz".into();
+    check(
+        encode(&mut client, bad_id).await,
+        Code::InvalidArgument,
+        "request_id",
+    );
+    let mut url = request(RequestId::random(), &to, vec![png()]);
+    url.images[0].source = Some(image_input::Source::Url("https://example.com/a.png".into()));
+    check(
+        encode(&mut client, url).await,
+        Code::InvalidArgument,
+        "https",
+    );
+    let mut no_destination = request(RequestId::random(), &to, vec![png()]);
+    no_destination.destination = None;
+    check(
+        encode(&mut client, no_destination).await,
+        Code::InvalidArgument,
+        "destination",
+    );
+    let mut quic = request(RequestId::random(), &to, vec![png()]);
+    quic.destination.as_mut().unwrap().transport = Transport::Quic as i32;
+    check(
+        encode(&mut client, quic).await,
+        Code::FailedPrecondition,
+        "QUIC",
+    );
+    let mut tiles_0 = request(RequestId::random(), &to, vec![png()]);
+    tiles_0.options = Some(PreprocessOptions {
+        min_tiles: 9,
+        max_tiles: 3,
+        ..Default::default()
+    });
+    check(
+        encode(&mut client, tiles_0).await,
+        Code::InvalidArgument,
+        "min_tiles",
+    );
+
+    // A server whose encoder queue cannot take a 7-tile image refuses at once.
+    let small = Vision::start(&model, &["--max-queued-tiles", "4"]);
+    let mut small_client = small.client().await;
+    let started = Instant::now();
+    check(
+        encode(
+            &mut small_client,
+            request(RequestId::random(), &to, vec![png()]),
+        )
+        .await,
+        Code::ResourceExhausted,
+        "encoder queue",
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let closed = Vision::start(&model, &["--max-pending-requests", "0"]);
+    check(
+        encode(
+            &mut closed.client().await,
+            request(RequestId::random(), &to, vec![png()]),
+        )
+        .await,
+        Code::ResourceExhausted,
+        "waiting",
+    );
+    // Nothing stuck behind.
+    let s = stats(&mut client).await;
+    assert_eq!(
+        (s.queued_requests, s.queued_tiles, s.running_tiles),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_dies_mid_stream_fails_the_request_naming_it() {
+    let model = vision_fixture("vit300m-hf");
+    let vision = Vision::start(&model, &[]);
+    let mut client = vision.client().await;
+
+    // A "language server" that takes the connection, reads a little and dies.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dying = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for conn in listener.incoming().take(1) {
+            let mut conn = conn.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = conn.read(&mut buf);
+        } // dropped: connection reset mid-request
+    });
+    let err = encode(
+        &mut client,
+        request(RequestId::random(), &dying, vec![png()]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(err.message().contains(&dying), "{}", err.message());
+
+    // Nobody listening at all.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let err = encode(
+        &mut client,
+        request(RequestId::random(), &closed, vec![png()]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains(&closed), "{}", err.message());
+
+    // The server is fine afterwards.
+    let inbox = Inbox::start().await;
+    let id = RequestId::random();
+    let registered = inbox.registry.register(id, Some(1)).unwrap();
+    let to = inbox.addr.to_string();
+    let (ok, tiles) = tokio::join!(
+        encode(&mut client, request(id, &to, vec![png()])),
+        inbox.receive(registered)
+    );
+    ok.unwrap();
+    assert_eq!(tiles.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vision_and_language_servers_give_the_tokens_of_dvd_generate() {
+    // The decoupled pipeline end to end: the vision server streams features straight to the
+    // language server's feature listener while the language server waits to prefill them.
+    let model = language_fixture("internvl-moe-custom-bf16");
+    let prompt = "What is shown in the picture?";
+    let out = common::dvd()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(image())
+        .args([
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "8",
+            "--wire-features",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: Vec<u32> = serde_json::from_value(report["token_ids"].clone()).unwrap();
+
+    let language = ServerProcess::start(&[
+        "language",
+        "serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--feature-listen",
+        "127.0.0.1:0",
+        "--kv-cache-mib",
+        "16",
+    ]);
+    let vision = Vision::start(&model, &[]);
+    let mut lang = language_client(
+        tuned_endpoint(&language.field("grpc"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut vis = vision.client().await;
+    let id = RequestId::random();
+    let generate = GenerateRequest {
+        request_id: id.to_string(),
+        prompt: Some(generate_request::Prompt::Chat(ChatPrompt {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                parts: vec![
+                    ContentPart {
+                        part: Some(content_part::Part::ImageIndex(0)),
+                    },
+                    ContentPart {
+                        part: Some(content_part::Part::Text(prompt.into())),
+                    },
+                ],
+            }],
+        })),
+        images: vec![ImageSlot {
+            content_hash: Bytes::new(),
+            expected_tiles: 0,
+        }],
+        sampling: Some(SamplingParams {
+            max_tokens: 8,
+            ..Default::default()
+        }),
+        feature_timeout_ms: 0,
+        return_token_ids: true,
+    };
+    let mut stream = lang.generate(generate).await.unwrap().into_inner();
+    let encoded = encode(
+        &mut vis,
+        request(id, &language.field("features"), vec![png()]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(encoded.done.unwrap().total_tokens, 28);
+    let mut got = Vec::new();
+    let mut finish = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event.unwrap() {
+            generate_event::Event::Delta(d) => got.extend(d.token_ids),
+            generate_event::Event::Done(d) => finish = Some(d.finish_reason),
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(finish, Some(FinishReason::Length as i32));
+}

@@ -1,0 +1,168 @@
+//! A whole vision server: loads the vision half of a checkpoint, starts the encoder thread and
+//! the gRPC `VisionService`, and stops them together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use dvd_proto::limits::{tuned_server, vision_server};
+use dvd_transport::{SenderConfig, TlsOptions, TransportError, TransportKind};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{EncoderConfig, EncoderHandle, FeatureCache};
+use crate::model::{LoadOptions, ModelError, VisionModel};
+use crate::service::{Admission, RequestLimits, Senders, VisionServer};
+
+/// How to run a vision server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Model directory, or a hub id in the local Hugging Face cache.
+    pub model: String,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Trust anchors for QUIC destinations (`client`); without them only TCP is offered.
+    pub tls: TlsOptions,
+    /// Compute dtype.
+    pub dtype: DType,
+    /// Batching of the encoder.
+    pub encoder: EncoderConfig,
+    /// Embedding cache size in bytes (0 disables it).
+    pub cache_bytes: u64,
+    /// Request limits.
+    pub limits: RequestLimits,
+    /// Admission limits.
+    pub admission: Admission,
+    /// Feature sender settings.
+    pub sender: SenderConfig,
+}
+
+/// What can stop a vision server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The checkpoint could not be resolved or read.
+    #[error(transparent)]
+    Checkpoint(#[from] dvd_checkpoint::CheckpointError),
+    /// The model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A feature sender could not be built.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A socket or thread could not be set up.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Loading panicked.
+    #[error("model loading failed: {0}")]
+    Join(String),
+}
+
+/// A running vision server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The model directory that was loaded.
+    pub model_dir: PathBuf,
+    service: VisionServer,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// The gRPC service.
+    pub fn service(&self) -> &VisionServer {
+        &self.service
+    }
+
+    /// Stops accepting work, closes the listener and waits for requests in flight.
+    pub async fn shutdown(mut self) {
+        self.service.drain();
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.service.close().await;
+    }
+}
+
+/// Loads the model and starts serving.
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    let dir = dvd_checkpoint::resolve_model_dir(&config.model)?;
+    let load_dir = dir.clone();
+    let dtype = config.dtype;
+    let model = tokio::task::spawn_blocking(move || {
+        VisionModel::load(
+            &load_dir,
+            &LoadOptions {
+                dtype,
+                device: Device::Cpu,
+            },
+        )
+    })
+    .await
+    .map_err(|e| ServeError::Join(e.to_string()))??;
+    let model = Arc::new(model);
+    let encoder =
+        EncoderHandle::start(model.clone(), config.encoder).map_err(|source| ServeError::Io {
+            context: "starting the encoder thread".into(),
+            source,
+        })?;
+    let senders = Senders {
+        tcp: dvd_transport::connect(TransportKind::Tcp, config.sender.clone(), &config.tls)?,
+        quic: match &config.tls.client {
+            Some(_) => Some(dvd_transport::connect(
+                TransportKind::Quic,
+                config.sender.clone(),
+                &config.tls,
+            )?),
+            None => None,
+        },
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            context: format!("binding gRPC on {}", config.listen),
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServeError::Io {
+        context: "reading the gRPC address".into(),
+        source,
+    })?;
+    let service = VisionServer::new(
+        model,
+        config.model.clone(),
+        encoder,
+        FeatureCache::new(config.cache_bytes),
+        senders,
+        config.limits,
+        config.admission,
+    );
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let grpc = tuned_server()
+        .add_service(vision_server(service.clone()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await;
+        });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, "vision server ready");
+    Ok(RunningServer {
+        grpc_addr,
+        model_dir: dir,
+        service,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,306 @@
+//! `VisionService` over gRPC: `Encode` decodes and tiles a request's images on the CPU worker
+//! pool, serves what it can from the embedding cache, queues the rest on the batching encoder
+//! thread and streams every tile's features to the language server the request names;
+//! `Health` and `Stats` report on the server.
+//!
+//! Backpressure: a bounded number of requests may wait for preprocessing and a bounded number of
+//! tiles for the encoder; beyond either, `Encode` fails at once with `RESOURCE_EXHAUSTED` so the
+//! gateway can go elsewhere.
+
+mod pipeline;
+mod request;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use dvd_proto::common::v1::ServingStatus;
+use dvd_proto::vision::v1::vision_service_server::VisionService;
+use dvd_proto::vision::v1::{
+    EncodeEvent, EncodeRequest, HealthRequest, HealthResponse, StatsRequest, StatsResponse,
+};
+use dvd_transport::{FeatureSender, TransportKind};
+use futures::Stream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+pub use request::RequestLimits;
+
+use crate::engine::{EncoderHandle, FeatureCache};
+use crate::model::VisionModel;
+use pipeline::{Transfer, preprocess_images};
+
+/// Admission limits of a vision server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Requests that may wait for, or be in, preprocessing at once.
+    pub max_pending_requests: usize,
+    /// Requests preprocessed at the same time (CPU workers).
+    pub preprocess_workers: usize,
+    /// Tiles that may wait for the encoder.
+    pub max_queued_tiles: usize,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            max_pending_requests: 64,
+            preprocess_workers: 2,
+            max_queued_tiles: 256,
+        }
+    }
+}
+
+/// Senders of the feature transport, one per protocol this server speaks.
+#[derive(Debug, Clone)]
+pub struct Senders {
+    /// TCP sender.
+    pub tcp: Arc<dyn FeatureSender>,
+    /// QUIC sender; `None` when the server has no trust anchors for QUIC.
+    pub quic: Option<Arc<dyn FeatureSender>>,
+}
+
+/// The `VisionService` implementation.
+#[derive(Debug, Clone)]
+pub struct VisionServer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    model: Arc<VisionModel>,
+    model_id: String,
+    /// Model identity folded into cache keys: the id and the compute dtype.
+    cache_identity: String,
+    encoder: EncoderHandle,
+    cache: Arc<Mutex<FeatureCache>>,
+    senders: Senders,
+    limits: RequestLimits,
+    admission: Admission,
+    pending: AtomicUsize,
+    preprocess_slots: Semaphore,
+    queued_requests: AtomicUsize,
+    tasks: TaskTracker,
+    draining: AtomicBool,
+}
+
+impl VisionServer {
+    /// A service over a loaded model and a running encoder thread.
+    pub fn new(
+        model: Arc<VisionModel>,
+        model_id: String,
+        encoder: EncoderHandle,
+        cache: FeatureCache,
+        senders: Senders,
+        limits: RequestLimits,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cache_identity: format!("{model_id}|{:?}", model.options().dtype),
+                model,
+                model_id,
+                encoder,
+                cache: Arc::new(Mutex::new(cache)),
+                senders,
+                limits,
+                preprocess_slots: Semaphore::new(admission.preprocess_workers.max(1)),
+                admission,
+                pending: AtomicUsize::new(0),
+                queued_requests: AtomicUsize::new(0),
+                tasks: TaskTracker::new(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Refuses new requests from now on; `Health` reports `DRAINING`.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Refuses new requests and waits for every request in flight to end.
+    pub async fn close(&self) {
+        self.drain();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+/// Counts a request as pending preprocessing while it lives.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The `Encode` response stream.
+pub type EncodeStream = Pin<Box<dyn Stream<Item = Result<EncodeEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl VisionService for VisionServer {
+    type EncodeStream = EncodeStream;
+
+    async fn encode(
+        &self,
+        request: Request<EncodeRequest>,
+    ) -> Result<Response<Self::EncodeStream>, Status> {
+        let arrived = Instant::now();
+        let inner = &self.inner;
+        if inner.draining.load(Ordering::Acquire) {
+            return Err(Status::unavailable("the server is draining"));
+        }
+        let prepared = request::prepare(
+            request.get_ref(),
+            &inner.model.config().tiling,
+            inner.limits,
+        )?;
+        let sender = match prepared.transport {
+            TransportKind::Tcp => inner.senders.tcp.clone(),
+            TransportKind::Quic => inner.senders.quic.clone().ok_or_else(|| {
+                Status::failed_precondition(
+                    "this vision server has no QUIC trust anchors (start it with --tls-ca)",
+                )
+            })?,
+        };
+        let thresholds = inner
+            .model
+            .thresholds(prepared.routing)
+            .map_err(|e| Status::invalid_argument(format!("options.vir: {e}")))?;
+        // Fail fast when full, before any work.
+        if inner.pending.fetch_add(1, Ordering::AcqRel) >= inner.admission.max_pending_requests {
+            inner.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "{} requests are already waiting for preprocessing",
+                inner.admission.max_pending_requests
+            )));
+        }
+        let pending = Pending(&inner.pending);
+        let queued = inner.encoder.stats().queued_tiles as usize;
+        if queued >= inner.admission.max_queued_tiles {
+            return Err(Status::resource_exhausted(format!(
+                "{queued} tiles are waiting for the encoder (limit {})",
+                inner.admission.max_queued_tiles
+            )));
+        }
+        let permit = inner
+            .preprocess_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let queue = arrived.elapsed();
+        let started = Instant::now();
+        // With the router on, a multi-image request is decided over all its tiles at once, so
+        // its images are neither served from nor stored in the per-image cache.
+        let cache_usable = thresholds.is_none() || prepared.images.len() == 1;
+        let images = {
+            let model = inner.model.clone();
+            let cache = inner.cache.clone();
+            let identity = inner.cache_identity.clone();
+            let prepared = prepared.clone();
+            tokio::task::spawn_blocking(move || {
+                preprocess_images(&model, &cache, &identity, &prepared, cache_usable)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("preprocessing panicked: {e}")))??
+        };
+        let preprocess = started.elapsed();
+        drop(permit);
+        drop(pending);
+        let new_tiles: usize = images
+            .iter()
+            .filter(|i| i.pixels.is_some())
+            .map(|i| i.planned.tile_count as usize)
+            .sum();
+        let queued = inner.encoder.stats().queued_tiles as usize;
+        if new_tiles > 0 && queued + new_tiles > inner.admission.max_queued_tiles {
+            return Err(Status::resource_exhausted(format!(
+                "{new_tiles} more tiles would exceed the encoder queue ({queued} of {} waiting)",
+                inner.admission.max_queued_tiles
+            )));
+        }
+        let stream = sender
+            .open(&prepared.destination, prepared.request_id)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot stream features to {}: {e}",
+                    prepared.destination
+                ))
+            })?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let transfer = Transfer {
+            prepared,
+            images,
+            thresholds,
+            stream,
+            encoder: inner.encoder.clone(),
+            cache: inner.cache.clone(),
+            cache_usable,
+            hidden: inner.model.config().llm_hidden_size as u32,
+            arrived,
+            queue,
+            preprocess,
+        };
+        inner.queued_requests.fetch_add(1, Ordering::AcqRel);
+        let this = self.inner.clone();
+        inner.tasks.spawn(async move {
+            pipeline::run(transfer, events).await;
+            this.queued_requests.fetch_sub(1, Ordering::AcqRel);
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        let inner = &self.inner;
+        let status = if !inner.encoder.is_running() {
+            ServingStatus::NotServing
+        } else if inner.draining.load(Ordering::Acquire) {
+            ServingStatus::Draining
+        } else {
+            ServingStatus::Serving
+        };
+        Ok(Response::new(HealthResponse {
+            status: status as i32,
+            model_id: inner.model_id.clone(),
+            hidden_size: inner.model.config().llm_hidden_size as u32,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let inner = &self.inner;
+        let e = inner.encoder.stats();
+        let c = inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats();
+        Ok(Response::new(StatsResponse {
+            queued_requests: (inner.pending.load(Ordering::Acquire)
+                + inner.queued_requests.load(Ordering::Acquire))
+                as u32,
+            queued_tiles: e.queued_tiles as u32,
+            running_tiles: e.running_tiles as u32,
+            encoded_tiles_total: e.encoded_tiles,
+            encode_latency_p50_ms: e.latency_p50_ms,
+            encode_latency_p99_ms: e.latency_p99_ms,
+            cache_entries: c.entries,
+            cache_bytes: c.bytes,
+            cache_hits: c.hits,
+            cache_misses: c.misses,
+            max_batch_tiles: inner.encoder.config().max_batch_tiles as u32,
+        }))
+    }
+}
