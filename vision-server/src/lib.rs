@@ -3,10 +3,12 @@
 //! BF16 features tile by tile to the language server named in each request through
 //! [`dvd-transport`](../dvd_transport/index.html).
 //!
-//! What is here so far: [`preprocess`], the image half (decoding, reference-exact tiling and
-//! resizing, normalisation), and [`model`], the encoder (InternViT, pixel shuffle, `mlp1`, the
-//! Flash models' router and `mlp2`) behind `dvd encode`. The server lands with the
-//! `[vision-server]` issue.
+//! - [`preprocess`]: decoding, reference-exact tiling and resizing, normalisation;
+//! - [`model`]: the encoder (InternViT, pixel shuffle, `mlp1`, the Flash models' router and
+//!   `mlp2`), also behind `dvd encode`;
+//! - [`engine`]: the encoder thread that batches tiles across requests, and the embedding cache;
+//! - [`service`]: `VisionService` over gRPC (admission, preprocessing pool, tile-by-tile transfer);
+//! - [`server`]: all of it wired together for `dvd vision serve`.
 
 pub mod engine;
 pub mod error;
