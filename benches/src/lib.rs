@@ -6,7 +6,10 @@
 //!   `tools/bench_language_torch.py` for PyTorch.
 //! - [`vision`]: image preprocessing time and encoder tiles/s of a checkpoint
 //!   (`dvd bench vision`), beside `tools/bench_vision_torch.py` for PyTorch.
+//! - [`engine`]: the language server's continuous-batching engine: decode tokens/s against batch
+//!   size, prefill, continuous batching against one request at a time (`dvd bench engine`).
 
+pub mod engine;
 pub mod language;
 pub mod stats;
 pub mod transport;

@@ -432,3 +432,52 @@ fn benches_run_on_small_checkpoints() {
     assert_eq!(report["image_tiles"], 7);
     assert!(report["tiles_per_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bench_engine_prints_the_documented_json() {
+    let model = language_fixture("qwen3-tied-f16");
+    let out = dvd()
+        .args(["bench", "engine", "--model"])
+        .arg(&model)
+        .args([
+            "--batches",
+            "1,2",
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "4",
+        ])
+        .args([
+            "--prefill-tokens",
+            "16",
+            "--requests",
+            "3",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decode = report["decode"].as_array().unwrap();
+    assert_eq!(decode.len(), 2);
+    for point in decode {
+        assert!(
+            point["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{point}"
+        );
+    }
+    assert!(
+        report["prefill"]["prefill_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["load"].is_object(), "{report}");
+    // A bad list is refused by name.
+    let bad = dvd()
+        .args(["bench", "engine", "--model", "x", "--batches", "1,two"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("two"));
+}

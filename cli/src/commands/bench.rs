@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use dvd_bench::engine::EngineBench;
 use dvd_bench::language::LanguageBench;
 use dvd_bench::transport::TransportBench;
 use dvd_bench::vision::VisionBench;
@@ -20,6 +21,57 @@ pub enum BenchCommand {
     Vision(VisionArgs),
     /// Prefill and decode tokens/s of a checkpoint's language model on the CPU.
     Language(LanguageArgs),
+    /// The continuous-batching engine: decode tokens/s against batch size, prefill tokens/s,
+    /// and continuous batching against one request at a time.
+    Engine(EngineArgs),
+}
+
+/// Options of `dvd bench engine`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Model directory, or a hub id in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Directory with the `tokenizer.json` (default: the model's; `tools/bench_tokenizer.py`
+    /// writes one for the benchmark checkpoint).
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Compute precision (also the KV cache's).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Batch sizes of the decode sweep, comma-separated ("" skips it).
+    #[arg(long, default_value = "1,2,4,8,16,32")]
+    batches: SizeList,
+    /// Prompt tokens per request in the sweep and the comparison.
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Tokens each request generates in the sweep and the comparison.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Prompt tokens of the prefill measurement (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    prefill_tokens: usize,
+    /// Requests of the continuous vs one-at-a-time comparison (0 skips it).
+    #[arg(long, default_value_t = 16)]
+    requests: usize,
+    /// Milliseconds between arrivals in the comparison (0: all queued at once).
+    #[arg(long, default_value_t = 0.0)]
+    arrival_interval_ms: f64,
+    /// The engine's per-step token budget.
+    #[arg(long, default_value_t = 512)]
+    max_step_tokens: usize,
+    /// Positions per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Batch sizes to also run through the model's forward pass alone, as a baseline.
+    #[arg(long, default_value = "")]
+    baseline_batches: SizeList,
+    /// Timed rounds of each measurement (after one warm-up); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Print the JSON report on stdout (the tables go to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `dvd bench language`.
@@ -119,6 +171,7 @@ impl BenchCommand {
             Self::Transport(args) => transport(args),
             Self::Vision(args) => vision(args),
             Self::Language(args) => language(args),
+            Self::Engine(args) => engine(args),
         }
     }
 }
@@ -234,4 +287,48 @@ fn language(args: LanguageArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn engine(args: EngineArgs) -> Result<()> {
+    let bench = EngineBench {
+        tokenizer: args.tokenizer,
+        dtype: args.dtype.dtype(),
+        batches: args.batches.0,
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        prefill_tokens: args.prefill_tokens,
+        requests: args.requests,
+        arrival_interval_ms: args.arrival_interval_ms,
+        max_step_tokens: args.max_step_tokens,
+        block_size: args.block_size,
+        baseline_batches: args.baseline_batches.0,
+        rounds: args.rounds,
+        ..EngineBench::new(args.model)
+    };
+    let report = dvd_bench::engine::run(&bench)?;
+    if args.json {
+        eprintln!("{report}");
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// A comma-separated list of sizes; the empty string is the empty list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeList(Vec<usize>);
+
+impl std::str::FromStr for SizeList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Ok(Self(Vec::new()));
+        }
+        s.split(',')
+            .map(|v| v.trim().parse().map_err(|_| format!("{v:?} is not a size")))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
