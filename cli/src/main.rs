@@ -17,14 +17,21 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Sends one question (and images) to a gateway and streams the answer.
+    Chat(commands::chat::ChatArgs),
     /// Runs the vision half of a checkpoint on images and writes the features.
     Encode(commands::encode::EncodeArgs),
     /// Vision and language in one process (the coupled baseline): images and a prompt in,
     /// streamed text out.
     Generate(commands::generate::GenerateArgs),
+    /// The gateway: OpenAI-compatible HTTP and gRPC over the vision and language pools.
+    #[command(subcommand)]
+    Gateway(commands::gateway::GatewayCommand),
     /// The language server of a decoupled deployment.
     #[command(subcommand)]
     Language(commands::language::LanguageCommand),
+    /// A whole deployment on this machine: vision servers, language servers and the gateway.
+    Up(commands::up::UpArgs),
     /// The vision server of a decoupled deployment.
     #[command(subcommand)]
     Vision(commands::vision::VisionCommand),
@@ -43,10 +50,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Bench(cmd) => cmd.run(),
+        Command::Chat(cmd) => cmd.run(),
         Command::Encode(cmd) => cmd.run(),
+        Command::Gateway(cmd) => cmd.run(),
         Command::Generate(cmd) => cmd.run(),
         Command::Language(cmd) => cmd.run(),
         Command::Tls(cmd) => cmd.run(),
+        Command::Up(cmd) => cmd.run(),
         Command::Vision(cmd) => cmd.run(),
     }
 }

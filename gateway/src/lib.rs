@@ -1,5 +1,29 @@
 //! Gateway of dvd: the OpenAI-compatible HTTP API and the public gRPC API (`dvd.api.v1`), routing
 //! each request to a vision server and a language server chosen from independently scaled pools.
 //!
-//! This crate is the library behind `dvd gateway serve`. It lands with the `[gateway]` issue; until
-//! then it holds nothing, and `dvd` offers no gateway subcommand.
+//! - [`backend`]: what the front doors need from the gateway ([`ChatBackend`]) and its errors;
+//! - [`config`]: the TOML configuration;
+//! - [`pool`]: pool members from static addresses and re-resolved DNS names, health and load
+//!   checks;
+//! - [`routing`]: interchangeable routing policies;
+//! - [`gateway`]: the [`Gateway`] (admission, metrics, pools) and, in `chat`, one request's
+//!   way through the pipeline with retries before the first token;
+//! - [`grpc`]: the public gRPC API;
+//! - [`metrics`]: Prometheus text metrics;
+//! - [`server`]: both listeners and the health checks, for `dvd gateway serve`.
+
+pub mod backend;
+mod chat;
+pub mod config;
+pub mod gateway;
+pub mod grpc;
+pub mod http;
+mod images;
+pub mod metrics;
+pub mod pool;
+pub mod routing;
+pub mod server;
+
+pub use backend::{ChatBackend, ChatStream, GatewayError};
+pub use config::GatewayConfig;
+pub use gateway::Gateway;

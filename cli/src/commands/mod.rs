@@ -1,10 +1,13 @@
 //! One module per `dvd` subcommand.
 
 pub mod bench;
+pub mod chat;
 pub mod encode;
+pub mod gateway;
 pub mod generate;
 pub mod language;
 pub mod tls;
+pub mod up;
 pub mod vision;
 
 use anyhow::{Context, Result};

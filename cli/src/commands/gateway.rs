@@ -1,0 +1,74 @@
+//! `dvd gateway serve`: the front door of a decoupled deployment: OpenAI-compatible HTTP and the
+//! public gRPC API, routing each request over the vision and language pools in its config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use dvd_gateway::GatewayConfig;
+use dvd_gateway::server::start;
+use serde_json::json;
+
+/// Gateway commands.
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Serves HTTP and gRPC until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+impl GatewayCommand {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Serve(args) => args.run(),
+        }
+    }
+}
+
+/// Options of `dvd gateway serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration (pools, limits; see `gateway/src/config.rs`).
+    #[arg(long)]
+    config: PathBuf,
+    /// HTTP listen address (overrides `server.http`).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// gRPC listen address (overrides `server.grpc`).
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    /// Runs the gateway until SIGINT or SIGTERM.
+    pub fn run(self) -> Result<()> {
+        let mut config = GatewayConfig::from_file(&self.config)?;
+        if let Some(http) = self.http {
+            config.server.http = http;
+        }
+        if let Some(grpc) = self.grpc {
+            config.server.grpc = grpc;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async move {
+            let running = start(config)
+                .await
+                .context("starting the gateway listeners")?;
+            println!(
+                "{}",
+                json!({
+                    "http": running.http_addr.to_string(),
+                    "grpc": running.grpc_addr.to_string(),
+                })
+            );
+            super::wait_for_signal().await?;
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            Ok(())
+        })
+    }
+}

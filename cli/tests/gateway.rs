@@ -1,0 +1,431 @@
+//! The gateway as clients use it: `dvd up` (every role as its own process) over TCP and QUIC
+//! answers the OpenAI-compatible API exactly as the coupled `dvd generate` does; a hand-built
+//! deployment shows retries when a vision server dies, prompt errors when the language server
+//! dies, admission control, and clear 4xx errors for bad input.
+#![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{ServerProcess, dvd, free_port_pair, http, image, language_fixture};
+use serde_json::{Value, json};
+
+/// `dvd up`, stopped with SIGTERM (which stops its children) when dropped.
+struct Up {
+    child: Child,
+    http: String,
+}
+
+impl Up {
+    fn start(extra: &[&str]) -> Self {
+        let port = free_port_pair();
+        let child = dvd()
+            .args(["up", "--port", &port.to_string(), "--kv-cache-mib", "64"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let up = Self {
+            child,
+            http: format!("127.0.0.1:{port}"),
+        };
+        wait_healthy(&up.http);
+        up
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_healthy(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok()
+            && http(addr, "GET", "/health", b"").status == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway at {addr} never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn data_url(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// The model `dvd up` serves by default; the hand-built deployment serves it as "m".
+const MODEL: &str = "internvl-moe-custom-bf16";
+
+fn chat_body(text: &str, image: Option<&[u8]>, max_tokens: u32, stream: bool) -> Vec<u8> {
+    chat_body_for(MODEL, text, image, max_tokens, stream)
+}
+
+fn chat_body_for(
+    model: &str,
+    text: &str,
+    image: Option<&[u8]>,
+    max_tokens: u32,
+    stream: bool,
+) -> Vec<u8> {
+    let mut content = Vec::new();
+    if let Some(bytes) = image {
+        content.push(json!({"type": "image_url", "image_url": {"url": data_url(bytes)}}));
+    }
+    content.push(json!({"type": "text", "text": text}));
+    serde_json::to_vec(&json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    }))
+    .unwrap()
+}
+
+/// `dvd generate --json` on the same model, prompt and image.
+fn coupled(text: &str, with_image: bool, max_tokens: u32) -> Value {
+    let model = language_fixture("internvl-moe-custom-bf16");
+    let mut cmd = dvd();
+    cmd.args(["generate", "--model"]).arg(&model);
+    if with_image {
+        cmd.arg("--image").arg(image()).arg("--wire-features");
+    }
+    let out = cmd
+        .args([
+            "--prompt",
+            text,
+            "--max-new-tokens",
+            &max_tokens.to_string(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The text of an SSE response, checking its framing.
+fn sse_text(body: &str) -> String {
+    let mut text = String::new();
+    let mut done = false;
+    for line in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+        if let Some(t) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    assert!(done, "no [DONE] in {body}");
+    text
+}
+
+fn same_answer_as_dvd_generate(up: &Up) {
+    let png = std::fs::read(image()).unwrap();
+    // Text only, not streamed.
+    let want = coupled("Hello there", false, 12);
+    let r = http(
+        &up.http,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("Hello there", None, 12, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], want["text"], "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], want["finish_reason"]);
+    assert_eq!(v["usage"]["completion_tokens"], want["completion_tokens"]);
+    // With an image, streamed.
+    let want = coupled("What is shown in the picture?", true, 12);
+    let r = http(
+        &up.http,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("What is shown in the picture?", Some(&png), 12, true),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(sse_text(&r.body), want["text"].as_str().unwrap());
+    // Several clients at once.
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = http(
+                        &up.http,
+                        "POST",
+                        "/v1/chat/completions",
+                        &chat_body("What is shown in the picture?", Some(&png), 12, false),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    r.json()["choices"][0]["message"]["content"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        answers.iter().all(|a| a == want["text"].as_str().unwrap()),
+        "{answers:?}"
+    );
+    let models = http(&up.http, "GET", "/v1/models", b"").json();
+    assert_eq!(models["data"][0]["id"], "internvl-moe-custom-bf16");
+    let metrics = http(&up.http, "GET", "/metrics", b"").body;
+    assert!(metrics.contains("dvd_gateway_requests_total"), "{metrics}");
+    assert!(metrics.contains("dvd_gateway_pool_servers{pool=\"vision\",state=\"healthy\"} "));
+}
+
+#[test]
+fn dvd_up_answers_like_dvd_generate_over_tcp() {
+    let up = Up::start(&[]);
+    same_answer_as_dvd_generate(&up);
+    // `dvd chat` streams the same answer.
+    let want = coupled("What is shown in the picture?", true, 12);
+    let out = dvd()
+        .args(["chat", "--url", &format!("http://{}", up.http), "--image"])
+        .arg(image())
+        .args([
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "What is shown in the picture?",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.strip_suffix('\n').unwrap(),
+        want["text"].as_str().unwrap()
+    );
+    let refused = dvd()
+        .args([
+            "chat",
+            "--url",
+            &format!("http://{}", up.http),
+            "--model",
+            "nope",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("404"));
+}
+
+#[test]
+fn dvd_up_answers_like_dvd_generate_over_quic() {
+    let up = Up::start(&["--transport", "quic", "--vision", "2"]);
+    same_answer_as_dvd_generate(&up);
+}
+
+/// A deployment built by hand so the test can kill its parts.
+struct Deployment {
+    vision: Vec<ServerProcess>,
+    language: ServerProcess,
+    _gateway: ServerProcess,
+    http: String,
+    _dir: tempfile::TempDir,
+}
+
+fn deployment(vision_servers: usize, limits: &str) -> Deployment {
+    let model = language_fixture("internvl-moe-custom-bf16");
+    let model = model.to_str().unwrap();
+    let language = ServerProcess::start(&[
+        "language",
+        "serve",
+        "--model",
+        model,
+        "--listen",
+        "127.0.0.1:0",
+        "--feature-listen",
+        "127.0.0.1:0",
+        "--kv-cache-mib",
+        "64",
+    ]);
+    let vision: Vec<ServerProcess> = (0..vision_servers)
+        .map(|_| {
+            ServerProcess::start(&[
+                "vision",
+                "serve",
+                "--model",
+                model,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_pair();
+    let config = format!(
+        "[server]\nhttp = \"127.0.0.1:{port}\"\ngrpc = \"127.0.0.1:{}\"\nmodel = \"{MODEL}\"\n\
+         [vision]\naddresses = {:?}\n[language]\naddresses = [\"{}\"]\n\
+         [health]\ninterval_ms = 60000\n[limits]\n{limits}\n",
+        port + 1,
+        vision.iter().map(|v| v.field("grpc")).collect::<Vec<_>>(),
+        language.field("grpc"),
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let gateway = ServerProcess::start(&["gateway", "serve", "--config", path.to_str().unwrap()]);
+    let http = gateway.field("http");
+    wait_healthy(&http);
+    Deployment {
+        vision,
+        language,
+        _gateway: gateway,
+        http,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_dead_vision_server_is_retried_around_and_a_dead_language_server_fails_fast() {
+    let mut d = deployment(2, "attempts = 3\nfeature_timeout_ms = 5000");
+    let png = std::fs::read(image()).unwrap();
+    // The gateway checks health only every minute, so it still believes both vision servers are
+    // up: requests routed to the dead one must be retried on the other.
+    d.vision[0].kill();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let http_addr = d.http.clone();
+                let png = png.clone();
+                s.spawn(move || {
+                    // Different images spread over both servers (image-hash affinity).
+                    let mut bytes = png.clone();
+                    bytes.extend_from_slice(&[0u8; 16][..i]);
+                    let r = http(
+                        &http_addr,
+                        "POST",
+                        "/v1/chat/completions",
+                        &chat_body("Describe it", Some(&bytes), 4, false),
+                    );
+                    assert!(r.status == 200, "{}", r.body);
+                    r.status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // (12 different images: the odds that none was routed to the dead server are 1 in 4096.)
+    assert_eq!(statuses, vec![200; 12]);
+    let metrics = http(&d.http, "GET", "/metrics", b"").body;
+    assert!(
+        !metrics.contains("dvd_gateway_retries_total 0\n"),
+        "no request was retried: {metrics}"
+    );
+
+    // Without its language server the gateway answers promptly with an error, not a hang.
+    d.language.kill();
+    let started = Instant::now();
+    let r = http(
+        &d.http,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("Hi", None, 4, false),
+    );
+    assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.body);
+    assert!(r.json()["error"]["message"].is_string());
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn bad_input_gets_openai_style_errors_and_overload_gets_429() {
+    let d = deployment(1, "max_inflight = 1");
+    let post = |body: &[u8]| http(&d.http, "POST", "/v1/chat/completions", body);
+    let check = |r: common::HttpResponse, status: u16, needle: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(needle), "{message}");
+    };
+    check(post(b"{not json"), 400, "");
+    check(
+        post(format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,@@@"}}}},{{"type":"text","text":"x"}}]}}]}}"#).as_bytes()),
+        400,
+        "base64",
+    );
+    check(
+        post(&chat_body("x", Some(b"definitely not an image"), 4, false)),
+        400,
+        "image 0",
+    );
+    check(
+        post(br#"{"model":"other","messages":[{"role":"user","content":"x"}]}"#),
+        404,
+        "other",
+    );
+    check(
+        post(format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"https://example.com/a.png"}}}}]}}]}}"#).as_bytes()),
+        400,
+        "not fetched",
+    );
+
+    // One request in flight (a long streamed answer) fills the gateway: the next gets 429.
+    let addr = d.http.clone();
+    let mut long = std::net::TcpStream::connect(&addr).unwrap();
+    let body = chat_body("Tell me a story", None, 2000, true);
+    use std::io::{Read, Write};
+    write!(
+        long,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    long.write_all(&body).unwrap();
+    let mut first = [0u8; 64];
+    let _ = long.read(&mut first).unwrap(); // the stream has started
+    let r = post(&chat_body("Hi", None, 4, false));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    // Hanging up frees the slot (the request is cancelled on the language server).
+    drop(long);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&chat_body("Hi", None, 4, false));
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed: {}", r.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,234 @@
+//! The gateway's configuration file (TOML). Every field has a default, so a file only names what
+//! differs; `[vision]` and `[language]` list static `host:port` addresses and/or DNS names that
+//! are re-resolved periodically (a Kubernetes headless Service resolves to all its pods).
+//!
+//! ```toml
+//! [server]
+//! http = "0.0.0.0:8000"
+//! grpc = "0.0.0.0:8001"
+//! model = "InternVL3_5-8B"
+//!
+//! [vision]
+//! addresses = ["10.0.0.5:50051"]
+//! dns = ["vision.dvd.svc.cluster.local:50051"]
+//!
+//! [language]
+//! dns = ["language.dvd.svc.cluster.local:50061"]
+//!
+//! [limits]
+//! max_inflight = 256
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listen addresses and the served model.
+    pub server: ServerSection,
+    /// The vision pool.
+    pub vision: PoolSection,
+    /// The language pool.
+    pub language: PoolSection,
+    /// Health checks and re-resolution.
+    pub health: HealthSection,
+    /// Request limits and admission.
+    pub limits: LimitsSection,
+    /// Where images may come from.
+    pub images: ImagesSection,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// OpenAI-compatible HTTP listen address.
+    pub http: SocketAddr,
+    /// Public gRPC listen address.
+    pub grpc: SocketAddr,
+    /// Model id clients name (and `GET /v1/models` lists). Requests may also leave it empty.
+    pub model: String,
+    /// Context length reported by `/v1/models`.
+    pub max_model_len: u32,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            model: "dvd".into(),
+            max_model_len: 32_768,
+        }
+    }
+}
+
+/// `[vision]` or `[language]`: where the pool's servers are.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSection {
+    /// Static `host:port` addresses (IP or host name, resolved once per refresh too).
+    pub addresses: Vec<String>,
+    /// DNS names (`name:port`) whose every address is a pool member, re-resolved periodically.
+    pub dns: Vec<String>,
+}
+
+impl PoolSection {
+    /// Every configured name, static first.
+    pub fn targets(&self) -> impl Iterator<Item = &String> {
+        self.addresses.iter().chain(&self.dns)
+    }
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSection {
+    /// Between health and load checks of every server, milliseconds.
+    pub interval_ms: u64,
+    /// Limit on one check, milliseconds.
+    pub timeout_ms: u64,
+    /// Between re-resolutions of the pools' names, milliseconds.
+    pub resolve_interval_ms: u64,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            resolve_interval_ms: 5000,
+        }
+    }
+}
+
+impl HealthSection {
+    /// The check interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(10))
+    }
+
+    /// The check timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(10))
+    }
+
+    /// The re-resolution interval.
+    pub fn resolve_interval(&self) -> Duration {
+        Duration::from_millis(self.resolve_interval_ms.max(10))
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Requests in flight before new ones get 429 / `RESOURCE_EXHAUSTED`.
+    pub max_inflight: usize,
+    /// Largest HTTP body, MiB.
+    pub max_body_mib: usize,
+    /// Images per request.
+    pub max_images: usize,
+    /// Largest image, MiB (decoded from base64).
+    pub max_image_mib: usize,
+    /// Tiles per image (thumbnail excluded), also the vision servers' `max_tiles`.
+    pub max_tiles_per_image: u32,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: u32,
+    /// How long a language server waits for a request's features, milliseconds.
+    pub feature_timeout_ms: u32,
+    /// Limit on a whole request, seconds.
+    pub request_timeout_s: u64,
+    /// Tries of a request whose vision stage fails (each on another vision server when there is
+    /// one), before any token has been sent.
+    pub attempts: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_inflight: 256,
+            max_body_mib: 32,
+            max_images: 16,
+            max_image_mib: 20,
+            max_tiles_per_image: 12,
+            default_max_tokens: 1024,
+            feature_timeout_ms: 30_000,
+            request_timeout_s: 600,
+            attempts: 3,
+        }
+    }
+}
+
+/// `[images]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesSection {
+    /// Accept `file://` URLs and plain paths (only for trusted local use).
+    pub allow_local_files: bool,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl GatewayConfig {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let config: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn check(&self) -> Result<(), String> {
+        if self.language.targets().next().is_none() {
+            return Err("[language] needs at least one address or dns name".into());
+        }
+        if self.limits.max_inflight == 0 || self.limits.attempts == 0 {
+            return Err("limits.max_inflight and limits.attempts must be at least 1".into());
+        }
+        if self.limits.max_tiles_per_image == 0 || self.limits.max_tiles_per_image > 64 {
+            return Err("limits.max_tiles_per_image must be 1 to 64".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_what_a_file_leaves_out_and_typos_are_refused() {
+        let config: GatewayConfig = toml::from_str(
+            "[language]\naddresses = [\"127.0.0.1:50061\"]\n[limits]\nmax_inflight = 4\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.limits.max_inflight, 4);
+        assert_eq!(config.limits.attempts, 3);
+        assert_eq!(config.server.http.port(), 8000);
+        assert!(config.check().is_ok());
+        assert!(toml::from_str::<GatewayConfig>("[limits]\nmax_inflite = 4\n").is_err());
+        assert!(
+            GatewayConfig::default().check().is_err(),
+            "no language pool"
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The gateway: the two pools, the routing policies, admission, metrics, and the chat pipeline
+//! ([`crate::chat`]) behind both front doors.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use dvd_proto::api::v1::{ChatRequest, HealthResponse, Model};
+use dvd_proto::common::v1::ServingStatus;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{ChatBackend, ChatStream, GatewayError};
+use crate::config::GatewayConfig;
+use crate::metrics::{Metrics, PoolGauge};
+use crate::pool::{Pool, PoolKind};
+use crate::routing::{LeastLoadedLanguage, Policy, ShortestQueueVision};
+
+/// The gateway over its pools. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) config: GatewayConfig,
+    pub(crate) vision: Pool,
+    pub(crate) language: Pool,
+    pub(crate) vision_policy: Box<dyn Policy>,
+    pub(crate) language_policy: Box<dyn Policy>,
+    pub(crate) admission: Arc<Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Encode calls running beside their requests.
+    pub(crate) tasks: TaskTracker,
+    created: u64,
+}
+
+impl Gateway {
+    /// A gateway for `config` with the default policies; call [`refresh`](Self::refresh) (or
+    /// [`run_checks`](Self::run_checks)) before serving.
+    pub fn new(config: GatewayConfig) -> Self {
+        Self::with_policies(
+            config,
+            Box::new(ShortestQueueVision::default()),
+            Box::new(LeastLoadedLanguage::default()),
+        )
+    }
+
+    /// A gateway with other routing policies.
+    pub fn with_policies(
+        config: GatewayConfig,
+        vision_policy: Box<dyn Policy>,
+        language_policy: Box<dyn Policy>,
+    ) -> Self {
+        Self {
+            vision: Pool::new(PoolKind::Vision, config.vision.clone()),
+            language: Pool::new(PoolKind::Language, config.language.clone()),
+            admission: Arc::new(Semaphore::new(config.limits.max_inflight)),
+            vision_policy,
+            language_policy,
+            metrics: Arc::new(Metrics::default()),
+            tasks: TaskTracker::new(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            config,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// One round of re-resolution (when due) and health checks of both pools.
+    pub async fn refresh(&self) {
+        let health = &self.config.health;
+        tokio::join!(
+            self.vision
+                .refresh(health.resolve_interval(), health.timeout()),
+            self.language
+                .refresh(health.resolve_interval(), health.timeout()),
+        );
+    }
+
+    /// Refreshes on the configured interval until `stop` is cancelled.
+    pub async fn run_checks(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.health.interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the caller has just refreshed
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => self.refresh().await,
+            }
+        }
+    }
+
+    /// Waits for every Encode call still running beside a request.
+    pub async fn close(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn gauges(&self) -> [PoolGauge; 2] {
+        [&self.vision, &self.language].map(|pool| PoolGauge {
+            pool: pool.kind().name(),
+            members: pool.members().len(),
+            healthy: pool.healthy().len(),
+        })
+    }
+}
+
+#[async_trait]
+impl ChatBackend for Gateway {
+    async fn chat(&self, request: ChatRequest) -> Result<ChatStream, GatewayError> {
+        let result = crate::chat::start(self, request).await;
+        let outcome = match &result {
+            Ok(_) => 200,
+            Err(e) => e.http_status(),
+        };
+        self.metrics.request("chat", outcome.to_string());
+        result
+    }
+
+    fn models(&self) -> Vec<Model> {
+        vec![Model {
+            id: self.config.server.model.clone(),
+            owned_by: "dvd".into(),
+            created: self.created,
+            max_model_len: self.config.server.max_model_len,
+        }]
+    }
+
+    async fn health(&self) -> HealthResponse {
+        let vision = self.vision.healthy().len() as u32;
+        let language = self.language.healthy().len() as u32;
+        // Text-only traffic needs only the language pool; with none configured for vision, the
+        // gateway still serves.
+        let vision_ok = vision > 0 || self.config.vision.targets().next().is_none();
+        HealthResponse {
+            status: if language > 0 && vision_ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            } as i32,
+            vision_servers_ready: vision,
+            language_servers_ready: language,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render(&self.gauges())
+    }
+}

@@ -1,0 +1,70 @@
+//! The public gRPC API (`dvd.api.v1.InferenceService`) over any [`ChatBackend`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use dvd_proto::api::v1::inference_service_server::InferenceService;
+use dvd_proto::api::v1::{
+    ChatEvent, ChatRequest, HealthRequest, HealthResponse, ListModelsRequest, ListModelsResponse,
+};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::backend::ChatBackend;
+
+/// `InferenceService` for a backend.
+#[derive(Clone)]
+pub struct InferenceApi {
+    backend: Arc<dyn ChatBackend>,
+}
+
+impl std::fmt::Debug for InferenceApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceApi").finish_non_exhaustive()
+    }
+}
+
+impl InferenceApi {
+    /// The service over `backend`.
+    pub fn new(backend: Arc<dyn ChatBackend>) -> Self {
+        Self { backend }
+    }
+}
+
+/// The `Chat` response stream.
+pub type ChatEventStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl InferenceService for InferenceApi {
+    type ChatStream = ChatEventStream;
+
+    async fn chat(
+        &self,
+        request: Request<ChatRequest>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let stream = self
+            .backend
+            .chat(request.into_inner())
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map_err(|e| e.to_status())),
+        )))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        Ok(Response::new(ListModelsResponse {
+            models: self.backend.models(),
+        }))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(self.backend.health().await))
+    }
+}

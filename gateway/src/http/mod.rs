@@ -1,0 +1,137 @@
+//! The OpenAI-compatible HTTP API over a [`ChatBackend`](crate::ChatBackend):
+//!
+//! - `POST /v1/chat/completions`: chat completions, whole or streamed as server-sent events;
+//! - `GET /v1/models`, `GET /v1/models/{id}`: the served models;
+//! - `GET /health`: 200 when serving, 503 otherwise;
+//! - `GET /metrics`: Prometheus text.
+//!
+//! Errors are OpenAI-style bodies, `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! Files: `openai.rs` (wire types), `convert.rs` (request -> `dvd.api.v1.ChatRequest`),
+//! `chat.rs` (the chat handler, non-streamed answers), `sse.rs` (streamed answers),
+//! `error.rs` (error bodies).
+
+mod chat;
+mod convert;
+mod error;
+mod openai;
+mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dvd_proto::common::v1::ServingStatus;
+
+use crate::{ChatBackend, GatewayError};
+use error::ApiError;
+use openai::{HealthBody, ModelCard, ModelList};
+
+/// Limits and settings of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request body accepted, in bytes; a larger one gets 413. Images travel inside
+    /// the body as `data:` URLs, so this bounds them too. Default 32 MiB.
+    pub max_body_bytes: usize,
+    /// How often a streamed response sends an SSE comment while it waits for tokens (long
+    /// prefills), so proxies and clients do not time the connection out; `None` sends none.
+    /// Default 15 s.
+    pub sse_keep_alive: Option<Duration>,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 << 20,
+            sse_keep_alive: Some(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// What every handler sees.
+#[derive(Clone)]
+struct AppState {
+    backend: Arc<dyn ChatBackend>,
+    limits: HttpLimits,
+}
+
+/// The OpenAI-compatible API over `backend`; serve it with `axum::serve`.
+pub fn router(backend: Arc<dyn ChatBackend>, limits: HttpLimits) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(list_models))
+        // Model ids hold slashes (`OpenGVLab/InternVL3_5-1B`).
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(AppState { backend, limits })
+}
+
+async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: state
+            .backend
+            .models()
+            .into_iter()
+            .map(ModelCard::from)
+            .collect(),
+    })
+}
+
+async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    state
+        .backend
+        .models()
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| Json(ModelCard::from(m)))
+        .ok_or_else(|| GatewayError::NotFound(format!("model {id:?} is not served here")).into())
+}
+
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
+    let health = state.backend.health().await;
+    let (code, status) = match health.status() {
+        ServingStatus::Serving => (StatusCode::OK, "ok"),
+        ServingStatus::NotServing => (StatusCode::SERVICE_UNAVAILABLE, "not_serving"),
+        ServingStatus::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        ServingStatus::Unspecified => (StatusCode::SERVICE_UNAVAILABLE, "unknown"),
+    };
+    let body = HealthBody {
+        status,
+        vision_servers_ready: health.vision_servers_ready,
+        language_servers_ready: health.language_servers_ready,
+        version: health.version,
+    };
+    (code, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.backend.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::no_route(&method, &uri)
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(&method, &uri)
+}

@@ -1,0 +1,87 @@
+//! A running gateway: the pools' health checks, the OpenAI-compatible HTTP listener and the
+//! public gRPC listener, stopped together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dvd_proto::limits::{inference_server, tuned_server};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::ChatBackend;
+use crate::config::GatewayConfig;
+use crate::gateway::Gateway;
+use crate::grpc::InferenceApi;
+use crate::http::{HttpLimits, router};
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The gateway itself.
+    pub gateway: Arc<Gateway>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningGateway {
+    /// Stops the listeners and health checks and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.gateway.close().await;
+    }
+}
+
+/// Binds both listeners, runs a first round of checks and starts serving.
+pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
+    let http = TcpListener::bind(config.server.http).await?;
+    let grpc = TcpListener::bind(config.server.grpc).await?;
+    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+    let limits = HttpLimits {
+        max_body_bytes: config.limits.max_body_mib << 20,
+        ..HttpLimits::default()
+    };
+    let gateway = Arc::new(Gateway::new(config));
+    gateway.refresh().await;
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(gateway.clone().run_checks(stop.clone()));
+    let backend: Arc<dyn ChatBackend> = gateway.clone();
+    let app = router(backend.clone(), limits);
+    let token = stop.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(http, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let token = stop.clone();
+    let api = InferenceApi::new(backend);
+    tasks.spawn(async move {
+        let served = tuned_server()
+            .add_service(inference_server(api))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                token.cancelled().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    tracing::info!(%http_addr, %grpc_addr, "gateway ready");
+    Ok(RunningGateway {
+        http_addr,
+        grpc_addr,
+        gateway,
+        stop,
+        tasks,
+    })
+}
