@@ -257,16 +257,110 @@ fn dvd_up_answers_like_dvd_generate_over_quic() {
     same_answer_as_dvd_generate(&up);
 }
 
+#[test]
+fn the_public_grpc_api_streams_the_same_answer() {
+    use dvd_proto::api::v1::{
+        ChatRequest, ContentPart, HealthRequest, Image, ListModelsRequest, Message, chat_event,
+        content_part, image,
+    };
+    use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus};
+    use dvd_proto::limits::{inference_client, tuned_endpoint};
+
+    // Language servers found through a DNS name (localhost), vision servers by address.
+    let d = deployment_with(1, "", true);
+    let want = coupled("What is shown in the picture?", true, 12);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tuned_endpoint(&d.grpc).unwrap().connect().await.unwrap();
+        let mut client = inference_client(channel);
+        let health = client.health(HealthRequest {}).await.unwrap().into_inner();
+        assert_eq!(health.status, ServingStatus::Serving as i32);
+        assert_eq!(
+            (health.vision_servers_ready, health.language_servers_ready),
+            (1, 1)
+        );
+        let models = client
+            .list_models(ListModelsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(models.models[0].id, MODEL);
+        let request = ChatRequest {
+            model: MODEL.into(),
+            messages: vec![Message {
+                role: "user".into(),
+                content: vec![
+                    ContentPart {
+                        part: Some(content_part::Part::Image(Image {
+                            source: Some(image::Source::Data(
+                                std::fs::read(image()).unwrap().into(),
+                            )),
+                            max_tiles: None,
+                        })),
+                    },
+                    ContentPart {
+                        part: Some(content_part::Part::Text(
+                            "What is shown in the picture?".into(),
+                        )),
+                    },
+                ],
+            }],
+            sampling: Some(SamplingParams {
+                max_tokens: 12,
+                ..Default::default()
+            }),
+            user: String::new(),
+            request_id: None,
+            return_token_ids: true,
+        };
+        let mut stream = client.chat(request).await.unwrap().into_inner();
+        let (mut text, mut ids, mut done) = (String::new(), Vec::new(), None);
+        while let Some(event) = stream.message().await.unwrap() {
+            match event.event.unwrap() {
+                chat_event::Event::Delta(d) => {
+                    text.push_str(&d.content);
+                    ids.extend(d.token_ids);
+                }
+                chat_event::Event::Done(d) => done = Some(d),
+            }
+        }
+        assert_eq!(text, want["text"].as_str().unwrap());
+        let want_ids: Vec<u32> = serde_json::from_value(want["token_ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids);
+        let done = done.unwrap();
+        assert_eq!(done.finish_reason, FinishReason::Length as i32);
+        let timings = done.timings.unwrap();
+        assert!(timings.vision_us > 0 && timings.time_to_first_token_us > 0);
+        // A bad request is a gRPC status, not a hang.
+        let err = client
+            .chat(ChatRequest {
+                model: "other".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    });
+}
+
 /// A deployment built by hand so the test can kill its parts.
 struct Deployment {
     vision: Vec<ServerProcess>,
     language: ServerProcess,
     _gateway: ServerProcess,
     http: String,
+    grpc: String,
     _dir: tempfile::TempDir,
 }
 
 fn deployment(vision_servers: usize, limits: &str) -> Deployment {
+    deployment_with(vision_servers, limits, false)
+}
+
+fn deployment_with(vision_servers: usize, limits: &str, language_by_dns: bool) -> Deployment {
     let model = language_fixture("internvl-moe-custom-bf16");
     let model = model.to_str().unwrap();
     let language = ServerProcess::start(&[
@@ -297,22 +391,29 @@ fn deployment(vision_servers: usize, limits: &str) -> Deployment {
     let port = free_port_pair();
     let config = format!(
         "[server]\nhttp = \"127.0.0.1:{port}\"\ngrpc = \"127.0.0.1:{}\"\nmodel = \"{MODEL}\"\n\
-         [vision]\naddresses = {:?}\n[language]\naddresses = [\"{}\"]\n\
+         [vision]\naddresses = {:?}\n[language]\n{} = [\"{}\"]\n\
          [health]\ninterval_ms = 60000\n[limits]\n{limits}\n",
         port + 1,
         vision.iter().map(|v| v.field("grpc")).collect::<Vec<_>>(),
-        language.field("grpc"),
+        if language_by_dns { "dns" } else { "addresses" },
+        if language_by_dns {
+            language.field("grpc").replace("127.0.0.1", "localhost")
+        } else {
+            language.field("grpc")
+        },
     );
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, config).unwrap();
     let gateway = ServerProcess::start(&["gateway", "serve", "--config", path.to_str().unwrap()]);
     let http = gateway.field("http");
+    let grpc = gateway.field("grpc");
     wait_healthy(&http);
     Deployment {
         vision,
         language,
         _gateway: gateway,
         http,
+        grpc,
         _dir: dir,
     }
 }
