@@ -50,25 +50,19 @@ impl ServeArgs {
         if let Some(grpc) = self.grpc {
             config.server.grpc = grpc;
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        runtime.block_on(async move {
-            let running = start(config)
-                .await
-                .context("starting the gateway listeners")?;
-            println!(
-                "{}",
+        super::serve_until_signal(
+            async move {
+                start(config)
+                    .await
+                    .context("starting the gateway listeners")
+            },
+            |server| {
                 json!({
-                    "http": running.http_addr.to_string(),
-                    "grpc": running.grpc_addr.to_string(),
+                    "http": server.http_addr.to_string(),
+                    "grpc": server.grpc_addr.to_string(),
                 })
-            );
-            super::wait_for_signal().await?;
-            tracing::info!("shutting down");
-            running.shutdown().await;
-            Ok(())
-        })
+            },
+            |server| server.shutdown(),
+        )
     }
 }

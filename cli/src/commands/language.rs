@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use dvd_language_server::engine::{FeatureLimits, SchedulerConfig};
 use dvd_language_server::server::{ServeConfig, start};
@@ -123,26 +123,17 @@ impl ServeArgs {
             },
             inbox: InboxConfig::default(),
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        runtime.block_on(async move {
-            let server = start(config).await?;
-            // One line on stdout when ready, for scripts and tests.
-            println!(
-                "{}",
+        super::serve_until_signal(
+            async move { Ok(start(config).await?) },
+            |server| {
                 json!({
                     "grpc": server.grpc_addr.to_string(),
                     "features": server.feature_addr.to_string(),
                     "transport": self.transport.to_string(),
                     "model_dir": server.model_dir.display().to_string(),
                 })
-            );
-            super::wait_for_signal().await?;
-            tracing::info!("shutting down");
-            server.shutdown().await;
-            Ok(())
-        })
+            },
+            |server| server.shutdown(),
+        )
     }
 }

@@ -10,8 +10,9 @@ pub mod tls;
 pub mod up;
 pub mod vision;
 
-use anyhow::{Context, Result};
+use std::future::Future;
 
+use anyhow::{Context, Result};
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_signal() -> Result<()> {
     #[cfg(unix)]
@@ -28,4 +29,29 @@ pub async fn wait_for_signal() -> Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
+}
+
+/// Runs a server for its whole life: starts it on a multi-threaded runtime, prints its ready line
+/// (one JSON object on stdout, for scripts and tests), serves until SIGINT or SIGTERM, then shuts
+/// it down.
+pub fn serve_until_signal<S, Stopped>(
+    start: impl Future<Output = Result<S>>,
+    ready: impl FnOnce(&S) -> serde_json::Value,
+    stop: impl FnOnce(S) -> Stopped,
+) -> Result<()>
+where
+    Stopped: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = start.await?;
+        println!("{}", ready(&server));
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        stop(server).await;
+        Ok(())
+    })
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use dvd_transport::quic::ClientTls;
 use dvd_transport::{SenderConfig, TlsOptions};
@@ -109,23 +109,15 @@ impl ServeArgs {
             },
             sender: SenderConfig::default(),
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        runtime.block_on(async move {
-            let server = start(config).await?;
-            println!(
-                "{}",
+        super::serve_until_signal(
+            async move { Ok(start(config).await?) },
+            |server| {
                 json!({
                     "grpc": server.grpc_addr.to_string(),
                     "model_dir": server.model_dir.display().to_string(),
                 })
-            );
-            super::wait_for_signal().await?;
-            tracing::info!("shutting down");
-            server.shutdown().await;
-            Ok(())
-        })
+            },
+            |server| server.shutdown(),
+        )
     }
 }
