@@ -11,6 +11,7 @@
 
 pub mod engine;
 pub mod language;
+pub mod pipeline;
 pub mod stats;
 pub mod transport;
 pub mod vision;

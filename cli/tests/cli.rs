@@ -481,3 +481,44 @@ fn bench_engine_prints_the_documented_json() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("two"));
 }
+
+#[test]
+fn bench_pipeline_prints_the_documented_json() {
+    let out = dvd()
+        .args(["bench", "pipeline", "--model"])
+        .arg(model_fixture("vit300m-hf"))
+        .arg("--image")
+        .arg(model_fixture("image.png"))
+        .args([
+            "--rounds",
+            "1",
+            "--requests",
+            "2",
+            "--tiles-per-request",
+            "1",
+        ])
+        .args([
+            "--batch-tiles",
+            "2",
+            "--image-tiles",
+            "7",
+            "--chunk-tiles",
+            "5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let throughput = &report["throughput"];
+    for mode in ["unbatched", "batched"] {
+        assert!(
+            throughput[mode]["tiles_per_s"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    assert!(
+        report["overlap"]["pipelined"]["wall_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

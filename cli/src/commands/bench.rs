@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use dvd_bench::engine::EngineBench;
 use dvd_bench::language::LanguageBench;
+use dvd_bench::pipeline::PipelineBench;
 use dvd_bench::transport::TransportBench;
 use dvd_bench::vision::VisionBench;
 use dvd_transport::quic::QuicTuning;
@@ -24,6 +25,50 @@ pub enum BenchCommand {
     /// The continuous-batching engine: decode tokens/s against batch size, prefill tokens/s,
     /// and continuous batching against one request at a time.
     Engine(EngineArgs),
+    /// The vision serving pipeline: tiles/s with and without cross-request batching, and how
+    /// much encoding and transfer overlap within a multi-tile request.
+    Pipeline(PipelineArgs),
+}
+
+/// Options of `dvd bench pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Model directory, or a hub id in the local Hugging Face cache.
+    #[arg(long)]
+    model: String,
+    /// Image whose tiles feed the encoder (default: `bench.jpg` in the model directory).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    /// Timed rounds (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Throughput: requests submitted together.
+    #[arg(long, default_value_t = 8)]
+    requests: usize,
+    /// Throughput: tiles per request.
+    #[arg(long, default_value_t = 2)]
+    tiles_per_request: usize,
+    /// Throughput: the batching encoder's `max_batch_tiles` (the other one uses 1).
+    #[arg(long, default_value_t = 8)]
+    batch_tiles: usize,
+    /// How long a batch that is not full waits for more tiles, milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    batch_wait_ms: f64,
+    /// Overlap: tiles of the one multi-tile request.
+    #[arg(long, default_value_t = 7)]
+    image_tiles: usize,
+    /// Overlap: `max_batch_tiles` of the pipelined run.
+    #[arg(long, default_value_t = 2)]
+    chunk_tiles: usize,
+    /// Worker threads of the runtime that runs senders, listener and receivers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Print the JSON report on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `dvd bench engine`.
@@ -172,6 +217,7 @@ impl BenchCommand {
             Self::Vision(args) => vision(args),
             Self::Language(args) => language(args),
             Self::Engine(args) => engine(args),
+            Self::Pipeline(args) => pipeline(args),
         }
     }
 }
@@ -331,4 +377,30 @@ impl std::str::FromStr for SizeList {
             .collect::<Result<_, _>>()
             .map(Self)
     }
+}
+
+fn pipeline(args: PipelineArgs) -> Result<()> {
+    let image = args
+        .image
+        .unwrap_or_else(|| std::path::Path::new(&args.model).join("bench.jpg"));
+    let bench = PipelineBench {
+        dtype: args.dtype.dtype(),
+        rounds: args.rounds,
+        requests: args.requests,
+        tiles_per_request: args.tiles_per_request,
+        batch_tiles: args.batch_tiles,
+        batch_wait: std::time::Duration::try_from_secs_f64(args.batch_wait_ms / 1e3)?,
+        image_tiles: args.image_tiles,
+        chunk_tiles: args.chunk_tiles,
+        worker_threads: args.workers,
+        ..PipelineBench::new(args.model, image)
+    };
+    let report = bench.run(|line| eprintln!("{line}"))?;
+    if args.json {
+        eprint!("{}", report.table());
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }
