@@ -8,6 +8,8 @@
 //!   (`dvd bench vision`), beside `tools/bench_vision_torch.py` for PyTorch.
 //! - [`engine`]: the language server's continuous-batching engine: decode tokens/s against batch
 //!   size, prefill, continuous batching against one request at a time (`dvd bench engine`).
+//! - [`pipeline`]: the vision serving path: tiles/s with and without cross-request batching, and
+//!   encode/transfer overlap within a multi-tile request (`dvd bench pipeline`).
 
 pub mod engine;
 pub mod language;
