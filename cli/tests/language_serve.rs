@@ -11,9 +11,8 @@ use std::time::Duration;
 use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus};
 use dvd_proto::language::v1::language_service_client::LanguageServiceClient;
 use dvd_proto::language::v1::{
-    CancelRequest, ChatMessage, ChatPrompt, ContentPart, GenerateDone, GenerateRequest,
-    HealthRequest, ImageSlot, StatsRequest, StatsResponse, content_part, generate_event,
-    generate_request,
+    CancelRequest, GenerateDone, GenerateRequest, HealthRequest, StatsRequest, StatsResponse,
+    content_part, generate_event, generate_request,
 };
 use dvd_proto::limits::{language_client, tuned_endpoint};
 use dvd_transport::quic::ClientTls;
@@ -25,7 +24,7 @@ use tonic::{Code, Streaming};
 
 mod common;
 
-use common::{ServerProcess, encoded_tiles, image, language_fixture};
+use common::{ServerProcess, encoded_tiles, image, image_generate_request, language_fixture};
 
 const PROMPT: &str = "What is shown in the picture?";
 
@@ -133,29 +132,12 @@ fn greedy(max_tokens: u32) -> Option<SamplingParams> {
 }
 
 fn image_request(id: RequestId, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        request_id: id.to_string(),
-        prompt: Some(generate_request::Prompt::Chat(ChatPrompt {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                parts: vec![
-                    ContentPart {
-                        part: Some(content_part::Part::ImageIndex(0)),
-                    },
-                    ContentPart {
-                        part: Some(content_part::Part::Text(PROMPT.into())),
-                    },
-                ],
-            }],
-        })),
-        images: vec![ImageSlot {
-            content_hash: bytes::Bytes::from_static(b"fixture image"),
-            expected_tiles: 0,
-        }],
-        sampling: greedy(max_tokens),
-        feature_timeout_ms: 0,
-        return_token_ids: true,
-    }
+    image_generate_request(
+        &id,
+        PROMPT,
+        bytes::Bytes::from_static(b"fixture image"),
+        max_tokens,
+    )
 }
 
 fn text_request(id: RequestId, text: &str, sampling: Option<SamplingParams>) -> GenerateRequest {

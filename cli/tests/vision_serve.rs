@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{ServerProcess, encoded_tiles, image, language_fixture, vision_fixture};
-use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus};
+use dvd_proto::common::v1::{FinishReason, ServingStatus};
 use dvd_proto::feature::v1::{FeatureDestination, Transport};
-use dvd_proto::language::v1::{
-    ChatMessage, ChatPrompt, ContentPart, GenerateRequest, ImageSlot, content_part, generate_event,
-    generate_request,
-};
+use dvd_proto::language::v1::generate_event;
 use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
 use dvd_proto::vision::v1::vision_service_client::VisionServiceClient;
 use dvd_proto::vision::v1::{
@@ -471,32 +468,7 @@ async fn vision_and_language_servers_give_the_tokens_of_dvd_generate() {
     );
     let mut vis = vision.client().await;
     let id = RequestId::random();
-    let generate = GenerateRequest {
-        request_id: id.to_string(),
-        prompt: Some(generate_request::Prompt::Chat(ChatPrompt {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                parts: vec![
-                    ContentPart {
-                        part: Some(content_part::Part::ImageIndex(0)),
-                    },
-                    ContentPart {
-                        part: Some(content_part::Part::Text(prompt.into())),
-                    },
-                ],
-            }],
-        })),
-        images: vec![ImageSlot {
-            content_hash: Bytes::new(),
-            expected_tiles: 0,
-        }],
-        sampling: Some(SamplingParams {
-            max_tokens: 8,
-            ..Default::default()
-        }),
-        feature_timeout_ms: 0,
-        return_token_ids: true,
-    };
+    let generate = common::image_generate_request(&id, prompt, Bytes::new(), 8);
     let mut stream = lang.generate(generate).await.unwrap().into_inner();
     let encoded = encode(
         &mut vis,

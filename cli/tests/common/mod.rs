@@ -215,3 +215,43 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// A greedy `Generate` request: one user message with image 0 then `prompt`, `max_tokens` new
+/// tokens, token ids returned; `content_hash` as the gateway would send it (empty: none).
+pub fn image_generate_request(
+    id: &dvd_transport::RequestId,
+    prompt: &str,
+    content_hash: bytes::Bytes,
+    max_tokens: u32,
+) -> dvd_proto::language::v1::GenerateRequest {
+    use dvd_proto::language::v1::{
+        ChatMessage, ChatPrompt, ContentPart, GenerateRequest, ImageSlot, content_part,
+        generate_request,
+    };
+    GenerateRequest {
+        request_id: id.to_string(),
+        prompt: Some(generate_request::Prompt::Chat(ChatPrompt {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                parts: vec![
+                    ContentPart {
+                        part: Some(content_part::Part::ImageIndex(0)),
+                    },
+                    ContentPart {
+                        part: Some(content_part::Part::Text(prompt.into())),
+                    },
+                ],
+            }],
+        })),
+        images: vec![ImageSlot {
+            content_hash,
+            expected_tiles: 0,
+        }],
+        sampling: Some(dvd_proto::common::v1::SamplingParams {
+            max_tokens,
+            ..Default::default()
+        }),
+        feature_timeout_ms: 0,
+        return_token_ids: true,
+    }
+}
