@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{ServerProcess, dvd, free_port_pair, http, image, language_fixture};
+use common::{
+    ServerProcess, coupled_generate, dvd, free_port_pair, http, image, language_fixture,
+    start_language,
+};
 use serde_json::{Value, json};
 
 /// `dvd up`, stopped with SIGTERM (which stops its children) when dropped.
@@ -106,24 +109,7 @@ fn chat_body_for(
 
 /// `dvd generate --json` on the same model, prompt and image.
 fn coupled(text: &str, with_image: bool, max_tokens: u32) -> Value {
-    let model = language_fixture("internvl-moe-custom-bf16");
-    let mut cmd = dvd();
-    cmd.args(["generate", "--model"]).arg(&model);
-    if with_image {
-        cmd.arg("--image").arg(image()).arg("--wire-features");
-    }
-    let out = cmd
-        .args([
-            "--prompt",
-            text,
-            "--max-new-tokens",
-            &max_tokens.to_string(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
+    coupled_generate(&language_fixture(MODEL), text, with_image, max_tokens)
 }
 
 /// The text of an SSE response, checking its framing.
@@ -361,20 +347,9 @@ fn deployment(vision_servers: usize, limits: &str) -> Deployment {
 }
 
 fn deployment_with(vision_servers: usize, limits: &str, language_by_dns: bool) -> Deployment {
-    let model = language_fixture("internvl-moe-custom-bf16");
-    let model = model.to_str().unwrap();
-    let language = ServerProcess::start(&[
-        "language",
-        "serve",
-        "--model",
-        model,
-        "--listen",
-        "127.0.0.1:0",
-        "--feature-listen",
-        "127.0.0.1:0",
-        "--kv-cache-mib",
-        "64",
-    ]);
+    let model_dir = language_fixture(MODEL);
+    let language = start_language(&model_dir, 64, &[]);
+    let model = model_dir.to_str().unwrap();
     let vision: Vec<ServerProcess> = (0..vision_servers)
         .map(|_| {
             ServerProcess::start(&[

@@ -24,7 +24,10 @@ use tonic::{Code, Streaming};
 
 mod common;
 
-use common::{ServerProcess, encoded_tiles, image, image_generate_request, language_fixture};
+use common::{
+    ServerProcess, coupled_generate, encoded_tiles, image_generate_request, language_fixture,
+    start_language,
+};
 
 const PROMPT: &str = "What is shown in the picture?";
 
@@ -37,20 +40,7 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "language",
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--feature-listen",
-            "127.0.0.1:0",
-            "--kv-cache-mib",
-            "16",
-        ];
-        args.extend_from_slice(extra);
-        let process = ServerProcess::start(&args);
+        let process = start_language(model, 16, extra);
         Self {
             grpc: process.field("grpc"),
             features: process.field("features"),
@@ -103,23 +93,8 @@ async fn send_tiles(
 }
 
 /// `dvd generate --json` on the same image and prompt, features rounded as on the wire.
-fn coupled_tokens(model: &Path, max_new: usize) -> (Vec<u32>, usize) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dvd"))
-        .args(["generate", "--model"])
-        .arg(model)
-        .arg("--image")
-        .arg(image())
-        .args(["--prompt", PROMPT, "--max-new-tokens"])
-        .arg(max_new.to_string())
-        .args(["--wire-features", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+fn coupled_tokens(model: &Path, max_new: u32) -> (Vec<u32>, usize) {
+    let report = coupled_generate(model, PROMPT, true, max_new);
     let tokens = serde_json::from_value(report["token_ids"].clone()).unwrap();
     (tokens, report["prompt_tokens"].as_u64().unwrap() as usize)
 }

@@ -427,37 +427,10 @@ async fn vision_and_language_servers_give_the_tokens_of_dvd_generate() {
     // language server's feature listener while the language server waits to prefill them.
     let model = language_fixture("internvl-moe-custom-bf16");
     let prompt = "What is shown in the picture?";
-    let out = common::dvd()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .arg("--image")
-        .arg(image())
-        .args([
-            "--prompt",
-            prompt,
-            "--max-new-tokens",
-            "8",
-            "--wire-features",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::coupled_generate(&model, prompt, true, 8);
     let want: Vec<u32> = serde_json::from_value(report["token_ids"].clone()).unwrap();
 
-    let language = ServerProcess::start(&[
-        "language",
-        "serve",
-        "--model",
-        model.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--feature-listen",
-        "127.0.0.1:0",
-        "--kv-cache-mib",
-        "16",
-    ]);
+    let language = common::start_language(&model, 16, &[]);
     let vision = Vision::start(&model, &[]);
     let mut lang = language_client(
         tuned_endpoint(&language.field("grpc"))

@@ -255,3 +255,50 @@ pub fn image_generate_request(
         return_token_ids: true,
     }
 }
+
+/// `dvd generate --json` of `model` on `prompt` (with the fixture image, its features rounded to
+/// BF16 as they travel, when `with_image`): the report the servers' answers are compared with.
+pub fn coupled_generate(
+    model: &Path,
+    prompt: &str,
+    with_image: bool,
+    max_new_tokens: u32,
+) -> serde_json::Value {
+    let mut cmd = dvd();
+    cmd.args(["generate", "--model"]).arg(model);
+    if with_image {
+        cmd.arg("--image").arg(image()).arg("--wire-features");
+    }
+    let out = cmd
+        .args(["--prompt", prompt, "--max-new-tokens"])
+        .arg(max_new_tokens.to_string())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `dvd language serve` of `model` on ports chosen at run time, with `kv_cache_mib` of KV cache
+/// and `extra` arguments.
+pub fn start_language(model: &Path, kv_cache_mib: u32, extra: &[&str]) -> ServerProcess {
+    let kv = kv_cache_mib.to_string();
+    let mut args = vec![
+        "language",
+        "serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--feature-listen",
+        "127.0.0.1:0",
+        "--kv-cache-mib",
+        &kv,
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
