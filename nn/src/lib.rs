@@ -1,10 +1,15 @@
 //! Building blocks shared by dvd's models (the vision encoder and the language model): a
 //! last-axis [`Linear`], LayerNorm/RMSNorm ([`Norm`]), [`softmax`], and a [`Loader`] that reads
-//! weights from a [`Checkpoint`] with the shapes the config implies.
+//! weights from a [`Checkpoint`] with the shapes the config implies; [`fused`] holds the
+//! epilogues that take one kernel on GPUs.
 
 use candle_core::{DType, Device, Result as CandleResult, Tensor};
 
 use dvd_checkpoint::{Checkpoint, CheckpointError};
+
+pub mod fused;
+/// dvd's CUDA kernels (`dvd-kernels`), for models' GPU paths.
+pub use dvd_kernels as kernels;
 
 /// A dense layer `y = x W^T + b` over the last dimension of any-rank input.
 #[derive(Debug, Clone)]
@@ -33,8 +38,34 @@ impl Linear {
         self
     }
 
+    /// The `[out, in]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The `[out]` bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `x W^T` over the last axis of `x`, without the bias (for callers that fuse the bias into
+    /// the next operation).
+    pub fn forward_no_bias(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let dims = x.dims();
+        let input = dims[dims.len() - 1];
+        let rows = x.elem_count() / input.max(1);
+        let y = x.reshape((rows, input))?.matmul(&self.weight.t()?)?;
+        let mut shape = dims.to_vec();
+        let last = shape.len() - 1;
+        shape[last] = self.weight.dim(0)?;
+        y.reshape(shape)
+    }
+
     /// Applies the layer to the last axis of `x`.
     pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        if let Some(bias) = self.bias.as_ref().filter(|b| fused::fits(x, b)) {
+            return fused::bias_add(&self.forward_no_bias(x)?, bias);
+        }
         let dims = x.dims();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);

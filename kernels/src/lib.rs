@@ -1,0 +1,23 @@
+//! dvd's own CUDA kernels, for the places where candle's generic CUDA ops are slow for this
+//! workload (docs/performance.md, "GPU"): fused flash attention over strided q/k/v (vision
+//! tiles, prefill), attention of single query rows over a paged KV pool (decode), Qwen3's q/k norm +
+//! RoPE + KV-cache write in one pass, and fused bias/GELU/layer-scale epilogues.
+//!
+//! Built only with the `cuda` feature (nvcc compiles `src/cuda/*.cu` to PTX; the driver
+//! compiles that for the GPU at first use). Every entry point takes bf16 tensors on a CUDA
+//! device; callers check [`fused_ok`] first and keep their generic path otherwise, so the CPU
+//! build and non-bf16 runs are unchanged.
+
+#![cfg_attr(feature = "cuda", allow(unsafe_code))]
+
+#[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
+pub use launch::*;
+
+use candle_core::{DType, Tensor};
+
+/// Whether the fused kernels can take `t`: built with `cuda`, on a CUDA device, bf16.
+pub fn fused_ok(t: &Tensor) -> bool {
+    cfg!(feature = "cuda") && t.device().is_cuda() && t.dtype() == DType::BF16
+}

@@ -1,0 +1,41 @@
+//! Epilogues that run as one kernel on GPUs (bf16 on CUDA, widths a multiple of 8, through
+//! `dvd-kernels`) and as the equivalent candle ops everywhere else, rounding the same way.
+
+use candle_core::{Result, Tensor};
+
+/// `y + bias` over the last axis.
+pub fn bias_add(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fits(y, bias) {
+        return dvd_kernels::bias_add(&y.contiguous()?, bias);
+    }
+    y.broadcast_add(bias)
+}
+
+/// `gelu_erf(y + bias)` over the last axis.
+pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fits(y, bias) {
+        return dvd_kernels::bias_gelu(&y.contiguous()?, bias);
+    }
+    y.broadcast_add(bias)?.gelu_erf()
+}
+
+/// `x + (y + bias) * scale`: a residual branch with its output bias and layer scale.
+pub fn bias_scale_residual(
+    x: &Tensor,
+    y: &Tensor,
+    bias: &Tensor,
+    scale: &Tensor,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fits(y, bias) {
+        return dvd_kernels::bias_scale_residual(&x.contiguous()?, &y.contiguous()?, bias, scale);
+    }
+    x + y.broadcast_add(bias)?.broadcast_mul(scale)?
+}
+
+/// Whether the fused kernels take `y` with this bias: bf16 on CUDA, width a multiple of 8.
+pub fn fits(y: &Tensor, bias: &Tensor) -> bool {
+    dvd_kernels::fused_ok(y) && bias.elem_count().is_multiple_of(8)
+}
