@@ -18,6 +18,27 @@ pub trait SequenceCache {
     /// cached position of that layer, `[kv_heads, len + n, head_dim]`. Layers are appended in
     /// order; the sequence length advances after the last one.
     fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)>;
+
+    /// The cache as blocks of a shared pool, when it is one (GPU kernels then read and write
+    /// it in place instead of going through [`SequenceCache::append`]).
+    fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
+        None
+    }
+}
+
+/// A sequence cache kept in blocks of a pool (`[kv_heads, blocks * block_size, head_dim]` per
+/// layer): position `p` lives in slot `blocks[p / block_size] * block_size + p % block_size`.
+pub trait PagedCache {
+    /// Positions cached.
+    fn cached(&self) -> usize;
+    /// Positions per block.
+    fn block_size(&self) -> usize;
+    /// The sequence's blocks in position order (reserved, possibly not yet filled).
+    fn block_ids(&self) -> &[u32];
+    /// Key and value pool tensors of `layer`.
+    fn pool_layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)>;
+    /// Records `n` more positions, written by the caller into every layer's slots.
+    fn advance(&mut self, n: usize);
 }
 
 /// Initial capacity in positions.

@@ -1,4 +1,4 @@
-//! The language model: Qwen3 dense and Qwen3-MoE on candle (CPU now, any candle device later),
+//! The language model: Qwen3 dense and Qwen3-MoE on candle (CPU, or CUDA with the `cuda` feature),
 //! loaded from the HF, GitHub/legacy InternVL or plain Qwen3 layouts, with a batched forward pass
 //! over sequences of different lengths that each keep their own KV cache.
 
@@ -15,7 +15,7 @@ pub use attention::argmax_rows;
 pub use config::{LanguageConfig, MoeConfig};
 pub use dvd_nn::LoadOptions;
 pub use error::ModelError;
-pub use kv_cache::{KvCache, SequenceCache};
+pub use kv_cache::{KvCache, PagedCache, SequenceCache};
 pub use names::LanguageLayout;
 pub use qwen3::{LanguageModel, SequenceStep};
 pub use rope::Rope;

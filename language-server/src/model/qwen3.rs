@@ -43,7 +43,13 @@ pub struct LanguageModel {
     lm_head: Tensor,
     tied: bool,
     rope: Rope,
+    /// RoPE angles for every position, on the device (GPU path).
+    #[cfg(feature = "cuda")]
+    rope_table: paged::RopeTable,
 }
+
+#[cfg(feature = "cuda")]
+mod paged;
 
 impl LanguageModel {
     /// Loads the language tensors of the checkpoint in `dir`.
@@ -95,6 +101,8 @@ impl LanguageModel {
             layers,
             lm_head,
             tied,
+            #[cfg(feature = "cuda")]
+            rope_table: Default::default(),
         })
     }
 
@@ -219,6 +227,11 @@ impl LanguageModel {
             .iter_mut()
             .map(|s| &mut *s.cache as &mut dyn SequenceCache)
             .collect();
+        #[cfg(feature = "cuda")]
+        if self.paged_ok(&x, &mut caches) {
+            let x = self.forward_paged(x, &spans, &mut caches)?;
+            return self.last_logits(&x, &spans);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let attended = layer.attention.forward(
                 &layer.input_norm.forward(&x)?,
@@ -233,6 +246,11 @@ impl LanguageModel {
                 .forward(&layer.post_attention_norm.forward(&x)?)?;
             x = (x + ff)?;
         }
+        self.last_logits(&x, &spans)
+    }
+
+    /// f32 logits `[spans, vocab]` of each span's last row of the final hidden states `x`.
+    fn last_logits(&self, x: &Tensor, spans: &[Span]) -> Result<Tensor, ModelError> {
         let last: Vec<u32> = spans.iter().map(|s| (s.start + s.len - 1) as u32).collect();
         let last = Tensor::from_vec(last, spans.len(), x.device())?;
         let hidden = self.norm.forward(&x.index_select(&last, 0)?)?;

@@ -201,12 +201,98 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        #[cfg(feature = "cuda")]
+        if dvd_nn::kernels::fused_ok(x) && self.attention.flash_ok() {
+            return self.forward_fused(x);
+        }
         let attended = self.attention.forward(&self.norm1.forward(x)?)?;
         let x = (x + attended.broadcast_mul(&self.scale1)?)?;
         let mlp = self
             .fc2
             .forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
         x + mlp.broadcast_mul(&self.scale2)?
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl EncoderLayer {
+    /// The layer with fused kernels (bf16 on CUDA): output biases, layer scales and residuals in
+    /// one pass each, GELU fused with fc1's bias, flash attention on the qkv output in place.
+    fn forward_fused(&self, x: &Tensor) -> CandleResult<Tensor> {
+        use dvd_nn::fused::{bias_gelu, bias_scale_residual};
+        let (Some(proj_bias), Some(fc1_bias), Some(fc2_bias)) =
+            (self.attention.proj.bias(), self.fc1.bias(), self.fc2.bias())
+        else {
+            candle_core::bail!("InternViT proj, fc1 and fc2 carry biases");
+        };
+        let attended = self.attention.forward_fused(&self.norm1.forward(x)?)?;
+        let x = bias_scale_residual(x, &attended, proj_bias, &self.scale1)?;
+        let hidden = bias_gelu(
+            &self.fc1.forward_no_bias(&self.norm2.forward(&x)?)?,
+            fc1_bias,
+        )?;
+        bias_scale_residual(
+            &x,
+            &self.fc2.forward_no_bias(&hidden)?,
+            fc2_bias,
+            &self.scale2,
+        )
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Attention {
+    /// Whether the heads fit the flash-attention kernel (widths 64 and 128).
+    fn flash_ok(&self) -> bool {
+        let hd = self.proj.weight().dim(0).unwrap_or(0) / self.heads.max(1);
+        hd == 64 || hd == 128
+    }
+
+    /// Attention on GPU: flash attention reads q, k and v from the qkv projection in place.
+    /// Returns the output projection without its bias (the caller fuses it).
+    fn forward_fused(&self, x: &Tensor) -> CandleResult<Tensor> {
+        use dvd_nn::kernels::{AttentionDims, HeadView, flash_attention, uninit_bf16};
+        let (t, n, d) = x.dims3()?;
+        let hd = d / self.heads;
+        let qkv = self.qkv.forward(x)?.contiguous()?;
+        let normed = match &self.qk_norm {
+            Some((q_norm, k_norm)) => Some((
+                q_norm.forward(&qkv.narrow(2, 0, d)?)?.contiguous()?,
+                k_norm.forward(&qkv.narrow(2, d, d)?)?.contiguous()?,
+            )),
+            None => None,
+        };
+        let (q, k) = match &normed {
+            Some((q, k)) => (
+                HeadView::packed(q, n, self.heads, hd),
+                HeadView::packed(k, n, self.heads, hd),
+            ),
+            None => (
+                HeadView::columns(&qkv, n, 3 * d, 0, hd),
+                HeadView::columns(&qkv, n, 3 * d, d, hd),
+            ),
+        };
+        let v = HeadView::columns(&qkv, n, 3 * d, 2 * d, hd);
+        let out = uninit_bf16(x.device(), (t, n, d))?;
+        let dims = AttentionDims {
+            batch: t,
+            q_len: n,
+            kv_len: n,
+            heads: self.heads,
+            kv_heads: self.heads,
+            head_dim: hd,
+        };
+        let scale = (hd as f32).powf(-0.5);
+        flash_attention(
+            q,
+            k,
+            v,
+            HeadView::packed(&out, n, self.heads, hd),
+            dims,
+            scale,
+            false,
+        )?;
+        self.proj.forward_no_bias(&out)
     }
 }
 

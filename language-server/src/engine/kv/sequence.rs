@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 
 use super::pool::{KvPool, PoolState};
 use super::prefix::BlockKey;
-use crate::model::SequenceCache;
+use crate::model::{PagedCache, SequenceCache};
 
 /// What can go wrong reserving cache space.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,6 +212,33 @@ impl SequenceCache for PagedSequence {
             self.len = end;
         }
         Ok(out)
+    }
+
+    fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
+        Some(self)
+    }
+}
+
+impl PagedCache for PagedSequence {
+    fn cached(&self) -> usize {
+        self.len
+    }
+
+    fn block_size(&self) -> usize {
+        self.pool.config().block_size
+    }
+
+    fn block_ids(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    fn pool_layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        self.pool.layer(layer)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.len += n;
+        self.slots = None;
     }
 }
 
