@@ -10,8 +10,14 @@
 //!   size, prefill, continuous batching against one request at a time (`dvd bench engine`).
 //! - [`pipeline`]: the vision serving path: tiles/s with and without cross-request batching, and
 //!   encode/transfer overlap within a multi-tile request (`dvd bench pipeline`).
+//! - [`gpu`]: vision tiles/s, prefill and decode at InternVL3.5 shapes on one GPU
+//!   (`dvd bench gpu`), beside `tools/gpu/torch_baseline.py` for PyTorch.
 
 pub mod engine;
+pub mod gpu;
+pub mod gpu_check;
+#[cfg(feature = "cuda")]
+pub mod gpu_kernels;
 pub mod language;
 pub mod pipeline;
 pub mod stats;

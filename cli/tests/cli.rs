@@ -393,6 +393,49 @@ fn generate_reports_bad_requests_clearly() {
         image.to_str().unwrap(),
     ]);
     assert!(!err.is_empty());
+    // A device this build cannot use: a clear refusal, not a panic.
+    let err = run(&["--prompt", "x", "--device", "cuda:0"]);
+    assert!(err.contains("cuda:0") && !err.contains("panicked"), "{err}");
+    let err = run(&["--prompt", "x", "--device", "tpu"]);
+    assert!(err.contains("unknown device"), "{err}");
+}
+
+#[test]
+fn gpu_check_compares_a_device_with_the_cpu() {
+    // On the CPU build the "device" is the CPU in bf16: the command must run every stage and
+    // report agreement (the GPU run uses the same code with --device cuda:0).
+    let out = dvd()
+        .args(["bench", "gpu-check", "--model"])
+        .arg(language_fixture("internvl-dense-hf"))
+        .args(["--dtype", "bf16", "--first-chunk", "20"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pass"], true, "{report}");
+    let stages: Vec<&str> = report["agreements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages.len(), 4, "{stages:?}");
+    assert!(stages[0].contains("vision"));
+    // A threshold nothing meets fails the command.
+    let out = dvd()
+        .args(["bench", "gpu-check", "--model"])
+        .arg(language_fixture("internvl-dense-hf"))
+        .args([
+            "--dtype",
+            "bf16",
+            "--first-chunk",
+            "20",
+            "--min-cosine",
+            "1.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }
 
 #[test]

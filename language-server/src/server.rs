@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub tls: TlsOptions,
     /// Compute dtype.
     pub dtype: DType,
+    /// Device the model runs on.
+    pub device: Device,
     /// Bytes of KV cache.
     pub kv_cache_bytes: usize,
     /// Positions per KV block.
@@ -114,11 +116,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let dir = dvd_checkpoint::resolve_model_dir(&config.model)?;
     let load_dir = dir.clone();
     let dtype = config.dtype;
+    let device = config.device.clone();
     let (model, tokenizer, format) = tokio::task::spawn_blocking(move || {
-        let options = LoadOptions {
-            dtype,
-            device: Device::Cpu,
-        };
+        let options = LoadOptions { dtype, device };
         let model = LanguageModel::load(&load_dir, &options)?;
         let tokenizer = Tokenizer::from_dir(&load_dir)?;
         let json = dvd_checkpoint::read_json(&load_dir.join("config.json"))?;
@@ -141,7 +141,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             config.kv_cache_bytes, config.block_size
         )));
     }
-    let pool = Arc::new(KvPool::new(pool_config, dtype, &Device::Cpu).map_err(ModelError::from)?);
+    let pool = Arc::new(KvPool::new(pool_config, dtype, &config.device).map_err(ModelError::from)?);
     let mut eos = model.config().eos_token_ids.clone();
     eos.extend(tokenizer.eos_token_id());
     eos.extend(tokenizer.token_id("<|im_end|>"));

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub tls: TlsOptions,
     /// Compute dtype.
     pub dtype: DType,
+    /// Device the model runs on.
+    pub device: Device,
     /// Batching of the encoder.
     pub encoder: EncoderConfig,
     /// Embedding cache size in bytes (0 disables it).
@@ -97,14 +99,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let dir = dvd_checkpoint::resolve_model_dir(&config.model)?;
     let load_dir = dir.clone();
     let dtype = config.dtype;
+    let device = config.device.clone();
     let model = tokio::task::spawn_blocking(move || {
-        VisionModel::load(
-            &load_dir,
-            &LoadOptions {
-                dtype,
-                device: Device::Cpu,
-            },
-        )
+        VisionModel::load(&load_dir, &LoadOptions { dtype, device })
     })
     .await
     .map_err(|e| ServeError::Join(e.to_string()))??;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use dvd_bench::engine::EngineBench;
 use dvd_bench::language::LanguageBench;
@@ -11,6 +11,7 @@ use dvd_bench::transport::TransportBench;
 use dvd_bench::vision::VisionBench;
 use dvd_transport::quic::QuicTuning;
 
+use super::device::ComputeArgs;
 use super::encode::Precision;
 
 /// Benchmarks (see docs/performance.md for recorded results).
@@ -28,6 +29,69 @@ pub enum BenchCommand {
     /// The vision serving pipeline: tiles/s with and without cross-request batching, and how
     /// much encoding and transfer overlap within a multi-tile request.
     Pipeline(PipelineArgs),
+    /// InternVL3.5 shapes on one GPU: vision tiles/s, prefill and decode through the serving
+    /// code paths, and the copy bandwidth that bounds decode (prints JSON).
+    Gpu(GpuArgs),
+    /// A checkpoint on a device (bf16 on GPUs) against the CPU in f32, on the same inputs:
+    /// vision features and language logits through every GPU attention path (prints JSON;
+    /// exits non-zero when they disagree).
+    GpuCheck(GpuCheckArgs),
+}
+
+/// Options of `dvd bench gpu-check`.
+#[derive(Debug, Args)]
+pub struct GpuCheckArgs {
+    /// Checkpoint directory or hub id.
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    compute: ComputeArgs,
+    /// Tiles encoded.
+    #[arg(long, default_value_t = 3)]
+    tiles: usize,
+    /// Rows of the first prefill chunk.
+    #[arg(long, default_value_t = 70)]
+    first_chunk: usize,
+    /// Lowest cosine similarity accepted.
+    #[arg(long, default_value_t = 0.99)]
+    min_cosine: f64,
+}
+
+/// Options of `dvd bench gpu`.
+#[derive(Debug, Args)]
+pub struct GpuArgs {
+    /// Checkpoint directory or hub id (e.g. one written by tools/gpu/make_random_checkpoint.py).
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    compute: ComputeArgs,
+    /// Tiles per vision batch.
+    #[arg(long, default_value = "1,8,32")]
+    vision_batches: SizeList,
+    /// Prompt rows of the prefill (7 tiles x 256 + 108 text).
+    #[arg(long, default_value_t = 1900)]
+    prefill_tokens: usize,
+    /// Sequences per decode step.
+    #[arg(long, default_value = "1,32")]
+    decode_batches: SizeList,
+    /// Cached positions before the timed decode steps.
+    #[arg(long, default_value_t = 2048)]
+    context: usize,
+    /// Timed repetitions (medians reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// KV block size.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Skip the vision encoder.
+    #[arg(long)]
+    skip_vision: bool,
+    /// Skip the language model.
+    #[arg(long)]
+    skip_language: bool,
+    /// Also time each GPU kernel alone at the same shapes.
+    #[arg(long)]
+    kernels: bool,
 }
 
 /// Options of `dvd bench pipeline`.
@@ -218,6 +282,8 @@ impl BenchCommand {
             Self::Language(args) => language(args),
             Self::Engine(args) => engine(args),
             Self::Pipeline(args) => pipeline(args),
+            Self::Gpu(args) => gpu(args),
+            Self::GpuCheck(args) => gpu_check(args),
         }
     }
 }
@@ -357,6 +423,46 @@ fn engine(args: EngineArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{report}");
+    }
+    Ok(())
+}
+
+fn gpu(args: GpuArgs) -> Result<()> {
+    let bench = dvd_bench::gpu::GpuBench {
+        model: dvd_checkpoint::resolve_model_dir(&args.model)?,
+        device: args.compute.open()?,
+        dtype: args.compute.dtype(),
+        vision_batches: args.vision_batches.0,
+        prefill_tokens: args.prefill_tokens,
+        decode_batches: args.decode_batches.0,
+        context: args.context,
+        iters: args.iters,
+        block_size: args.block_size,
+        skip_vision: args.skip_vision,
+        skip_language: args.skip_language,
+        kernels: args.kernels,
+    };
+    let report = bench.run()?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn gpu_check(args: GpuCheckArgs) -> Result<()> {
+    let check = dvd_bench::gpu_check::GpuCheck {
+        model: dvd_checkpoint::resolve_model_dir(&args.model)?,
+        device: args.compute.open()?,
+        dtype: args.compute.dtype(),
+        tiles: args.tiles,
+        first_chunk: args.first_chunk,
+        min_cosine: args.min_cosine,
+    };
+    let report = check.run()?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.pass {
+        bail!(
+            "the device disagrees with the CPU (cosine below {})",
+            args.min_cosine
+        );
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::device::ComputeArgs;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
@@ -31,9 +32,8 @@ pub struct EncodeArgs {
     /// Visual Resolution Router (Flash checkpoints); default: the config's `flash_mode`.
     #[arg(long, value_enum)]
     vir: Option<Switch>,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Output safetensors file: `pixel_values`, `features`, `tokens_per_tile`, `tiles_per_image`.
     #[arg(long)]
     out: PathBuf,
@@ -114,13 +114,13 @@ impl EncodeArgs {
     pub fn run(self) -> Result<()> {
         let total = Instant::now();
         let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
-        let dtype = self.dtype.dtype();
+        let dtype = self.compute.dtype();
         let started = Instant::now();
         let model = VisionModel::load(
             &dir,
             &LoadOptions {
                 dtype,
-                device: Device::Cpu,
+                device: self.compute.open()?,
             },
         )
         .with_context(|| format!("loading the vision model from {}", dir.display()))?;
@@ -139,10 +139,16 @@ impl EncodeArgs {
         let tokens_per_tile: Vec<i64> = encoded.tokens_per_tile.iter().map(|&t| t as i64).collect();
         let tiles_count = tokens_per_tile.len();
         let outputs: HashMap<String, Tensor> = HashMap::from([
-            ("pixel_values".to_string(), pixel_values),
+            (
+                "pixel_values".to_string(),
+                pixel_values.to_device(&Device::Cpu)?,
+            ),
             (
                 "features".to_string(),
-                encoded.features.to_dtype(DType::F32)?,
+                encoded
+                    .features
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
             ),
             (
                 "tokens_per_tile".to_string(),

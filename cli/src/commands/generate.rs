@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Args;
 use dvd_language_server::generate::{ImageInput, generate};
 use dvd_language_server::model::LanguageModel;
@@ -19,7 +19,8 @@ use dvd_language_server::text::{
 use dvd_vision_server::model::{LoadOptions, VisionModel};
 use serde_json::json;
 
-use super::encode::{Precision, Switch, tile_images};
+use super::device::ComputeArgs;
+use super::encode::{Switch, tile_images};
 
 /// Options of `dvd generate`.
 #[derive(Debug, Args)]
@@ -72,9 +73,8 @@ pub struct GenerateArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Round image features to BF16, as vision servers send them, so the output equals a
     /// decoupled deployment's token for token.
     #[arg(long)]
@@ -93,8 +93,8 @@ impl GenerateArgs {
         let total = Instant::now();
         let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
         let options = LoadOptions {
-            dtype: self.dtype.dtype(),
-            device: Device::Cpu,
+            dtype: self.compute.dtype(),
+            device: self.compute.open()?,
         };
         let params = SamplingParams {
             temperature: self.temperature,

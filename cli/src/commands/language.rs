@@ -15,7 +15,7 @@ use dvd_transport::quic::ServerTls;
 use dvd_transport::{InboxConfig, TlsOptions, TransportKind};
 use serde_json::json;
 
-use super::encode::Precision;
+use super::device::ComputeArgs;
 
 /// Language server commands.
 #[derive(Debug, Subcommand)]
@@ -57,9 +57,8 @@ pub struct ServeArgs {
     /// PEM private key of the QUIC listener.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// KV cache size in MiB.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mib: usize,
@@ -106,7 +105,8 @@ impl ServeArgs {
             feature_advertise: self.feature_advertise.clone(),
             transport: self.transport,
             tls,
-            dtype: self.dtype.dtype(),
+            dtype: self.compute.dtype(),
+            device: self.compute.open()?,
             kv_cache_bytes: self.kv_cache_mib << 20,
             block_size: self.block_size,
             scheduler: SchedulerConfig {

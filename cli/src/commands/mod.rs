@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod device;
 pub mod encode;
 pub mod gateway;
 pub mod generate;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::device::ComputeArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dvd_proto::common::v1::ServingStatus;
@@ -40,6 +41,9 @@ pub struct UpArgs {
     /// KV cache per language server, MiB.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mib: usize,
+    /// Device and precision of every server (all on one GPU with `--device cuda:0`).
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 /// The model `dvd up` serves without `--model`: the small committed checkpoint (both halves of
@@ -154,6 +158,7 @@ impl UpArgs {
             .map(String::from)
             .to_vec();
             args.extend(tls_language.iter().cloned());
+            args.extend(self.compute.to_args());
             let ready = procs.spawn(format!("language server {i}"), &args)?;
             language.push(ready["grpc"].as_str().unwrap_or_default().to_owned());
         }
@@ -170,6 +175,7 @@ impl UpArgs {
             .map(String::from)
             .to_vec();
             args.extend(tls_vision.iter().cloned());
+            args.extend(self.compute.to_args());
             let ready = procs.spawn(format!("vision server {i}"), &args)?;
             vision.push(ready["grpc"].as_str().unwrap_or_default().to_owned());
         }

@@ -15,7 +15,7 @@ use dvd_vision_server::server::{ServeConfig, start};
 use dvd_vision_server::service::{Admission, RequestLimits};
 use serde_json::json;
 
-use super::encode::Precision;
+use super::device::ComputeArgs;
 
 /// Vision server commands.
 #[derive(Debug, Subcommand)]
@@ -46,9 +46,8 @@ pub struct ServeArgs {
     /// destinations are accepted).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Most tiles in one encoder batch (across requests).
     #[arg(long, default_value_t = 8)]
     max_batch_tiles: usize,
@@ -92,7 +91,8 @@ impl ServeArgs {
             model: self.model.clone(),
             listen: self.listen,
             tls,
-            dtype: self.dtype.dtype(),
+            dtype: self.compute.dtype(),
+            device: self.compute.open()?,
             encoder: EncoderConfig {
                 max_batch_tiles: self.max_batch_tiles,
                 batch_wait: Duration::from_millis(self.batch_wait_ms),
