@@ -16,7 +16,8 @@
 #   4. runs one request end to end through `dvd up --device cuda:0` (gateway, vision server,
 #      language server, features over TCP) on the 8B checkpoint.
 # Everything lands in OUT_DIR (default $OUT, else /tmp/dvd-gpu): checks.jsonl (one gpu-check report
-# per line), dvd_bench.json, torch_baseline.json, up_request.json, up.log and log.txt.
+# per line), dvd_bench.json, torch_baseline.json, up_request.json, up.log, log.txt and summary.md
+# (tools/gpu/summarize.py: the dvd-vs-PyTorch table).
 # Set STEPS to a subset of "check ckpt bench torch up" to run fewer ("check-real" checks only
 # the small checkpoints of real widths).
 set -uo pipefail
@@ -139,4 +140,5 @@ if has check; then
         log "  $name: exit $? $(summarise "$work/check-$name.json" "$name")"
     done
 fi
+python3 "$here/summarize.py" "$out" > "$out/summary.md" 2>> "$out/log.txt" && cat "$out/summary.md" | tee -a "$out/log.txt"
 log "done"
