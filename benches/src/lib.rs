@@ -10,6 +10,9 @@
 //!   size, prefill, continuous batching against one request at a time (`dvd bench engine`).
 //! - [`pipeline`]: the vision serving path: tiles/s with and without cross-request batching, and
 //!   encode/transfer overlap within a multi-tile request (`dvd bench pipeline`).
+//! - [`serve`]: a load generator for a deployment's OpenAI API (`dvd bench serve`): Poisson or
+//!   gamma arrivals, concurrency bounds, synthetic image or JSONL requests, text-only probes,
+//!   TTFT/TPOT/ITL/E2EL and goodput under `vllm bench serve`'s field names.
 //! - [`gpu`]: vision tiles/s, prefill and decode at InternVL3.5 shapes on one GPU
 //!   (`dvd bench gpu`), beside `tools/gpu/torch_baseline.py` for PyTorch.
 
@@ -20,6 +23,7 @@ pub mod gpu_check;
 pub mod gpu_kernels;
 pub mod language;
 pub mod pipeline;
+pub mod serve;
 pub mod stats;
 pub mod transport;
 pub mod vision;

@@ -194,10 +194,108 @@ fn same_answer_as_dvd_generate(up: &Up) {
     assert!(metrics.contains("dvd_gateway_pool_servers{pool=\"vision\",state=\"healthy\"} "));
 }
 
+/// `dvd bench serve` against a live deployment: image load on a Poisson schedule with probes,
+/// every request answered and timed, the summary under vLLM's names, one CSV row per request.
+fn bench_serve_measures_a_live_deployment(up: &Up) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("requests.csv");
+    let out = dvd()
+        .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+        .args(["--num-prompts", "4", "--request-rate", "20", "--seed", "3"])
+        .args([
+            "--image-sizes",
+            "64,128",
+            "--output-len",
+            "4",
+            "--max-concurrency",
+            "2",
+        ])
+        .args([
+            "--probe-request-rate",
+            "50",
+            "--goodput",
+            "e2el:60000",
+            "--json",
+            "--csv",
+        ])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["completed"], 4, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["total_output_tokens"], 16, "{report}");
+    assert!(
+        report["total_image_tokens"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["total_input_tokens"].as_u64() > report["total_image_tokens"].as_u64());
+    for key in [
+        "request_throughput",
+        "output_throughput",
+        "mean_ttft_ms",
+        "p99_e2el_ms",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    assert_eq!(
+        report["request_goodput"], report["request_throughput"],
+        "{report}"
+    );
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        rows.lines().filter(|l| l.starts_with("load,")).count(),
+        4,
+        "{rows}"
+    );
+    assert!(rows.lines().skip(1).all(|l| l.contains(",true,")), "{rows}");
+    // Nothing listens here: every request fails with a reason, and the command still reports.
+    let out = dvd()
+        .args([
+            "bench",
+            "serve",
+            "--url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+        ])
+        .args([
+            "--num-prompts",
+            "2",
+            "--image-sizes",
+            "32",
+            "--json",
+            "--timeout-s",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["completed"].as_u64(), report["failed"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert!(
+        report["errors"][0].as_str().unwrap().contains("connecting"),
+        "{report}"
+    );
+}
+
 #[test]
 fn dvd_up_answers_like_dvd_generate_over_tcp() {
     let up = Up::start(&[]);
     same_answer_as_dvd_generate(&up);
+    bench_serve_measures_a_live_deployment(&up);
     // `dvd chat` streams the same answer.
     let want = coupled("What is shown in the picture?", true, 12);
     let out = dvd()

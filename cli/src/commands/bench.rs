@@ -29,6 +29,9 @@ pub enum BenchCommand {
     /// The vision serving pipeline: tiles/s with and without cross-request batching, and how
     /// much encoding and transfer overlap within a multi-tile request.
     Pipeline(PipelineArgs),
+    /// Load against a running deployment's OpenAI API: arrivals, concurrency, image or JSONL
+    /// requests, text-only probes; TTFT/TPOT/ITL/E2EL, throughput and goodput (vLLM's names).
+    Serve(Box<ServeArgs>),
     /// InternVL3.5 shapes on one GPU: vision tiles/s, prefill and decode through the serving
     /// code paths, and the copy bandwidth that bounds decode (prints JSON).
     Gpu(GpuArgs),
@@ -55,6 +58,86 @@ pub struct GpuCheckArgs {
     /// Lowest cosine similarity accepted.
     #[arg(long, default_value_t = 0.99)]
     min_cosine: f64,
+}
+
+/// Options of `dvd bench serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The deployment's base URL (its gateway).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Model id (default: the first the server lists).
+    #[arg(long)]
+    model: Option<String>,
+    /// Load requests to send.
+    #[arg(long, default_value_t = 100)]
+    num_prompts: usize,
+    /// Requests per second, or `inf` to send them all at once.
+    #[arg(long, default_value = "inf")]
+    request_rate: String,
+    /// Gamma shape of the arrival gaps: 1 = Poisson, < 1 burstier.
+    #[arg(long, default_value_t = 1.0)]
+    burstiness: f64,
+    /// Ramp the rate linearly from this many requests/s (with --ramp-up-end-rps).
+    #[arg(long, requires = "ramp_up_end_rps")]
+    ramp_up_start_rps: Option<f64>,
+    /// ... to this many at the last request.
+    #[arg(long, requires = "ramp_up_start_rps")]
+    ramp_up_end_rps: Option<f64>,
+    /// Most load requests in flight at once.
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    /// Seed of the arrivals and synthetic images.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `synthetic` (fresh images of --image-sizes) or `jsonl` (--dataset-path).
+    #[arg(long, default_value = "synthetic")]
+    dataset: String,
+    /// JSONL file: {"prompt": ..., "images": [paths], "max_tokens": n} per line.
+    #[arg(long)]
+    dataset_path: Option<std::path::PathBuf>,
+    /// Square image sides, used in turn (e.g. 448,896,1344).
+    #[arg(long, default_value = "448")]
+    image_sizes: SizeList,
+    /// Images per synthetic request.
+    #[arg(long, default_value_t = 1)]
+    images_per_request: usize,
+    /// The question of synthetic requests.
+    #[arg(long, default_value = "Describe the image.")]
+    prompt: String,
+    /// Tokens each load request generates (EOS ignored).
+    #[arg(long, default_value_t = 64)]
+    output_len: u32,
+    /// Text-only probes per second beside the load.
+    #[arg(long)]
+    probe_request_rate: Option<f64>,
+    /// Stop the probes after this many (needed with --num-prompts 0).
+    #[arg(long)]
+    probe_max_requests: Option<usize>,
+    /// The probes' question.
+    #[arg(long, default_value = "Say hello.")]
+    probe_prompt: String,
+    /// Tokens each probe generates.
+    #[arg(long, default_value_t = 16)]
+    probe_output_len: u32,
+    /// Limit of one request, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    timeout_s: f64,
+    /// SLOs for goodput, e.g. `--goodput ttft:500 --goodput tpot:50` (milliseconds).
+    #[arg(long)]
+    goodput: Vec<dvd_bench::serve::report::Slo>,
+    /// Percentiles reported.
+    #[arg(long, default_value = "50,90,99")]
+    percentiles: String,
+    /// Print the JSON summary instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON summary here.
+    #[arg(long)]
+    result_file: Option<std::path::PathBuf>,
+    /// Also write one CSV row per request here.
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
 }
 
 /// Options of `dvd bench gpu`.
@@ -282,6 +365,7 @@ impl BenchCommand {
             Self::Language(args) => language(args),
             Self::Engine(args) => engine(args),
             Self::Pipeline(args) => pipeline(args),
+            Self::Serve(args) => serve(*args),
             Self::Gpu(args) => gpu(args),
             Self::GpuCheck(args) => gpu_check(args),
         }
@@ -423,6 +507,87 @@ fn engine(args: EngineArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{report}");
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    use dvd_bench::serve::{Probes, ServeBench, arrivals::Arrivals, client::Endpoint, dataset};
+    let rate = match args.request_rate.as_str() {
+        "inf" => None,
+        r => Some(
+            r.parse::<f64>()
+                .map_err(|_| anyhow::anyhow!("--request-rate: {r:?} is not a number or inf"))?,
+        ),
+    };
+    let requests = match args.dataset.as_str() {
+        "synthetic" => dataset::Synthetic {
+            sizes: args.image_sizes.0.iter().map(|&s| s as u32).collect(),
+            images_per_request: args.images_per_request,
+            prompt: args.prompt.clone(),
+            max_tokens: args.output_len,
+            seed: args.seed,
+        }
+        .requests(args.num_prompts)?,
+        "jsonl" => {
+            let Some(path) = &args.dataset_path else {
+                bail!("--dataset jsonl needs --dataset-path");
+            };
+            dataset::from_jsonl(path, args.num_prompts, args.output_len)?
+        }
+        other => bail!("unknown --dataset {other:?}: synthetic or jsonl"),
+    };
+    let percentiles = args
+        .percentiles
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=100.0).contains(v))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            anyhow::anyhow!("--percentiles: numbers between 0 and 100, comma-separated")
+        })?;
+    let bench = ServeBench {
+        endpoint: Endpoint::parse(&args.url)?,
+        model: args.model,
+        requests,
+        arrivals: Arrivals {
+            rate,
+            burstiness: args.burstiness,
+            ramp: args.ramp_up_start_rps.zip(args.ramp_up_end_rps),
+            seed: args.seed,
+        },
+        max_concurrency: args.max_concurrency,
+        probes: args.probe_request_rate.map(|rate| Probes {
+            rate,
+            max_requests: args.probe_max_requests,
+            prompt: args.probe_prompt.clone(),
+            max_tokens: args.probe_output_len,
+        }),
+        timeout: std::time::Duration::from_secs_f64(args.timeout_s.max(0.001)),
+        slos: args.goodput,
+        percentiles,
+        progress: !args.json,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (report, outcomes) = runtime.block_on(bench.run())?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.result_file {
+        std::fs::write(path, &json)?;
+    }
+    if let Some(path) = &args.csv {
+        std::fs::write(path, dvd_bench::serve::report::csv(&outcomes))?;
+    }
+    match args.json {
+        true => println!("{json}"),
+        false => println!("{report}"),
     }
     Ok(())
 }

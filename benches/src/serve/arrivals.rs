@@ -1,0 +1,118 @@
+//! When requests are sent: Poisson (burstiness 1) or gamma-distributed gaps at a request rate,
+//! all at once (`inf`), or a rate ramped linearly from a start to an end value over the run;
+//! seeded, so a run can be repeated exactly.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Gamma};
+
+/// The arrival process of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arrivals {
+    /// Requests per second; `None` sends every request at time zero.
+    pub rate: Option<f64>,
+    /// Gamma shape of the gaps: 1 is Poisson, below 1 burstier, above 1 more regular.
+    pub burstiness: f64,
+    /// Linear ramp of the rate from `.0` to `.1` requests/s over the run (overrides `rate`).
+    pub ramp: Option<(f64, f64)>,
+    /// Seed of the gaps.
+    pub seed: u64,
+}
+
+impl Arrivals {
+    /// Send times (seconds from the start) of `n` requests, non-decreasing.
+    pub fn schedule(&self, n: usize) -> Result<Vec<f64>, String> {
+        if !(self.burstiness > 0.0 && self.burstiness.is_finite()) {
+            return Err(format!(
+                "burstiness must be positive, got {}",
+                self.burstiness
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut at = 0.0;
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n {
+            let rate = match (self.ramp, self.rate) {
+                (Some((start, end)), _) => {
+                    let f = if n > 1 {
+                        i as f64 / (n - 1) as f64
+                    } else {
+                        0.0
+                    };
+                    start + (end - start) * f
+                }
+                (None, Some(rate)) => rate,
+                (None, None) => {
+                    times.push(0.0);
+                    continue;
+                }
+            };
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(format!(
+                    "request rates must be positive and finite, got {rate}"
+                ));
+            }
+            // Gaps of mean 1 / rate: Gamma(shape k, scale 1 / (k * rate)).
+            let gamma = Gamma::new(self.burstiness, 1.0 / (self.burstiness * rate))
+                .map_err(|e| e.to_string())?;
+            if i > 0 {
+                at += gamma.sample(&mut rng);
+            }
+            times.push(at);
+        }
+        Ok(times)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn arrivals(rate: Option<f64>, burstiness: f64) -> Arrivals {
+        Arrivals {
+            rate,
+            burstiness,
+            ramp: None,
+            seed: 7,
+        }
+    }
+
+    #[test]
+    fn poisson_gaps_have_the_requested_mean_and_repeat_with_the_seed() {
+        let times = arrivals(Some(10.0), 1.0).schedule(20_000).unwrap();
+        let mean_gap = times.last().unwrap() / (times.len() - 1) as f64;
+        assert!((mean_gap - 0.1).abs() < 0.005, "{mean_gap}");
+        assert_eq!(times, arrivals(Some(10.0), 1.0).schedule(20_000).unwrap());
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn burstier_gaps_vary_more() {
+        let cv = |k: f64| {
+            let t = arrivals(Some(5.0), k).schedule(20_000).unwrap();
+            let gaps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+            let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+            let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+            var.sqrt() / mean
+        };
+        assert!((cv(1.0) - 1.0).abs() < 0.05);
+        assert!(cv(0.25) > 1.8 && cv(4.0) < 0.6);
+    }
+
+    #[test]
+    fn infinite_rate_sends_everything_at_once_and_ramps_speed_up() {
+        assert_eq!(arrivals(None, 1.0).schedule(3).unwrap(), vec![0.0; 3]);
+        let ramp = Arrivals {
+            ramp: Some((1.0, 100.0)),
+            ..arrivals(None, 1.0)
+        }
+        .schedule(2000)
+        .unwrap();
+        let early = ramp[100] - ramp[0];
+        let late = ramp[1999] - ramp[1899];
+        assert!(early > 5.0 * late, "{early} {late}");
+        assert!(arrivals(Some(0.0), 1.0).schedule(2).is_err());
+        assert!(arrivals(Some(1.0), 0.0).schedule(2).is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! One streamed chat completion over plain HTTP/1.1 (the gateway's OpenAI API), timed chunk by
+//! chunk: the moment each content delta arrives, and the usage the last chunk reports.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Where the API lives: `host:port` and the path prefix before `/v1`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub authority: String,
+    /// Path before `/v1` (usually empty).
+    pub prefix: String,
+}
+
+impl Endpoint {
+    /// Parses `http://host[:port][/prefix][/v1]`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            bail!("the URL must start with http:// (got {url:?})");
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if host.is_empty() {
+            bail!("no host in {url:?}");
+        }
+        let authority = match host.contains(':') {
+            true => host.to_string(),
+            false => format!("{host}:80"),
+        };
+        let path = path.trim_end_matches('/');
+        let path = path
+            .strip_suffix("v1")
+            .unwrap_or(path)
+            .trim_end_matches('/');
+        let prefix = match path.is_empty() {
+            true => String::new(),
+            false => format!("/{path}"),
+        };
+        Ok(Self { authority, prefix })
+    }
+}
+
+/// What one request measured.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    /// Seconds from sending to the first content chunk.
+    pub ttft: Option<f64>,
+    /// Seconds between successive content chunks.
+    pub itl: Vec<f64>,
+    /// Seconds from sending to the end of the stream.
+    pub e2el: f64,
+    /// Prompt tokens (usage).
+    pub prompt_tokens: u64,
+    /// Image tokens among them (usage.prompt_tokens_details.image_tokens).
+    pub image_tokens: u64,
+    /// Generated tokens (usage).
+    pub output_tokens: u64,
+    /// The generated text.
+    pub text: String,
+}
+
+/// Sends one streamed chat completion and times it; `timeout` bounds the whole exchange.
+pub async fn chat(
+    endpoint: &Endpoint,
+    model: &str,
+    content: &Value,
+    max_tokens: u32,
+    timeout: Duration,
+) -> Result<Timing> {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": true,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string();
+    tokio::time::timeout(timeout, exchange(endpoint, &body))
+        .await
+        .map_err(|_| anyhow::anyhow!("no complete answer within {} s", timeout.as_secs_f64()))?
+}
+
+async fn exchange(endpoint: &Endpoint, body: &str) -> Result<Timing> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(&endpoint.authority)
+        .await
+        .with_context(|| format!("connecting to {}", endpoint.authority))?;
+    stream.set_nodelay(true)?;
+    let head = format!(
+        "POST {}/v1/chat/completions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Accept: text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        endpoint.prefix,
+        endpoint.authority,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut reader = BufReader::new(stream);
+    let (status, chunked) = read_head(&mut reader).await?;
+    let mut body = Body {
+        reader,
+        chunked,
+        done: false,
+    };
+    if status != 200 {
+        let text = body.rest().await.unwrap_or_default();
+        bail!("HTTP {status}: {}", text.trim());
+    }
+    let mut timing = Timing::default();
+    let mut last: Option<Instant> = None;
+    let mut pending = String::new();
+    while let Some(bytes) = body.next().await? {
+        pending.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    timing.e2el = started.elapsed().as_secs_f64();
+                    return Ok(timing);
+                }
+                let chunk: Value = serde_json::from_str(data)
+                    .with_context(|| format!("a stream chunk is not JSON: {data}"))?;
+                if let Some(error) = chunk.get("error") {
+                    bail!("the server failed the request: {error}");
+                }
+                if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
+                    let now = Instant::now();
+                    match last {
+                        None => timing.ttft = Some((now - started).as_secs_f64()),
+                        Some(prev) => timing.itl.push((now - prev).as_secs_f64()),
+                    }
+                    last = Some(now);
+                    timing.text.push_str(delta);
+                }
+                if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+                    timing.prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0);
+                    timing.output_tokens = usage["completion_tokens"].as_u64().unwrap_or(0);
+                    timing.image_tokens = usage["prompt_tokens_details"]["image_tokens"]
+                        .as_u64()
+                        .unwrap_or(0);
+                }
+            }
+        }
+    }
+    bail!("the stream ended without [DONE]")
+}
+
+/// The status code and whether the body is chunked.
+async fn read_head(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool)> {
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {line:?}"))?;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    Ok((status, chunked))
+}
+
+/// A response body read piece by piece, de-chunked when needed.
+struct Body {
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    done: bool,
+}
+
+impl Body {
+    /// The next piece of the body, `None` at its end.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        if !self.chunked {
+            let mut buf = vec![0u8; 16 * 1024];
+            let n = self.reader.read(&mut buf).await?;
+            self.done = n == 0;
+            buf.truncate(n);
+            return Ok((n > 0).then_some(buf));
+        }
+        let mut size = String::new();
+        while size.trim().is_empty() {
+            size.clear();
+            if self.reader.read_line(&mut size).await? == 0 {
+                self.done = true;
+                return Ok(None);
+            }
+        }
+        let len = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+            .with_context(|| format!("bad chunk size {size:?}"))?;
+        if len == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; len];
+        self.reader.read_exact(&mut buf).await?;
+        Ok(Some(buf))
+    }
+
+    /// The rest of the body as text.
+    async fn rest(&mut self) -> Result<String> {
+        let mut all = Vec::new();
+        while let Some(piece) = self.next().await? {
+            all.extend(piece);
+        }
+        Ok(String::from_utf8_lossy(&all).into_owned())
+    }
+}
+
+/// The first model id `GET /v1/models` lists.
+pub async fn first_model(endpoint: &Endpoint) -> Result<String> {
+    let mut stream = TcpStream::connect(&endpoint.authority)
+        .await
+        .with_context(|| format!("connecting to {}", endpoint.authority))?;
+    let head = format!(
+        "GET {}/v1/models HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        endpoint.prefix, endpoint.authority
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut reader = BufReader::new(stream);
+    let (status, chunked) = read_head(&mut reader).await?;
+    let text = Body {
+        reader,
+        chunked,
+        done: false,
+    }
+    .rest()
+    .await?;
+    if status != 200 {
+        bail!("GET /v1/models: HTTP {status}: {}", text.trim());
+    }
+    let models: Value = serde_json::from_str(&text).context("GET /v1/models: not JSON")?;
+    models["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("GET /v1/models lists no model")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("http://127.0.0.1:8000/v1").unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.prefix.as_str()),
+            ("127.0.0.1:8000", "")
+        );
+        let e = Endpoint::parse("http://gw/api/v1/").unwrap();
+        assert_eq!((e.authority.as_str(), e.prefix.as_str()), ("gw:80", "/api"));
+        assert!(Endpoint::parse("https://x").is_err());
+    }
+}

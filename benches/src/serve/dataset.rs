@@ -1,0 +1,262 @@
+//! What each request asks: synthetic image requests (fresh pictures at the chosen resolutions,
+//! so the vision server's embedding cache never hides the encoder), text-only probes, or a
+//! JSONL file of prompts with image paths.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use image::{ImageFormat, Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+/// Whether a request belongs to the measured load or is an interference probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The main workload.
+    Load,
+    /// A text-only probe sent at its own rate.
+    Probe,
+}
+
+/// One request, ready to send.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// Load or probe.
+    pub kind: Kind,
+    /// The user message's `content` (text, or parts with `image_url` data URLs).
+    pub content: Value,
+    /// Tokens to generate.
+    pub max_tokens: u32,
+    /// Images in the request.
+    pub images: usize,
+}
+
+/// Synthetic image requests.
+#[derive(Debug, Clone)]
+pub struct Synthetic {
+    /// Square image sides in pixels, used in turn (448 / 896 / 1344 as in the InternVL3.5 DvD
+    /// ablation).
+    pub sizes: Vec<u32>,
+    /// Images per request.
+    pub images_per_request: usize,
+    /// The question asked with them.
+    pub prompt: String,
+    /// Tokens to generate.
+    pub max_tokens: u32,
+    /// Seed of the pictures.
+    pub seed: u64,
+}
+
+impl Synthetic {
+    /// `n` requests; request `i` uses size `sizes[i % len]` and pictures no other request has.
+    pub fn requests(&self, n: usize) -> Result<Vec<RequestSpec>> {
+        if self.sizes.is_empty() || self.sizes.contains(&0) {
+            bail!("image sizes must be a non-empty list of positive sides");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        (0..n)
+            .map(|i| {
+                let side = self.sizes[i % self.sizes.len()];
+                let mut parts = Vec::with_capacity(self.images_per_request + 1);
+                for _ in 0..self.images_per_request {
+                    parts.push(image_part(&picture(side, side, &mut rng)?, "image/jpeg"));
+                }
+                parts.push(json!({"type": "text", "text": self.prompt}));
+                Ok(RequestSpec {
+                    kind: Kind::Load,
+                    content: Value::Array(parts),
+                    max_tokens: self.max_tokens,
+                    images: self.images_per_request,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A text-only probe request.
+pub fn probe(prompt: &str, max_tokens: u32) -> RequestSpec {
+    RequestSpec {
+        kind: Kind::Probe,
+        content: Value::String(prompt.to_string()),
+        max_tokens,
+        images: 0,
+    }
+}
+
+/// Requests from a JSONL file: one object per line with `prompt`, optional `images` (paths,
+/// relative to the file) and optional `max_tokens`. Lines are used in order, cycling when
+/// `n` is larger than the file.
+pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<RequestSpec>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut entries = Vec::new();
+    for (line_no, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), line_no + 1))?;
+        let prompt = value["prompt"]
+            .as_str()
+            .with_context(|| format!("{}:{}: no \"prompt\" string", path.display(), line_no + 1))?;
+        let images: Vec<PathBuf> = match &value["images"] {
+            Value::Null => Vec::new(),
+            Value::Array(list) => list
+                .iter()
+                .map(|p| p.as_str().map(|p| base.join(p)))
+                .collect::<Option<_>>()
+                .with_context(|| {
+                    format!(
+                        "{}:{}: \"images\" must be paths",
+                        path.display(),
+                        line_no + 1
+                    )
+                })?,
+            _ => bail!(
+                "{}:{}: \"images\" must be a list of paths",
+                path.display(),
+                line_no + 1
+            ),
+        };
+        let mut parts = Vec::with_capacity(images.len() + 1);
+        for image in &images {
+            let bytes =
+                std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+            let mime = match image.extension().and_then(|e| e.to_str()) {
+                Some("png") => "image/png",
+                Some("webp") => "image/webp",
+                _ => "image/jpeg",
+            };
+            parts.push(image_part(&bytes, mime));
+        }
+        parts.push(json!({"type": "text", "text": prompt}));
+        let max_tokens = value["max_tokens"]
+            .as_u64()
+            .map_or(default_max_tokens, |m| m as u32);
+        entries.push(RequestSpec {
+            kind: Kind::Load,
+            content: Value::Array(parts),
+            max_tokens,
+            images: images.len(),
+        });
+    }
+    if entries.is_empty() {
+        bail!("{} holds no requests", path.display());
+    }
+    Ok((0..n).map(|i| entries[i % entries.len()].clone()).collect())
+}
+
+fn image_part(bytes: &[u8], mime: &str) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+    json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}})
+}
+
+/// A JPEG of a random background with random rectangles: cheap to make, compresses like a
+/// photo, and different for every draw.
+fn picture(width: u32, height: u32, rng: &mut ChaCha8Rng) -> Result<Vec<u8>> {
+    let mut color = || Rgb([rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()]);
+    let mut img = RgbImage::from_pixel(width, height, color());
+    let boxes: Vec<(u32, u32, u32, u32, Rgb<u8>)> = (0..12)
+        .map(|_| {
+            let (x, y) = (rng.random_range(0..width), rng.random_range(0..height));
+            let (w, h) = (
+                rng.random_range(1..=width / 3 + 1),
+                rng.random_range(1..=height / 3 + 1),
+            );
+            (x, y, w, h, Rgb([rng.random(), rng.random(), rng.random()]))
+        })
+        .collect();
+    for (x, y, w, h, c) in boxes {
+        for yy in y..(y + h).min(height) {
+            for xx in x..(x + w).min(width) {
+                img.put_pixel(xx, yy, c);
+            }
+        }
+    }
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Jpeg)?;
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_requests_cycle_sizes_and_never_repeat_a_picture() {
+        let synthetic = Synthetic {
+            sizes: vec![448, 896],
+            images_per_request: 2,
+            prompt: "Describe the image.".into(),
+            max_tokens: 8,
+            seed: 1,
+        };
+        let requests = synthetic.requests(3).unwrap();
+        let urls: Vec<&str> = requests
+            .iter()
+            .flat_map(|r| r.content.as_array().unwrap().iter())
+            .filter_map(|p| p["image_url"]["url"].as_str())
+            .collect();
+        assert_eq!(urls.len(), 6);
+        let unique: std::collections::HashSet<_> = urls.iter().collect();
+        assert_eq!(unique.len(), 6);
+        let side = |url: &str| {
+            let b64 = url.split_once(",").unwrap().1;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            image::load_from_memory(&bytes).unwrap().width()
+        };
+        assert_eq!(side(urls[0]), 448);
+        assert_eq!(side(urls[2]), 896);
+        assert_eq!(side(urls[4]), 448);
+    }
+
+    #[test]
+    fn jsonl_prompts_with_images_and_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut png = Cursor::new(Vec::new());
+        RgbImage::from_pixel(8, 8, Rgb([1, 2, 3]))
+            .write_to(&mut png, ImageFormat::Png)
+            .unwrap();
+        std::fs::write(dir.path().join("a.png"), png.into_inner()).unwrap();
+        let file = dir.path().join("prompts.jsonl");
+        std::fs::write(
+            &file,
+            "{\"prompt\": \"hi\"}\n\n{\"prompt\": \"look\", \"images\": [\"a.png\"], \"max_tokens\": 3}\n",
+        )
+        .unwrap();
+        let requests = from_jsonl(&file, 3, 16).unwrap();
+        assert_eq!(
+            requests.iter().map(|r| r.images).collect::<Vec<_>>(),
+            [0, 1, 0]
+        );
+        assert_eq!(requests[1].max_tokens, 3);
+        assert_eq!(requests[0].max_tokens, 16);
+        std::fs::write(&file, "{\"images\": []}\n").unwrap();
+        assert!(
+            from_jsonl(&file, 1, 16)
+                .unwrap_err()
+                .to_string()
+                .contains("prompt")
+        );
+        std::fs::write(
+            &file,
+            "{\"prompt\": \"x\", \"images\": [\"missing.png\"]}\n",
+        )
+        .unwrap();
+        assert!(
+            from_jsonl(&file, 1, 16)
+                .unwrap_err()
+                .to_string()
+                .contains("missing.png")
+        );
+    }
+}

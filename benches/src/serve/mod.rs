@@ -1,0 +1,220 @@
+//! `dvd bench serve`: a load generator for a running deployment's OpenAI-compatible API, in
+//! the manner of `vllm bench serve`. Requests (synthetic images at chosen resolutions, or a
+//! JSONL file) go out on a seeded Poisson/gamma schedule (or all at once, or on a linear ramp),
+//! optionally bounded in concurrency; text-only probes can run beside them at their own rate to
+//! measure how much the image load delays short requests. Every request streams, and its time
+//! to first token, inter-token gaps and end-to-end latency are recorded.
+//!
+//! - [`arrivals`]: send times. [`dataset`]: request contents. [`client`]: one timed streamed
+//!   request over HTTP/1.1. [`report`]: the summary (vLLM's field names) and CSV rows.
+
+pub mod arrivals;
+pub mod client;
+pub mod dataset;
+pub mod report;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use arrivals::Arrivals;
+use client::{Endpoint, chat, first_model};
+use dataset::{Kind, RequestSpec};
+use report::{Outcome, RunInfo, ServeReport, Slo};
+
+/// Text-only probes sent beside the load.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    /// Probes per second (Poisson).
+    pub rate: f64,
+    /// Stop after this many (without a load, required).
+    pub max_requests: Option<usize>,
+    /// Their question.
+    pub prompt: String,
+    /// Tokens each generates.
+    pub max_tokens: u32,
+}
+
+/// A run.
+#[derive(Debug, Clone)]
+pub struct ServeBench {
+    /// The API.
+    pub endpoint: Endpoint,
+    /// Model id (default: the first the server lists).
+    pub model: Option<String>,
+    /// The load requests, in sending order.
+    pub requests: Vec<RequestSpec>,
+    /// When they are sent.
+    pub arrivals: Arrivals,
+    /// Most load requests in flight.
+    pub max_concurrency: Option<usize>,
+    /// Interference probes.
+    pub probes: Option<Probes>,
+    /// Limit of one request.
+    pub timeout: Duration,
+    /// Goodput SLOs.
+    pub slos: Vec<Slo>,
+    /// Percentiles reported.
+    pub percentiles: Vec<f64>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl ServeBench {
+    /// Runs the load (and probes) to completion; returns the summary and every outcome.
+    pub async fn run(&self) -> Result<(ServeReport, Vec<Outcome>)> {
+        if self.requests.is_empty() && self.probes.as_ref().and_then(|p| p.max_requests).is_none() {
+            bail!("nothing to send: no load requests and no --probe-max-requests");
+        }
+        if let Some(p) = &self.probes
+            && !(p.rate > 0.0 && p.rate.is_finite())
+        {
+            bail!("the probe rate must be positive and finite");
+        }
+        let schedule = self
+            .arrivals
+            .schedule(self.requests.len())
+            .map_err(anyhow::Error::msg)?;
+        let model = match &self.model {
+            Some(m) => m.clone(),
+            None => first_model(&self.endpoint).await?,
+        };
+        let bar = progress_bar(self.progress, self.requests.len());
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+        let tracker = TaskTracker::new();
+        let load_done = CancellationToken::new();
+        let start = Instant::now();
+        let send = |spec: RequestSpec, permit: Option<tokio::sync::OwnedSemaphorePermit>| {
+            let (endpoint, model, tx) = (self.endpoint.clone(), model.clone(), tx.clone());
+            let timeout = self.timeout;
+            tracker.spawn(async move {
+                let sent_at = start.elapsed().as_secs_f64();
+                let result = chat(&endpoint, &model, &spec.content, spec.max_tokens, timeout)
+                    .await
+                    .map_err(|e| format!("{e:#}"));
+                drop(permit);
+                let _ = tx.send(Outcome {
+                    kind: spec.kind,
+                    sent_at,
+                    images: spec.images,
+                    result,
+                });
+            });
+        };
+        if let Some(probes) = self.probes.clone() {
+            let (tracker2, done) = (tracker.clone(), load_done.clone());
+            let (endpoint, model, tx) = (self.endpoint.clone(), model.clone(), tx.clone());
+            let timeout = self.timeout;
+            let seed = self.arrivals.seed ^ 0x9e37_79b9;
+            tracker.spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let Ok(gap) = Exp::new(probes.rate) else {
+                    return;
+                };
+                let mut sent = 0;
+                while probes.max_requests.is_none_or(|m| sent < m) {
+                    tokio::select! {
+                        _ = done.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs_f64(gap.sample(&mut rng))) => {}
+                    }
+                    let spec = dataset::probe(&probes.prompt, probes.max_tokens);
+                    let (endpoint, model, tx) = (endpoint.clone(), model.clone(), tx.clone());
+                    tracker2.spawn(async move {
+                        let sent_at = start.elapsed().as_secs_f64();
+                        let result =
+                            chat(&endpoint, &model, &spec.content, spec.max_tokens, timeout)
+                                .await
+                                .map_err(|e| format!("{e:#}"));
+                        let _ = tx.send(Outcome {
+                            kind: Kind::Probe,
+                            sent_at,
+                            images: 0,
+                            result,
+                        });
+                    });
+                    sent += 1;
+                }
+            });
+        }
+        let semaphore = self
+            .max_concurrency
+            .map(|n| Arc::new(Semaphore::new(n.max(1))));
+        let mut outcomes = Vec::new();
+        let mut load_answered = 0;
+        for (spec, at) in self.requests.iter().zip(&schedule) {
+            let due = start + Duration::from_secs_f64(*at);
+            // Collect answers while waiting for the next send time.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => break,
+                    Some(o) = rx.recv() => {
+                        load_answered += usize::from(o.kind == Kind::Load);
+                        if o.kind == Kind::Load { bar.inc(1); }
+                        outcomes.push(o);
+                    }
+                }
+            }
+            let permit = match &semaphore {
+                Some(s) => Some(s.clone().acquire_owned().await?),
+                None => None,
+            };
+            send(spec.clone(), permit);
+        }
+        while load_answered < self.requests.len() {
+            let Some(o) = rx.recv().await else { break };
+            load_answered += usize::from(o.kind == Kind::Load);
+            if o.kind == Kind::Load {
+                bar.inc(1);
+            }
+            outcomes.push(o);
+        }
+        let duration = start.elapsed().as_secs_f64();
+        if !self.requests.is_empty() {
+            load_done.cancel();
+        }
+        tracker.close();
+        drop(tx);
+        tracker.wait().await;
+        while let Ok(o) = rx.try_recv() {
+            outcomes.push(o);
+        }
+        bar.finish_and_clear();
+        outcomes.sort_by(|a, b| a.sent_at.total_cmp(&b.sent_at));
+        let duration = match self.requests.is_empty() {
+            true => start.elapsed().as_secs_f64(),
+            false => duration,
+        };
+        let info = RunInfo {
+            model,
+            request_rate: self.arrivals.rate,
+            burstiness: self.arrivals.burstiness,
+            max_concurrency: self.max_concurrency,
+            num_prompts: self.requests.len(),
+            duration,
+        };
+        Ok((
+            ServeReport::new(info, &outcomes, &self.slos, &self.percentiles),
+            outcomes,
+        ))
+    }
+}
+
+fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
+    if !enabled || len == 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} requests answered ({per_sec})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}

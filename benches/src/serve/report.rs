@@ -1,0 +1,501 @@
+//! The numbers of a run, under `vllm bench serve`'s field names (`completed`, `failed`,
+//! `total_input_tokens`, `request_throughput`, `mean_/median_/std_/pNN_{ttft,tpot,itl,e2el}_ms`,
+//! ...) so results can be compared with vLLM's; image tokens are counted separately.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use super::client::Timing;
+use super::dataset::Kind;
+
+/// One request's outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Load or probe.
+    pub kind: Kind,
+    /// Seconds from the start of the run at which it was sent.
+    pub sent_at: f64,
+    /// Images it carried.
+    pub images: usize,
+    /// Its timing, or why it failed.
+    pub result: Result<Timing, String>,
+}
+
+/// A service-level objective for goodput (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Slo {
+    /// Time to first token.
+    Ttft(f64),
+    /// Time per output token after the first.
+    Tpot(f64),
+    /// End-to-end latency.
+    E2el(f64),
+}
+
+impl std::str::FromStr for Slo {
+    type Err = String;
+
+    /// `ttft:500`, `tpot:50` or `e2el:10000` (milliseconds).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected NAME:MS, got {s:?}"))?;
+        let ms: f64 = value
+            .parse()
+            .map_err(|_| format!("bad milliseconds in {s:?}"))?;
+        if !(ms > 0.0 && ms.is_finite()) {
+            return Err(format!("SLOs must be positive, got {s:?}"));
+        }
+        match name {
+            "ttft" => Ok(Self::Ttft(ms)),
+            "tpot" => Ok(Self::Tpot(ms)),
+            "e2el" => Ok(Self::E2el(ms)),
+            _ => Err(format!("unknown SLO {name:?}: ttft, tpot or e2el")),
+        }
+    }
+}
+
+/// The summary of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServeReport {
+    /// `openai-chat`.
+    pub backend: String,
+    /// Model id requested.
+    pub model: String,
+    /// Requests per second asked for (`None`: all at once).
+    pub request_rate: Option<f64>,
+    /// Gamma shape of the arrival gaps.
+    pub burstiness: f64,
+    /// Most requests in flight (`None`: unbounded).
+    pub max_concurrency: Option<usize>,
+    /// Load requests sent.
+    pub num_prompts: usize,
+    /// Seconds from the first send to the last load answer.
+    pub duration: f64,
+    /// Load requests answered.
+    pub completed: usize,
+    /// Load requests failed.
+    pub failed: usize,
+    /// Prompt tokens of completed load requests (image tokens included).
+    pub total_input_tokens: u64,
+    /// Image tokens among them.
+    pub total_image_tokens: u64,
+    /// Generated tokens.
+    pub total_output_tokens: u64,
+    /// Completed load requests per second.
+    pub request_throughput: f64,
+    /// Completed load requests meeting every SLO, per second (`None` without `--goodput`).
+    pub request_goodput: Option<f64>,
+    /// Generated tokens per second.
+    pub output_throughput: f64,
+    /// Prompt + generated tokens per second.
+    pub total_token_throughput: f64,
+    /// Image tokens per second (vision work done).
+    pub image_token_throughput: f64,
+    /// `mean_/median_/std_/pNN_{ttft,tpot,itl,e2el}_ms` of the load requests.
+    #[serde(flatten)]
+    pub latencies: BTreeMap<String, f64>,
+    /// The text-only probes, when there were any.
+    pub probes: Option<ProbeReport>,
+    /// Up to 10 distinct failure messages.
+    pub errors: Vec<String>,
+}
+
+/// The interference probes of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// Probes answered.
+    pub completed: usize,
+    /// Probes failed.
+    pub failed: usize,
+    /// `mean_/median_/std_/pNN_{ttft,e2el}_ms` of the probes.
+    #[serde(flatten)]
+    pub latencies: BTreeMap<String, f64>,
+}
+
+/// Run parameters that go into the report as they are.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// Model id.
+    pub model: String,
+    /// Request rate.
+    pub request_rate: Option<f64>,
+    /// Burstiness.
+    pub burstiness: f64,
+    /// Concurrency bound.
+    pub max_concurrency: Option<usize>,
+    /// Load requests sent.
+    pub num_prompts: usize,
+    /// Seconds of the run.
+    pub duration: f64,
+}
+
+impl ServeReport {
+    /// Summarises `outcomes` (load and probes) with the percentiles asked for.
+    pub fn new(info: RunInfo, outcomes: &[Outcome], slos: &[Slo], percentiles: &[f64]) -> Self {
+        let load: Vec<&Outcome> = outcomes.iter().filter(|o| o.kind == Kind::Load).collect();
+        let done: Vec<&Timing> = load.iter().filter_map(|o| o.result.as_ref().ok()).collect();
+        let duration = info.duration.max(f64::MIN_POSITIVE);
+        let input: u64 = done.iter().map(|t| t.prompt_tokens).sum();
+        let images: u64 = done.iter().map(|t| t.image_tokens).sum();
+        let output: u64 = done.iter().map(|t| t.output_tokens).sum();
+        let ttft: Vec<f64> = done.iter().filter_map(|t| t.ttft).map(ms).collect();
+        let tpot: Vec<f64> = done.iter().filter_map(|t| tpot_ms(t)).collect();
+        let itl: Vec<f64> = done
+            .iter()
+            .flat_map(|t| t.itl.iter().copied().map(ms))
+            .collect();
+        let e2el: Vec<f64> = done.iter().map(|t| ms(t.e2el)).collect();
+        let mut latencies = BTreeMap::new();
+        for (name, values) in [
+            ("ttft", &ttft),
+            ("tpot", &tpot),
+            ("itl", &itl),
+            ("e2el", &e2el),
+        ] {
+            describe(&mut latencies, name, values, percentiles);
+        }
+        let request_goodput = (!slos.is_empty()).then(|| {
+            let good = done.iter().filter(|t| meets(t, slos)).count();
+            good as f64 / duration
+        });
+        let probes: Vec<&Outcome> = outcomes.iter().filter(|o| o.kind == Kind::Probe).collect();
+        let probes = (!probes.is_empty()).then(|| {
+            let ok: Vec<&Timing> = probes
+                .iter()
+                .filter_map(|o| o.result.as_ref().ok())
+                .collect();
+            let mut latencies = BTreeMap::new();
+            let ttft: Vec<f64> = ok.iter().filter_map(|t| t.ttft).map(ms).collect();
+            let e2el: Vec<f64> = ok.iter().map(|t| ms(t.e2el)).collect();
+            describe(&mut latencies, "ttft", &ttft, percentiles);
+            describe(&mut latencies, "e2el", &e2el, percentiles);
+            ProbeReport {
+                completed: ok.len(),
+                failed: probes.len() - ok.len(),
+                latencies,
+            }
+        });
+        let mut errors: Vec<String> = Vec::new();
+        for e in outcomes.iter().filter_map(|o| o.result.as_ref().err()) {
+            if errors.len() < 10 && !errors.contains(e) {
+                errors.push(e.clone());
+            }
+        }
+        Self {
+            backend: "openai-chat".into(),
+            model: info.model,
+            request_rate: info.request_rate,
+            burstiness: info.burstiness,
+            max_concurrency: info.max_concurrency,
+            num_prompts: info.num_prompts,
+            duration: info.duration,
+            completed: done.len(),
+            failed: load.len() - done.len(),
+            total_input_tokens: input,
+            total_image_tokens: images,
+            total_output_tokens: output,
+            request_throughput: done.len() as f64 / duration,
+            request_goodput,
+            output_throughput: output as f64 / duration,
+            total_token_throughput: (input + output) as f64 / duration,
+            image_token_throughput: images as f64 / duration,
+            latencies,
+            probes,
+            errors,
+        }
+    }
+}
+
+/// One CSV row per request (load and probes), with a header.
+pub fn csv(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "kind,sent_at_s,ok,ttft_ms,tpot_ms,e2el_ms,prompt_tokens,image_tokens,output_tokens,images,error\n",
+    );
+    for o in outcomes {
+        let kind = match o.kind {
+            Kind::Load => "load",
+            Kind::Probe => "probe",
+        };
+        let row = match &o.result {
+            Ok(t) => format!(
+                "{kind},{:.6},true,{},{},{:.3},{},{},{},{},",
+                o.sent_at,
+                t.ttft.map(|v| format!("{:.3}", ms(v))).unwrap_or_default(),
+                tpot_ms(t).map(|v| format!("{v:.3}")).unwrap_or_default(),
+                ms(t.e2el),
+                t.prompt_tokens,
+                t.image_tokens,
+                t.output_tokens,
+                o.images
+            ),
+            Err(e) => format!(
+                "{kind},{:.6},false,,,,,,,{},\"{}\"",
+                o.sent_at,
+                o.images,
+                e.replace('"', "'")
+            ),
+        };
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out
+}
+
+fn ms(seconds: f64) -> f64 {
+    seconds * 1e3
+}
+
+/// `(e2el - ttft) / (output_tokens - 1)`, for requests that generated at least two tokens.
+fn tpot_ms(t: &Timing) -> Option<f64> {
+    let ttft = t.ttft?;
+    (t.output_tokens > 1).then(|| ms(t.e2el - ttft) / (t.output_tokens - 1) as f64)
+}
+
+fn meets(t: &Timing, slos: &[Slo]) -> bool {
+    slos.iter().all(|slo| match *slo {
+        Slo::Ttft(limit) => t.ttft.is_some_and(|v| ms(v) <= limit),
+        Slo::Tpot(limit) => tpot_ms(t).is_none_or(|v| v <= limit),
+        Slo::E2el(limit) => ms(t.e2el) <= limit,
+    })
+}
+
+/// mean, median, std and the percentiles of `values` as `{stat}_{name}_ms` (0 when empty).
+fn describe(into: &mut BTreeMap<String, f64>, name: &str, values: &[f64], percentiles: &[f64]) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let mean = if n == 0 {
+        0.0
+    } else {
+        sorted.iter().sum::<f64>() / n as f64
+    };
+    let std = if n == 0 {
+        0.0
+    } else {
+        (sorted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt()
+    };
+    into.insert(format!("mean_{name}_ms"), mean);
+    into.insert(format!("median_{name}_ms"), percentile(&sorted, 50.0));
+    into.insert(format!("std_{name}_ms"), std);
+    for &p in percentiles {
+        into.insert(
+            format!("p{}_{name}_ms", format_percentile(p)),
+            percentile(&sorted, p),
+        );
+    }
+}
+
+fn format_percentile(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("{}", p as u64)
+    } else {
+        format!("{p}")
+    }
+}
+
+/// Linear interpolation between closest ranks (numpy's default), 0 for no values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        1 => sorted[0],
+        n => {
+            let rank = p / 100.0 * (n - 1) as f64;
+            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+        }
+    }
+}
+
+impl fmt::Display for ServeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let get = |k: &str| self.latencies.get(k).copied().unwrap_or(0.0);
+        writeln!(f, "============ Serving Benchmark Result ============")?;
+        writeln!(f, "{:<40} {}", "Successful requests:", self.completed)?;
+        writeln!(f, "{:<40} {}", "Failed requests:", self.failed)?;
+        writeln!(f, "{:<40} {:.2}", "Benchmark duration (s):", self.duration)?;
+        writeln!(
+            f,
+            "{:<40} {}",
+            "Total input tokens:", self.total_input_tokens
+        )?;
+        writeln!(
+            f,
+            "{:<40} {}",
+            "  of which image tokens:", self.total_image_tokens
+        )?;
+        writeln!(
+            f,
+            "{:<40} {}",
+            "Total generated tokens:", self.total_output_tokens
+        )?;
+        writeln!(
+            f,
+            "{:<40} {:.2}",
+            "Request throughput (req/s):", self.request_throughput
+        )?;
+        if let Some(g) = self.request_goodput {
+            writeln!(f, "{:<40} {:.2}", "Request goodput (req/s):", g)?;
+        }
+        writeln!(
+            f,
+            "{:<40} {:.2}",
+            "Output token throughput (tok/s):", self.output_throughput
+        )?;
+        writeln!(
+            f,
+            "{:<40} {:.2}",
+            "Total token throughput (tok/s):", self.total_token_throughput
+        )?;
+        for (name, title) in [
+            ("ttft", "Time to First Token"),
+            ("tpot", "Time per Output Token"),
+            ("itl", "Inter-token Latency"),
+            ("e2el", "End-to-end Latency"),
+        ] {
+            writeln!(f, "{:-^50}", format!(" {title} "))?;
+            writeln!(
+                f,
+                "{:<40} {:.2}",
+                format!("Mean {} (ms):", name.to_uppercase()),
+                get(&format!("mean_{name}_ms"))
+            )?;
+            writeln!(
+                f,
+                "{:<40} {:.2}",
+                format!("Median {} (ms):", name.to_uppercase()),
+                get(&format!("median_{name}_ms"))
+            )?;
+            for (key, value) in self
+                .latencies
+                .iter()
+                .filter(|(k, _)| k.starts_with('p') && k.ends_with(&format!("_{name}_ms")))
+            {
+                let p = key.trim_start_matches('p').split('_').next().unwrap_or("");
+                writeln!(
+                    f,
+                    "{:<40} {value:.2}",
+                    format!("P{p} {} (ms):", name.to_uppercase())
+                )?;
+            }
+        }
+        if let Some(p) = &self.probes {
+            writeln!(f, "{:-^50}", " Text-only probes ")?;
+            writeln!(
+                f,
+                "{:<40} {} ({} failed)",
+                "Probes answered:", p.completed, p.failed
+            )?;
+            for (key, value) in &p.latencies {
+                writeln!(f, "{:<40} {value:.2}", format!("{key}:"))?;
+            }
+        }
+        write!(f, "==================================================")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn timing(ttft: f64, e2el: f64, output_tokens: u64) -> Timing {
+        Timing {
+            ttft: Some(ttft),
+            itl: vec![(e2el - ttft) / (output_tokens - 1) as f64; output_tokens as usize - 1],
+            e2el,
+            prompt_tokens: 300,
+            image_tokens: 256,
+            output_tokens,
+            text: String::new(),
+        }
+    }
+
+    fn info() -> RunInfo {
+        RunInfo {
+            model: "m".into(),
+            request_rate: Some(2.0),
+            burstiness: 1.0,
+            max_concurrency: None,
+            num_prompts: 3,
+            duration: 2.0,
+        }
+    }
+
+    #[test]
+    fn vllm_field_names_percentiles_and_goodput() {
+        let outcomes = vec![
+            Outcome {
+                kind: Kind::Load,
+                sent_at: 0.0,
+                images: 1,
+                result: Ok(timing(0.1, 1.1, 11)),
+            },
+            Outcome {
+                kind: Kind::Load,
+                sent_at: 0.5,
+                images: 1,
+                result: Ok(timing(0.3, 2.3, 11)),
+            },
+            Outcome {
+                kind: Kind::Load,
+                sent_at: 1.0,
+                images: 1,
+                result: Err("HTTP 429".into()),
+            },
+            Outcome {
+                kind: Kind::Probe,
+                sent_at: 0.2,
+                images: 0,
+                result: Ok(timing(0.05, 0.5, 10)),
+            },
+        ];
+        let report = ServeReport::new(
+            info(),
+            &outcomes,
+            &["ttft:200".parse().unwrap()],
+            &[50.0, 99.0],
+        );
+        assert_eq!((report.completed, report.failed), (2, 1));
+        assert_eq!(report.total_output_tokens, 22);
+        assert_eq!(report.total_image_tokens, 512);
+        assert!((report.request_throughput - 1.0).abs() < 1e-9);
+        assert!((report.request_goodput.unwrap() - 0.5).abs() < 1e-9);
+        assert!((report.latencies["mean_ttft_ms"] - 200.0).abs() < 1e-6);
+        assert!((report.latencies["median_ttft_ms"] - 200.0).abs() < 1e-6);
+        assert!((report.latencies["p99_ttft_ms"] - 298.0).abs() < 1e-6);
+        assert!((report.latencies["mean_tpot_ms"] - 150.0).abs() < 1e-6);
+        assert!((report.latencies["p50_itl_ms"] - 150.0).abs() < 1e-6);
+        let json = serde_json::to_value(&report).unwrap();
+        for key in [
+            "completed",
+            "request_throughput",
+            "output_throughput",
+            "total_token_throughput",
+            "mean_e2el_ms",
+            "p99_tpot_ms",
+        ] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+        assert_eq!(json["probes"]["completed"], 1);
+        assert_eq!(report.errors, ["HTTP 429"]);
+        let csv = csv(&outcomes);
+        assert_eq!(csv.lines().count(), 5);
+        assert!(
+            csv.lines()
+                .nth(3)
+                .unwrap()
+                .starts_with("load,1.000000,false")
+        );
+    }
+
+    #[test]
+    fn slos_parse() {
+        assert_eq!("tpot:50".parse::<Slo>(), Ok(Slo::Tpot(50.0)));
+        assert!("ttft".parse::<Slo>().is_err());
+        assert!("foo:1".parse::<Slo>().is_err());
+        assert!("e2el:-1".parse::<Slo>().is_err());
+    }
+}
