@@ -1,5 +1,6 @@
 //! One streamed chat completion over plain HTTP/1.1 (the gateway's OpenAI API), timed chunk by
-//! chunk: the moment each content delta arrives, and the usage the last chunk reports.
+//! chunk: the moment each content delta arrives, and the usage the last chunk reports. `dvd
+//! chat` uses the same client, printing the deltas as they come.
 
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,8 @@ pub struct Timing {
     pub text: String,
 }
 
-/// Sends one streamed chat completion and times it; `timeout` bounds the whole exchange.
+/// Sends one streamed chat completion of `max_tokens` (greedy, EOS ignored, usage reported) and
+/// times it; `timeout` bounds the whole exchange.
 pub async fn chat(
     endpoint: &Endpoint,
     model: &str,
@@ -79,14 +81,20 @@ pub async fn chat(
         "ignore_eos": true,
         "stream": true,
         "stream_options": {"include_usage": true},
-    })
-    .to_string();
-    tokio::time::timeout(timeout, exchange(endpoint, &body))
+    });
+    tokio::time::timeout(timeout, stream_chat(endpoint, &body, |_| Ok(())))
         .await
         .map_err(|_| anyhow::anyhow!("no complete answer within {} s", timeout.as_secs_f64()))?
 }
 
-async fn exchange(endpoint: &Endpoint, body: &str) -> Result<Timing> {
+/// Posts `body` (a chat completion request with `"stream": true`) and reads the event stream,
+/// handing each content delta to `on_delta` as it arrives; returns the timings and usage.
+pub async fn stream_chat(
+    endpoint: &Endpoint,
+    body: &Value,
+    mut on_delta: impl FnMut(&str) -> Result<()>,
+) -> Result<Timing> {
+    let body = body.to_string();
     let started = Instant::now();
     let mut stream = TcpStream::connect(&endpoint.authority)
         .await
@@ -110,7 +118,11 @@ async fn exchange(endpoint: &Endpoint, body: &str) -> Result<Timing> {
     };
     if status != 200 {
         let text = body.rest().await.unwrap_or_default();
-        bail!("HTTP {status}: {}", text.trim());
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        bail!("HTTP {status}: {}", message.trim());
     }
     let mut timing = Timing::default();
     let mut last: Option<Instant> = None;
@@ -130,7 +142,10 @@ async fn exchange(endpoint: &Endpoint, body: &str) -> Result<Timing> {
                 let chunk: Value = serde_json::from_str(data)
                     .with_context(|| format!("a stream chunk is not JSON: {data}"))?;
                 if let Some(error) = chunk.get("error") {
-                    bail!("the server failed the request: {error}");
+                    let message = error["message"]
+                        .as_str()
+                        .map_or(error.to_string(), String::from);
+                    bail!("the request failed: {message}");
                 }
                 if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
                     let now = Instant::now();
@@ -139,6 +154,7 @@ async fn exchange(endpoint: &Endpoint, body: &str) -> Result<Timing> {
                         Some(prev) => timing.itl.push((now - prev).as_secs_f64()),
                     }
                     last = Some(now);
+                    on_delta(delta)?;
                     timing.text.push_str(delta);
                 }
                 if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {

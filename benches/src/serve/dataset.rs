@@ -126,14 +126,7 @@ pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<
         };
         let mut parts = Vec::with_capacity(images.len() + 1);
         for image in &images {
-            let bytes =
-                std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-            let mime = match image.extension().and_then(|e| e.to_str()) {
-                Some("png") => "image/png",
-                Some("webp") => "image/webp",
-                _ => "image/jpeg",
-            };
-            parts.push(image_part(&bytes, mime));
+            parts.push(image_file_part(image)?);
         }
         parts.push(json!({"type": "text", "text": prompt}));
         let max_tokens = value["max_tokens"]
@@ -150,6 +143,18 @@ pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<
         bail!("{} holds no requests", path.display());
     }
     Ok((0..n).map(|i| entries[i % entries.len()].clone()).collect())
+}
+
+/// A message part carrying the image file at `path` as a `data:` URL (PNG, WebP, else JPEG by
+/// extension).
+pub fn image_file_part(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mime = match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        _ => "image/jpeg",
+    };
+    Ok(image_part(&bytes, mime))
 }
 
 fn image_part(bytes: &[u8], mime: &str) -> Value {

@@ -91,27 +91,16 @@ impl ServeBench {
         let tracker = TaskTracker::new();
         let load_done = CancellationToken::new();
         let start = Instant::now();
-        let send = |spec: RequestSpec, permit: Option<tokio::sync::OwnedSemaphorePermit>| {
-            let (endpoint, model, tx) = (self.endpoint.clone(), model.clone(), tx.clone());
-            let timeout = self.timeout;
-            tracker.spawn(async move {
-                let sent_at = start.elapsed().as_secs_f64();
-                let result = chat(&endpoint, &model, &spec.content, spec.max_tokens, timeout)
-                    .await
-                    .map_err(|e| format!("{e:#}"));
-                drop(permit);
-                let _ = tx.send(Outcome {
-                    kind: spec.kind,
-                    sent_at,
-                    images: spec.images,
-                    result,
-                });
-            });
+        let request = Request {
+            tracker: tracker.clone(),
+            endpoint: self.endpoint.clone(),
+            model: model.clone(),
+            outcomes: tx,
+            start,
+            timeout: self.timeout,
         };
         if let Some(probes) = self.probes.clone() {
-            let (tracker2, done) = (tracker.clone(), load_done.clone());
-            let (endpoint, model, tx) = (self.endpoint.clone(), model.clone(), tx.clone());
-            let timeout = self.timeout;
+            let (request, done) = (request.clone(), load_done.clone());
             let seed = self.arrivals.seed ^ 0x9e37_79b9;
             tracker.spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -124,21 +113,7 @@ impl ServeBench {
                         _ = done.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs_f64(gap.sample(&mut rng))) => {}
                     }
-                    let spec = dataset::probe(&probes.prompt, probes.max_tokens);
-                    let (endpoint, model, tx) = (endpoint.clone(), model.clone(), tx.clone());
-                    tracker2.spawn(async move {
-                        let sent_at = start.elapsed().as_secs_f64();
-                        let result =
-                            chat(&endpoint, &model, &spec.content, spec.max_tokens, timeout)
-                                .await
-                                .map_err(|e| format!("{e:#}"));
-                        let _ = tx.send(Outcome {
-                            kind: Kind::Probe,
-                            sent_at,
-                            images: 0,
-                            result,
-                        });
-                    });
+                    request.send(dataset::probe(&probes.prompt, probes.max_tokens), None);
                     sent += 1;
                 }
             });
@@ -148,61 +123,100 @@ impl ServeBench {
             .map(|n| Arc::new(Semaphore::new(n.max(1))));
         let mut outcomes = Vec::new();
         let mut load_answered = 0;
+        let mut record = |o: Outcome, outcomes: &mut Vec<Outcome>| {
+            if o.kind == Kind::Load {
+                load_answered += 1;
+                bar.inc(1);
+            }
+            outcomes.push(o);
+        };
         for (spec, at) in self.requests.iter().zip(&schedule) {
             let due = start + Duration::from_secs_f64(*at);
             // Collect answers while waiting for the next send time.
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(due.into()) => break,
-                    Some(o) = rx.recv() => {
-                        load_answered += usize::from(o.kind == Kind::Load);
-                        if o.kind == Kind::Load { bar.inc(1); }
-                        outcomes.push(o);
-                    }
+                    Some(o) = rx.recv() => record(o, &mut outcomes),
                 }
             }
             let permit = match &semaphore {
                 Some(s) => Some(s.clone().acquire_owned().await?),
                 None => None,
             };
-            send(spec.clone(), permit);
+            request.send(spec.clone(), permit);
         }
         while load_answered < self.requests.len() {
             let Some(o) = rx.recv().await else { break };
-            load_answered += usize::from(o.kind == Kind::Load);
             if o.kind == Kind::Load {
+                load_answered += 1;
                 bar.inc(1);
             }
             outcomes.push(o);
         }
-        let duration = start.elapsed().as_secs_f64();
+        let load_duration = start.elapsed().as_secs_f64();
         if !self.requests.is_empty() {
             load_done.cancel();
         }
         tracker.close();
-        drop(tx);
+        drop(request);
         tracker.wait().await;
         while let Ok(o) = rx.try_recv() {
             outcomes.push(o);
         }
         bar.finish_and_clear();
         outcomes.sort_by(|a, b| a.sent_at.total_cmp(&b.sent_at));
-        let duration = match self.requests.is_empty() {
-            true => start.elapsed().as_secs_f64(),
-            false => duration,
-        };
         let info = RunInfo {
             model,
             request_rate: self.arrivals.rate,
             burstiness: self.arrivals.burstiness,
             max_concurrency: self.max_concurrency,
             num_prompts: self.requests.len(),
-            duration,
+            // Probes alone: until the last probe answered.
+            duration: match self.requests.is_empty() {
+                true => start.elapsed().as_secs_f64(),
+                false => load_duration,
+            },
         };
-        Ok((
-            ServeReport::new(info, &outcomes, &self.slos, &self.percentiles),
-            outcomes,
-        ))
+        let report = ServeReport::new(info, &outcomes, &self.slos, &self.percentiles);
+        Ok((report, outcomes))
+    }
+}
+
+/// What every request task needs: where to send, and where its outcome goes.
+#[derive(Clone)]
+struct Request {
+    tracker: TaskTracker,
+    endpoint: Endpoint,
+    model: String,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    start: Instant,
+    timeout: Duration,
+}
+
+impl Request {
+    /// Sends `spec` on its own task; its outcome goes to the channel, then the concurrency
+    /// permit (if any) is released.
+    fn send(&self, spec: RequestSpec, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let sent_at = this.start.elapsed().as_secs_f64();
+            let result = chat(
+                &this.endpoint,
+                &this.model,
+                &spec.content,
+                spec.max_tokens,
+                this.timeout,
+            )
+            .await
+            .map_err(|e| format!("{e:#}"));
+            let _ = this.outcomes.send(Outcome {
+                kind: spec.kind,
+                sent_at,
+                images: spec.images,
+                result,
+            });
+            drop(permit);
+        });
     }
 }
 
