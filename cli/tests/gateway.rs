@@ -254,6 +254,39 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
         "{rows}"
     );
     assert!(rows.lines().skip(1).all(|l| l.contains(",true,")), "{rows}");
+    // The same load through the public gRPC API (the gateway's next port).
+    let (host, port) = up.http.rsplit_once(':').unwrap();
+    let grpc = format!("http://{host}:{}", port.parse::<u16>().unwrap() + 1);
+    let out = dvd()
+        .args(["bench", "serve", "--api", "grpc", "--url", &grpc])
+        .args([
+            "--num-prompts",
+            "3",
+            "--image-sizes",
+            "64",
+            "--output-len",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["completed"].as_u64(), report["failed"].as_u64()),
+        (Some(3), Some(0)),
+        "{report}"
+    );
+    assert_eq!(report["total_output_tokens"], 12, "{report}");
+    assert!(
+        report["total_image_tokens"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["mean_ttft_ms"].as_f64().unwrap() > 0.0, "{report}");
     // Nothing listens here: every request fails with a reason, and the command still reports.
     let out = dvd()
         .args([

@@ -6,11 +6,13 @@
 //! to first token, inter-token gaps and end-to-end latency are recorded.
 //!
 //! - [`arrivals`]: send times. [`dataset`]: request contents. [`client`]: one timed streamed
-//!   request over HTTP/1.1. [`report`]: the summary (vLLM's field names) and CSV rows.
+//!   request over HTTP/1.1 (OpenAI API); [`grpc`]: the same over the public gRPC API.
+//!   [`report`]: the summary (vLLM's field names) and CSV rows.
 
 pub mod arrivals;
 pub mod client;
 pub mod dataset;
+pub mod grpc;
 pub mod report;
 
 use std::sync::Arc;
@@ -42,11 +44,22 @@ pub struct Probes {
     pub max_tokens: u32,
 }
 
+/// Which of the gateway's APIs the requests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI-compatible HTTP (`/v1/chat/completions`, server-sent events).
+    OpenAi,
+    /// `dvd.api.v1.InferenceService/Chat` (the URL names the gRPC listener).
+    Grpc,
+}
+
 /// A run.
 #[derive(Debug, Clone)]
 pub struct ServeBench {
-    /// The API.
+    /// The API's address.
     pub endpoint: Endpoint,
+    /// Which API.
+    pub api: Api,
     /// Model id (default: the first the server lists).
     pub model: Option<String>,
     /// The load requests, in sending order.
@@ -82,9 +95,14 @@ impl ServeBench {
             .arrivals
             .schedule(self.requests.len())
             .map_err(anyhow::Error::msg)?;
-        let model = match &self.model {
-            Some(m) => m.clone(),
-            None => first_model(&self.endpoint).await?,
+        let target = match self.api {
+            Api::OpenAi => Target::OpenAi(self.endpoint.clone()),
+            Api::Grpc => Target::Grpc(grpc::connect(&self.endpoint.authority).await?),
+        };
+        let model = match (&self.model, &target) {
+            (Some(m), _) => m.clone(),
+            (None, Target::OpenAi(endpoint)) => first_model(endpoint).await?,
+            (None, Target::Grpc(client)) => grpc::first_model(&mut client.clone()).await?,
         };
         let bar = progress_bar(self.progress, self.requests.len());
         let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
@@ -93,7 +111,7 @@ impl ServeBench {
         let start = Instant::now();
         let request = Request {
             tracker: tracker.clone(),
-            endpoint: self.endpoint.clone(),
+            target,
             model: model.clone(),
             outcomes: tx,
             start,
@@ -182,11 +200,22 @@ impl ServeBench {
     }
 }
 
+/// Where requests go.
+#[derive(Clone)]
+enum Target {
+    OpenAi(Endpoint),
+    Grpc(
+        dvd_proto::api::v1::inference_service_client::InferenceServiceClient<
+            tonic::transport::Channel,
+        >,
+    ),
+}
+
 /// What every request task needs: where to send, and where its outcome goes.
 #[derive(Clone)]
 struct Request {
     tracker: TaskTracker,
-    endpoint: Endpoint,
+    target: Target,
     model: String,
     outcomes: mpsc::UnboundedSender<Outcome>,
     start: Instant,
@@ -200,14 +229,15 @@ impl Request {
         let this = self.clone();
         self.tracker.spawn(async move {
             let sent_at = this.start.elapsed().as_secs_f64();
-            let result = chat(
-                &this.endpoint,
-                &this.model,
-                &spec.content,
-                spec.max_tokens,
-                this.timeout,
-            )
-            .await
+            let (content, tokens, timeout) = (&spec.content, spec.max_tokens, this.timeout);
+            let result = match &this.target {
+                Target::OpenAi(endpoint) => {
+                    chat(endpoint, &this.model, content, tokens, timeout).await
+                }
+                Target::Grpc(client) => {
+                    grpc::chat(client, &this.model, content, tokens, timeout).await
+                }
+            }
             .map_err(|e| format!("{e:#}"));
             let _ = this.outcomes.send(Outcome {
                 kind: spec.kind,

@@ -63,9 +63,12 @@ pub struct GpuCheckArgs {
 /// Options of `dvd bench serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The deployment's base URL (its gateway).
+    /// The deployment's base URL (its gateway; with --api grpc, its gRPC listener).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// `openai` (HTTP, server-sent events) or `grpc` (dvd.api.v1.InferenceService).
+    #[arg(long, default_value = "openai")]
+    api: String,
     /// Model id (default: the first the server lists).
     #[arg(long)]
     model: Option<String>,
@@ -512,7 +515,9 @@ fn engine(args: EngineArgs) -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    use dvd_bench::serve::{Probes, ServeBench, arrivals::Arrivals, client::Endpoint, dataset};
+    use dvd_bench::serve::{
+        Api, Probes, ServeBench, arrivals::Arrivals, client::Endpoint, dataset,
+    };
     let rate = match args.request_rate.as_str() {
         "inf" => None,
         r => Some(
@@ -551,8 +556,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         .ok_or_else(|| {
             anyhow::anyhow!("--percentiles: numbers between 0 and 100, comma-separated")
         })?;
+    let api = match args.api.as_str() {
+        "openai" => Api::OpenAi,
+        "grpc" => Api::Grpc,
+        other => bail!("unknown --api {other:?}: openai or grpc"),
+    };
     let bench = ServeBench {
         endpoint: Endpoint::parse(&args.url)?,
+        api,
         model: args.model,
         requests,
         arrivals: Arrivals {
