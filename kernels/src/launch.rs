@@ -95,6 +95,11 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// The bf16 device views of `held`, in order.
+fn bf16_views<'a>(held: &'a [Operand<'_>]) -> Result<Vec<CudaView<'a, bf16>>> {
+    held.iter().map(|o| o.view::<bf16>()).collect()
+}
+
 /// One attention operand: `[batch, rows, heads, head_dim]` laid out inside a contiguous
 /// tensor's storage with the given element strides; `head_dim` values of a head are adjacent.
 #[derive(Debug, Clone, Copy)]
@@ -256,10 +261,7 @@ pub fn flash_attention(
         Operand::new(v.tensor, v.offset),
         Operand::new(out.tensor, out.offset),
     ];
-    let views = held
-        .iter()
-        .map(|o| o.view::<bf16>())
-        .collect::<Result<Vec<_>>>()?;
+    let views = bf16_views(&held)?;
     let mut b = func.builder();
     for view in &views {
         b.arg(view);
@@ -459,10 +461,7 @@ fn elementwise(name: &str, inputs: &[&Tensor], cols: usize) -> Result<Tensor> {
         .chain(std::iter::once(out_ref))
         .map(|t| Operand::new(t, 0))
         .collect();
-    let views = held
-        .iter()
-        .map(|o| o.view::<bf16>())
-        .collect::<Result<Vec<_>>>()?;
+    let views = bf16_views(&held)?;
     let mut b = func.builder();
     for view in &views {
         b.arg(view);
@@ -591,10 +590,7 @@ pub fn qk_norm_rope_cache(p: QkNormRope<'_>, pool_k: &Tensor, pool_v: &Tensor) -
         p.qkv, p.q_weight, p.k_weight, p.cos, p.sin, &q, pool_k, pool_v,
     ]
     .map(|t| Operand::new(t, 0));
-    let v = bf
-        .iter()
-        .map(|o| o.view::<bf16>())
-        .collect::<Result<Vec<_>>>()?;
+    let v = bf16_views(&bf)?;
     let index = [p.positions, p.slots].map(|t| Operand::new(t, 0));
     let (pos, slots) = (index[0].view::<u32>()?, index[1].view::<u32>()?);
     let mut b = func.builder();
@@ -667,10 +663,7 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, weight: &Tensor, eps: f32) -> Result
     };
     let cols_i = cols as i32;
     let held = [x, y, weight, &sum, &normed].map(|t| Operand::new(t, 0));
-    let v = held
-        .iter()
-        .map(|o| o.view::<bf16>())
-        .collect::<Result<Vec<_>>>()?;
+    let v = bf16_views(&held)?;
     let mut b = func.builder();
     b.arg(&v[0]).arg(&v[1]).arg(&v[2]).arg(&v[3]).arg(&v[4]);
     b.arg(&cols_i).arg(&eps);

@@ -54,35 +54,25 @@ impl Linear {
         let dims = x.dims();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
-        let y = x.reshape((rows, input))?.matmul(&self.weight.t()?)?;
-        let mut shape = dims.to_vec();
-        let last = shape.len() - 1;
-        shape[last] = self.weight.dim(0)?;
-        y.reshape(shape)
-    }
-
-    /// Applies the layer to the last axis of `x`.
-    pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
-        if let Some(bias) = self.bias.as_ref().filter(|b| fused::fits(x, b)) {
-            return fused::bias_add(&self.forward_no_bias(x)?, bias);
-        }
-        let dims = x.dims();
-        let input = dims[dims.len() - 1];
-        let rows = x.elem_count() / input.max(1);
         let x = x.reshape((rows, input))?;
         let y = if self.skinny {
             matmul_wt(&x, &self.weight)?
         } else {
             x.matmul(&self.weight.t()?)?
         };
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
-        };
         let mut shape = dims.to_vec();
         let last = shape.len() - 1;
         shape[last] = self.weight.dim(0)?;
         y.reshape(shape)
+    }
+
+    /// Applies the layer to the last axis of `x` (the bias add is one kernel on GPUs).
+    pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let y = self.forward_no_bias(x)?;
+        match &self.bias {
+            Some(bias) => fused::bias_add(&y, bias),
+            None => Ok(y),
+        }
     }
 }
 
