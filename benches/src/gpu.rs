@@ -103,6 +103,9 @@ pub struct DecodePoint {
     pub context: usize,
     /// Median milliseconds per step (forward + argmax + ids to the host).
     pub ms_per_step: f64,
+    /// Median milliseconds until the forward call returns, before the wait for the GPU: the
+    /// host's time to enqueue a step. Close to `ms_per_step` means the step is host-bound.
+    pub enqueue_ms: f64,
 }
 
 impl GpuBench {
@@ -228,7 +231,9 @@ impl GpuBench {
                 seqs.push(seq);
             }
             let step = embeds(batch)?;
+            let mut enqueue = Vec::new();
             let ms = self.time(|| {
+                let started = Instant::now();
                 let mut steps: Vec<SequenceStep<'_>> = seqs
                     .iter_mut()
                     .enumerate()
@@ -240,6 +245,7 @@ impl GpuBench {
                     })
                     .collect::<Result<_>>()?;
                 let logits = model.forward(&mut steps)?;
+                enqueue.push(started.elapsed().as_secs_f64() * 1e3);
                 let ids = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
                 if ids.len() != batch {
                     bail!("argmax gave {} ids for {batch} sequences", ids.len());
@@ -250,6 +256,7 @@ impl GpuBench {
                 batch,
                 context: self.context,
                 ms_per_step: ms,
+                enqueue_ms: median(&enqueue),
             });
         }
         Ok((Some(prefill), decode, weight_bytes))

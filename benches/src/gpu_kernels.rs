@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use dvd_kernels::{
-    AttentionDims, HeadView, PagedQuery, add_rms_norm, bias_gelu, flash_attention, paged_attention,
-    silu_mul, uninit_bf16,
+    AttentionDims, Epilogue, HeadView, PagedQuery, add_rms_norm, flash_attention, linear_epilogue,
+    paged_attention, silu_mul, uninit_bf16,
 };
 use serde::Serialize;
 
@@ -85,17 +85,29 @@ pub fn run(device: &Device) -> Result<Vec<KernelPoint>> {
         2.0 * (rows * d * 4 * d) as f64,
         "TFLOP/s",
     ));
-    let h = randn(device, (rows, 4 * d))?;
     let b = randn(device, 4 * d)?;
     let ms = time(device, 5, || {
-        bias_gelu(&h, &b)?;
+        linear_epilogue(&x, &w_fc1, &b, Epilogue::BiasGelu, None)?;
         Ok(())
     })?;
     out.push(point(
-        "vision bias+gelu [32800x4096]",
+        "vision fc1 + bias + GELU epilogue (cuBLASLt) [32800x1024]x[1024x4096]",
         ms,
-        2.0 * (rows * 4 * d * 2) as f64,
-        "GB/s",
+        2.0 * (rows * d * 4 * d) as f64,
+        "TFLOP/s",
+    ));
+    let h = randn(device, (rows, 4 * d))?;
+    let w_fc2 = randn(device, (d, 4 * d))?;
+    let b2 = randn(device, d)?;
+    let ms = time(device, 5, || {
+        linear_epilogue(&h, &w_fc2, &b2, Epilogue::Bias, Some(&x))?;
+        Ok(())
+    })?;
+    out.push(point(
+        "vision fc2 + bias + residual epilogue (cuBLASLt) [32800x4096]x[4096x1024]",
+        ms,
+        2.0 * (rows * d * 4 * d) as f64,
+        "TFLOP/s",
     ));
     let qkv = randn(device, (tiles, n, 3 * d))?;
     let o = uninit_bf16(device, (tiles, n, d))?;
@@ -245,6 +257,45 @@ pub fn run(device: &Device) -> Result<Vec<KernelPoint>> {
             "GB/s",
         ));
     }
+    // The other batch-1 decode matmuls (weight bytes / time): how far each is from the copy
+    // bandwidth, and the cost of one step's small kernels.
+    let x1 = randn(device, (1, hidden))?;
+    for (name, outputs, inputs) in [
+        ("qkv", (lh + 2 * lkv) * ld, hidden),
+        ("o", hidden, lh * ld),
+        ("down", hidden, inter),
+        ("lm_head", 151_936, hidden),
+    ] {
+        let w = randn(device, (outputs, inputs))?;
+        let xi = if inputs == hidden {
+            x1.clone()
+        } else {
+            randn(device, (1, inputs))?
+        };
+        let ms = time(device, 20, || {
+            xi.matmul(&w.t()?)?;
+            Ok(())
+        })?;
+        out.push(point(
+            &format!("decode {name} matmul batch 1 [1x{inputs}]x[{inputs}x{outputs}]"),
+            ms,
+            (outputs * inputs * 2) as f64,
+            "GB/s",
+        ));
+    }
+    let gu1 = randn(device, (1, 2 * inter))?;
+    let wn1 = randn(device, hidden)?;
+    let ms = time(device, 50, || {
+        silu_mul(&gu1)?;
+        add_rms_norm(&x1, &x1, &wn1, 1e-6)?;
+        Ok(())
+    })?;
+    out.push(point(
+        "decode silu*mul + add+rms_norm batch 1 (two small kernels)",
+        ms,
+        ((3 * inter + 4 * hidden) * 2) as f64,
+        "GB/s",
+    ));
     // Launch overhead: a tiny elementwise op.
     let tiny = randn(device, (1, hidden))?;
     let ms = time(device, 200, || {

@@ -11,19 +11,23 @@ const ELEMENTWISE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/elementwis
 const ATTENTION_MODULE: &str = "dvd_attention";
 const ELEMENTWISE_MODULE: &str = "dvd_elementwise";
 
-/// Threads per CTA of the attention kernels (4 warps; the kernels assume it).
+/// Threads per CTA of the paged decode kernels (4 warps; the kernels assume it).
 const ATTENTION_THREADS: u32 = 128;
-/// Query rows per flash-attention CTA.
-const FLASH_ROWS: usize = 64;
 
-fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+/// Query rows per flash-attention CTA for a head width (`FLASH_ENTRY` in attention.cu); a warp
+/// takes 16 rows, so the CTA has `rows * 2` threads.
+fn flash_rows(head_dim: usize) -> usize {
+    if head_dim == 64 { 128 } else { 64 }
+}
+
+pub(crate) fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
     match t.device() {
         Device::Cuda(d) => Ok(d.clone()),
         other => bail!("dvd-kernels: tensor on {other:?}, a CUDA device is needed"),
     }
 }
 
-fn check_bf16(t: &Tensor, what: &str) -> Result<()> {
+pub(crate) fn check_bf16(t: &Tensor, what: &str) -> Result<()> {
     if t.dtype() != DType::BF16 {
         bail!("dvd-kernels: {what} must be bf16, got {:?}", t.dtype());
     }
@@ -71,14 +75,14 @@ fn uninit_f32(dev: &CudaDevice, len: usize) -> Result<Tensor> {
 
 /// A tensor's storage, held (read-locked) while a kernel is launched on it, and where the
 /// operand starts in it.
-struct Operand<'a> {
+pub(crate) struct Operand<'a> {
     storage: StorageRef<'a>,
     start: usize,
 }
 
 impl<'a> Operand<'a> {
     /// `t` from its layout's start plus `offset` elements.
-    fn new(t: &'a Tensor, offset: usize) -> Self {
+    pub(crate) fn new(t: &'a Tensor, offset: usize) -> Self {
         let (storage, layout) = t.storage_and_layout();
         Self {
             start: layout.start_offset() + offset,
@@ -87,7 +91,7 @@ impl<'a> Operand<'a> {
     }
 
     /// The device view a kernel argument takes.
-    fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
+    pub(crate) fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
         let Storage::Cuda(cuda) = &*self.storage else {
             bail!("dvd-kernels: tensor is not on a CUDA device");
         };
@@ -236,11 +240,11 @@ pub fn flash_attention(
     )?;
     let cfg = LaunchConfig {
         grid_dim: (
-            dims.q_len.div_ceil(FLASH_ROWS) as u32,
+            dims.q_len.div_ceil(flash_rows(d)) as u32,
             dims.heads as u32,
             dims.batch as u32,
         ),
-        block_dim: (ATTENTION_THREADS, 1, 1),
+        block_dim: (flash_rows(d) as u32 * 2, 1, 1),
         shared_mem_bytes: 0,
     };
     let ints = [

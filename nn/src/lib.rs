@@ -66,8 +66,18 @@ impl Linear {
         y.reshape(shape)
     }
 
-    /// Applies the layer to the last axis of `x` (the bias add is one kernel on GPUs).
+    /// Applies the layer to the last axis of `x` (on GPUs the bias add is the GEMM's epilogue).
     pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(bias) = self.epilogue_bias(x) {
+            return dvd_kernels::linear_epilogue(
+                &x.contiguous()?,
+                &self.weight,
+                bias,
+                dvd_kernels::Epilogue::Bias,
+                None,
+            );
+        }
         let y = self.forward_no_bias(x)?;
         match &self.bias {
             Some(bias) => fused::bias_add(&y, bias),
@@ -218,6 +228,41 @@ impl Loader<'_> {
 }
 
 impl Linear {
+    /// The bias, when `x` can take a GEMM with a fused epilogue: bf16 on CUDA (input and
+    /// weight), a bias, widths a multiple of 8 (rows stay 16-byte aligned).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn epilogue_bias(&self, x: &Tensor) -> Option<&Tensor> {
+        let (out, inner) = self.weight.dims2().ok()?;
+        let fits = dvd_kernels::fused_ok(x)
+            && dvd_kernels::fused_ok(&self.weight)
+            && self.weight.is_contiguous()
+            && out.is_multiple_of(8)
+            && inner.is_multiple_of(8);
+        self.bias.as_ref().filter(|b| fits && b.is_contiguous())
+    }
+
+    /// The layer followed by a per-output scale, `(x W^T + b) * scale`, as one layer: the rows
+    /// of `W` and `b` scaled in f32 and rounded once to the weight's dtype. Layer scales fold
+    /// into the projection before them this way, so a GPU epilogue can add the residual.
+    pub fn scale_outputs(&self, scale: &Tensor) -> CandleResult<Linear> {
+        let dtype = self.weight.dtype();
+        let scale = scale.to_dtype(DType::F32)?.flatten_all()?;
+        let weight = self
+            .weight
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&scale.unsqueeze(1)?)?
+            .to_dtype(dtype)?;
+        let bias = match &self.bias {
+            Some(b) => Some((b.to_dtype(DType::F32)? * &scale)?.to_dtype(b.dtype())?),
+            None => None,
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            skinny: self.skinny,
+        })
+    }
+
     /// Stacks layers with the same input width into one whose output is their concatenation.
     pub fn fuse(parts: &[&Linear]) -> CandleResult<Linear> {
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();

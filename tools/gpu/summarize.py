@@ -45,6 +45,14 @@ def main() -> None:
         bound = weights / (copy * 1e9) * 1e3
         print(f"\nDecode bound at batch 1: {weights / 1e9:.2f} GB / {copy:.0f} GB/s = {bound:.2f} ms; "
               f"dvd {batch1['ms_per_step']:.2f} ms = {batch1['ms_per_step'] / bound:.2f}x of it.")
+    for point in dvd.get("decode", []):
+        if "enqueue_ms" in point:
+            print(f"\nDecode batch {point['batch']}: the host enqueues a step in {point['enqueue_ms']:.2f} ms "
+                  f"of {point['ms_per_step']:.2f} ms.", end="")
+    if dvd.get("kernels"):
+        print("\n\n| kernel | ms | rate |\n|---|---|---|")
+        for k in dvd["kernels"]:
+            print(f"| {k['what']} | {k['ms']:.4f} | {k['rate']:.0f} {k['unit']} |")
     checks = out / "checks.jsonl"
     if checks.exists():
         print("\n| gpu-check | lowest cosine | argmax agree | pass |\n|---|---|---|---|")

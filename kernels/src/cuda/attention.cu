@@ -33,6 +33,13 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const uint32_t* a, uint
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
+    uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem) {
     uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -40,7 +47,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem)
                  : "r"(addr));
 }
 
-#define BR 64
 #define PAD 8
 
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
@@ -67,9 +73,11 @@ __device__ __forceinline__ void load_tile_async(bf16 (*tile)[D + PAD], const bf1
     }
 }
 
-// BC keys per tile; two tiles of K and V in flight (cp.async double buffering), so the next
-// tile's copy overlaps this tile's math. smem: 2 stages x (K, V) x BC x (D + PAD) bf16.
-template <int D, int BC>
+// BR query rows per CTA (16 per warp, so BR / 16 warps); BC keys per tile; two tiles of K and V
+// in flight (cp.async double buffering), so the next tile's copy overlaps this tile's math.
+// smem: 2 stages x (K, V) x BC x (D + PAD) bf16. Every CTA streams its head's whole K and V
+// from L2, so a larger BR means proportionally less L2 traffic.
+template <int D, int BC, int BR>
 __device__ void flash_attention(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                 const bf16* __restrict__ v, bf16* __restrict__ o, int lq, int lk,
                                 int heads, int kv_heads, long q_b, long q_r, long q_h, long k_b,
@@ -147,29 +155,44 @@ __device__ void flash_attention(const bf16* __restrict__ q, const bf16* __restri
         const Row* vs = rows + (2 * stage + 1) * BC;
         const int j0 = jt * BC;
 
+        // S = Q K^T. One ldmatrix.x4 gives the B fragments of two k-steps: matrices (kk, lo),
+        // (kk, hi), (kk + 1, lo), (kk + 1, hi) of the n-tile's 8 key rows.
         float s[BC / 8][4];
+        const int mat = lane / 8;
+        const int mr = lane % 8;
 #pragma unroll
         for (int nt = 0; nt < BC / 8; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                int c = kk * 16 + tig * 2;
-                uint32_t b0 = *reinterpret_cast<const uint32_t*>(&ks[nt * 8 + g][c]);
-                uint32_t b1 = *reinterpret_cast<const uint32_t*>(&ks[nt * 8 + g][c + 8]);
-                mma_bf16_16816(s[nt], qf[kk], b0, b1);
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                uint32_t kf[4];
+                ldmatrix_x4(kf, &ks[nt * 8 + mr][(kk + (mat >> 1)) * 16 + (mat & 1) * 8]);
+                mma_bf16_16816(s[nt], qf[kk], kf[0], kf[1]);
+                mma_bf16_16816(s[nt], qf[kk + 1], kf[2], kf[3]);
             }
         }
-        // Scale into the log2 domain and mask.
+        // Scale into the log2 domain; mask only tiles that reach past the keys or, causal,
+        // past this warp's first row's diagonal (the condition is uniform across the warp).
+        const bool masked = j0 + BC > lk || (causal && j0 + BC - 1 > q0 + wr + offset);
         float mx0 = NEG_BIG, mx1 = NEG_BIG;
 #pragma unroll
         for (int nt = 0; nt < BC / 8; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int col = j0 + nt * 8 + tig * 2 + (e & 1);
-                int row = (e < 2) ? row_a : row_b;
-                bool ok = col < lk && (!causal || col <= row + offset);
-                s[nt][e] = ok ? s[nt][e] * sl2 : -INFINITY;
+            for (int e = 0; e < 4; ++e) s[nt][e] *= sl2;
+        }
+        if (masked) {
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int col = j0 + nt * 8 + tig * 2 + (e & 1);
+                    int row = (e < 2) ? row_a : row_b;
+                    if (col >= lk || (causal && col > row + offset)) s[nt][e] = -INFINITY;
+                }
             }
+        }
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt) {
             mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
             mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
         }
@@ -208,12 +231,10 @@ __device__ void flash_attention(const bf16* __restrict__ q, const bf16* __restri
             pf[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
             pf[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             pf[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            const int mat = lane / 8;
-            const int r = lane % 8;
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt += 2) {
                 uint32_t vf[4];
-                ldmatrix_x4_trans(vf, &vs[kk * 16 + (mat & 1) * 8 + r][(dt + (mat >> 1)) * 8]);
+                ldmatrix_x4_trans(vf, &vs[kk * 16 + (mat & 1) * 8 + mr][(dt + (mat >> 1)) * 8]);
                 mma_bf16_16816(oacc[dt], pf, vf[0], vf[1]);
                 mma_bf16_16816(oacc[dt + 1], pf, vf[2], vf[3]);
             }
@@ -242,16 +263,18 @@ __device__ void flash_attention(const bf16* __restrict__ q, const bf16* __restri
     }
 }
 
-#define FLASH_ENTRY(D, BC)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128) flash_attention_d##D(                     \
+// ROWS query rows per CTA (ROWS * 2 threads); MINB: CTAs per SM the register budget must allow
+// (both at 16 warps per SM for D = 64; 12 for D = 128). dvd-kernels' launch.rs mirrors ROWS.
+#define FLASH_ENTRY(D, BC, ROWS, MINB)                                                          \
+    extern "C" __global__ void __launch_bounds__(ROWS * 2, MINB) flash_attention_d##D(          \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, int lq, int lk, int heads,        \
         int kv_heads, long q_b, long q_r, long q_h, long k_b, long k_r, long k_h, long v_b,     \
         long v_r, long v_h, long o_b, long o_r, long o_h, float scale, int causal) {            \
-        flash_attention<D, BC>(q, k, v, o, lq, lk, heads, kv_heads, q_b, q_r, q_h, k_b, k_r, k_h, \
-                           v_b, v_r, v_h, o_b, o_r, o_h, scale, causal);                        \
+        flash_attention<D, BC, ROWS>(q, k, v, o, lq, lk, heads, kv_heads, q_b, q_r, q_h, k_b,   \
+                                     k_r, k_h, v_b, v_r, v_h, o_b, o_r, o_h, scale, causal);    \
     }
-FLASH_ENTRY(64, 64)
-FLASH_ENTRY(128, 32)
+FLASH_ENTRY(64, 64, 128, 2)
+FLASH_ENTRY(128, 32, 64, 3)
 
 // ---------------------------------------------------------------------------------------------
 // Paged attention for single query rows.

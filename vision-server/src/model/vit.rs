@@ -37,8 +37,9 @@ pub(crate) struct InternVit {
 struct EncoderLayer {
     norm1: Norm,
     norm2: Norm,
-    scale1: Tensor,
-    scale2: Tensor,
+    /// The layer scales (ls1, ls2); `None` when they are folded into `proj` and `fc2`, which
+    /// the GPU path does so the residual adds become GEMM epilogues.
+    scales: Option<(Tensor, Tensor)>,
     attention: Attention,
     fc1: Linear,
     fc2: Linear,
@@ -184,11 +185,12 @@ impl EncoderLayer {
         } else {
             None
         };
-        Ok(Self {
+        let scale1 = loader.tensor(&name(LayerPart::Scale1), &[d])?;
+        let scale2 = loader.tensor(&name(LayerPart::Scale2), &[d])?;
+        let mut layer = Self {
             norm1: norm(LayerPart::Norm1)?,
             norm2: norm(LayerPart::Norm2)?,
-            scale1: loader.tensor(&name(LayerPart::Scale1), &[d])?,
-            scale2: loader.tensor(&name(LayerPart::Scale2), &[d])?,
+            scales: None,
             attention: Attention {
                 qkv,
                 qk_norm,
@@ -197,59 +199,62 @@ impl EncoderLayer {
             },
             fc1: loader.linear(&name(LayerPart::Fc1), vit.intermediate_size, d, true)?,
             fc2: loader.linear(&name(LayerPart::Fc2), d, vit.intermediate_size, true)?,
-        })
+        };
+        let fused = cfg!(feature = "cuda")
+            && dvd_nn::kernels::fused_ok(&scale1)
+            && layer.attention.flash_ok();
+        if fused {
+            layer.attention.proj = layer.attention.proj.scale_outputs(&scale1)?;
+            layer.fc2 = layer.fc2.scale_outputs(&scale2)?;
+        } else {
+            layer.scales = Some((scale1, scale2));
+        }
+        Ok(layer)
     }
 
     fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
-        #[cfg(feature = "cuda")]
-        if dvd_nn::kernels::fused_ok(x) && self.attention.flash_ok() {
+        let Some((scale1, scale2)) = &self.scales else {
+            #[cfg(feature = "cuda")]
             return self.forward_fused(x);
-        }
+            #[cfg(not(feature = "cuda"))]
+            candle_core::bail!("InternViT layer scales are folded only in CUDA builds");
+        };
         let attended = self.attention.forward(&self.norm1.forward(x)?)?;
-        let x = (x + attended.broadcast_mul(&self.scale1)?)?;
+        let x = (x + attended.broadcast_mul(scale1)?)?;
         let mlp = self
             .fc2
             .forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
-        x + mlp.broadcast_mul(&self.scale2)?
+        x + mlp.broadcast_mul(scale2)?
     }
 }
 
 #[cfg(feature = "cuda")]
 impl EncoderLayer {
-    /// The layer with fused kernels (bf16 on CUDA): output biases, layer scales and residuals in
-    /// one pass each, GELU fused with fc1's bias, flash attention on the qkv output in place.
+    /// The layer on GPUs (bf16 on CUDA, layer scales folded into `proj` and `fc2`): flash
+    /// attention on the qkv output in place, and every bias, the GELU and both residual adds in
+    /// the epilogues of the GEMMs before them.
     fn forward_fused(&self, x: &Tensor) -> CandleResult<Tensor> {
-        use dvd_nn::fused::{bias_gelu, bias_scale_residual};
-        let (Some(proj_bias), Some(fc1_bias), Some(fc2_bias)) =
-            (self.attention.proj.bias(), self.fc1.bias(), self.fc2.bias())
-        else {
-            candle_core::bail!("InternViT proj, fc1 and fc2 carry biases");
-        };
+        use dvd_nn::fused::{linear_gelu, linear_residual};
         let attended = self.attention.forward_fused(&self.norm1.forward(x)?)?;
-        let x = bias_scale_residual(x, &attended, proj_bias, &self.scale1)?;
-        let hidden = bias_gelu(
-            &self.fc1.forward_no_bias(&self.norm2.forward(&x)?)?,
-            fc1_bias,
-        )?;
-        bias_scale_residual(
-            &x,
-            &self.fc2.forward_no_bias(&hidden)?,
-            fc2_bias,
-            &self.scale2,
-        )
+        let x = linear_residual(&self.attention.proj, &attended, x)?;
+        let hidden = linear_gelu(&self.fc1, &self.norm2.forward(&x)?)?;
+        linear_residual(&self.fc2, &hidden, &x)
     }
 }
 
-#[cfg(feature = "cuda")]
 impl Attention {
     /// Whether the heads fit the flash-attention kernel (widths 64 and 128).
     fn flash_ok(&self) -> bool {
         let hd = self.proj.weight().dim(0).unwrap_or(0) / self.heads.max(1);
         hd == 64 || hd == 128
     }
+}
 
+#[cfg(feature = "cuda")]
+impl Attention {
     /// Attention on GPU: flash attention reads q, k and v from the qkv projection in place.
-    /// Returns the output projection without its bias (the caller fuses it).
+    /// Returns the attention output before the output projection (the caller fuses it with
+    /// the residual add).
     fn forward_fused(&self, x: &Tensor) -> CandleResult<Tensor> {
         use dvd_nn::kernels::{AttentionDims, HeadView, flash_attention, uninit_bf16};
         let (t, n, d) = x.dims3()?;
@@ -292,7 +297,7 @@ impl Attention {
             scale,
             false,
         )?;
-        self.proj.forward_no_bias(&out)
+        Ok(out)
     }
 }
 
