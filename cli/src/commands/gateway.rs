@@ -38,18 +38,18 @@ pub struct ServeArgs {
     /// gRPC listen address (overrides `server.grpc`).
     #[arg(long)]
     grpc: Option<SocketAddr>,
+    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
+    #[arg(long)]
+    cpus: Option<String>,
 }
 
 impl ServeArgs {
     /// Runs the gateway until SIGINT or SIGTERM.
     pub fn run(self) -> Result<()> {
-        let mut config = GatewayConfig::from_file(&self.config)?;
-        if let Some(http) = self.http {
-            config.server.http = http;
+        if let Some(cpus) = &self.cpus {
+            super::affinity::pin_process(cpus)?;
         }
-        if let Some(grpc) = self.grpc {
-            config.server.grpc = grpc;
-        }
+        let config = self.gateway_config()?;
         super::serve_until_signal(
             async move {
                 start(config)
@@ -64,5 +64,29 @@ impl ServeArgs {
             },
             |server| server.shutdown(),
         )
+    }
+
+    /// Parses `dvd gateway serve`'s arguments (without the command words), for a gateway
+    /// started inside another process (`dvd up --coupled`).
+    pub fn parse(args: &[String]) -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct Wrapped {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let argv = std::iter::once("gateway-serve".to_string()).chain(args.iter().cloned());
+        Ok(<Wrapped as clap::Parser>::try_parse_from(argv)?.args)
+    }
+
+    /// The configuration file with the listen overrides applied.
+    pub fn gateway_config(&self) -> Result<GatewayConfig> {
+        let mut config = GatewayConfig::from_file(&self.config)?;
+        if let Some(http) = self.http {
+            config.server.http = http;
+        }
+        if let Some(grpc) = self.grpc {
+            config.server.grpc = grpc;
+        }
+        Ok(config)
     }
 }

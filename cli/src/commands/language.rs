@@ -83,11 +83,46 @@ pub struct ServeArgs {
     /// How long a request waits for its features when it does not say, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     feature_timeout_ms: u64,
+    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
+    #[arg(long)]
+    cpus: Option<String>,
 }
 
 impl ServeArgs {
     /// Runs the server until SIGINT or SIGTERM.
     pub fn run(self) -> Result<()> {
+        if let Some(cpus) = &self.cpus {
+            super::affinity::pin_process(cpus)?;
+        }
+        let config = self.config()?;
+        super::serve_until_signal(
+            async move { Ok(start(config).await?) },
+            |server| {
+                json!({
+                    "grpc": server.grpc_addr.to_string(),
+                    "features": server.feature_addr.to_string(),
+                    "transport": self.transport.to_string(),
+                    "model_dir": server.model_dir.display().to_string(),
+                })
+            },
+            |server| server.shutdown(),
+        )
+    }
+
+    /// Parses `dvd language serve`'s arguments (without the command words), for a server
+    /// started inside another process (`dvd up --coupled`).
+    pub fn parse(args: &[String]) -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct Wrapped {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let argv = std::iter::once("language-serve".to_string()).chain(args.iter().cloned());
+        Ok(<Wrapped as clap::Parser>::try_parse_from(argv)?.args)
+    }
+
+    /// The server configuration these options describe (opens the device).
+    pub fn config(&self) -> Result<ServeConfig> {
         if self.block_size == 0 || self.max_running == 0 || self.max_step_tokens == 0 {
             bail!("--block-size, --max-running and --max-step-tokens must be at least 1");
         }
@@ -123,17 +158,6 @@ impl ServeArgs {
             },
             inbox: InboxConfig::default(),
         };
-        super::serve_until_signal(
-            async move { Ok(start(config).await?) },
-            |server| {
-                json!({
-                    "grpc": server.grpc_addr.to_string(),
-                    "features": server.feature_addr.to_string(),
-                    "transport": self.transport.to_string(),
-                    "model_dir": server.model_dir.display().to_string(),
-                })
-            },
-            |server| server.shutdown(),
-        )
+        Ok(config)
     }
 }

@@ -1,5 +1,6 @@
 //! One module per `dvd` subcommand.
 
+pub mod affinity;
 pub mod bench;
 pub mod chat;
 pub mod device;

@@ -16,6 +16,7 @@ use dvd_proto::common::v1::ServingStatus;
 use dvd_proto::limits::{inference_client, tuned_endpoint};
 use dvd_transport::TransportKind;
 use dvd_transport::quic::SelfSigned;
+use tokio::runtime::Runtime;
 
 /// Options of `dvd up`.
 #[derive(Debug, Args)]
@@ -44,6 +45,125 @@ pub struct UpArgs {
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
     #[command(flatten)]
     compute: ComputeArgs,
+    /// The coupled baseline: the vision servers, language servers and gateway in this one
+    /// process, sharing its cores and its compute thread pool (instead of separate processes).
+    #[arg(long, conflicts_with_all = ["vision_cpus", "language_cpus", "gateway_cpus"])]
+    coupled: bool,
+    /// Cores for the vision servers (`0`, `0-3`, `0,2`): each pinned there, standing in for
+    /// GPUs of their own.
+    #[arg(long)]
+    vision_cpus: Option<String>,
+    /// Cores for the language servers.
+    #[arg(long)]
+    language_cpus: Option<String>,
+    /// Cores for the gateway.
+    #[arg(long)]
+    gateway_cpus: Option<String>,
+    /// Print one JSON line (`http`, `grpc`, `vision`, `language` addresses) when ready instead
+    /// of the banner, for scripts and benchmarks.
+    #[arg(long)]
+    ready_json: bool,
+}
+
+/// How the servers run: as child processes, or inside this process (`--coupled`).
+enum Launch {
+    Spawned(Processes),
+    InProcess(InProcess),
+}
+
+/// Servers started inside this process; stopped (gateway first) by [`InProcess::shutdown`].
+#[derive(Default)]
+struct InProcess {
+    vision: Vec<dvd_vision_server::server::RunningServer>,
+    language: Vec<dvd_language_server::server::RunningServer>,
+    gateway: Option<dvd_gateway::server::RunningGateway>,
+}
+
+impl InProcess {
+    async fn shutdown(self) {
+        if let Some(gateway) = self.gateway {
+            gateway.shutdown().await;
+        }
+        for server in self.vision {
+            server.shutdown().await;
+        }
+        for server in self.language {
+            server.shutdown().await;
+        }
+    }
+}
+
+impl Launch {
+    /// Starts a language server with `dvd language serve` arguments; returns its gRPC address.
+    fn language(&mut self, rt: &Runtime, name: String, args: &[String]) -> Result<String> {
+        match self {
+            Self::Spawned(procs) => Ok(json_str(&procs.spawn(name, args)?, "grpc")),
+            Self::InProcess(servers) => {
+                let config = super::language::ServeArgs::parse(&args[2..])?.config()?;
+                let server = rt
+                    .block_on(dvd_language_server::server::start(config))
+                    .with_context(|| format!("starting {name}"))?;
+                let addr = server.grpc_addr.to_string();
+                servers.language.push(server);
+                Ok(addr)
+            }
+        }
+    }
+
+    /// Starts a vision server with `dvd vision serve` arguments; returns its gRPC address.
+    fn vision(&mut self, rt: &Runtime, name: String, args: &[String]) -> Result<String> {
+        match self {
+            Self::Spawned(procs) => Ok(json_str(&procs.spawn(name, args)?, "grpc")),
+            Self::InProcess(servers) => {
+                let config = super::vision::ServeArgs::parse(&args[2..])?.config()?;
+                let server = rt
+                    .block_on(dvd_vision_server::server::start(config))
+                    .with_context(|| format!("starting {name}"))?;
+                let addr = server.grpc_addr.to_string();
+                servers.vision.push(server);
+                Ok(addr)
+            }
+        }
+    }
+
+    /// Starts the gateway with `dvd gateway serve` arguments; returns its HTTP and gRPC
+    /// addresses.
+    fn gateway(&mut self, rt: &Runtime, args: &[String]) -> Result<(String, String)> {
+        match self {
+            Self::Spawned(procs) => {
+                let ready = procs.spawn("gateway".into(), args)?;
+                Ok((json_str(&ready, "http"), json_str(&ready, "grpc")))
+            }
+            Self::InProcess(servers) => {
+                let config = super::gateway::ServeArgs::parse(&args[2..])?.gateway_config()?;
+                let gateway = rt
+                    .block_on(dvd_gateway::server::start(config))
+                    .context("starting the gateway listeners")?;
+                let addrs = (gateway.http_addr.to_string(), gateway.grpc_addr.to_string());
+                servers.gateway = Some(gateway);
+                Ok(addrs)
+            }
+        }
+    }
+
+    /// The first server that has stopped on its own, if any.
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Self::Spawned(procs) => procs.exited(),
+            Self::InProcess(_) => None,
+        }
+    }
+}
+
+fn json_str(value: &serde_json::Value, key: &str) -> String {
+    value[key].as_str().unwrap_or_default().to_owned()
+}
+
+/// `--cpus LIST` when a core list was given.
+fn cpus_args(cpus: &Option<String>) -> Vec<String> {
+    cpus.iter()
+        .flat_map(|c| ["--cpus".to_string(), c.clone()])
+        .collect()
 }
 
 /// The model `dvd up` serves without `--model`: the small committed checkpoint (both halves of
@@ -121,10 +241,33 @@ impl UpArgs {
         };
         let dir = std::env::temp_dir().join(format!("dvd-up-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut procs = Processes {
-            children: Vec::new(),
-            dir: dir.clone(),
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let mut launch = match self.coupled {
+            true => Launch::InProcess(InProcess::default()),
+            false => Launch::Spawned(Processes {
+                children: Vec::new(),
+                dir: dir.clone(),
+            }),
         };
+        let started = self.start_all(&runtime, &mut launch, &model, &dir);
+        let result = match started {
+            Ok(()) => runtime.block_on(self.serve(&mut launch)),
+            Err(e) => Err(e),
+        };
+        eprintln!("stopping...");
+        match launch {
+            Launch::Spawned(procs) => drop(procs),
+            Launch::InProcess(servers) => runtime.block_on(servers.shutdown()),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// Starts the language servers, the vision servers and the gateway (configured with their
+    /// addresses), waits until the gateway is healthy and prints where it listens.
+    fn start_all(&self, rt: &Runtime, launch: &mut Launch, model: &str, dir: &Path) -> Result<()> {
         let mut tls_language = Vec::new();
         let mut tls_vision = Vec::new();
         if self.transport == TransportKind::Quic {
@@ -145,7 +288,7 @@ impl UpArgs {
                 "language",
                 "serve",
                 "--model",
-                &model,
+                model,
                 "--listen",
                 "127.0.0.1:0",
                 "--feature-listen",
@@ -159,8 +302,8 @@ impl UpArgs {
             .to_vec();
             args.extend(tls_language.iter().cloned());
             args.extend(self.compute.to_args());
-            let ready = procs.spawn(format!("language server {i}"), &args)?;
-            language.push(ready["grpc"].as_str().unwrap_or_default().to_owned());
+            args.extend(cpus_args(&self.language_cpus));
+            language.push(launch.language(rt, format!("language server {i}"), &args)?);
         }
         let mut vision = Vec::new();
         for i in 0..self.vision {
@@ -168,7 +311,7 @@ impl UpArgs {
                 "vision",
                 "serve",
                 "--model",
-                &model,
+                model,
                 "--listen",
                 "127.0.0.1:0",
             ]
@@ -176,14 +319,14 @@ impl UpArgs {
             .to_vec();
             args.extend(tls_vision.iter().cloned());
             args.extend(self.compute.to_args());
-            let ready = procs.spawn(format!("vision server {i}"), &args)?;
-            vision.push(ready["grpc"].as_str().unwrap_or_default().to_owned());
+            args.extend(cpus_args(&self.vision_cpus));
+            vision.push(launch.vision(rt, format!("vision server {i}"), &args)?);
         }
         let http = SocketAddr::new(self.host, self.port);
         let grpc = SocketAddr::new(self.host, self.port.wrapping_add(1));
-        let name = Path::new(&model)
+        let name = Path::new(model)
             .file_name()
-            .map_or_else(|| model.clone(), |n| n.to_string_lossy().into_owned());
+            .map_or_else(|| model.to_owned(), |n| n.to_string_lossy().into_owned());
         let config = format!(
             "[server]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\nmodel = \"{name}\"\n\n\
              [vision]\naddresses = {vision:?}\n\n[language]\naddresses = {language:?}\n\n\
@@ -191,49 +334,57 @@ impl UpArgs {
         );
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, config)?;
-        let ready = procs.spawn(
+        let mut args = vec![
             "gateway".into(),
-            &[
-                "gateway".into(),
-                "serve".into(),
-                "--config".into(),
-                config_path.display().to_string(),
-            ],
-        )?;
-        let grpc_addr = ready["grpc"].as_str().unwrap_or_default().to_owned();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        runtime.block_on(wait_healthy(&grpc_addr))?;
-        let http_addr = ready["http"].as_str().unwrap_or_default();
-        println!(
-            "dvd is up: {} vision + {} language servers ({} features), model {name}",
-            self.vision, self.language, self.transport
-        );
-        println!("  OpenAI-compatible API: http://{http_addr}/v1   gRPC: {grpc_addr}");
-        println!(
-            "  curl http://{http_addr}/v1/chat/completions -H 'Content-Type: application/json' \\\n    \
-             -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
-        );
-        println!("  dvd chat --url http://{http_addr} --image cat.jpg \"What is in the picture?\"");
-        println!("Ctrl-C stops everything.");
-        runtime.block_on(async {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tokio::select! {
-                    r = super::wait_for_signal() => return r,
-                    _ = tick.tick() => {
-                        if let Some(name) = procs.exited() {
-                            bail!("{name} exited; stopping everything");
-                        }
+            "serve".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ];
+        args.extend(cpus_args(&self.gateway_cpus));
+        let (http_addr, grpc_addr) = launch.gateway(rt, &args)?;
+        rt.block_on(wait_healthy(&grpc_addr))?;
+        if self.ready_json {
+            let ready = serde_json::json!({
+                "http": http_addr,
+                "grpc": grpc_addr,
+                "vision": vision,
+                "language": language,
+                "coupled": self.coupled,
+            });
+            println!("{ready}");
+        } else {
+            let mode = match self.coupled {
+                true => "in one process (coupled)",
+                false => "as separate processes",
+            };
+            println!(
+                "dvd is up: {} vision + {} language servers {mode} ({} features), model {name}",
+                self.vision, self.language, self.transport
+            );
+            println!("  OpenAI-compatible API: http://{http_addr}/v1   gRPC: {grpc_addr}");
+            println!(
+                "  curl http://{http_addr}/v1/chat/completions -H 'Content-Type: application/json' \\\n    \
+                 -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+            );
+            println!("  dvd chat --url http://{http_addr} --image cat.jpg \"What is in the picture?\"");
+            println!("Ctrl-C stops everything.");
+        }
+        Ok(())
+    }
+
+    /// Serves until a signal arrives or a server process exits.
+    async fn serve(&self, launch: &mut Launch) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                r = super::wait_for_signal() => return r,
+                _ = tick.tick() => {
+                    if let Some(name) = launch.exited() {
+                        bail!("{name} exited; stopping everything");
                     }
                 }
             }
-        })?;
-        eprintln!("stopping...");
-        drop(procs);
-        Ok(())
+        }
     }
 }
 

@@ -72,11 +72,44 @@ pub struct ServeArgs {
     /// Tiles that may wait for the encoder before new requests are refused.
     #[arg(long, default_value_t = 256)]
     max_queued_tiles: usize,
+    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
+    #[arg(long)]
+    cpus: Option<String>,
 }
 
 impl ServeArgs {
     /// Runs the server until SIGINT or SIGTERM.
     pub fn run(self) -> Result<()> {
+        if let Some(cpus) = &self.cpus {
+            super::affinity::pin_process(cpus)?;
+        }
+        let config = self.config()?;
+        super::serve_until_signal(
+            async move { Ok(start(config).await?) },
+            |server| {
+                json!({
+                    "grpc": server.grpc_addr.to_string(),
+                    "model_dir": server.model_dir.display().to_string(),
+                })
+            },
+            |server| server.shutdown(),
+        )
+    }
+
+    /// Parses `dvd vision serve`'s arguments (without the command words), for a server started
+    /// inside another process (`dvd up --coupled`).
+    pub fn parse(args: &[String]) -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct Wrapped {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let argv = std::iter::once("vision-serve".to_string()).chain(args.iter().cloned());
+        Ok(<Wrapped as clap::Parser>::try_parse_from(argv)?.args)
+    }
+
+    /// The server configuration these options describe (opens the device).
+    pub fn config(&self) -> Result<ServeConfig> {
         if self.max_batch_tiles == 0 || self.preprocess_workers == 0 {
             bail!("--max-batch-tiles and --preprocess-workers must be at least 1");
         }
@@ -109,15 +142,6 @@ impl ServeArgs {
             },
             sender: SenderConfig::default(),
         };
-        super::serve_until_signal(
-            async move { Ok(start(config).await?) },
-            |server| {
-                json!({
-                    "grpc": server.grpc_addr.to_string(),
-                    "model_dir": server.model_dir.display().to_string(),
-                })
-            },
-            |server| server.shutdown(),
-        )
+        Ok(config)
     }
 }
