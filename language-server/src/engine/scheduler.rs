@@ -10,8 +10,9 @@
 //! prompt plus its new tokens, and those blocks are reserved at admission, so a running sequence
 //! never runs out of cache. A prompt whose images have not arrived reserves its upper bound
 //! (each image at its tile limit) and hands the surplus back once its features are complete.
-//! Requests that do not fit yet wait in arrival order; a request that could never fit (longer
-//! than the pool or the model's context) is refused at once.
+//! Requests that do not fit yet wait in arrival order, except that small ones (short text
+//! requests) may pass a large one that is waiting for blocks; a request that could never fit
+//! (longer than the pool or the model's context) is refused at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ use crate::sampling::{SamplingParams, StopReason};
 use crate::text::{ImageTokenIds, Tokenizer};
 
 pub use super::kv::ImageSpan;
+
+/// A request reserving at most `1 / BACKFILL_FRACTION` of the pool may be admitted past a
+/// larger one that does not fit yet.
+const BACKFILL_FRACTION: usize = 16;
 
 /// Engine settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,32 +519,48 @@ impl Scheduler {
         }
     }
 
-    /// Admits waiting requests in arrival order while their whole reservation fits.
+    /// Admits waiting requests in arrival order while their whole reservation fits. Once one
+    /// does not fit, only small requests (at most 1/16 of the pool) behind it may still be
+    /// admitted: a short text request does not wait behind image prompts that need blocks
+    /// the running batch holds, and it frees its few blocks soon, so the large request at the
+    /// head is not starved.
     fn admit(&mut self, now: Instant) -> Vec<EngineEvent> {
         let mut events = Vec::new();
         let block_size = self.pool.config().block_size;
+        let small = self.pool.total_blocks() * block_size / BACKFILL_FRACTION;
+        let mut blocked = false;
+        let mut next = 0;
         while self.running.len() < self.config.max_running {
-            let Some(request) = self.waiting.front() else {
+            let Some(request) = self.waiting.get(next) else {
                 break;
             };
+            let positions = self.reservation(&request.prompt, &request.params);
+            if blocked && positions > small {
+                next += 1;
+                continue;
+            }
             let keys = request.prompt.block_keys(block_size);
             let mut cache = PagedSequence::from_prefix(self.pool.clone(), &keys);
             let cached = cache.len();
-            let positions = self.reservation(&request.prompt, &request.params);
-            match cache.reserve(positions - cached) {
+            match cache.reserve(positions.saturating_sub(cached)) {
                 Ok(()) => {}
-                Err(KvError::OutOfBlocks { .. }) => break, // wait for running sequences to end
+                Err(KvError::OutOfBlocks { .. }) => {
+                    // Wait for running sequences to end; only small requests pass it.
+                    blocked = true;
+                    next += 1;
+                    continue;
+                }
                 Err(e) => {
                     events.push(EngineEvent::Failed {
                         id: request.id,
                         kind: FailureKind::InvalidInput,
                         message: e.to_string(),
                     });
-                    self.waiting.pop_front();
+                    self.waiting.remove(next);
                     continue;
                 }
             }
-            let Some(request) = self.waiting.pop_front() else {
+            let Some(request) = self.waiting.remove(next) else {
                 break;
             };
             let continuation = match Continuation::new(&request.params, &self.tokenizer, &self.eos)
@@ -601,7 +622,17 @@ impl Scheduler {
         }
         let mut prompt_tokens = 0;
         let block_size = self.pool.config().block_size;
-        for (i, seq) in self.running.iter_mut().enumerate() {
+        // Shortest remaining prompt first (ties in arrival order): a short request admitted
+        // behind long image prompts prefills in the next step instead of after all of them,
+        // which bounds its time to first token under image load; long prompts still get
+        // whatever budget the short ones leave.
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| {
+            let seq = &self.running[i];
+            seq.prompt.len().saturating_sub(seq.cache.len())
+        });
+        for i in order {
+            let seq = &mut self.running[i];
             if seq.prefilled() || budget == 0 {
                 continue;
             }
