@@ -16,6 +16,7 @@
 //! - [`gpu`]: vision tiles/s, prefill and decode at InternVL3.5 shapes on one GPU
 //!   (`dvd bench gpu`), beside `tools/gpu/torch_baseline.py` for PyTorch.
 
+pub mod compare;
 pub mod engine;
 pub mod gpu;
 pub mod gpu_check;
@@ -23,6 +24,7 @@ pub mod gpu_check;
 pub mod gpu_kernels;
 pub mod language;
 pub mod pipeline;
+pub mod plan;
 pub mod serve;
 pub mod stats;
 pub mod transport;

@@ -39,6 +39,14 @@ pub enum BenchCommand {
     /// vision features and language logits through every GPU attention path (prints JSON;
     /// exits non-zero when they disagree).
     GpuCheck(GpuCheckArgs),
+    /// Coupled serving (one process, shared cores) against DvD (servers pinned to their own
+    /// cores) on the same image workload: throughput, probe TTFT inflation under image load,
+    /// and DvD's pipeline efficiency against its slowest stage measured alone.
+    Compare(Box<super::compare::CompareArgs>),
+    /// Capacity model: predicted throughput of V vision + L language servers and the best
+    /// V:L split of a GPU budget, from measured stage capacities (a compare report or GPU
+    /// rates).
+    Plan(super::plan::PlanArgs),
 }
 
 /// Options of `dvd bench gpu-check`.
@@ -371,6 +379,8 @@ impl BenchCommand {
             Self::Serve(args) => serve(*args),
             Self::Gpu(args) => gpu(args),
             Self::GpuCheck(args) => gpu_check(args),
+            Self::Compare(args) => super::compare::run(*args),
+            Self::Plan(args) => super::plan::run(args),
         }
     }
 }
@@ -645,7 +655,7 @@ fn gpu_check(args: GpuCheckArgs) -> Result<()> {
 
 /// A comma-separated list of sizes; the empty string is the empty list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SizeList(Vec<usize>);
+pub struct SizeList(pub Vec<usize>);
 
 impl std::str::FromStr for SizeList {
     type Err = String;

@@ -3,11 +3,13 @@
 pub mod affinity;
 pub mod bench;
 pub mod chat;
+pub mod compare;
 pub mod device;
 pub mod encode;
 pub mod gateway;
 pub mod generate;
 pub mod language;
+pub mod plan;
 pub mod tls;
 pub mod up;
 pub mod vision;

@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// KV cache per language server, MiB.
     #[arg(long, default_value_t = 1024)]
     kv_cache_mib: usize,
+    /// Most tokens (decode + prefill chunks) per language engine step: smaller steps bound how
+    /// long a new request waits behind long prefills.
+    #[arg(long, default_value_t = 512)]
+    max_step_tokens: usize,
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
     #[command(flatten)]
     compute: ComputeArgs,
@@ -168,7 +172,7 @@ fn cpus_args(cpus: &Option<String>) -> Vec<String> {
 
 /// The model `dvd up` serves without `--model`: the small committed checkpoint (both halves of
 /// an InternVL3.5-style model with random weights; it answers gibberish, quickly).
-fn default_model() -> PathBuf {
+pub fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../language-server/tests/fixtures/model/internvl-moe-custom-bf16")
 }
@@ -297,6 +301,8 @@ impl UpArgs {
                 &self.transport.to_string(),
                 "--kv-cache-mib",
                 &self.kv_cache_mib.to_string(),
+                "--max-step-tokens",
+                &self.max_step_tokens.to_string(),
             ]
             .map(String::from)
             .to_vec();
@@ -366,7 +372,9 @@ impl UpArgs {
                 "  curl http://{http_addr}/v1/chat/completions -H 'Content-Type: application/json' \\\n    \
                  -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
             );
-            println!("  dvd chat --url http://{http_addr} --image cat.jpg \"What is in the picture?\"");
+            println!(
+                "  dvd chat --url http://{http_addr} --image cat.jpg \"What is in the picture?\""
+            );
             println!("Ctrl-C stops everything.");
         }
         Ok(())

@@ -1,0 +1,125 @@
+//! `dvd bench compare`: coupled serving against DvD on this machine (see
+//! `dvd_bench::compare`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dvd_bench::compare::CompareBench;
+
+use super::bench::SizeList;
+
+/// Options of `dvd bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Model directory or hub id (default: the small committed model `dvd up` serves).
+    #[arg(long)]
+    model: Option<String>,
+    /// Image requests in each loaded run.
+    #[arg(long, default_value_t = 24)]
+    num_prompts: usize,
+    /// Image requests per second, or `inf` to send them all at once (saturating).
+    #[arg(long, default_value = "inf")]
+    request_rate: String,
+    /// Square image sides, used in turn (e.g. 448,896).
+    #[arg(long, default_value = "448")]
+    image_sizes: SizeList,
+    /// Images per request.
+    #[arg(long, default_value_t = 1)]
+    images_per_request: usize,
+    /// The question asked with the images.
+    #[arg(long, default_value = "Describe the image.")]
+    prompt: String,
+    /// Tokens each image request generates.
+    #[arg(long, default_value_t = 16)]
+    output_len: u32,
+    /// Text-only probes per second beside the image load.
+    #[arg(long, default_value_t = 2.0)]
+    probe_request_rate: f64,
+    /// Probes in each unloaded run.
+    #[arg(long, default_value_t = 12)]
+    probe_requests: usize,
+    /// The probes' question.
+    #[arg(long, default_value = "Say hello.")]
+    probe_prompt: String,
+    /// Tokens each probe generates.
+    #[arg(long, default_value_t = 4)]
+    probe_output_len: u32,
+    /// Cores of DvD's vision server.
+    #[arg(long, default_value = "0")]
+    vision_cpus: String,
+    /// Cores of DvD's language server.
+    #[arg(long, default_value = "1")]
+    language_cpus: String,
+    /// Cores of DvD's gateway (default: the language server's, which waits on vision most of
+    /// the time).
+    #[arg(long, default_value = "1")]
+    gateway_cpus: String,
+    /// The language engine's step budget, in both deployments.
+    #[arg(long, default_value_t = 512)]
+    max_step_tokens: usize,
+    /// Seed of the images and arrivals.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Limit of one request, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    timeout_s: f64,
+    /// Print the JSON report instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    result_file: Option<PathBuf>,
+}
+
+/// Runs the comparison and prints the report.
+pub fn run(args: CompareArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the dvd binary")?;
+    let model = args
+        .model
+        .unwrap_or_else(|| super::up::default_model().display().to_string());
+    let request_rate = match args.request_rate.as_str() {
+        "inf" => None,
+        r => Some(
+            r.parse::<f64>()
+                .map_err(|_| anyhow::anyhow!("--request-rate: {r:?} is not a number or inf"))?,
+        ),
+    };
+    let sizes = args
+        .image_sizes
+        .0
+        .iter()
+        .map(|&s| u32::try_from(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bench = CompareBench {
+        exe,
+        model,
+        requests: args.num_prompts,
+        sizes,
+        images_per_request: args.images_per_request,
+        prompt: args.prompt,
+        max_tokens: args.output_len,
+        request_rate,
+        probe_rate: args.probe_request_rate,
+        probe_requests: args.probe_requests,
+        probe_prompt: args.probe_prompt,
+        probe_max_tokens: args.probe_output_len,
+        vision_cpus: args.vision_cpus,
+        language_cpus: args.language_cpus,
+        gateway_cpus: args.gateway_cpus,
+        max_step_tokens: args.max_step_tokens,
+        seed: args.seed,
+        timeout: Duration::try_from_secs_f64(args.timeout_s)?,
+    };
+    let report = bench.run(|line| eprintln!("{line}"))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.result_file {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    match args.json {
+        true => println!("{json}"),
+        false => print!("{}", report.table()),
+    }
+    Ok(())
+}

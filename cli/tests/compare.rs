@@ -1,0 +1,92 @@
+#![allow(clippy::unwrap_used)]
+//! `dvd bench compare` end to end on the small committed model (real `dvd up` deployments,
+//! coupled and pinned, on loopback), and `dvd bench plan` reading its report.
+
+use std::process::Command;
+
+fn dvd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dvd"))
+}
+
+#[test]
+fn compare_measures_both_deployments_and_plan_reads_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("compare.json");
+    // Two cores when the machine has them (the CPU stand-in for two GPUs), else one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let language = if cores >= 2 { "1" } else { "0" };
+    let out = dvd()
+        .args([
+            "bench",
+            "compare",
+            "--num-prompts",
+            "40",
+            "--probe-requests",
+            "3",
+        ])
+        .args([
+            "--probe-request-rate",
+            "100",
+            "--output-len",
+            "16",
+            "--json",
+        ])
+        .args([
+            "--vision-cpus",
+            "0",
+            "--language-cpus",
+            language,
+            "--gateway-cpus",
+            language,
+        ])
+        .arg("--result-file")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "coupled_request_throughput",
+        "dvd_request_throughput",
+        "pipeline_efficiency",
+        "probe_ttft_p99_inflation_dvd",
+        "probe_ttft_p99_inflation_coupled",
+        "vision_alone_request_throughput",
+        "language_alone_request_throughput",
+    ] {
+        let v = json[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(json["dvd"]["completed"], 40);
+    assert_eq!(json["coupled"]["completed"], 40);
+    assert!(json["image_request_image_tokens"].as_u64().unwrap() > 0);
+    // The language-alone prompts match the image prompts' length within a few tokens.
+    let image = json["image_request_prompt_tokens"].as_f64().unwrap();
+    let text = json["text_request_prompt_tokens"].as_f64().unwrap();
+    assert!((text - image).abs() <= 0.25 * image, "{text} vs {image}");
+
+    let out = dvd()
+        .args(["bench", "plan", "--json", "--gpus", "4", "--profile"])
+        .arg(&report)
+        .arg("--measured")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let predicted = plan["plan"]["predicted_request_throughput"]
+        .as_f64()
+        .unwrap();
+    let measured = json["dvd_request_throughput"].as_f64().unwrap();
+    // With the report's own efficiency the model reproduces the run it came from.
+    assert!((predicted / measured - 1.0).abs() < 1e-6);
+    assert_eq!(plan["splits"].as_array().unwrap().len(), 3);
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Writes a random-weight InternVL (HF layout) checkpoint sized for CPU serving benchmarks
+(`dvd bench compare`, `dvd bench plan`), with the Python standard library only (no torch), so
+any machine can make it.
+
+Default shape (about 0.3-0.5 s of vision and of language work per 448-px single-tile request
+on one core of the 2-vCPU benchmark VM): ViT 448 px, patch 14, 384 wide, 6 layers, 6 heads,
+MLP 1536; pixel shuffle 0.5 and the projector; Qwen3 512 wide, 8 layers, 8 heads / 4 KV heads
+of 64, MLP 1536. The tokenizer, chat template and generation config are copied from the
+project's small fixture (language-server/tests/fixtures/model/internvl-dense-hf; 512 ids).
+
+Values: matrices N(0, 0.02), biases N(0, 0.02), norm weights 1 + N(0, 0.02), layer scales
+0.1 + N(0, 0.01), drawn with `random.Random(seed)` into a pool of bf16 values that each tensor
+reads from its own pseudo-random offset (a benchmark needs realistic magnitudes, not
+independent draws). Deterministic for a seed.
+
+Usage: python3 tools/make_bench_checkpoint.py --out /tmp/dvd-bench-ivl [--vision-layers 6]
+       [--layers 8] [--seed 0]
+"""
+
+import argparse
+import json
+import random
+import shutil
+import struct
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "language-server/tests/fixtures/model/internvl-dense-hf"
+COPIED = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+POOL = 1 << 20
+
+
+def bf16_pool(rng: random.Random, mean: float, std: float) -> bytes:
+    """POOL bf16 values of N(mean, std), little-endian (f32 rounded to nearest bf16)."""
+    out = bytearray()
+    for _ in range(POOL):
+        bits = struct.unpack("<I", struct.pack("<f", rng.gauss(mean, std)))[0]
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        out += struct.pack("<H", bits)
+    return bytes(out)
+
+
+def tensors(c: dict) -> list[tuple[str, list[int], str]]:
+    """(name, shape, kind) of every tensor; kind picks the value distribution."""
+    v, t = c["vision_config"], c["text_config"]
+    dv, iv, s, p = v["hidden_size"], v["intermediate_size"], v["image_size"][0], v["patch_size"][0]
+    dt, it, hd = t["hidden_size"], t["intermediate_size"], t["head_dim"]
+    h, kv, vocab = t["num_attention_heads"], t["num_key_value_heads"], t["vocab_size"]
+    out = [
+        ("model.vision_tower.embeddings.cls_token", [1, 1, dv], "w"),
+        ("model.vision_tower.embeddings.patch_embeddings.projection.weight", [dv, 3, p, p], "w"),
+        ("model.vision_tower.embeddings.patch_embeddings.projection.bias", [dv], "b"),
+        ("model.vision_tower.embeddings.position_embeddings", [1, 1 + (s // p) ** 2, dv], "w"),
+    ]
+    for i in range(v["num_hidden_layers"]):
+        pre = f"model.vision_tower.encoder.layer.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "projection_layer"):
+            out += [(f"{pre}attention.{proj}.weight", [dv, dv], "w"), (f"{pre}attention.{proj}.bias", [dv], "b")]
+        out += [(f"{pre}lambda_1", [dv], "s"), (f"{pre}lambda_2", [dv], "s")]
+        for norm in ("layernorm_before", "layernorm_after"):
+            out += [(f"{pre}{norm}.weight", [dv], "n"), (f"{pre}{norm}.bias", [dv], "b")]
+        out += [(f"{pre}mlp.fc1.weight", [iv, dv], "w"), (f"{pre}mlp.fc1.bias", [iv], "b"),
+                (f"{pre}mlp.fc2.weight", [dv, iv], "w"), (f"{pre}mlp.fc2.bias", [dv], "b")]
+    shuffled = dv * 4
+    out += [
+        ("model.multi_modal_projector.layer_norm.weight", [shuffled], "n"),
+        ("model.multi_modal_projector.layer_norm.bias", [shuffled], "b"),
+        ("model.multi_modal_projector.linear_1.weight", [dt, shuffled], "w"),
+        ("model.multi_modal_projector.linear_1.bias", [dt], "b"),
+        ("model.multi_modal_projector.linear_2.weight", [dt, dt], "w"),
+        ("model.multi_modal_projector.linear_2.bias", [dt], "b"),
+        ("model.language_model.embed_tokens.weight", [vocab, dt], "w"),
+    ]
+    for i in range(t["num_hidden_layers"]):
+        pre = f"model.language_model.layers.{i}."
+        out += [
+            (f"{pre}input_layernorm.weight", [dt], "n"),
+            (f"{pre}post_attention_layernorm.weight", [dt], "n"),
+            (f"{pre}self_attn.q_proj.weight", [h * hd, dt], "w"),
+            (f"{pre}self_attn.k_proj.weight", [kv * hd, dt], "w"),
+            (f"{pre}self_attn.v_proj.weight", [kv * hd, dt], "w"),
+            (f"{pre}self_attn.o_proj.weight", [dt, h * hd], "w"),
+            (f"{pre}self_attn.q_norm.weight", [hd], "n"),
+            (f"{pre}self_attn.k_norm.weight", [hd], "n"),
+            (f"{pre}mlp.gate_proj.weight", [it, dt], "w"),
+            (f"{pre}mlp.up_proj.weight", [it, dt], "w"),
+            (f"{pre}mlp.down_proj.weight", [dt, it], "w"),
+        ]
+    out += [("model.language_model.norm.weight", [dt], "n"), ("lm_head.weight", [vocab, dt], "w")]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--vision-layers", type=int, default=6)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    config = json.loads((FIXTURE / "config.json").read_text())
+    config["dtype"] = "bfloat16"
+    config["image_seq_length"] = 256
+    v, t = config["vision_config"], config["text_config"]
+    v.update(hidden_size=384, intermediate_size=1536, num_attention_heads=6,
+             num_hidden_layers=args.vision_layers, image_size=[448, 448], dtype="bfloat16")
+    t.update(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4,
+             head_dim=64, num_hidden_layers=args.layers, dtype="bfloat16",
+             layer_types=["full_attention"] * args.layers)
+    rng = random.Random(args.seed)
+    pools = {"w": bf16_pool(rng, 0.0, 0.02), "b": bf16_pool(rng, 0.0, 0.02),
+             "n": bf16_pool(rng, 1.0, 0.02), "s": bf16_pool(rng, 0.1, 0.01)}
+    specs = tensors(config)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape, _ in specs:
+        size = 2
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for name, shape, kind in specs:
+            count = 1
+            for d in shape:
+                count *= d
+            pool, need = pools[kind], 2 * count
+            start = 2 * rng.randrange(POOL)
+            while need > 0:
+                chunk = pool[start:start + need]
+                f.write(chunk)
+                need -= len(chunk)
+                start = 0
+    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    pre = json.loads((FIXTURE / "preprocessor_config.json").read_text())
+    pre.update(size={"height": 448, "width": 448}, max_patches=12)
+    (args.out / "preprocessor_config.json").write_text(json.dumps(pre, indent=1) + "\n")
+    for name in COPIED:
+        shutil.copy(FIXTURE / name, args.out / name)
+    params = offset // 2
+    print(f"wrote {args.out}: {len(specs)} tensors, {params / 1e6:.1f} M parameters")
+
+
+if __name__ == "__main__":
+    main()
