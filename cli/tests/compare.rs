@@ -2,11 +2,9 @@
 //! `dvd bench compare` end to end on the small committed model (real `dvd up` deployments,
 //! coupled and pinned, on loopback), and `dvd bench plan` reading its report.
 
-use std::process::Command;
+mod common;
 
-fn dvd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dvd"))
-}
+use common::{dvd, json_output};
 
 #[test]
 fn compare_measures_both_deployments_and_plan_reads_the_report() {
@@ -15,40 +13,15 @@ fn compare_measures_both_deployments_and_plan_reads_the_report() {
     // Two cores when the machine has them (the CPU stand-in for two GPUs), else one.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let language = if cores >= 2 { "1" } else { "0" };
-    let out = dvd()
-        .args([
-            "bench",
-            "compare",
-            "--num-prompts",
-            "40",
-            "--probe-requests",
-            "3",
-        ])
-        .args([
-            "--probe-request-rate",
-            "100",
-            "--output-len",
-            "16",
-            "--json",
-        ])
-        .args([
-            "--vision-cpus",
-            "0",
-            "--language-cpus",
-            language,
-            "--gateway-cpus",
-            language,
-        ])
-        .arg("--result-file")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let json = json_output(
+        dvd()
+            .args(["bench", "compare", "--json", "--num-prompts", "40"])
+            .args(["--probe-requests", "3", "--probe-request-rate", "100"])
+            .args(["--output-len", "16", "--vision-cpus", "0"])
+            .args(["--language-cpus", language, "--gateway-cpus", language])
+            .arg("--result-file")
+            .arg(&report),
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
         "coupled_request_throughput",
         "dvd_request_throughput",
@@ -69,19 +42,13 @@ fn compare_measures_both_deployments_and_plan_reads_the_report() {
     let text = json["text_request_prompt_tokens"].as_f64().unwrap();
     assert!((text - image).abs() <= 0.25 * image, "{text} vs {image}");
 
-    let out = dvd()
-        .args(["bench", "plan", "--json", "--gpus", "4", "--profile"])
-        .arg(&report)
-        .arg("--measured")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let plan = json_output(
+        dvd()
+            .args(["bench", "plan", "--json", "--gpus", "4", "--profile"])
+            .arg(&report)
+            .arg("--measured")
+            .arg(&report),
     );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let predicted = plan["plan"]["predicted_request_throughput"]
         .as_f64()
         .unwrap();

@@ -66,18 +66,6 @@ impl ServeArgs {
         )
     }
 
-    /// Parses `dvd gateway serve`'s arguments (without the command words), for a gateway
-    /// started inside another process (`dvd up --coupled`).
-    pub fn parse(args: &[String]) -> Result<Self> {
-        #[derive(clap::Parser)]
-        struct Wrapped {
-            #[command(flatten)]
-            args: ServeArgs,
-        }
-        let argv = std::iter::once("gateway-serve".to_string()).chain(args.iter().cloned());
-        Ok(<Wrapped as clap::Parser>::try_parse_from(argv)?.args)
-    }
-
     /// The configuration file with the listen overrides applied.
     pub fn gateway_config(&self) -> Result<GatewayConfig> {
         let mut config = GatewayConfig::from_file(&self.config)?;

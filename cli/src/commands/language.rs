@@ -109,18 +109,6 @@ impl ServeArgs {
         )
     }
 
-    /// Parses `dvd language serve`'s arguments (without the command words), for a server
-    /// started inside another process (`dvd up --coupled`).
-    pub fn parse(args: &[String]) -> Result<Self> {
-        #[derive(clap::Parser)]
-        struct Wrapped {
-            #[command(flatten)]
-            args: ServeArgs,
-        }
-        let argv = std::iter::once("language-serve".to_string()).chain(args.iter().cloned());
-        Ok(<Wrapped as clap::Parser>::try_parse_from(argv)?.args)
-    }
-
     /// The server configuration these options describe (opens the device).
     pub fn config(&self) -> Result<ServeConfig> {
         if self.block_size == 0 || self.max_running == 0 || self.max_step_tokens == 0 {

@@ -17,6 +17,19 @@ pub mod vision;
 use std::future::Future;
 
 use anyhow::{Context, Result};
+/// Parses a server subcommand's options (`args` without the command words), for a server
+/// started inside another process (`dvd up --coupled`) from the arguments a spawned one
+/// would get.
+pub fn parse_args<A: clap::Args>(args: &[String]) -> Result<A> {
+    #[derive(clap::Parser)]
+    struct Wrapped<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    let argv = std::iter::once("dvd".to_string()).chain(args.iter().cloned());
+    Ok(<Wrapped<A> as clap::Parser>::try_parse_from(argv)?.args)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_signal() -> Result<()> {
     #[cfg(unix)]

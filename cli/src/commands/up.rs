@@ -103,7 +103,8 @@ impl Launch {
         match self {
             Self::Spawned(procs) => Ok(json_str(&procs.spawn(name, args)?, "grpc")),
             Self::InProcess(servers) => {
-                let config = super::language::ServeArgs::parse(&args[2..])?.config()?;
+                let config =
+                    super::parse_args::<super::language::ServeArgs>(&args[2..])?.config()?;
                 let server = rt
                     .block_on(dvd_language_server::server::start(config))
                     .with_context(|| format!("starting {name}"))?;
@@ -119,7 +120,7 @@ impl Launch {
         match self {
             Self::Spawned(procs) => Ok(json_str(&procs.spawn(name, args)?, "grpc")),
             Self::InProcess(servers) => {
-                let config = super::vision::ServeArgs::parse(&args[2..])?.config()?;
+                let config = super::parse_args::<super::vision::ServeArgs>(&args[2..])?.config()?;
                 let server = rt
                     .block_on(dvd_vision_server::server::start(config))
                     .with_context(|| format!("starting {name}"))?;
@@ -139,7 +140,8 @@ impl Launch {
                 Ok((json_str(&ready, "http"), json_str(&ready, "grpc")))
             }
             Self::InProcess(servers) => {
-                let config = super::gateway::ServeArgs::parse(&args[2..])?.gateway_config()?;
+                let config =
+                    super::parse_args::<super::gateway::ServeArgs>(&args[2..])?.gateway_config()?;
                 let gateway = rt
                     .block_on(dvd_gateway::server::start(config))
                     .context("starting the gateway listeners")?;

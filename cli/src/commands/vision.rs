@@ -96,18 +96,6 @@ impl ServeArgs {
         )
     }
 
-    /// Parses `dvd vision serve`'s arguments (without the command words), for a server started
-    /// inside another process (`dvd up --coupled`).
-    pub fn parse(args: &[String]) -> Result<Self> {
-        #[derive(clap::Parser)]
-        struct Wrapped {
-            #[command(flatten)]
-            args: ServeArgs,
-        }
-        let argv = std::iter::once("vision-serve".to_string()).chain(args.iter().cloned());
-        Ok(<Wrapped as clap::Parser>::try_parse_from(argv)?.args)
-    }
-
     /// The server configuration these options describe (opens the device).
     pub fn config(&self) -> Result<ServeConfig> {
         if self.max_batch_tiles == 0 || self.preprocess_workers == 0 {

@@ -269,12 +269,15 @@ pub fn coupled_generate(
     if with_image {
         cmd.arg("--image").arg(image()).arg("--wire-features");
     }
-    let out = cmd
-        .args(["--prompt", prompt, "--max-new-tokens"])
+    cmd.args(["--prompt", prompt, "--max-new-tokens"])
         .arg(max_new_tokens.to_string())
-        .arg("--json")
-        .output()
-        .unwrap();
+        .arg("--json");
+    json_output(&mut cmd)
+}
+
+/// Runs `cmd`, asserts it succeeded (showing its stderr if not) and parses its stdout as JSON.
+pub fn json_output(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
