@@ -430,11 +430,7 @@ fn elementwise(name: &str, inputs: &[&Tensor], cols: usize) -> Result<Tensor> {
     let y = inputs[0];
     for (i, t) in inputs.iter().enumerate() {
         check_bf16(t, name)?;
-        let expected = if i == 0 || (name == "bias_scale_residual" && i == 1) {
-            y.elem_count()
-        } else {
-            cols
-        };
+        let expected = if i == 0 { y.elem_count() } else { cols };
         if t.elem_count() != expected {
             bail!(
                 "dvd-kernels: {name} operand {i} has {} elements, expected {expected}",
@@ -488,23 +484,6 @@ pub fn bias_add(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// `gelu_erf(y + bias)`, one pass (the sum is rounded to bf16 first, as the unfused ops do).
 pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
     elementwise("bias_gelu", &[y, bias], bias.elem_count())
-}
-
-/// `x + (y + bias) * scale`: a residual branch with its output bias and layer scale, one pass.
-pub fn bias_scale_residual(
-    x: &Tensor,
-    y: &Tensor,
-    bias: &Tensor,
-    scale: &Tensor,
-) -> Result<Tensor> {
-    if bias.elem_count() != scale.elem_count() {
-        bail!("dvd-kernels: bias and scale differ in width");
-    }
-    elementwise(
-        "bias_scale_residual",
-        &[x, y, bias, scale],
-        bias.elem_count(),
-    )
 }
 
 /// Inputs of [`qk_norm_rope_cache`]: a packed batch's fused projection output and what the

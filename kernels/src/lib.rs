@@ -1,7 +1,7 @@
 //! dvd's own CUDA kernels, for the places where candle's generic CUDA ops are slow for this
 //! workload (docs/performance.md, "GPU"): fused flash attention over strided q/k/v (vision
 //! tiles, prefill), attention of single query rows over a paged KV pool (decode), Qwen3's q/k norm +
-//! RoPE + KV-cache write in one pass, fused bias/GELU/layer-scale epilogues, and linear layers on
+//! RoPE + KV-cache write in one pass, fused bias and bias+GELU epilogues, and linear layers on
 //! cuBLASLt with the bias, GELU or residual add in the GEMM epilogue.
 //!
 //! Built only with the `cuda` feature (nvcc compiles `src/cuda/*.cu` to PTX; the driver

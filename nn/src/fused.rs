@@ -60,20 +60,6 @@ pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
     y.broadcast_add(bias)?.gelu_erf()
 }
 
-/// `x + (y + bias) * scale`: a residual branch with its output bias and layer scale.
-pub fn bias_scale_residual(
-    x: &Tensor,
-    y: &Tensor,
-    bias: &Tensor,
-    scale: &Tensor,
-) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if fits(y, bias) {
-        return dvd_kernels::bias_scale_residual(&x.contiguous()?, &y.contiguous()?, bias, scale);
-    }
-    x + y.broadcast_add(bias)?.broadcast_mul(scale)?
-}
-
 /// Whether the fused kernels take `y` with this bias: bf16 on CUDA, width a multiple of 8.
 pub fn fits(y: &Tensor, bias: &Tensor) -> bool {
     dvd_kernels::fused_ok(y) && bias.elem_count().is_multiple_of(8)

@@ -528,13 +528,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     use dvd_bench::serve::{
         Api, Probes, ServeBench, arrivals::Arrivals, client::Endpoint, dataset,
     };
-    let rate = match args.request_rate.as_str() {
-        "inf" => None,
-        r => Some(
-            r.parse::<f64>()
-                .map_err(|_| anyhow::anyhow!("--request-rate: {r:?} is not a number or inf"))?,
-        ),
-    };
+    let rate = parse_request_rate(&args.request_rate)?;
     let requests = match args.dataset.as_str() {
         "synthetic" => dataset::Synthetic {
             sizes: args.image_sizes.0.iter().map(|&s| s as u32).collect(),
@@ -651,6 +645,16 @@ fn gpu_check(args: GpuCheckArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--request-rate`: requests per second, or `inf` (`None`: everything at once).
+pub fn parse_request_rate(rate: &str) -> Result<Option<f64>> {
+    match rate {
+        "inf" => Ok(None),
+        r => Ok(Some(r.parse::<f64>().map_err(|_| {
+            anyhow::anyhow!("--request-rate: {r:?} is not a number or inf")
+        })?)),
+    }
 }
 
 /// A comma-separated list of sizes; the empty string is the empty list.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dvd_bench::compare::CompareBench;
 
-use super::bench::SizeList;
+use super::bench::{SizeList, parse_request_rate};
 
 /// Options of `dvd bench compare`.
 #[derive(Debug, Args)]
@@ -79,13 +79,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let model = args
         .model
         .unwrap_or_else(|| super::up::default_model().display().to_string());
-    let request_rate = match args.request_rate.as_str() {
-        "inf" => None,
-        r => Some(
-            r.parse::<f64>()
-                .map_err(|_| anyhow::anyhow!("--request-rate: {r:?} is not a number or inf"))?,
-        ),
-    };
+    let request_rate = parse_request_rate(&args.request_rate)?;
     let sizes = args
         .image_sizes
         .0

@@ -61,23 +61,6 @@ extern "C" __global__ void bias_gelu(const bf16* y, const bf16* bias, bf16* out,
     }
 }
 
-// out = x + (y + bias) * scale: a residual branch with its output bias and layer scale.
-extern "C" __global__ void bias_scale_residual(const bf16* x, const bf16* y, const bf16* bias,
-                                               const bf16* scale, bf16* out, int cols) {
-    const long base = (long)blockIdx.x * cols;
-    for (int c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
-        float xv[8], yv[8], b[8], s[8];
-        load8(xv, x + base + c);
-        load8(yv, y + base + c);
-        load8(b, bias + c);
-        load8(s, scale + c);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) xv[i] += round_bf16(round_bf16(yv[i] + b[i]) * s[i]);
-        store8(out + base + c, xv);
-    }
-}
-
-
 // Qwen3's per-head q/k RMSNorm, RoPE (rotate-half) and the KV-cache write, one pass for a whole
 // packed batch. Grid (tokens, heads + kv_heads), head_dim / 2 threads: thread j takes the
 // rotate-half pair (j, j + head_dim / 2). Rows of `qkv` are [q heads | k heads | v heads].
