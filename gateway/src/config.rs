@@ -136,7 +136,8 @@ pub struct LimitsSection {
     pub max_images: usize,
     /// Largest image, MiB (decoded from base64).
     pub max_image_mib: usize,
-    /// Tiles per image (thumbnail excluded), also the vision servers' `max_tiles`.
+    /// The most tiles (thumbnail excluded) a request may ask for per image; an image that asks
+    /// for none is tiled by the checkpoint's own setting (`max_dynamic_patch`/`max_patches`).
     pub max_tiles_per_image: u32,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: u32,

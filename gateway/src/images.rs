@@ -16,7 +16,7 @@ pub(crate) struct ImageBytes {
     pub(crate) data: Bytes,
     /// SHA-256 of the bytes: the cache key on both servers.
     pub(crate) hash: [u8; 32],
-    /// Tiles the vision server may cut it into.
+    /// Tiles the vision server may cut it into (0: the checkpoint's setting).
     pub(crate) max_tiles: u32,
 }
 
@@ -44,7 +44,7 @@ pub(crate) fn resolve(
         )));
     }
     let max_tiles = match image.max_tiles {
-        None | Some(0) => limits.max_tiles_per_image,
+        None | Some(0) => 0,
         Some(n) if n > limits.max_tiles_per_image => {
             return Err(bad(format!(
                 "max_tiles {n} exceeds the limit of {}",
@@ -109,7 +109,7 @@ mod tests {
         let ok = resolve(&url("data:image/png;base64,aGVsbG8="), 0, &off, &limits)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok.data, Bytes::from_static(b"hello"));
-        assert_eq!(ok.max_tiles, 12);
+        assert_eq!(ok.max_tiles, 0, "no request: the checkpoint's setting");
         let err = |u: &str, policy: &ImagesSection| {
             resolve(&url(u), 3, policy, &limits)
                 .err()
@@ -127,5 +127,10 @@ mod tests {
         let mut many = url("data:image/png;base64,aGVsbG8=");
         many.max_tiles = Some(99);
         assert!(resolve(&many, 0, &off, &limits).is_err());
+        many.max_tiles = Some(12);
+        assert_eq!(
+            resolve(&many, 0, &off, &limits).map(|i| i.max_tiles).ok(),
+            Some(12)
+        );
     }
 }
