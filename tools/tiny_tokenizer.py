@@ -29,7 +29,8 @@ def special_id(token):
     return VOCAB - len(SPECIALS) + SPECIALS.index(token)
 
 
-def build_tokenizer():
+def build_tokenizer(corpus=None):
+    """The tokenizer, trained on `corpus` (default: CORPUS, which the fixtures use)."""
     tk = Tokenizer(models.BPE())
     tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = pre_tokenizers.Sequence([
@@ -39,7 +40,7 @@ def build_tokenizer():
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB - len(SPECIALS) - 40, special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(CORPUS * 4, trainer)
+    tk.train_from_iterator(CORPUS * 4 if corpus is None else corpus, trainer)
     js = json.loads(tk.to_str())
     vocab = js["model"]["vocab"]
     first_special = VOCAB - len(SPECIALS)

@@ -15,6 +15,8 @@
 //!   TTFT/TPOT/ITL/E2EL and goodput under `vllm bench serve`'s field names.
 //! - [`gpu`]: vision tiles/s, prefill and decode at InternVL3.5 shapes on one GPU
 //!   (`dvd bench gpu`), beside `tools/gpu/torch_baseline.py` for PyTorch.
+//! - [`world`]: the demo model's synthetic world: scenes of coloured shapes, their pictures, the
+//!   questions asked about them and how answers are scored (`dvd demo`).
 
 pub mod compare;
 pub mod engine;
@@ -29,3 +31,4 @@ pub mod serve;
 pub mod stats;
 pub mod transport;
 pub mod vision;
+pub mod world;

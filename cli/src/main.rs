@@ -19,6 +19,9 @@ enum Command {
     Bench(commands::bench::BenchCommand),
     /// Sends one question (and images) to a gateway and streams the answer.
     Chat(commands::chat::ChatArgs),
+    /// The demo model's world: fresh test pictures with their questions, and accuracy checks.
+    #[command(subcommand)]
+    Demo(commands::demo::DemoCommand),
     /// Runs the vision half of a checkpoint on images and writes the features.
     Encode(commands::encode::EncodeArgs),
     /// Vision and language in one process (the coupled baseline): images and a prompt in,
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(cmd) => cmd.run(),
         Command::Chat(cmd) => cmd.run(),
+        Command::Demo(cmd) => cmd.run(),
         Command::Encode(cmd) => cmd.run(),
         Command::Gateway(cmd) => cmd.run(),
         Command::Generate(cmd) => cmd.run(),

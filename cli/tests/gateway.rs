@@ -6,69 +6,21 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{
-    ServerProcess, coupled_generate, dvd, free_port_pair, http, image, language_fixture,
-    start_language,
+    ServerProcess, Up, coupled_generate, dvd, free_port_pair, http, image, language_fixture,
+    start_language, wait_healthy,
 };
 use serde_json::{Value, json};
 
-/// `dvd up`, stopped with SIGTERM (which stops its children) when dropped.
-struct Up {
-    child: Child,
-    http: String,
-}
-
-impl Up {
-    fn start(extra: &[&str]) -> Self {
-        let port = free_port_pair();
-        let child = dvd()
-            .args(["up", "--port", &port.to_string(), "--kv-cache-mib", "64"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self {
-            child,
-            http: format!("127.0.0.1:{port}"),
-        };
-        wait_healthy(&up.http);
-        up
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_healthy(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if std::net::TcpStream::connect(addr).is_ok()
-            && http(addr, "GET", "/health", b"").status == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway at {addr} never became healthy"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// `dvd up` of the MoE fixture (GitHub layout) with `extra` arguments.
+fn up(extra: &[&str]) -> Up {
+    let model = language_fixture(MODEL);
+    let mut args = vec!["--model", model.to_str().unwrap(), "--kv-cache-mib", "64"];
+    args.extend_from_slice(extra);
+    Up::start(&args)
 }
 
 fn data_url(bytes: &[u8]) -> String {
@@ -326,7 +278,7 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
 
 #[test]
 fn dvd_up_answers_like_dvd_generate_over_tcp() {
-    let up = Up::start(&[]);
+    let up = up(&[]);
     same_answer_as_dvd_generate(&up);
     bench_serve_measures_a_live_deployment(&up);
     // `dvd chat` streams the same answer.
@@ -370,7 +322,7 @@ fn dvd_up_answers_like_dvd_generate_over_tcp() {
 
 #[test]
 fn dvd_up_answers_like_dvd_generate_over_quic() {
-    let up = Up::start(&["--transport", "quic", "--vision", "2"]);
+    let up = up(&["--transport", "quic", "--vision", "2"]);
     same_answer_as_dvd_generate(&up);
 }
 

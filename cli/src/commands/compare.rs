@@ -13,7 +13,7 @@ use super::bench::{SizeList, parse_request_rate};
 /// Options of `dvd bench compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Model directory or hub id (default: the small committed model `dvd up` serves).
+    /// Model directory or hub id (default: the embedded demo model `dvd up` serves).
     #[arg(long)]
     model: Option<String>,
     /// Image requests in each loaded run.
@@ -76,9 +76,10 @@ pub struct CompareArgs {
 /// Runs the comparison and prints the report.
 pub fn run(args: CompareArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the dvd binary")?;
-    let model = args
-        .model
-        .unwrap_or_else(|| super::up::default_model().display().to_string());
+    let model = match args.model {
+        Some(model) => model,
+        None => super::demo_model::path()?.display().to_string(),
+    };
     let request_rate = parse_request_rate(&args.request_rate)?;
     let sizes = args
         .image_sizes

@@ -25,9 +25,10 @@ use super::encode::{Switch, tile_images};
 /// Options of `dvd generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache
+    /// (default: the embedded demo model).
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Image file (JPEG, PNG or WebP); repeat for several images.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
@@ -91,7 +92,7 @@ impl GenerateArgs {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
         let total = Instant::now();
-        let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
+        let dir = super::demo_model::or_default(self.model.as_deref())?;
         let options = LoadOptions {
             dtype: self.compute.dtype(),
             device: self.compute.open()?,
@@ -115,28 +116,31 @@ impl GenerateArgs {
         let load_ms = ms(started);
 
         let started = Instant::now();
-        let (features, image_tokens) = self.encode_images(&dir, &options)?;
+        let (features, image_tokens) = if self.images.is_empty() {
+            (None, Vec::new())
+        } else {
+            let vision = VisionModel::load(&dir, &options)
+                .with_context(|| format!("loading the vision model from {}", dir.display()))?;
+            let encoded = encode_images(&vision, &self.images, self.max_tiles, self.vir)?;
+            let features = match self.wire_features {
+                true => round_to_wire(&encoded.0)?,
+                false => encoded.0,
+            };
+            (Some(features), encoded.1)
+        };
         let vision_ms = ms(started);
 
         let config = dvd_checkpoint::read_json(&dir.join("config.json"))?;
         let format = PromptFormat::for_checkpoint(&config, &tokenizer)?;
         let (prompt, placeholder) = self.prompt_text(&format)?;
-        let (ids, image) = match &features {
-            None => (tokenizer.encode(&prompt)?, None),
-            Some(features) => {
-                let image_ids = ImageTokenIds::from_tokenizer(&tokenizer)?;
-                let ids =
-                    encode_with_images(&tokenizer, image_ids, &prompt, placeholder, &image_tokens)?;
-                let image = ImageInput {
-                    token_id: image_ids.context,
-                    features,
-                };
-                (ids, Some(image))
-            }
-        };
-        let mut eos = model.config().eos_token_ids.clone();
-        eos.extend(tokenizer.eos_token_id());
-        eos.extend(tokenizer.token_id("<|im_end|>"));
+        let (ids, image) = prompt_ids(
+            &tokenizer,
+            &prompt,
+            placeholder,
+            features.as_ref(),
+            &image_tokens,
+        )?;
+        let eos = stop_ids(&model, &tokenizer);
         let stream = !self.json;
         let mut stdout = std::io::stdout();
         let mut on_text = |text: &str| {
@@ -193,38 +197,6 @@ impl GenerateArgs {
         Ok(())
     }
 
-    /// Tiles and encodes every image as one request; returns the features and each image's
-    /// token count.
-    fn encode_images(
-        &self,
-        dir: &std::path::Path,
-        options: &LoadOptions,
-    ) -> Result<(Option<Tensor>, Vec<usize>)> {
-        if self.images.is_empty() {
-            return Ok((None, Vec::new()));
-        }
-        let vision = VisionModel::load(dir, options)
-            .with_context(|| format!("loading the vision model from {}", dir.display()))?;
-        let (tiles, tiles_per_image) = tile_images(&vision, &self.images, self.max_tiles, false)?;
-        let routing = Switch::routing(self.vir);
-        let encoded = vision.encode(&vision.pixel_values(&tiles)?, routing)?;
-        let mut image_tokens = Vec::with_capacity(tiles_per_image.len());
-        let mut next = 0;
-        for n in tiles_per_image {
-            image_tokens.push(encoded.tokens_per_tile[next..next + n].iter().sum());
-            next += n;
-        }
-        let features = if self.wire_features {
-            encoded
-                .features
-                .to_dtype(candle_core::DType::BF16)?
-                .to_dtype(encoded.features.dtype())?
-        } else {
-            encoded.features
-        };
-        Ok((Some(features), image_tokens))
-    }
-
     /// The prompt text and the image placeholder it uses.
     fn prompt_text(&self, format: &PromptFormat) -> Result<(String, &'static str)> {
         if self.raw {
@@ -235,26 +207,97 @@ impl GenerateArgs {
             (None, true) => Some(R1_SYSTEM_PROMPT.to_string()),
             (None, false) => None,
         };
-        let mut messages = Vec::new();
-        if let Some(system) = system {
-            messages.push(ChatMessage::system(system));
-        }
-        // An InternVL-format prompt may place its images itself with `<image>`.
-        let inline =
-            matches!(format, PromptFormat::InternVl) && self.prompt.contains(IMAGE_PLACEHOLDER);
-        let parts = if inline {
-            vec![ContentPart::Text(self.prompt.clone())]
-        } else {
-            let mut parts = vec![ContentPart::Image; self.images.len()];
-            parts.push(ContentPart::Text(self.prompt.clone()));
-            parts
-        };
-        messages.push(ChatMessage::parts("user", parts));
-        Ok((
-            format.render(&messages, self.thinking)?,
-            format.placeholder(),
-        ))
+        user_prompt(
+            format,
+            &self.prompt,
+            self.images.len(),
+            system,
+            self.thinking,
+        )
     }
+}
+
+/// Tiles and encodes `images` as one request; returns the features and each image's token
+/// count.
+pub fn encode_images(
+    vision: &VisionModel,
+    images: &[PathBuf],
+    max_tiles: Option<u32>,
+    vir: Option<Switch>,
+) -> Result<(Tensor, Vec<usize>)> {
+    let (tiles, tiles_per_image) = tile_images(vision, images, max_tiles, false)?;
+    let encoded = vision.encode(&vision.pixel_values(&tiles)?, Switch::routing(vir))?;
+    let mut image_tokens = Vec::with_capacity(tiles_per_image.len());
+    let mut next = 0;
+    for n in tiles_per_image {
+        image_tokens.push(encoded.tokens_per_tile[next..next + n].iter().sum());
+        next += n;
+    }
+    Ok((encoded.features, image_tokens))
+}
+
+/// `features` rounded to BF16 as vision servers send them (same dtype back), so coupled output
+/// equals a decoupled deployment's token for token.
+pub fn round_to_wire(features: &Tensor) -> Result<Tensor> {
+    Ok(features
+        .to_dtype(candle_core::DType::BF16)?
+        .to_dtype(features.dtype())?)
+}
+
+/// A conversation of one user turn (`images` images, then `text`), after an optional system
+/// message, rendered in the checkpoint's format; returns it and the image placeholder used.
+pub fn user_prompt(
+    format: &PromptFormat,
+    text: &str,
+    images: usize,
+    system: Option<String>,
+    thinking: bool,
+) -> Result<(String, &'static str)> {
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(ChatMessage::system(system));
+    }
+    // An InternVL-format prompt may place its images itself with `<image>`.
+    let inline = matches!(format, PromptFormat::InternVl) && text.contains(IMAGE_PLACEHOLDER);
+    let parts = if inline {
+        vec![ContentPart::Text(text.to_string())]
+    } else {
+        let mut parts = vec![ContentPart::Image; images];
+        parts.push(ContentPart::Text(text.to_string()));
+        parts
+    };
+    messages.push(ChatMessage::parts("user", parts));
+    Ok((format.render(&messages, thinking)?, format.placeholder()))
+}
+
+/// Token ids of `prompt`, each image placeholder expanded to its features' tokens.
+pub fn prompt_ids<'a>(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    placeholder: &str,
+    features: Option<&'a Tensor>,
+    image_tokens: &[usize],
+) -> Result<(Vec<u32>, Option<ImageInput<'a>>)> {
+    Ok(match features {
+        None => (tokenizer.encode(prompt)?, None),
+        Some(features) => {
+            let image_ids = ImageTokenIds::from_tokenizer(tokenizer)?;
+            let ids = encode_with_images(tokenizer, image_ids, prompt, placeholder, image_tokens)?;
+            let image = ImageInput {
+                token_id: image_ids.context,
+                features,
+            };
+            (ids, Some(image))
+        }
+    })
+}
+
+/// The ids that end generation: the model's EOS ids, the tokenizer's and `<|im_end|>`.
+pub fn stop_ids(model: &LanguageModel, tokenizer: &Tokenizer) -> Vec<u32> {
+    let mut eos = model.config().eos_token_ids.clone();
+    eos.extend(tokenizer.eos_token_id());
+    eos.extend(tokenizer.token_id("<|im_end|>"));
+    eos
 }
 
 fn ms(since: Instant) -> f64 {

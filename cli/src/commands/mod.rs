@@ -4,6 +4,8 @@ pub mod affinity;
 pub mod bench;
 pub mod chat;
 pub mod compare;
+pub mod demo;
+pub mod demo_model;
 pub mod device;
 pub mod encode;
 pub mod gateway;

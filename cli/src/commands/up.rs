@@ -21,7 +21,7 @@ use tokio::runtime::Runtime;
 /// Options of `dvd up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Model directory or hub id (default: the small model committed with the project).
+    /// Model directory or hub id (default: the embedded demo model, `dvd-demo`).
     #[arg(long)]
     model: Option<String>,
     /// Vision servers to start.
@@ -172,13 +172,6 @@ fn cpus_args(cpus: &Option<String>) -> Vec<String> {
         .collect()
 }
 
-/// The model `dvd up` serves without `--model`: the small committed checkpoint (both halves of
-/// an InternVL3.5-style model with random weights; it answers gibberish, quickly).
-pub fn default_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../language-server/tests/fixtures/model/internvl-moe-custom-bf16")
-}
-
 /// Child processes, stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
 struct Processes {
     children: Vec<(String, Child)>,
@@ -243,7 +236,7 @@ impl UpArgs {
         }
         let model = match &self.model {
             Some(m) => m.clone(),
-            None => default_model().display().to_string(),
+            None => super::demo_model::path()?.display().to_string(),
         };
         let dir = std::env::temp_dir().join(format!("dvd-up-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A checkpoint under `language-server/tests/fixtures/model` (both halves of InternVL).
 pub fn language_fixture(name: &str) -> PathBuf {
@@ -304,4 +305,63 @@ pub fn start_language(model: &Path, kv_cache_mib: u32, extra: &[&str]) -> Server
     ];
     args.extend_from_slice(extra);
     ServerProcess::start(&args)
+}
+
+/// `dvd up` on ports chosen at run time, stopped with SIGTERM (which stops its children) when
+/// dropped.
+pub struct Up {
+    child: Child,
+    /// The gateway's HTTP address (`host:port`); gRPC listens on the next port.
+    pub http: String,
+}
+
+impl Up {
+    /// Starts `dvd up <args...>` and waits until the gateway reports healthy.
+    pub fn start(args: &[&str]) -> Self {
+        let port = free_port_pair();
+        let child = dvd()
+            .args(["up", "--port", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let up = Self {
+            child,
+            http: format!("127.0.0.1:{port}"),
+        };
+        wait_healthy(&up.http);
+        up
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 60 s) until the gateway at `addr` answers `/health` with 200.
+pub fn wait_healthy(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok()
+            && http(addr, "GET", "/health", b"").status == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway at {addr} never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
