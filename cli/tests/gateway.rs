@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{
-    ServerProcess, Up, coupled_generate, dvd, free_port_pair, http, image, language_fixture,
-    start_language, wait_healthy,
+    ServerProcess, Up, coupled_generate, dvd, free_port_pair, http, image, json_output,
+    language_fixture, start_language, wait_healthy,
 };
 use serde_json::{Value, json};
 
@@ -206,6 +206,35 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
         "{rows}"
     );
     assert!(rows.lines().skip(1).all(|l| l.contains(",true,")), "{rows}");
+    // A sweep over two rates: one report per rate, and the plots.
+    let plots = dir.path().join("plots");
+    let sweep = json_output(
+        dvd()
+            .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+            .args([
+                "--num-prompts",
+                "2",
+                "--request-rate",
+                "10,20",
+                "--image-sizes",
+                "64",
+            ])
+            .args(["--output-len", "2", "--json", "--plot-dir"])
+            .arg(&plots),
+    );
+    let runs = sweep.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{sweep}");
+    assert_eq!(
+        (
+            runs[0]["request_rate"].as_f64(),
+            runs[1]["completed"].as_u64()
+        ),
+        (Some(10.0), Some(2))
+    );
+    for name in ["ttft_cdf.svg", "e2el_cdf.svg", "throughput_vs_rate.svg"] {
+        let svg = std::fs::read_to_string(plots.join(name)).unwrap();
+        assert!(svg.starts_with("<svg"), "{name}");
+    }
     // The same load through the public gRPC API (the gateway's next port).
     let (host, port) = up.http.rsplit_once(':').unwrap();
     let grpc = format!("http://{host}:{}", port.parse::<u16>().unwrap() + 1);

@@ -13,6 +13,7 @@ pub mod arrivals;
 pub mod client;
 pub mod dataset;
 pub mod grpc;
+pub mod plot;
 pub mod report;
 
 use std::sync::Arc;

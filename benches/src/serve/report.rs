@@ -244,6 +244,24 @@ pub fn csv(outcomes: &[Outcome]) -> String {
     out
 }
 
+/// The rows of every run of a sweep, each led by its run's request rate (`inf`: all at once).
+pub fn sweep_csv(runs: &[(ServeReport, Vec<Outcome>)]) -> String {
+    let mut out = String::new();
+    for (i, (report, outcomes)) in runs.iter().enumerate() {
+        let rate = report
+            .request_rate
+            .map_or_else(|| "inf".to_string(), |r| r.to_string());
+        for (j, line) in csv(outcomes).lines().enumerate() {
+            match j {
+                0 if i == 0 => out.push_str(&format!("request_rate,{line}\n")),
+                0 => {}
+                _ => out.push_str(&format!("{rate},{line}\n")),
+            }
+        }
+    }
+    out
+}
+
 fn ms(seconds: f64) -> f64 {
     seconds * 1e3
 }
@@ -497,5 +515,32 @@ mod tests {
         assert!("ttft".parse::<Slo>().is_err());
         assert!("foo:1".parse::<Slo>().is_err());
         assert!("e2el:-1".parse::<Slo>().is_err());
+    }
+
+    #[test]
+    fn sweep_rows_carry_their_rate_under_one_header() {
+        let outcomes = vec![Outcome {
+            kind: Kind::Load,
+            sent_at: 0.0,
+            images: 1,
+            result: Ok(timing(0.1, 1.1, 11)),
+        }];
+        let mut all_at_once = info();
+        all_at_once.request_rate = None;
+        let runs = vec![
+            (
+                ServeReport::new(info(), &outcomes, &[], &[50.0]),
+                outcomes.clone(),
+            ),
+            (
+                ServeReport::new(all_at_once, &outcomes, &[], &[50.0]),
+                outcomes.clone(),
+            ),
+        ];
+        let text = sweep_csv(&runs);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("request_rate,kind,"));
+        assert!(lines[1].starts_with("2,load,") && lines[2].starts_with("inf,load,"));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use dvd_bench::engine::EngineBench;
 use dvd_bench::language::LanguageBench;
@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// Load requests to send.
     #[arg(long, default_value_t = 100)]
     num_prompts: usize,
-    /// Requests per second, or `inf` to send them all at once.
+    /// Requests per second, or `inf` to send them all at once; a comma-separated list runs a
+    /// sweep, one run per rate (each with fresh synthetic images).
     #[arg(long, default_value = "inf")]
     request_rate: String,
     /// Gamma shape of the arrival gaps: 1 = Poisson, < 1 burstier.
@@ -146,9 +147,13 @@ pub struct ServeArgs {
     /// Also write the JSON summary here.
     #[arg(long)]
     result_file: Option<std::path::PathBuf>,
-    /// Also write one CSV row per request here.
+    /// Also write one CSV row per request here (in a sweep, with the run's rate first).
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
+    /// Write SVG plots here: TTFT and end-to-end latency CDFs, and for a sweep, throughput and
+    /// latency against the offered rate.
+    #[arg(long)]
+    plot_dir: Option<std::path::PathBuf>,
 }
 
 /// Options of `dvd bench gpu`.
@@ -525,17 +530,73 @@ fn engine(args: EngineArgs) -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    use dvd_bench::serve::{plot, report};
+    let rates = args
+        .request_rate
+        .split(',')
+        .map(|r| parse_request_rate(r.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut runs = Vec::with_capacity(rates.len());
+    for (i, &rate) in rates.iter().enumerate() {
+        // Each run of a sweep gets fresh pictures, so the embedding cache never hides the encoder.
+        let bench = serve_bench(&args, rate, args.seed + i as u64)?;
+        runs.push(runtime.block_on(bench.run())?);
+    }
+    let reports: Vec<&report::ServeReport> = runs.iter().map(|(r, _)| r).collect();
+    let json = match reports.as_slice() {
+        [one] => serde_json::to_string_pretty(one)?,
+        all => serde_json::to_string_pretty(all)?,
+    };
+    if let Some(path) = &args.result_file {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.csv {
+        let text = match runs.as_slice() {
+            [(_, outcomes)] => report::csv(outcomes),
+            all => report::sweep_csv(all),
+        };
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &args.plot_dir {
+        let plotted: Vec<plot::Run> = runs
+            .iter()
+            .map(|(report, outcomes)| plot::Run { report, outcomes })
+            .collect();
+        for path in plot::write_all(dir, &plotted)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    match args.json {
+        true => println!("{json}"),
+        false => {
+            for report in reports {
+                println!("{report}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The benchmark of one run of `dvd bench serve` at `rate`, its synthetic images from `seed`.
+fn serve_bench(
+    args: &ServeArgs,
+    rate: Option<f64>,
+    seed: u64,
+) -> Result<dvd_bench::serve::ServeBench> {
     use dvd_bench::serve::{
         Api, Probes, ServeBench, arrivals::Arrivals, client::Endpoint, dataset,
     };
-    let rate = parse_request_rate(&args.request_rate)?;
     let requests = match args.dataset.as_str() {
         "synthetic" => dataset::Synthetic {
             sizes: args.image_sizes.0.iter().map(|&s| s as u32).collect(),
             images_per_request: args.images_per_request,
             prompt: args.prompt.clone(),
             max_tokens: args.output_len,
-            seed: args.seed,
+            seed,
         }
         .requests(args.num_prompts)?,
         "jsonl" => {
@@ -565,10 +626,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         "grpc" => Api::Grpc,
         other => bail!("unknown --api {other:?}: openai or grpc"),
     };
-    let bench = ServeBench {
+    Ok(ServeBench {
         endpoint: Endpoint::parse(&args.url)?,
         api,
-        model: args.model,
+        model: args.model.clone(),
         requests,
         arrivals: Arrivals {
             rate,
@@ -584,27 +645,10 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_tokens: args.probe_output_len,
         }),
         timeout: std::time::Duration::from_secs_f64(args.timeout_s.max(0.001)),
-        slos: args.goodput,
+        slos: args.goodput.clone(),
         percentiles,
         progress: !args.json,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (report, outcomes) = runtime.block_on(bench.run())?;
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.result_file {
-        std::fs::write(path, &json)?;
-    }
-    if let Some(path) = &args.csv {
-        std::fs::write(path, dvd_bench::serve::report::csv(&outcomes))?;
-    }
-    match args.json {
-        true => println!("{json}"),
-        false => println!("{report}"),
-    }
-    Ok(())
+    })
 }
 
 fn gpu(args: GpuArgs) -> Result<()> {
