@@ -21,6 +21,16 @@ pub enum QuestionKind {
 }
 
 impl QuestionKind {
+    /// The kind's name, as serialised (`shape`, `color`, `count`, `describe`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shape => "shape",
+            Self::Color => "color",
+            Self::Count => "count",
+            Self::Describe => "describe",
+        }
+    }
+
     /// The question's exact text.
     pub fn text(self) -> &'static str {
         match self {
@@ -148,5 +158,17 @@ mod tests {
         tally.record(QuestionKind::Shape, false);
         tally.record(QuestionKind::Describe, false);
         assert_eq!(tally.rows(), vec![(QuestionKind::Shape, 1, 2, 0.5)]);
+        for kind in [
+            QuestionKind::Shape,
+            QuestionKind::Color,
+            QuestionKind::Count,
+            QuestionKind::Describe,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                kind.name(),
+                "serde and name agree"
+            );
+        }
     }
 }

@@ -160,17 +160,14 @@ impl EvalArgs {
                 "expected": q.expected, "answer": answer, "right": right,
             }));
         }
-        let accuracy: BTreeMap<String, f64> = tally
-            .rows()
+        let scored = tally.rows();
+        let accuracy: BTreeMap<&str, f64> = scored
             .iter()
-            .map(|(kind, _, _, acc)| (kind_name(*kind), *acc))
+            .map(|(k, _, _, acc)| (k.name(), *acc))
             .collect();
         if self.json {
-            let asked: BTreeMap<String, usize> = tally
-                .rows()
-                .iter()
-                .map(|(k, _, n, _)| (kind_name(*k), *n))
-                .collect();
+            let asked: BTreeMap<&str, usize> =
+                scored.iter().map(|(k, _, n, _)| (k.name(), *n)).collect();
             println!(
                 "{}",
                 json!({"accuracy": accuracy, "asked": asked, "answers": rows})
@@ -180,8 +177,8 @@ impl EvalArgs {
                 "{:<10} {:>6} {:>6} {:>9}",
                 "question", "right", "asked", "accuracy"
             );
-            for (kind, right, n, acc) in tally.rows() {
-                println!("{:<10} {right:>6} {n:>6} {acc:>9.3}", kind_name(kind));
+            for (kind, right, n, acc) in &scored {
+                println!("{:<10} {right:>6} {n:>6} {acc:>9.3}", kind.name());
             }
         }
         if let Some(min) = self.min_accuracy
@@ -290,11 +287,4 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>> {
                 .with_context(|| format!("{}:{}: not a demo question", path.display(), n + 1))
         })
         .collect()
-}
-
-fn kind_name(kind: dvd_bench::world::QuestionKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
