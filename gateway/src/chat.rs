@@ -326,7 +326,7 @@ async fn try_once(
             destination: Some(FeatureDestination {
                 address: reachable(&address, &language),
                 transport,
-                server_name: String::new(),
+                server_name: gw.config.language.feature_tls_name.clone(),
             }),
         };
         let (tx, rx) = oneshot::channel();

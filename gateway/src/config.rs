@@ -76,6 +76,9 @@ pub struct PoolSection {
     pub addresses: Vec<String>,
     /// DNS names (`name:port`) whose every address is a pool member, re-resolved periodically.
     pub dns: Vec<String>,
+    /// Language pool only: the TLS name vision servers verify on these servers' QUIC feature
+    /// listeners (one certificate for the whole pool); empty: the host of the feature address.
+    pub feature_tls_name: String,
 }
 
 impl PoolSection {

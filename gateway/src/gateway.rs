@@ -2,6 +2,7 @@
 //! ([`crate::chat`]) behind both front doors.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -29,6 +30,8 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     /// Encode calls running beside their requests.
     pub(crate) tasks: TaskTracker,
+    /// Set on SIGTERM: `/health/ready` turns 503 so load balancers stop sending new clients.
+    draining: AtomicBool,
     created: u64,
 }
 
@@ -57,6 +60,7 @@ impl Gateway {
             language_policy,
             metrics: Arc::new(Metrics::default()),
             tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -72,6 +76,12 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Reports `DRAINING` from now on (requests are still served: the gateway is stateless and
+    /// finishes whatever reaches it until its listeners close).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// One round of re-resolution (when due) and health checks of both pools.
@@ -141,7 +151,9 @@ impl ChatBackend for Gateway {
         // gateway still serves.
         let vision_ok = vision > 0 || self.config.vision.targets().next().is_none();
         HealthResponse {
-            status: if language > 0 && vision_ok {
+            status: if self.draining.load(Ordering::Acquire) {
+                ServingStatus::Draining
+            } else if language > 0 && vision_ok {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing

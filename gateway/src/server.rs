@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dvd_proto::limits::{inference_server, tuned_server};
 use tokio::net::TcpListener;
@@ -34,6 +35,17 @@ impl RunningGateway {
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.gateway.close().await;
+    }
+
+    /// Drains, then stops: reports `DRAINING` (`/health/ready` 503) while still serving for
+    /// `delay`, so load balancers take the gateway out of rotation, then closes the listeners
+    /// and lets the responses in flight finish for at most `timeout`.
+    pub async fn drain_and_shutdown(mut self, delay: Duration, timeout: Duration) {
+        self.gateway.drain();
+        tokio::time::sleep(delay).await;
+        self.stop.cancel();
+        dvd_telemetry::drain::join_within(&mut self.tasks, timeout).await;
         self.gateway.close().await;
     }
 }

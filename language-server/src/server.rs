@@ -1,9 +1,11 @@
 //! A whole language server: loads the LLM, starts the engine thread, the feature listener (TCP or
-//! QUIC) and the gRPC `LanguageService`, and stops them together.
+//! QUIC), the gRPC `LanguageService` and the ops endpoint, and stops them together, draining
+//! the requests in flight first.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use candle_core::{DType, Device};
 use dvd_proto::limits::{language_server, tuned_server};
@@ -51,6 +53,10 @@ pub struct ServeConfig {
     pub requests: RequestDefaults,
     /// Limits of the feature inbox.
     pub inbox: InboxConfig,
+    /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
+    pub ops_listen: Option<SocketAddr>,
+    /// How long [`RunningServer::shutdown`] waits for requests in flight.
+    pub drain_timeout: Duration,
 }
 
 /// What can stop a server from starting.
@@ -88,11 +94,14 @@ pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     /// Bound feature listener address.
     pub feature_addr: SocketAddr,
+    /// Bound ops endpoint address, when one was asked for.
+    pub ops_addr: Option<SocketAddr>,
     /// The model directory that was loaded.
     pub model_dir: PathBuf,
     service: LanguageServer,
     shutdown: CancellationToken,
-    /// The gRPC server and the feature listener.
+    drain_timeout: Duration,
+    /// The gRPC server, the feature listener and the ops endpoint.
     tasks: JoinSet<()>,
 }
 
@@ -102,11 +111,19 @@ impl RunningServer {
         &self.service
     }
 
-    /// Stops accepting work, closes the listeners and waits for them.
+    /// Drains, then stops: turns not-ready and refuses new requests (gateways route elsewhere),
+    /// waits up to the drain timeout for the requests in flight to finish, then closes the
+    /// listeners and waits for them.
     pub async fn shutdown(mut self) {
         self.service.drain();
-        self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let service = self.service.clone();
+        dvd_telemetry::drain::drain_then_stop(
+            || service.active_requests(),
+            self.drain_timeout,
+            &self.shutdown,
+            &mut self.tasks,
+        )
+        .await;
         self.service.close().await;
     }
 }
@@ -203,6 +220,17 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         config.requests,
         identity,
     );
+    let ops_addr = dvd_telemetry::ops::start(
+        config.ops_listen,
+        Arc::new(service.clone()),
+        shutdown.clone(),
+        &mut tasks,
+    )
+    .await
+    .map_err(|source| ServeError::Io {
+        context: "binding the ops endpoint".into(),
+        source,
+    })?;
     let stop = shutdown.clone();
     let grpc = tuned_server()
         .add_service(language_server(service.clone()))
@@ -218,9 +246,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     Ok(RunningServer {
         grpc_addr,
         feature_addr,
+        ops_addr,
         model_dir: dir,
         service,
         shutdown,
+        drain_timeout: config.drain_timeout,
         tasks,
     })
 }

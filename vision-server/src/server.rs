@@ -1,9 +1,11 @@
-//! A whole vision server: loads the vision half of a checkpoint, starts the encoder thread and
-//! the gRPC `VisionService`, and stops them together.
+//! A whole vision server: loads the vision half of a checkpoint, starts the encoder thread, the
+//! gRPC `VisionService` and the ops endpoint, and stops them together, draining the requests in
+//! flight first.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use candle_core::{DType, Device};
 use dvd_proto::limits::{tuned_server, vision_server};
@@ -40,6 +42,10 @@ pub struct ServeConfig {
     pub admission: Admission,
     /// Feature sender settings.
     pub sender: SenderConfig,
+    /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
+    pub ops_listen: Option<SocketAddr>,
+    /// How long [`RunningServer::shutdown`] waits for requests in flight.
+    pub drain_timeout: Duration,
 }
 
 /// What can stop a vision server from starting.
@@ -72,10 +78,14 @@ pub enum ServeError {
 pub struct RunningServer {
     /// Bound gRPC address.
     pub grpc_addr: SocketAddr,
+    /// Bound ops endpoint address, when one was asked for.
+    pub ops_addr: Option<SocketAddr>,
     /// The model directory that was loaded.
     pub model_dir: PathBuf,
     service: VisionServer,
     shutdown: CancellationToken,
+    drain_timeout: Duration,
+    /// The gRPC server and the ops endpoint.
     tasks: JoinSet<()>,
 }
 
@@ -85,11 +95,19 @@ impl RunningServer {
         &self.service
     }
 
-    /// Stops accepting work, closes the listener and waits for requests in flight.
+    /// Drains, then stops: turns not-ready and refuses new requests (gateways route elsewhere),
+    /// waits up to the drain timeout for the requests in flight to send their features, then
+    /// closes the listeners and waits for them.
     pub async fn shutdown(mut self) {
         self.service.drain();
-        self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let service = self.service.clone();
+        dvd_telemetry::drain::drain_then_stop(
+            || service.in_flight(),
+            self.drain_timeout,
+            &self.shutdown,
+            &mut self.tasks,
+        )
+        .await;
         self.service.close().await;
     }
 }
@@ -149,6 +167,17 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             stop.cancelled().await;
         });
     let mut tasks = JoinSet::new();
+    let ops_addr = dvd_telemetry::ops::start(
+        config.ops_listen,
+        Arc::new(service.clone()),
+        shutdown.clone(),
+        &mut tasks,
+    )
+    .await
+    .map_err(|source| ServeError::Io {
+        context: "binding the ops endpoint".into(),
+        source,
+    })?;
     tasks.spawn(async move {
         if let Err(e) = grpc.await {
             tracing::error!(error = %e, "gRPC server failed");
@@ -157,9 +186,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     tracing::info!(%grpc_addr, "vision server ready");
     Ok(RunningServer {
         grpc_addr,
+        ops_addr,
         model_dir: dir,
         service,
         shutdown,
+        drain_timeout: config.drain_timeout,
         tasks,
     })
 }

@@ -52,6 +52,15 @@ pub fn path() -> Result<PathBuf> {
     install(&cache_root())
 }
 
+/// A server's `--model` argument with the demo model's name (`dvd-demo`, when no such directory
+/// exists here) replaced by its directory; anything else unchanged.
+pub fn resolve_name(model: &str) -> Result<String> {
+    if model == NAME && !Path::new(model).exists() {
+        return Ok(path()?.display().to_string());
+    }
+    Ok(model.to_string())
+}
+
 /// `model` resolved (a directory, or a hub id in the local Hugging Face cache), or the demo
 /// model when it is `None`.
 pub fn or_default(model: Option<&str>) -> Result<PathBuf> {

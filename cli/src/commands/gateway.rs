@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -38,6 +39,13 @@ pub struct ServeArgs {
     /// gRPC listen address (overrides `server.grpc`).
     #[arg(long)]
     grpc: Option<SocketAddr>,
+    /// On SIGTERM: how long to keep serving while reporting not-ready (`/health/ready` 503), so
+    /// load balancers stop sending new clients, seconds.
+    #[arg(long, default_value_t = 0)]
+    drain_delay_s: u64,
+    /// On SIGTERM, after the delay: the longest wait for responses in flight, seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_s: u64,
     /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
     #[arg(long)]
     cpus: Option<String>,
@@ -50,6 +58,8 @@ impl ServeArgs {
             super::affinity::pin_process(cpus)?;
         }
         let config = self.gateway_config()?;
+        let delay = Duration::from_secs(self.drain_delay_s);
+        let timeout = Duration::from_secs(self.drain_timeout_s);
         super::serve_until_signal(
             async move {
                 start(config)
@@ -62,7 +72,7 @@ impl ServeArgs {
                     "grpc": server.grpc_addr.to_string(),
                 })
             },
-            |server| server.shutdown(),
+            move |server| server.drain_and_shutdown(delay, timeout),
         )
     }
 

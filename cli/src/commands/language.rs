@@ -16,6 +16,7 @@ use dvd_transport::{InboxConfig, TlsOptions, TransportKind};
 use serde_json::json;
 
 use super::device::ComputeArgs;
+use super::ops::OpsArgs;
 
 /// Language server commands.
 #[derive(Debug, Subcommand)]
@@ -36,7 +37,8 @@ impl LanguageCommand {
 /// Options of `dvd language serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    /// Model directory, a hub id (`owner/name[@revision]`) in the local Hugging Face cache, or
+    /// `dvd-demo` (the demo model built into this binary).
     #[arg(long)]
     model: String,
     /// gRPC listen address.
@@ -83,6 +85,8 @@ pub struct ServeArgs {
     /// How long a request waits for its features when it does not say, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     feature_timeout_ms: u64,
+    #[command(flatten)]
+    ops: OpsArgs,
     /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
     #[arg(long)]
     cpus: Option<String>,
@@ -102,6 +106,7 @@ impl ServeArgs {
                     "grpc": server.grpc_addr.to_string(),
                     "features": server.feature_addr.to_string(),
                     "transport": self.transport.to_string(),
+                    "ops": server.ops_addr.map(|a| a.to_string()),
                     "model_dir": server.model_dir.display().to_string(),
                 })
             },
@@ -122,7 +127,7 @@ impl ServeArgs {
             _ => TlsOptions::default(),
         };
         let config = ServeConfig {
-            model: self.model.clone(),
+            model: super::demo_model::resolve_name(&self.model)?,
             listen: self.listen,
             feature_listen: self.feature_listen,
             feature_advertise: self.feature_advertise.clone(),
@@ -145,6 +150,8 @@ impl ServeArgs {
                 max_images: self.max_images,
             },
             inbox: InboxConfig::default(),
+            ops_listen: self.ops.ops_listen,
+            drain_timeout: self.ops.drain_timeout(),
         };
         Ok(config)
     }

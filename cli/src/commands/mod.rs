@@ -11,6 +11,7 @@ pub mod encode;
 pub mod gateway;
 pub mod generate;
 pub mod language;
+pub mod ops;
 pub mod plan;
 pub mod tls;
 pub mod up;

@@ -16,6 +16,7 @@ use dvd_vision_server::service::{Admission, RequestLimits};
 use serde_json::json;
 
 use super::device::ComputeArgs;
+use super::ops::OpsArgs;
 
 /// Vision server commands.
 #[derive(Debug, Subcommand)]
@@ -36,7 +37,8 @@ impl VisionCommand {
 /// Options of `dvd vision serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model directory, or a hub id (`owner/name[@revision]`) in the local Hugging Face cache.
+    /// Model directory, a hub id (`owner/name[@revision]`) in the local Hugging Face cache, or
+    /// `dvd-demo` (the demo model built into this binary).
     #[arg(long)]
     model: String,
     /// gRPC listen address.
@@ -72,6 +74,8 @@ pub struct ServeArgs {
     /// Tiles that may wait for the encoder before new requests are refused.
     #[arg(long, default_value_t = 256)]
     max_queued_tiles: usize,
+    #[command(flatten)]
+    ops: OpsArgs,
     /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
     #[arg(long)]
     cpus: Option<String>,
@@ -89,6 +93,7 @@ impl ServeArgs {
             |server| {
                 json!({
                     "grpc": server.grpc_addr.to_string(),
+                    "ops": server.ops_addr.map(|a| a.to_string()),
                     "model_dir": server.model_dir.display().to_string(),
                 })
             },
@@ -109,7 +114,7 @@ impl ServeArgs {
             },
         };
         let config = ServeConfig {
-            model: self.model.clone(),
+            model: super::demo_model::resolve_name(&self.model)?,
             listen: self.listen,
             tls,
             dtype: self.compute.dtype(),
@@ -129,6 +134,8 @@ impl ServeArgs {
                 max_queued_tiles: self.max_queued_tiles,
             },
             sender: SenderConfig::default(),
+            ops_listen: self.ops.ops_listen,
+            drain_timeout: self.ops.drain_timeout(),
         };
         Ok(config)
     }

@@ -63,6 +63,34 @@ impl ServerProcess {
         self.ready[name].as_str().unwrap().to_owned()
     }
 
+    /// Sends SIGTERM (a graceful drain).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if it is still up.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process now.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -119,6 +147,15 @@ pub fn encoded_tiles(model: &Path, extra: &[&str]) -> (Vec<Vec<half::bf16>>, usi
         })
         .collect();
     (tiles, hidden)
+}
+
+/// A free TCP port on 127.0.0.1, found by binding port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free TCP port on 127.0.0.1 (and, for `dvd up`, the next one), found by binding port 0.

@@ -2,7 +2,9 @@
 //!
 //! - `POST /v1/chat/completions`: chat completions, whole or streamed as server-sent events;
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the served models;
-//! - `GET /health`: 200 when serving, 503 otherwise;
+//! - `GET /health` (also `/health/ready`): 200 when serving, 503 otherwise (no healthy server in
+//!   a pool, or draining);
+//! - `GET /health/live`: 200 while the process runs;
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Errors are OpenAI-style bodies, `{"error": {"message", "type", "param", "code"}}`.
@@ -68,6 +70,8 @@ pub fn router(backend: Arc<dyn ChatBackend>, limits: HttpLimits) -> Router {
         // Model ids hold slashes (`OpenGVLab/InternVL3_5-1B`).
         .route("/v1/models/{*id}", get(get_model))
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(|| async { "live" }))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -251,6 +251,10 @@ pub struct EngineStats {
     pub waiting_for_features: usize,
     /// KV blocks held (running sequences and the prefix cache).
     pub blocks_used: usize,
+    /// KV blocks held by requests: `blocks_used` less the cached blocks only the prefix cache
+    /// holds (those are given up whenever a request needs room). It walks the whole pool, so it
+    /// is recounted only when the batch or the free blocks change, or after [`IN_USE_RECOUNT`].
+    pub blocks_in_use: usize,
     /// KV blocks in the pool.
     pub blocks_total: usize,
     /// Positions per KV block.
@@ -282,7 +286,16 @@ pub struct Scheduler {
     last_step_tokens: usize,
     /// Prompt tokens of every prefilled prompt, and how many of them came from the cache.
     prompt_totals: (u64, u64),
+    /// The last count of blocks held by requests: when it was taken, the (free blocks, running,
+    /// waiting) it was taken at, and the count.
+    in_use: std::cell::Cell<InUseCount>,
 }
+
+type InUseCount = Option<(Instant, (usize, usize, usize), usize)>;
+
+/// How stale [`EngineStats::blocks_in_use`] may be while the free blocks and the numbers of
+/// running and waiting requests stay the same (it is recounted at once when they change).
+pub const IN_USE_RECOUNT: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Scheduler {
     /// An engine for `model` with cache `pool`; `eos` ends every request.
@@ -305,6 +318,7 @@ impl Scheduler {
             meter: ThroughputMeter::new(THROUGHPUT_WINDOW),
             last_step_tokens: 0,
             prompt_totals: (0, 0),
+            in_use: std::cell::Cell::new(None),
         }
     }
 
@@ -507,6 +521,21 @@ impl Scheduler {
             waiting: self.waiting.len(),
             waiting_for_features,
             blocks_used: state.allocator.total() - state.allocator.free(),
+            blocks_in_use: {
+                let key = (
+                    state.allocator.free(),
+                    self.running.len(),
+                    self.waiting.len(),
+                );
+                match self.in_use.get() {
+                    Some((at, k, n)) if k == key && at.elapsed() < IN_USE_RECOUNT => n,
+                    _ => {
+                        let n = state.allocator.total() - state.available();
+                        self.in_use.set(Some((Instant::now(), key, n)));
+                        n
+                    }
+                }
+            },
             blocks_total: state.allocator.total(),
             block_size: self.pool.config().block_size,
             prefix_hit_rate: match self.prompt_totals {

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use dvd_proto::common::v1::ServingStatus;
 use dvd_proto::feature::v1::Transport;
@@ -21,6 +22,8 @@ use dvd_proto::language::v1::{
     CancelRequest, CancelResponse, GenerateEvent, GenerateRequest, HealthRequest, HealthResponse,
     StatsRequest, StatsResponse,
 };
+use dvd_telemetry::ops::{OpsSource, Readiness};
+use dvd_telemetry::{Exposition, Histogram, Outcome, Outcomes};
 use dvd_transport::{InboxRegistry, RequestId, TransportKind};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +68,9 @@ struct Inner {
     draining: AtomicBool,
     /// Feature forwarding tasks.
     tasks: TaskTracker,
+    /// `Generate` arrival to its first token, as this server saw it.
+    ttft: Histogram,
+    outcomes: Outcomes,
 }
 
 impl LanguageServer {
@@ -91,6 +97,8 @@ impl LanguageServer {
                 next_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
+                ttft: Histogram::default(),
+                outcomes: Outcomes::default(),
             }),
         }
     }
@@ -113,6 +121,101 @@ impl LanguageServer {
     }
 }
 
+impl OpsSource for LanguageServer {
+    /// Whether the engine thread runs.
+    fn live(&self) -> bool {
+        self.inner.engine.is_running()
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness::of(self.live(), self.inner.draining.load(Ordering::Acquire))
+    }
+
+    /// The engine's gauges (the signals a language pool scales on) and the service's request
+    /// counters.
+    fn metrics(&self) -> String {
+        let s = self.inner.engine.stats();
+        let mut e = Exposition::new();
+        e.gauge(
+            "dvd_language_running_sequences",
+            "Sequences in the running batch.",
+            s.running as f64,
+        )
+        .gauge(
+            "dvd_language_waiting_sequences",
+            "Admitted requests waiting for KV cache space or a batch slot.",
+            s.waiting as f64,
+        )
+        .gauge(
+            "dvd_language_waiting_for_features",
+            "Requests whose image features have not all arrived.",
+            s.waiting_for_features as f64,
+        )
+        .gauge(
+            "dvd_language_kv_blocks_used",
+            "KV blocks held (running sequences and the reusable prefix cache).",
+            s.blocks_used as f64,
+        )
+        .gauge(
+            "dvd_language_kv_blocks_total",
+            "KV blocks in the pool.",
+            s.blocks_total as f64,
+        )
+        .gauge(
+            "dvd_language_kv_blocks_in_use",
+            "KV blocks held by requests (the prefix cache's reusable blocks left out).",
+            s.blocks_in_use as f64,
+        )
+        .gauge(
+            "dvd_language_kv_cache_usage_ratio",
+            "KV blocks held by requests over blocks in the pool (reusable prefix-cache blocks \
+             count as free).",
+            s.blocks_in_use as f64 / s.blocks_total.max(1) as f64,
+        )
+        .gauge(
+            "dvd_language_outstanding_tokens",
+            "Prompt positions still to prefill plus tokens still to generate.",
+            s.outstanding_tokens as f64,
+        )
+        .gauge(
+            "dvd_language_prefix_cache_hit_ratio",
+            "Prompt tokens served from the prefix cache over prompt tokens.",
+            s.prefix_hit_rate,
+        )
+        .gauge(
+            "dvd_language_prompt_tokens_per_second",
+            "Recent prefill throughput.",
+            s.prompt_tokens_per_s,
+        )
+        .gauge(
+            "dvd_language_generation_tokens_per_second",
+            "Recent decode throughput.",
+            s.generation_tokens_per_s,
+        )
+        .gauge(
+            "dvd_language_active_requests",
+            "Generate streams open.",
+            self.active_requests() as f64,
+        )
+        .gauge(
+            "dvd_language_draining",
+            "1 while the server finishes its requests before stopping.",
+            f64::from(u8::from(self.inner.draining.load(Ordering::Acquire))),
+        );
+        e.histogram(
+            "dvd_language_ttft_seconds",
+            "Generate arrival to first token, on this server (feature wait and prefill included).",
+            &self.inner.ttft,
+        );
+        self.inner.outcomes.render(
+            &mut e,
+            "dvd_language_requests_total",
+            "Generate requests by how they ended.",
+        );
+        e.finish()
+    }
+}
+
 impl Inner {
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, (u64, CancellationToken)>> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
@@ -126,6 +229,20 @@ struct StreamGuard {
     request_id: RequestId,
     id: u64,
     finished: bool,
+    /// When `Generate` arrived, until its first token is counted.
+    arrived: Option<Instant>,
+    /// Whether the engine took the request (only those count as finished, failed or cancelled).
+    admitted: bool,
+    failed: bool,
+}
+
+impl StreamGuard {
+    /// Counts the time to the first event, once.
+    fn first_event(&mut self) {
+        if let Some(arrived) = self.arrived.take() {
+            self.inner.ttft.observe(arrived.elapsed());
+        }
+    }
 }
 
 impl Drop for StreamGuard {
@@ -138,6 +255,16 @@ impl Drop for StreamGuard {
             tracing::debug!(request = %self.request_id, "Generate stream dropped; cancelling");
             self.inner.engine.cancel_later(self.id);
         }
+        let outcome = if !self.admitted {
+            Outcome::Refused
+        } else if self.failed {
+            Outcome::Failed
+        } else if self.finished {
+            Outcome::Finished
+        } else {
+            Outcome::Cancelled
+        };
+        self.inner.outcomes.count(outcome);
     }
 }
 
@@ -159,11 +286,14 @@ fn response_stream(events: EventStream, guard: StreamGuard, return_ids: bool) ->
                 }
                 let Some(event) = events.recv().await else {
                     guard.finished = true;
+                    guard.failed = true;
                     let status = Status::internal("the engine stopped before the request ended");
                     return Some((Err(status), (events, guard, queued)));
                 };
+                guard.first_event();
                 let (items, last) = events::stream_items(event, return_ids);
                 guard.finished = last;
+                guard.failed |= items.iter().any(Result::is_err);
                 queued.extend(items);
             }
         },
@@ -178,29 +308,37 @@ impl LanguageService for LanguageServer {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
+        let arrived = Instant::now();
         let inner = &self.inner;
+        let refuse = |status: Status| {
+            inner.outcomes.count(Outcome::Refused);
+            status
+        };
         if inner.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable("the server is draining"));
+            return Err(refuse(Status::unavailable("the server is draining")));
         }
-        let prepared = inner.converter.prepare(request.get_ref())?;
+        let prepared = inner.converter.prepare(request.get_ref()).map_err(refuse)?;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
         {
             let mut active = inner.active();
             if active.contains_key(&prepared.request_id) {
-                return Err(Status::already_exists(format!(
+                return Err(refuse(Status::already_exists(format!(
                     "request {} is already running",
                     prepared.request_id
-                )));
+                ))));
             }
             active.insert(prepared.request_id, (id, stop.clone()));
         }
-        // From here on the guard undoes the registration on every exit.
+        // From here on the guard undoes the registration (and counts the outcome) on every exit.
         let mut guard = StreamGuard {
             inner: inner.clone(),
             request_id: prepared.request_id,
             id,
             finished: true,
+            arrived: Some(arrived),
+            admitted: false,
+            failed: false,
         };
         let inbox = if prepared.images > 0 {
             let images = u16::try_from(prepared.images)
@@ -227,6 +365,7 @@ impl LanguageService for LanguageServer {
                 AddError::Stopped(e) => Status::unavailable(e.to_string()),
             })?;
         guard.finished = false;
+        guard.admitted = true;
         if let Some(inbox) = inbox {
             inner.tasks.spawn(features::forward_features(
                 inbox,

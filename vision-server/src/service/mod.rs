@@ -20,6 +20,8 @@ use dvd_proto::vision::v1::vision_service_server::VisionService;
 use dvd_proto::vision::v1::{
     EncodeEvent, EncodeRequest, HealthRequest, HealthResponse, StatsRequest, StatsResponse,
 };
+use dvd_telemetry::ops::{OpsSource, Readiness};
+use dvd_telemetry::{Exposition, Histogram, Outcome, Outcomes};
 use dvd_transport::{FeatureSender, TransportKind};
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
@@ -85,6 +87,9 @@ struct Inner {
     queued_requests: AtomicUsize,
     tasks: TaskTracker,
     draining: AtomicBool,
+    /// `Encode` arrival to its last feature handed to the transport.
+    encode_latency: Histogram,
+    outcomes: Outcomes,
 }
 
 impl VisionServer {
@@ -113,6 +118,8 @@ impl VisionServer {
                 queued_requests: AtomicUsize::new(0),
                 tasks: TaskTracker::new(),
                 draining: AtomicBool::new(false),
+                encode_latency: Histogram::default(),
+                outcomes: Outcomes::default(),
             }),
         }
     }
@@ -128,6 +135,108 @@ impl VisionServer {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
+
+    /// Requests admitted and not yet done: waiting for or in preprocessing, or encoding and
+    /// sending their features.
+    pub fn in_flight(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+            + self.inner.queued_requests.load(Ordering::Acquire)
+    }
+}
+
+impl OpsSource for VisionServer {
+    /// Whether the encoder thread runs.
+    fn live(&self) -> bool {
+        self.inner.encoder.is_running()
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness::of(self.live(), self.inner.draining.load(Ordering::Acquire))
+    }
+
+    /// The encoder's queue (the signal a vision pool scales on), the embedding cache and the
+    /// service's request counters.
+    fn metrics(&self) -> String {
+        let inner = &self.inner;
+        let s = inner.encoder.stats();
+        let c = inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats();
+        let mut e = Exposition::new();
+        e.gauge(
+            "dvd_vision_queued_tiles",
+            "Tiles waiting for the encoder.",
+            s.queued_tiles as f64,
+        )
+        .gauge(
+            "dvd_vision_running_tiles",
+            "Tiles in the batch being encoded.",
+            s.running_tiles as f64,
+        )
+        .gauge(
+            "dvd_vision_queued_requests",
+            "Encode requests admitted and not yet done.",
+            self.in_flight() as f64,
+        )
+        .counter(
+            "dvd_vision_tiles_encoded_total",
+            "Tiles encoded since start.",
+            s.encoded_tiles,
+        )
+        .counter(
+            "dvd_vision_batches_total",
+            "Encoder batches run since start.",
+            s.batches,
+        )
+        .gauge(
+            "dvd_vision_batch_latency_p50_seconds",
+            "Median latency of recent encoder batches.",
+            s.latency_p50_ms / 1e3,
+        )
+        .gauge(
+            "dvd_vision_batch_latency_p99_seconds",
+            "99th percentile latency of recent encoder batches.",
+            s.latency_p99_ms / 1e3,
+        )
+        .gauge(
+            "dvd_vision_cache_entries",
+            "Images in the embedding cache.",
+            c.entries as f64,
+        )
+        .gauge(
+            "dvd_vision_cache_bytes",
+            "Feature bytes in the embedding cache.",
+            c.bytes as f64,
+        )
+        .counter(
+            "dvd_vision_cache_hits_total",
+            "Embedding-cache lookups that found the image.",
+            c.hits,
+        )
+        .counter(
+            "dvd_vision_cache_misses_total",
+            "Embedding-cache lookups that did not.",
+            c.misses,
+        )
+        .gauge(
+            "dvd_vision_draining",
+            "1 while the server finishes its requests before stopping.",
+            f64::from(u8::from(inner.draining.load(Ordering::Acquire))),
+        );
+        e.histogram(
+            "dvd_vision_encode_latency_seconds",
+            "Encode arrival to its last feature sent (queueing, preprocessing, encoder, transfer).",
+            &inner.encode_latency,
+        );
+        inner.outcomes.render(
+            &mut e,
+            "dvd_vision_requests_total",
+            "Encode requests by how they ended.",
+        );
+        e.finish()
+    }
 }
 
 /// Counts a request as pending preprocessing while it lives.
@@ -142,14 +251,13 @@ impl Drop for Pending<'_> {
 /// The `Encode` response stream.
 pub type EncodeStream = Pin<Box<dyn Stream<Item = Result<EncodeEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl VisionService for VisionServer {
-    type EncodeStream = EncodeStream;
-
-    async fn encode(
+impl VisionServer {
+    /// Checks, preprocesses and queues one `Encode` request; its features stream on in the
+    /// background.
+    async fn admit(
         &self,
         request: Request<EncodeRequest>,
-    ) -> Result<Response<Self::EncodeStream>, Status> {
+    ) -> Result<Response<EncodeStream>, Status> {
         let arrived = Instant::now();
         let inner = &self.inner;
         if inner.draining.load(Ordering::Acquire) {
@@ -211,7 +319,6 @@ impl VisionService for VisionServer {
         };
         let preprocess = started.elapsed();
         drop(permit);
-        drop(pending);
         let new_tiles: usize = images
             .iter()
             .filter(|i| i.pixels.is_some())
@@ -248,12 +355,32 @@ impl VisionService for VisionServer {
             preprocess,
         };
         inner.queued_requests.fetch_add(1, Ordering::AcqRel);
+        // Counted as queued now, so the request is in flight without a gap (drain waits on it).
+        drop(pending);
         let this = self.inner.clone();
         inner.tasks.spawn(async move {
-            pipeline::run(transfer, events).await;
+            let outcome = pipeline::run(transfer, events).await;
+            this.encode_latency.observe(arrived.elapsed());
+            this.outcomes.count(outcome);
             this.queued_requests.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl VisionService for VisionServer {
+    type EncodeStream = EncodeStream;
+
+    async fn encode(
+        &self,
+        request: Request<EncodeRequest>,
+    ) -> Result<Response<Self::EncodeStream>, Status> {
+        let admitted = self.admit(request).await;
+        if admitted.is_err() {
+            self.inner.outcomes.count(Outcome::Refused);
+        }
+        admitted
     }
 
     async fn health(

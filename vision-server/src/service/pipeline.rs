@@ -14,6 +14,7 @@ use candle_core::{DType, Tensor};
 use dvd_proto::vision::v1::{
     EncodeDone, EncodeEvent, ImagePlanned, ImageSummary, StageTimings, TileSent, encode_event,
 };
+use dvd_telemetry::Outcome;
 use dvd_transport::{FeatureStream, Tile, TilePosition};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -152,7 +153,7 @@ struct Totals {
 /// Sends every tile of the request to its destination, in order, and reports progress on
 /// `events`; ends with `EncodeDone` or an error status. A dropped event stream (the client
 /// went away) aborts the request on the data plane.
-pub(crate) async fn run(transfer: Transfer, events: EventSender) {
+pub(crate) async fn run(transfer: Transfer, events: EventSender) -> Outcome {
     let span = tracing::info_span!(
         "encode_request",
         request = %transfer.prepared.request_id,
@@ -169,16 +170,21 @@ pub(crate) async fn run(transfer: Transfer, events: EventSender) {
         match outcome {
             Some(Ok(done)) => {
                 let _ = events.send(Ok(event(encode_event::Event::Done(done))));
+                Outcome::Finished
             }
             Some(Err(status)) => {
                 tracing::warn!(error = %status.message(), "encode request failed");
                 let _ = events.send(Err(status));
+                Outcome::Failed
             }
-            None => tracing::info!("client went away; request aborted"),
+            None => {
+                tracing::info!("client went away; request aborted");
+                Outcome::Cancelled
+            }
         }
     }
     .instrument(span)
-    .await;
+    .await
 }
 
 async fn send_all(

@@ -1,0 +1,25 @@
+//! Options every server shares for running under an orchestrator: the ops endpoint and the
+//! drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// `--ops-listen` and `--drain-timeout-s`.
+#[derive(Debug, Clone, Args)]
+pub struct OpsArgs {
+    /// Ops endpoint (HTTP): `/metrics`, `/health/live`, `/health/ready` (default: none).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
+    /// On SIGTERM: the longest wait for requests in flight before stopping anyway, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
+}
+
+impl OpsArgs {
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s)
+    }
+}
