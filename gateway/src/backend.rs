@@ -19,6 +19,9 @@ pub enum GatewayError {
     /// gRPC `INVALID_ARGUMENT`.
     #[error("{0}")]
     InvalidRequest(String),
+    /// No API key, or one the gateway does not know: HTTP 401, gRPC `UNAUTHENTICATED`.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The request names a model this gateway does not serve: HTTP 404, gRPC `NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
@@ -46,6 +49,7 @@ impl GatewayError {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::InvalidRequest(_) => 400,
+            Self::Unauthenticated(_) => 401,
             Self::NotFound(_) => 404,
             Self::Overloaded { .. } => 429,
             Self::Unavailable(_) => 503,
@@ -57,7 +61,7 @@ impl GatewayError {
     /// The OpenAI error `type` string.
     pub fn openai_type(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request_error",
+            Self::InvalidRequest(_) | Self::Unauthenticated(_) => "invalid_request_error",
             Self::NotFound(_) => "not_found_error",
             Self::Overloaded { .. } => "rate_limit_error",
             Self::Unavailable(_) | Self::Upstream(_) | Self::Timeout(_) => "server_error",
@@ -69,6 +73,7 @@ impl GatewayError {
         let message = self.to_string();
         match self {
             Self::InvalidRequest(_) => tonic::Status::invalid_argument(message),
+            Self::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             Self::NotFound(_) => tonic::Status::not_found(message),
             Self::Overloaded { .. } => tonic::Status::resource_exhausted(message),
             Self::Unavailable(_) | Self::Upstream(_) => tonic::Status::unavailable(message),

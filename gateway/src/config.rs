@@ -41,6 +41,34 @@ pub struct GatewayConfig {
     pub limits: LimitsSection,
     /// Where images may come from.
     pub images: ImagesSection,
+    /// API keys on the public endpoints.
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: API keys on `/v1/*` and the public gRPC API (none listed: open). Health, readiness
+/// and metrics stay open for probes and scrapers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Keys, each `KEY` or `NAME KEY` (prefer `api_keys_file`: keep keys out of config files).
+    pub api_keys: Vec<String>,
+    /// A file of keys, one `KEY` or `NAME KEY` per line; `#` starts a comment line.
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Requests per minute per key; 0: no limit.
+    pub requests_per_minute: u32,
+    /// Requests a key may send at once before the rate applies.
+    pub burst: u32,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            requests_per_minute: 0,
+            burst: 10,
+        }
+    }
 }
 
 /// `[server]`.

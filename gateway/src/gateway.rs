@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::ApiKeys;
 use crate::backend::{ChatBackend, ChatStream, GatewayError};
 use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, PoolGauge};
@@ -32,13 +33,16 @@ pub struct Gateway {
     pub(crate) tasks: TaskTracker,
     /// Set on SIGTERM: `/health/ready` turns 503 so load balancers stop sending new clients.
     draining: AtomicBool,
+    /// The API keys of `[auth]`; `None`: open endpoints.
+    auth: Option<Arc<ApiKeys>>,
     created: u64,
 }
 
 impl Gateway {
     /// A gateway for `config` with the default policies; call [`refresh`](Self::refresh) (or
-    /// [`run_checks`](Self::run_checks)) before serving.
-    pub fn new(config: GatewayConfig) -> Self {
+    /// [`run_checks`](Self::run_checks)) before serving. Fails when `[auth]`'s keys cannot be
+    /// loaded.
+    pub fn new(config: GatewayConfig) -> Result<Self, String> {
         Self::with_policies(
             config,
             Box::new(ShortestQueueVision::default()),
@@ -51,8 +55,9 @@ impl Gateway {
         config: GatewayConfig,
         vision_policy: Box<dyn Policy>,
         language_policy: Box<dyn Policy>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        let auth = ApiKeys::load(&config.auth)?.map(Arc::new);
+        Ok(Self {
             vision: Pool::new(PoolKind::Vision, config.vision.clone()),
             language: Pool::new(PoolKind::Language, config.language.clone()),
             admission: Arc::new(Semaphore::new(config.limits.max_inflight)),
@@ -61,11 +66,17 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            auth,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             config,
-        }
+        })
+    }
+
+    /// The API keys requests must present (`None`: the endpoints are open).
+    pub fn auth(&self) -> Option<Arc<ApiKeys>> {
+        self.auth.clone()
     }
 
     /// The configuration in force.
@@ -165,6 +176,10 @@ impl ChatBackend for Gateway {
     }
 
     fn metrics_text(&self) -> String {
-        self.metrics.render(&self.gauges())
+        let mut text = self.metrics.render(&self.gauges());
+        if let Some(auth) = &self.auth {
+            auth.render(&mut text);
+        }
+        text
     }
 }

@@ -10,6 +10,7 @@ use dvd_proto::api::v1::{
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{ApiKeys, bearer};
 use crate::backend::ChatBackend;
 
 /// `InferenceService` for a backend.
@@ -66,5 +67,24 @@ impl InferenceService for InferenceApi {
         _request: Request<HealthRequest>,
     ) -> Result<Response<HealthResponse>, Status> {
         Ok(Response::new(self.backend.health().await))
+    }
+}
+
+/// The interceptor that checks a call's API key (`authorization: Bearer <key>` or `x-api-key`
+/// metadata) when `keys` is set, and lets every call through when it is not.
+pub fn require_key(
+    keys: Option<Arc<ApiKeys>>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        if let Some(keys) = &keys {
+            let metadata = request.metadata();
+            let presented = metadata
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer)
+                .or_else(|| metadata.get("x-api-key").and_then(|v| v.to_str().ok()));
+            keys.authorize(presented).map_err(|e| e.to_status())?;
+        }
+        Ok(request)
     }
 }

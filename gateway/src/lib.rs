@@ -1,6 +1,7 @@
 //! Gateway of dvd: the OpenAI-compatible HTTP API and the public gRPC API (`dvd.api.v1`), routing
 //! each request to a vision server and a language server chosen from independently scaled pools.
 //!
+//! - [`auth`]: API keys and per-key rate limits on the public endpoints;
 //! - [`backend`]: what the front doors need from the gateway ([`ChatBackend`]) and its errors;
 //! - [`config`]: the TOML configuration;
 //! - [`pool`]: pool members from static addresses and re-resolved DNS names, health and load
@@ -12,6 +13,7 @@
 //! - [`metrics`]: Prometheus text metrics;
 //! - [`server`]: both listeners and the health checks, for `dvd gateway serve`.
 
+pub mod auth;
 pub mod backend;
 mod chat;
 pub mod config;

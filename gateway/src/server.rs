@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::backend::ChatBackend;
 use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
 use crate::grpc::InferenceApi;
-use crate::http::{HttpLimits, router};
+use crate::http::{HttpLimits, router_with_auth};
 
 /// A running gateway.
 #[derive(Debug)]
@@ -59,13 +60,20 @@ pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
         max_body_bytes: config.limits.max_body_mib << 20,
         ..HttpLimits::default()
     };
-    let gateway = Arc::new(Gateway::new(config));
+    let gateway = Arc::new(Gateway::new(config).map_err(std::io::Error::other)?);
+    let auth = gateway.auth();
+    if let Some(keys) = &auth {
+        tracing::info!(
+            keys = keys.len(),
+            "API keys required on /v1 and the gRPC API"
+        );
+    }
     gateway.refresh().await;
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(gateway.clone().run_checks(stop.clone()));
     let backend: Arc<dyn ChatBackend> = gateway.clone();
-    let app = router(backend.clone(), limits);
+    let app = router_with_auth(backend.clone(), limits, auth.clone());
     let token = stop.clone();
     tasks.spawn(async move {
         let served = axum::serve(http, app)
@@ -79,7 +87,10 @@ pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
     let api = InferenceApi::new(backend);
     tasks.spawn(async move {
         let served = tuned_server()
-            .add_service(inference_server(api))
+            .add_service(InterceptedService::new(
+                inference_server(api),
+                crate::grpc::require_key(auth),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 token.cancelled().await;
             })

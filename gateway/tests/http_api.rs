@@ -1084,3 +1084,102 @@ async fn disconnect_mid_stream_drops_the_backend_stream() {
         .expect("the backend stream was not dropped after the client left");
     assert_eq!(fake.drops.load(Ordering::SeqCst), 1);
 }
+
+/// Sends `request` with `headers` added.
+async fn send_with(app: Router, mut request: Request<Body>, headers: &[(&str, &str)]) -> Reply {
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    send(app, request).await
+}
+
+fn chat_request() -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(minimal(json!({}))))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn api_keys_guard_v1_and_leave_probes_open() {
+    use dvd_gateway::auth::ApiKeys;
+    use dvd_gateway::config::AuthSection;
+    use dvd_gateway::http::router_with_auth;
+
+    let fake = Fake::new(hello(FinishReason::Stop));
+    let keys = ApiKeys::load(&AuthSection {
+        api_keys: vec!["team-a 9f2c6d1e5b8a4f70aa11".into()],
+        requests_per_minute: 60,
+        burst: 2,
+        ..AuthSection::default()
+    })
+    .unwrap()
+    .map(Arc::new);
+    let app = router_with_auth(fake.clone(), HttpLimits::default(), keys);
+
+    let missing = send_with(app.clone(), chat_request(), &[]).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.json()["error"]["code"], "invalid_api_key");
+    let wrong = send_with(
+        app.clone(),
+        chat_request(),
+        &[("authorization", "Bearer 9f2c6d1e5b8a4f70aa12")],
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !wrong.body.contains("9f2c6d1e5b8a4f70aa1"),
+        "the key is echoed: {}",
+        wrong.body
+    );
+    let models = send_with(
+        app.clone(),
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(models.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        fake.requests().is_empty(),
+        "a refused request reached the backend"
+    );
+
+    // The right key, as a bearer token or as x-api-key; its burst of 2, then 429.
+    let ok = send_with(
+        app.clone(),
+        chat_request(),
+        &[("authorization", "Bearer 9f2c6d1e5b8a4f70aa11")],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let ok = send_with(
+        app.clone(),
+        chat_request(),
+        &[("x-api-key", "9f2c6d1e5b8a4f70aa11")],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let limited = send_with(
+        app.clone(),
+        chat_request(),
+        &[("authorization", "bearer 9f2c6d1e5b8a4f70aa11")],
+    )
+    .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(limited.headers[header::RETRY_AFTER], "1");
+    assert!(limited.body.contains("team-a"), "{}", limited.body);
+    assert_eq!(fake.requests().len(), 2);
+
+    // Probes and scrapes need no key.
+    for path in ["/health", "/health/ready", "/health/live", "/metrics"] {
+        assert_eq!(
+            get(app.clone(), path).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+}

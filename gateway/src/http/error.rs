@@ -128,6 +128,7 @@ impl From<GatewayError> for ApiError {
             GatewayError::Overloaded { retry_after, .. } => {
                 (Some("rate_limit_exceeded"), Some(*retry_after))
             }
+            GatewayError::Unauthenticated(_) => (Some("invalid_api_key"), None),
             _ => (None, None),
         };
         Self {

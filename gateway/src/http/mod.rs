@@ -1,6 +1,8 @@
 //! The OpenAI-compatible HTTP API over a [`ChatBackend`](crate::ChatBackend):
 //!
 //! - `POST /v1/chat/completions`: chat completions, whole or streamed as server-sent events;
+//!   with `[auth]` keys, every `/v1` route needs `Authorization: Bearer <key>` (401 without,
+//!   429 over the key's rate);
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the served models;
 //! - `GET /health` (also `/health/ready`): 200 when serving, 503 otherwise (no healthy server in
 //!   a pool, or draining);
@@ -26,10 +28,12 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dvd_proto::common::v1::ServingStatus;
 
+use crate::auth::{ApiKeys, bearer};
 use crate::{ChatBackend, GatewayError};
 use error::ApiError;
 use openai::{HealthBody, ModelCard, ModelList};
@@ -62,14 +66,28 @@ struct AppState {
     limits: HttpLimits,
 }
 
-/// The OpenAI-compatible API over `backend`; serve it with `axum::serve`.
+/// The OpenAI-compatible API over `backend`, open to all; serve it with `axum::serve`.
 pub fn router(backend: Arc<dyn ChatBackend>, limits: HttpLimits) -> Router {
-    Router::new()
+    router_with_auth(backend, limits, None)
+}
+
+/// The API with `/v1/*` behind `keys` (`Authorization: Bearer <key>` or `x-api-key`) when
+/// given; health, readiness and metrics stay open.
+pub fn router_with_auth(
+    backend: Arc<dyn ChatBackend>,
+    limits: HttpLimits,
+    keys: Option<Arc<ApiKeys>>,
+) -> Router {
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(list_models))
         // Model ids hold slashes (`OpenGVLab/InternVL3_5-1B`).
-        .route("/v1/models/{*id}", get(get_model))
-        .route("/health", get(health))
+        .route("/v1/models/{*id}", get(get_model));
+    let api = match keys {
+        Some(keys) => api.route_layer(middleware::from_fn_with_state(keys, require_key)),
+        None => api,
+    };
+    api.route("/health", get(health))
         .route("/health/ready", get(health))
         .route("/health/live", get(|| async { "live" }))
         .route("/metrics", get(metrics))
@@ -77,6 +95,24 @@ pub fn router(backend: Arc<dyn ChatBackend>, limits: HttpLimits) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(AppState { backend, limits })
+}
+
+/// Lets a request through only with a valid key with room in its rate limit.
+async fn require_key(
+    State(keys): State<Arc<ApiKeys>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match keys.authorize(presented) {
+        Ok(_) => next.run(request).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
