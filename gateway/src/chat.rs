@@ -28,6 +28,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Code, Status, Streaming};
 
 use crate::backend::{ChatStream, GatewayError};
+use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
 use crate::images::{ImageBytes, resolve};
 use crate::metrics::{Metrics, Stage};
@@ -66,7 +67,7 @@ pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStre
                 ),
                 retry_after: Duration::from_secs(1),
             })?;
-    let prepared = prepare(gw, request)?;
+    let prepared = prepare(&gw.config, request)?;
     let deadline = Duration::from_secs(gw.config.limits.request_timeout_s.max(1));
     let attempts = gw.config.limits.attempts.max(1);
     let mut tried_vision: Vec<std::net::SocketAddr> = Vec::new();
@@ -112,9 +113,9 @@ struct Started {
     _language: InflightGuard,
 }
 
-fn prepare(gw: &Gateway, request: ChatRequest) -> Result<Prepared, GatewayError> {
+fn prepare(config: &GatewayConfig, request: ChatRequest) -> Result<Prepared, GatewayError> {
     let invalid = |m: String| GatewayError::InvalidRequest(m);
-    let served = &gw.config.server.model;
+    let served = &config.server.model;
     if !request.model.is_empty() && &request.model != served {
         return Err(GatewayError::NotFound(format!(
             "model {:?} is not served here (this gateway serves {served:?})",
@@ -140,14 +141,14 @@ fn prepare(gw: &Gateway, request: ChatRequest) -> Result<Prepared, GatewayError>
                     lang::content_part::Part::Text(text.clone())
                 }
                 Some(content_part::Part::Image(image)) => {
-                    if images.len() == gw.config.limits.max_images {
+                    if images.len() == config.limits.max_images {
                         return Err(invalid(format!(
                             "more than {} images in one request",
-                            gw.config.limits.max_images
+                            config.limits.max_images
                         )));
                     }
                     let index = images.len();
-                    images.push(resolve(image, index, &gw.config.images, &gw.config.limits)?);
+                    images.push(resolve(image, index, &config.images, &config.limits)?);
                     lang::content_part::Part::ImageIndex(index as u32)
                 }
                 None => return Err(invalid(format!("messages[{m}] has an empty part"))),
@@ -161,7 +162,7 @@ fn prepare(gw: &Gateway, request: ChatRequest) -> Result<Prepared, GatewayError>
     }
     let mut sampling = request.sampling.unwrap_or_default();
     if sampling.max_tokens == 0 {
-        sampling.max_tokens = gw.config.limits.default_max_tokens;
+        sampling.max_tokens = config.limits.default_max_tokens;
     }
     let first_text: String = request.messages[0]
         .content
@@ -634,4 +635,10 @@ fn stream(
             }
         },
     ))
+}
+
+/// Checks and converts `request` as the gateway does before routing it (model, roles, images
+/// resolved and limited, sampling defaults), without sending it anywhere.
+pub fn check_request(config: &GatewayConfig, request: ChatRequest) -> Result<(), GatewayError> {
+    prepare(config, request).map(|_| ())
 }

@@ -17,6 +17,8 @@ pub mod auth;
 pub mod backend;
 mod chat;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod grpc;
 pub mod http;

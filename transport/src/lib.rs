@@ -15,6 +15,8 @@ pub mod api;
 pub mod checksum;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbox;
 mod io;
 mod pool;

@@ -16,9 +16,9 @@
 //! `error.rs` (error bodies).
 
 mod chat;
-mod convert;
+pub(crate) mod convert;
 mod error;
-mod openai;
+pub(crate) mod openai;
 mod sse;
 
 use std::sync::Arc;
