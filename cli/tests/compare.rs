@@ -2,7 +2,7 @@
 //! `dvd bench compare` end to end on the small committed model (real `dvd up` deployments,
 //! coupled and pinned, on loopback), and `dvd bench plan` reading its report.
 
-mod common;
+use crate::common;
 
 use common::{dvd, json_output};
 

@@ -18,7 +18,7 @@ use dvd_proto::limits::{language_client, tuned_endpoint};
 use dvd_transport::RequestId;
 use tonic::Code;
 
-mod common;
+use crate::common;
 
 use common::{ServerProcess, free_port, http, image_generate_request, wait_healthy};
 

@@ -112,7 +112,7 @@ fn seeded_mutations_of_the_corpus_pass_their_target() {
     }
 }
 
-/// Writes the seed corpus: `cargo test -p dvd --test fuzz_corpus -- --ignored`.
+/// Writes the seed corpus: `cargo test -p dvd --test integration fuzz_corpus:: -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/corpus; run by hand when the seeds change"]
 fn write_seed_corpus() {

@@ -4,7 +4,7 @@
 //! dies, admission control, and clear 4xx errors for bad input.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

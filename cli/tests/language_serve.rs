@@ -22,7 +22,7 @@ use dvd_transport::{
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-mod common;
+use crate::common;
 
 use common::{
     ServerProcess, coupled_generate, encoded_tiles, image_generate_request, language_fixture,

@@ -12,7 +12,7 @@ use dvd_proto::limits::{inference_client, tuned_endpoint};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-mod common;
+use crate::common;
 
 use common::{ServerProcess, http, wait_healthy};
 

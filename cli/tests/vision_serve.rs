@@ -5,7 +5,7 @@
 //! their own request.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! equals whole prefill, a full cache queues instead of failing, cancel frees blocks at once,
 //! and impossible requests are refused clearly.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

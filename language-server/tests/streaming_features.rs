@@ -4,7 +4,7 @@
 //! that never come, or do not fit, fail only their request and free its blocks; the prefix cache
 //! shares image blocks only between identical images.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -7,8 +7,8 @@
 # CUDA_COMPUTE_CAP picks the GPU generation (default 90: H100/H200; 80: A100; 89: L4/L40S).
 # The binary goes to target/cuda/release/dvd (its own target folder, so CPU builds elsewhere
 # keep their artefacts). `--clippy` only type-checks and lints the workspace with the feature on
-# warnings denied (what CI runs: it still compiles candle's kernels and ours with nvcc, but links
-# nothing).
+# warnings denied (what CI runs: it compiles the PTX kernels, candle's and ours, with nvcc, but
+# links nothing, so candle's statically linked GGUF/MoE kernels are left out).
 #
 # At run time the binary needs the NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime
 # libraries (libcudart, libcublas, libcublasLt, libcurand): a CUDA 13 toolkit, or the nvidia-*
@@ -29,8 +29,15 @@ export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
 cd "$root"
 if [ "${1:-}" = "--clippy" ]; then
     # Nothing is linked, so the default target folder's checked dependencies are reused (only
-    # candle and our crates change with the feature).
+    # candle and our crates change with the feature). For the same reason candle's statically
+    # linked GGUF/MoE kernels are built from an empty source (tools/cuda/nvcc-lint): every PTX
+    # kernel, candle's and ours, still goes through the real nvcc.
     shift
+    mkdir -p "$root/target/cuda-lint"
+    : >"$root/target/cuda-lint/empty.cu"
+    export DVD_REAL_NVCC="$cuda/bin/nvcc"
+    export DVD_NVCC_LINT_EMPTY="$root/target/cuda-lint/empty.cu"
+    export NVCC="$root/tools/cuda/nvcc-lint"
     exec cargo clippy -j"${JOBS:-2}" --workspace --features dvd/cuda --locked "$@" -- -D warnings
 fi
 # Link against the toolkit's libraries and the driver stub; nothing here is needed at run time.

@@ -2,7 +2,7 @@
 //! its other streams keep working.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

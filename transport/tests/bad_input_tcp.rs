@@ -3,7 +3,7 @@
 //! connection itself usable.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! unknown request ids and requests that break the receiver's rules, over both transports.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! issued for another name, and accepts certificates loaded from PEM files.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use common::{request_tiles, start_default};
 use dvd_transport::quic::{

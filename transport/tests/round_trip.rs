@@ -2,7 +2,7 @@
 //! one connection, tiles arrive out of order, or frames arrive before the inbox is registered.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
