@@ -410,12 +410,11 @@ impl LanguageService for LanguageServer {
         _request: Request<HealthRequest>,
     ) -> Result<Response<HealthResponse>, Status> {
         let inner = &self.inner;
-        let status = if !inner.engine.is_running() {
-            ServingStatus::NotServing
-        } else if inner.draining.load(Ordering::Acquire) {
-            ServingStatus::Draining
-        } else {
-            ServingStatus::Serving
+        // The same answer as the ops endpoint's /health/ready.
+        let status = match self.readiness() {
+            Readiness::Ready => ServingStatus::Serving,
+            Readiness::Draining => ServingStatus::Draining,
+            Readiness::NotServing => ServingStatus::NotServing,
         };
         let identity = &inner.identity;
         Ok(Response::new(HealthResponse {

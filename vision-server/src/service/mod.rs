@@ -388,12 +388,11 @@ impl VisionService for VisionServer {
         _request: Request<HealthRequest>,
     ) -> Result<Response<HealthResponse>, Status> {
         let inner = &self.inner;
-        let status = if !inner.encoder.is_running() {
-            ServingStatus::NotServing
-        } else if inner.draining.load(Ordering::Acquire) {
-            ServingStatus::Draining
-        } else {
-            ServingStatus::Serving
+        // The same answer as the ops endpoint's /health/ready.
+        let status = match self.readiness() {
+            Readiness::Ready => ServingStatus::Serving,
+            Readiness::Draining => ServingStatus::Draining,
+            Readiness::NotServing => ServingStatus::NotServing,
         };
         Ok(Response::new(HealthResponse {
             status: status as i32,
