@@ -1,11 +1,14 @@
 //! The gateway as clients use it: `dvd up` (every role as its own process) over TCP and QUIC
 //! answers the OpenAI-compatible API exactly as the coupled `dvd generate` does; a hand-built
 //! deployment shows retries when a vision server dies, prompt errors when the language server
-//! dies, admission control, and clear 4xx errors for bad input.
+//! dies, admission control, clear 4xx errors for bad input, and image URLs fetched under the
+//! gateway's policy.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
 use crate::common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -556,6 +559,85 @@ fn a_dead_vision_server_is_retried_around_and_a_dead_language_server_fails_fast(
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// An HTTP server on 127.0.0.1 that answers every request with `body`; counts the requests.
+fn serve_image(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    // Detached: it ends with the test process.
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn image_urls_are_fetched_under_the_policy_and_answer_like_inline_images() {
+    let png = std::fs::read(image()).unwrap();
+    let (image_server, served) = serve_image(png);
+    // The image server is on loopback: this deployment lets the gateway fetch from 127.0.0.1
+    // (plain http, for the test) and nowhere else inside.
+    let d = deployment(
+        1,
+        "attempts = 3\n[images]\nfetch_allow_http = true\n\
+         fetch_allowed_networks = [\"127.0.0.1/32\"]",
+    );
+    let ask = |url: &str| {
+        let body = serde_json::to_vec(&json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is shown in the picture?"},
+            ]}],
+            "max_tokens": 12,
+            "temperature": 0,
+        }))
+        .unwrap();
+        http(&d.http, "POST", "/v1/chat/completions", &body)
+    };
+    let want = coupled("What is shown in the picture?", true, 12);
+    let r = ask(&format!("http://{image_server}/picture.png"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], want["text"]);
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+    // Still refused: other loopback addresses, the metadata service, private networks.
+    let port = image_server.rsplit(':').next().unwrap();
+    for (url, why) in [
+        (format!("http://127.0.0.2:{port}/x.png"), "loopback"),
+        (
+            "http://169.254.169.254/latest/meta-data/".into(),
+            "link-local",
+        ),
+        ("http://10.1.2.3/x.png".into(), "private"),
+    ] {
+        let r = ask(&url);
+        assert_eq!(r.status, 400, "{url}: {}", r.body);
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(why), "{url}: {message}");
+    }
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "a refused URL reached the server"
+    );
+}
+
 #[test]
 fn bad_input_gets_openai_style_errors_and_overload_gets_429() {
     let d = deployment(1, "max_inflight = 1");
@@ -582,9 +664,9 @@ fn bad_input_gets_openai_style_errors_and_overload_gets_429() {
         "other",
     );
     check(
-        post(format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"https://example.com/a.png"}}}}]}}]}}"#).as_bytes()),
+        post(format!(r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"https://169.254.169.254/latest/meta-data/"}}}}]}}]}}"#).as_bytes()),
         400,
-        "not fetched",
+        "link-local",
     );
 
     // One request in flight (a long streamed answer) fills the gateway: the next gets 429.

@@ -29,16 +29,18 @@ use tonic::{Code, Status, Streaming};
 
 use crate::backend::{ChatStream, GatewayError};
 use crate::config::GatewayConfig;
+use crate::fetch::FetchPolicy;
 use crate::gateway::Gateway;
-use crate::images::{ImageBytes, resolve};
+use crate::images::{ImageBytes, PendingImage, fetch_all, resolve};
 use crate::metrics::{Metrics, Stage};
 use crate::pool::{InflightGuard, Member, Pool};
 use crate::routing::{Candidate, Policy, key_of};
 
-/// A request checked and converted, ready to try on servers.
-struct Prepared {
+/// A request checked and converted, ready to try on servers once its images are bytes
+/// (`Prepared<PendingImage>` may still have URLs to fetch).
+struct Prepared<I = ImageBytes> {
     messages: Vec<lang::ChatMessage>,
-    images: Vec<ImageBytes>,
+    images: Vec<I>,
     sampling: dvd_proto::common::v1::SamplingParams,
     return_token_ids: bool,
     /// Routing key for prefix-cache affinity (the conversation's first message).
@@ -67,8 +69,16 @@ pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStre
                 ),
                 retry_after: Duration::from_secs(1),
             })?;
-    let prepared = prepare(&gw.config, request)?;
     let deadline = Duration::from_secs(gw.config.limits.request_timeout_s.max(1));
+    let checked = prepare(&gw.config, gw.fetcher.policy(), request)?;
+    let prepared = tokio::time::timeout(deadline, checked.fetched(gw))
+        .await
+        .map_err(|_| {
+            GatewayError::Timeout(format!(
+                "images not fetched within {} s",
+                deadline.as_secs()
+            ))
+        })??;
     let attempts = gw.config.limits.attempts.max(1);
     let mut tried_vision: Vec<std::net::SocketAddr> = Vec::new();
     let mut last_error = None;
@@ -113,7 +123,27 @@ struct Started {
     _language: InflightGuard,
 }
 
-fn prepare(config: &GatewayConfig, request: ChatRequest) -> Result<Prepared, GatewayError> {
+impl Prepared<PendingImage> {
+    /// This request with every image as bytes (remote ones fetched concurrently).
+    async fn fetched(self, gw: &Gateway) -> Result<Prepared, GatewayError> {
+        let images = fetch_all(self.images, &gw.fetcher, &gw.config.limits).await?;
+        Ok(Prepared {
+            messages: self.messages,
+            images,
+            sampling: self.sampling,
+            return_token_ids: self.return_token_ids,
+            affinity: self.affinity,
+            model: self.model,
+            id: self.id,
+        })
+    }
+}
+
+fn prepare(
+    config: &GatewayConfig,
+    fetch: &FetchPolicy,
+    request: ChatRequest,
+) -> Result<Prepared<PendingImage>, GatewayError> {
     let invalid = |m: String| GatewayError::InvalidRequest(m);
     let served = &config.server.model;
     if !request.model.is_empty() && &request.model != served {
@@ -148,7 +178,13 @@ fn prepare(config: &GatewayConfig, request: ChatRequest) -> Result<Prepared, Gat
                         )));
                     }
                     let index = images.len();
-                    images.push(resolve(image, index, &config.images, &config.limits)?);
+                    images.push(resolve(
+                        image,
+                        index,
+                        &config.images,
+                        fetch,
+                        &config.limits,
+                    )?);
                     lang::content_part::Part::ImageIndex(index as u32)
                 }
                 None => return Err(invalid(format!("messages[{m}] has an empty part"))),
@@ -638,7 +674,9 @@ fn stream(
 }
 
 /// Checks and converts `request` as the gateway does before routing it (model, roles, images
-/// resolved and limited, sampling defaults), without sending it anywhere.
+/// checked and limited, sampling defaults), without sending it anywhere or fetching image URLs.
 pub fn check_request(config: &GatewayConfig, request: ChatRequest) -> Result<(), GatewayError> {
-    prepare(config, request).map(|_| ())
+    let fetch = FetchPolicy::new(&config.images, &config.limits)
+        .map_err(|e| GatewayError::InvalidRequest(format!("configuration: {e}")))?;
+    prepare(config, &fetch, request).map(|_| ())
 }

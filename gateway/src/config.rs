@@ -20,7 +20,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -197,12 +197,45 @@ impl Default for LimitsSection {
     }
 }
 
-/// `[images]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// `[images]`: where a request's images may come from. Inline bytes and `data:` URLs always;
+/// `https` URLs are fetched by the gateway under the `fetch_*` policy (public addresses only,
+/// every redirect checked again, bounded in bytes, time and redirects).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImagesSection {
     /// Accept `file://` URLs and plain paths (only for trusted local use).
     pub allow_local_files: bool,
+    /// Fetch `https` image URLs (off: only inline images and `data:` URLs).
+    pub fetch: bool,
+    /// Fetch plain `http` URLs too (an `https` URL that redirects to `http` is still refused).
+    pub fetch_allow_http: bool,
+    /// Hosts images may be fetched from, `cdn.example.com` or `*.example.com` (empty: any).
+    pub fetch_allowed_hosts: Vec<String>,
+    /// Networks exempt from the public-address rule, in CIDR form (`10.20.0.0/16`), for image
+    /// stores inside the cluster. Loopback, private, link-local and other special addresses are
+    /// refused unless listed here.
+    pub fetch_allowed_networks: Vec<String>,
+    /// Time for a whole fetch, redirects and body included.
+    pub fetch_timeout_s: u64,
+    /// Redirects followed (each one checked like the first URL).
+    pub fetch_max_redirects: u32,
+    /// Extra trusted CA certificates (PEM) beside the bundled web roots.
+    pub fetch_ca_file: Option<PathBuf>,
+}
+
+impl Default for ImagesSection {
+    fn default() -> Self {
+        Self {
+            allow_local_files: false,
+            fetch: true,
+            fetch_allow_http: false,
+            fetch_allowed_hosts: Vec::new(),
+            fetch_allowed_networks: Vec::new(),
+            fetch_timeout_s: 10,
+            fetch_max_redirects: 3,
+            fetch_ca_file: None,
+        }
+    }
 }
 
 /// A configuration file that cannot be used.
@@ -238,6 +271,13 @@ impl GatewayConfig {
         }
         if self.limits.max_tiles_per_image == 0 || self.limits.max_tiles_per_image > 64 {
             return Err("limits.max_tiles_per_image must be 1 to 64".into());
+        }
+        if self.images.fetch_timeout_s == 0 {
+            return Err("images.fetch_timeout_s must be at least 1".into());
+        }
+        for network in &self.images.fetch_allowed_networks {
+            crate::fetch::Network::parse(network)
+                .map_err(|e| format!("images.fetch_allowed_networks: {e}"))?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::ApiKeys;
 use crate::backend::{ChatBackend, ChatStream, GatewayError};
 use crate::config::GatewayConfig;
+use crate::fetch::Fetcher;
 use crate::metrics::{Metrics, PoolGauge};
 use crate::pool::{Pool, PoolKind};
 use crate::routing::{LeastLoadedLanguage, Policy, ShortestQueueVision};
@@ -33,6 +34,8 @@ pub struct Gateway {
     pub(crate) tasks: TaskTracker,
     /// Set on SIGTERM: `/health/ready` turns 503 so load balancers stop sending new clients.
     draining: AtomicBool,
+    /// Fetches `https` image URLs under `[images]`' policy.
+    pub(crate) fetcher: Fetcher,
     /// The API keys of `[auth]`; `None`: open endpoints.
     auth: Option<Arc<ApiKeys>>,
     created: u64,
@@ -40,8 +43,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway for `config` with the default policies; call [`refresh`](Self::refresh) (or
-    /// [`run_checks`](Self::run_checks)) before serving. Fails when `[auth]`'s keys cannot be
-    /// loaded.
+    /// [`run_checks`](Self::run_checks)) before serving. Fails when `[auth]`'s keys or
+    /// `images.fetch_ca_file` cannot be loaded.
     pub fn new(config: GatewayConfig) -> Result<Self, String> {
         Self::with_policies(
             config,
@@ -57,7 +60,9 @@ impl Gateway {
         language_policy: Box<dyn Policy>,
     ) -> Result<Self, String> {
         let auth = ApiKeys::load(&config.auth)?.map(Arc::new);
+        let fetcher = Fetcher::new(&config.images, &config.limits)?;
         Ok(Self {
+            fetcher,
             vision: Pool::new(PoolKind::Vision, config.vision.clone()),
             language: Pool::new(PoolKind::Language, config.language.clone()),
             admission: Arc::new(Semaphore::new(config.limits.max_inflight)),

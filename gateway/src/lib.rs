@@ -4,6 +4,8 @@
 //! - [`auth`]: API keys and per-key rate limits on the public endpoints;
 //! - [`backend`]: what the front doors need from the gateway ([`ChatBackend`]) and its errors;
 //! - [`config`]: the TOML configuration;
+//! - [`fetch`]: `https` image URLs fetched under a policy (public addresses, redirects re-checked,
+//!   size and time limits);
 //! - [`pool`]: pool members from static addresses and re-resolved DNS names, health and load
 //!   checks;
 //! - [`routing`]: interchangeable routing policies;
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod backend;
 mod chat;
 pub mod config;
+pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

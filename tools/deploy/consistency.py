@@ -37,7 +37,16 @@ GATEWAY_KEYS = {
         "request_timeout_s",
         "attempts",
     },
-    "images": {"allow_local_files"},
+    "images": {
+        "allow_local_files",
+        "fetch",
+        "fetch_allow_http",
+        "fetch_allowed_hosts",
+        "fetch_allowed_networks",
+        "fetch_timeout_s",
+        "fetch_max_redirects",
+        "fetch_ca_file",
+    },
 }
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 INT_OR_PERCENT = re.compile(r"^\d+%$")
