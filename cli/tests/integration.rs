@@ -9,6 +9,7 @@ mod common;
 mod compare;
 mod demo;
 mod deploy;
+mod faults;
 mod fuzz_corpus;
 mod gateway;
 mod language_serve;

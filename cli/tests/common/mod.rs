@@ -1,6 +1,9 @@
 //! What the real-process tests share: fixture paths, `dvd ... serve` processes that are killed
-//! when dropped, and the fixture image's features as `dvd encode` computes them.
+//! when dropped, the fixture image's features as `dvd encode` computes them, and a
+//! fault-injecting proxy.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod fault_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
