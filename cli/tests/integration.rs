@@ -13,5 +13,6 @@ mod faults;
 mod fuzz_corpus;
 mod gateway;
 mod language_serve;
+mod mutual_tls;
 mod security;
 mod vision_serve;

@@ -227,6 +227,17 @@ fn prepare(
     })
 }
 
+/// The TLS name vision servers verify language servers' QUIC feature listeners by: the
+/// configured one, else with mutual TLS the language servers' certificate name, else empty
+/// (the feature address's host).
+fn feature_tls_name(config: &GatewayConfig) -> String {
+    if !config.language.feature_tls_name.is_empty() || config.tls.ca_file.is_none() {
+        config.language.feature_tls_name.clone()
+    } else {
+        config.tls.language_server_name.clone()
+    }
+}
+
 /// The healthy member `policy` picks, skipping `avoid` while others are left.
 fn pick(
     pool: &Pool,
@@ -363,7 +374,7 @@ async fn try_once(
             destination: Some(FeatureDestination {
                 address: reachable(&address, &language),
                 transport,
-                server_name: gw.config.language.feature_tls_name.clone(),
+                server_name: feature_tls_name(&gw.config),
             }),
         };
         let (tx, rx) = oneshot::channel();

@@ -43,6 +43,52 @@ pub struct GatewayConfig {
     pub images: ImagesSection,
     /// API keys on the public endpoints.
     pub auth: AuthSection,
+    /// Mutual TLS to the servers.
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: mutual TLS on the gRPC calls to vision and language servers (off unless `ca_file`
+/// is set). The gateway verifies servers against `ca_file` and presents `cert_file`, which must
+/// name `dvd-gateway` (`dvd tls mutual` writes such files).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The deployment's CA certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// The gateway's certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The gateway's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name vision servers' certificates are verified against.
+    pub vision_server_name: String,
+    /// The name language servers' certificates are verified against (also the QUIC feature
+    /// listeners' name when `[language] feature_tls_name` is empty).
+    pub language_server_name: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            vision_server_name: dvd_proto::tls::VISION_ROLE.to_owned(),
+            language_server_name: dvd_proto::tls::LANGUAGE_ROLE.to_owned(),
+        }
+    }
+}
+
+impl TlsSection {
+    /// The CA, certificate and key when mutual TLS is on (all three set), `None` when off.
+    pub fn load(&self) -> Result<Option<dvd_proto::tls::GrpcTls>, String> {
+        match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => {
+                dvd_proto::tls::GrpcTls::from_files(ca, cert, key).map(Some)
+            }
+            _ => Err("[tls] needs ca_file, cert_file and key_file together".into()),
+        }
+    }
 }
 
 /// `[auth]`: API keys on `/v1/*` and the public gRPC API (none listed: open). Health, readiness
@@ -272,6 +318,11 @@ impl GatewayConfig {
         if self.limits.max_tiles_per_image == 0 || self.limits.max_tiles_per_image > 64 {
             return Err("limits.max_tiles_per_image must be 1 to 64".into());
         }
+        if self.tls.ca_file.is_some() != self.tls.cert_file.is_some()
+            || self.tls.cert_file.is_some() != self.tls.key_file.is_some()
+        {
+            return Err("[tls] needs ca_file, cert_file and key_file together".into());
+        }
         if self.images.fetch_timeout_s == 0 {
             return Err("images.fetch_timeout_s must be at least 1".into());
         }
@@ -302,5 +353,30 @@ mod tests {
             GatewayConfig::default().check().is_err(),
             "no language pool"
         );
+    }
+
+    #[test]
+    fn tls_needs_all_three_files_and_defaults_to_the_role_names() {
+        let parse = |tls: &str| {
+            toml::from_str::<GatewayConfig>(&format!(
+                "[language]\naddresses = [\"127.0.0.1:50061\"]\n[tls]\n{tls}"
+            ))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let off = parse("");
+        assert!(off.check().is_ok());
+        assert!(matches!(off.tls.load(), Ok(None)));
+        assert_eq!(off.tls.vision_server_name, "dvd-vision");
+        assert_eq!(off.tls.language_server_name, "dvd-language");
+        let partial = parse("ca_file = \"ca.pem\"\ncert_file = \"gateway.pem\"\n");
+        assert!(partial.check().is_err());
+        let missing = parse(
+            "ca_file = \"/nonexistent/ca.pem\"\ncert_file = \"g.pem\"\nkey_file = \"k.pem\"\n",
+        );
+        assert!(
+            missing.check().is_ok(),
+            "files are read at start, not parse"
+        );
+        assert!(missing.tls.load().is_err());
     }
 }

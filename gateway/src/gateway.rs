@@ -17,7 +17,7 @@ use crate::backend::{ChatBackend, ChatStream, GatewayError};
 use crate::config::GatewayConfig;
 use crate::fetch::Fetcher;
 use crate::metrics::{Metrics, PoolGauge};
-use crate::pool::{Pool, PoolKind};
+use crate::pool::{Pool, PoolKind, PoolTls};
 use crate::routing::{LeastLoadedLanguage, Policy, ShortestQueueVision};
 
 /// The gateway over its pools. Cheap to share behind an `Arc`.
@@ -61,10 +61,29 @@ impl Gateway {
     ) -> Result<Self, String> {
         let auth = ApiKeys::load(&config.auth)?.map(Arc::new);
         let fetcher = Fetcher::new(&config.images, &config.limits)?;
+        let grpc_tls = config.tls.load()?;
+        let tls_names = (
+            config.tls.vision_server_name.clone(),
+            config.tls.language_server_name.clone(),
+        );
         Ok(Self {
             fetcher,
-            vision: Pool::new(PoolKind::Vision, config.vision.clone()),
-            language: Pool::new(PoolKind::Language, config.language.clone()),
+            vision: Pool::new(
+                PoolKind::Vision,
+                config.vision.clone(),
+                grpc_tls.clone().map(|config| PoolTls {
+                    config,
+                    server_name: tls_names.0.clone(),
+                }),
+            ),
+            language: Pool::new(
+                PoolKind::Language,
+                config.language.clone(),
+                grpc_tls.map(|config| PoolTls {
+                    config,
+                    server_name: tls_names.1.clone(),
+                }),
+            ),
             admission: Arc::new(Semaphore::new(config.limits.max_inflight)),
             vision_policy,
             language_policy,

@@ -13,6 +13,7 @@ use dvd_proto::language::v1::{
     HealthRequest as LanguageHealthRequest, StatsRequest as LanguageStatsRequest,
 };
 use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
+use dvd_proto::tls::GrpcTls;
 use dvd_proto::vision::v1::{
     HealthRequest as VisionHealthRequest, StatsRequest as VisionStatsRequest,
 };
@@ -71,10 +72,13 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(addr: SocketAddr) -> Result<Self, String> {
-        let channel = tuned_endpoint(&addr.to_string())
-            .map_err(|e| e.to_string())?
-            .connect_lazy();
+    fn new(addr: SocketAddr, tls: Option<&PoolTls>) -> Result<Self, String> {
+        let endpoint = match tls {
+            None => tuned_endpoint(&addr.to_string()),
+            Some(tls) => tuned_endpoint(&format!("https://{addr}"))
+                .and_then(|e| e.tls_config(tls.config.client_config(&tls.server_name))),
+        };
+        let channel = endpoint.map_err(|e| e.to_string())?.connect_lazy();
         Ok(Self {
             addr,
             channel,
@@ -131,21 +135,34 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Mutual TLS to a pool's members: the gateway's identity and CA, and the name the members'
+/// certificates are verified against.
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    /// CA and the gateway's certificate.
+    pub config: GrpcTls,
+    /// The name in the members' certificates.
+    pub server_name: String,
+}
+
 /// A pool of one kind of server.
 #[derive(Debug)]
 pub struct Pool {
     kind: PoolKind,
     targets: PoolSection,
+    tls: Option<PoolTls>,
     members: RwLock<Vec<Arc<Member>>>,
     last_resolve: Mutex<Option<Instant>>,
 }
 
 impl Pool {
-    /// An empty pool over `targets`; [`refresh`](Self::refresh) fills it.
-    pub fn new(kind: PoolKind, targets: PoolSection) -> Self {
+    /// An empty pool over `targets`, reached over mutual TLS when `tls` is given;
+    /// [`refresh`](Self::refresh) fills it.
+    pub fn new(kind: PoolKind, targets: PoolSection, tls: Option<PoolTls>) -> Self {
         Self {
             kind,
             targets,
+            tls,
             members: RwLock::new(Vec::new()),
             last_resolve: Mutex::new(None),
         }
@@ -216,7 +233,7 @@ impl Pool {
             if members.iter().any(|m| m.addr == addr) {
                 continue;
             }
-            match Member::new(addr) {
+            match Member::new(addr, self.tls.as_ref()) {
                 Ok(member) => {
                     tracing::info!(pool = self.kind.name(), %addr, "server joined the pool");
                     members.push(Arc::new(member));

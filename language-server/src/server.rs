@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use dvd_proto::limits::{language_server, tuned_server};
+use dvd_proto::tls::{GrpcTls, secure_server};
 use dvd_transport::{
     InboxConfig, InboxRegistry, ListenerConfig, TlsOptions, TransportError, TransportKind,
 };
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::engine::kv::{KvPool, KvPoolConfig};
 use crate::engine::{EngineHandle, Scheduler, SchedulerConfig};
@@ -53,6 +55,9 @@ pub struct ServeConfig {
     pub requests: RequestDefaults,
     /// Limits of the feature inbox.
     pub inbox: InboxConfig,
+    /// Mutual TLS on the gRPC listener: present this identity, admit only the gateway's
+    /// certificate from the CA. Plaintext when `None`.
+    pub grpc_tls: Option<GrpcTls>,
     /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
     pub ops_listen: Option<SocketAddr>,
     /// How long [`RunningServer::shutdown`] waits for requests in flight.
@@ -62,6 +67,9 @@ pub struct ServeConfig {
 /// What can stop a server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The gRPC listener's TLS settings are unusable.
+    #[error("{0}")]
+    Tls(String),
     /// The checkpoint could not be resolved or read.
     #[error(transparent)]
     Checkpoint(#[from] dvd_checkpoint::CheckpointError),
@@ -232,8 +240,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         source,
     })?;
     let stop = shutdown.clone();
-    let grpc = tuned_server()
-        .add_service(language_server(service.clone()))
+    let (mut server, peer) =
+        secure_server(tuned_server(), config.grpc_tls.as_ref()).map_err(ServeError::Tls)?;
+    let grpc = server
+        .add_service(InterceptedService::new(
+            language_server(service.clone()),
+            peer,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             stop.cancelled().await;
         });

@@ -12,9 +12,11 @@
 //! - [`api::v1`]: `InferenceService`, the public API of the gateway.
 //!
 //! [`limits`] holds the message size and HTTP/2 settings every server and
-//! client must use, because images travel inside gRPC messages.
+//! client must use, because images travel inside gRPC messages. [`tls`] is the
+//! mutual TLS between the gateway and the servers.
 
 pub mod limits;
+pub mod tls;
 
 /// Shared message types (`dvd.common.v1`).
 pub mod common {

@@ -37,6 +37,7 @@ GATEWAY_KEYS = {
         "request_timeout_s",
         "attempts",
     },
+    "tls": {"ca_file", "cert_file", "key_file", "vision_server_name", "language_server_name"},
     "images": {
         "allow_local_files",
         "fetch",

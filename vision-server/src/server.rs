@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use dvd_proto::limits::{tuned_server, vision_server};
+use dvd_proto::tls::{GrpcTls, secure_server};
 use dvd_transport::{SenderConfig, TlsOptions, TransportError, TransportKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::engine::{EncoderConfig, EncoderHandle, FeatureCache};
 use crate::model::{LoadOptions, ModelError, VisionModel};
@@ -42,6 +44,9 @@ pub struct ServeConfig {
     pub admission: Admission,
     /// Feature sender settings.
     pub sender: SenderConfig,
+    /// Mutual TLS on the gRPC listener: present this identity, admit only the gateway's
+    /// certificate from the CA. Plaintext when `None`.
+    pub grpc_tls: Option<GrpcTls>,
     /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
     pub ops_listen: Option<SocketAddr>,
     /// How long [`RunningServer::shutdown`] waits for requests in flight.
@@ -51,6 +56,9 @@ pub struct ServeConfig {
 /// What can stop a vision server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The gRPC listener's TLS settings are unusable.
+    #[error("{0}")]
+    Tls(String),
     /// The checkpoint could not be resolved or read.
     #[error(transparent)]
     Checkpoint(#[from] dvd_checkpoint::CheckpointError),
@@ -161,8 +169,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     );
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let grpc = tuned_server()
-        .add_service(vision_server(service.clone()))
+    let (mut server, peer) =
+        secure_server(tuned_server(), config.grpc_tls.as_ref()).map_err(ServeError::Tls)?;
+    let grpc = server
+        .add_service(InterceptedService::new(
+            vision_server(service.clone()),
+            peer,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;
         });

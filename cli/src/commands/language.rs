@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use dvd_language_server::engine::{FeatureLimits, SchedulerConfig};
 use dvd_language_server::server::{ServeConfig, start};
 use dvd_language_server::service::RequestDefaults;
-use dvd_transport::quic::ServerTls;
+use dvd_proto::tls::GrpcTls;
+use dvd_transport::quic::{ServerTls, VISION_NAME};
 use dvd_transport::{InboxConfig, TlsOptions, TransportKind};
 use serde_json::json;
 
@@ -53,12 +54,18 @@ pub struct ServeArgs {
     /// Feature transport: tcp or quic.
     #[arg(long, default_value = "tcp")]
     transport: TransportKind,
-    /// PEM certificate chain of the QUIC listener (default: a self-signed `localhost` one).
+    /// PEM certificate chain of the QUIC listener (default: a self-signed `localhost` one), and
+    /// of the gRPC listener with `--tls-client-ca`.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// PEM private key of the QUIC listener.
+    /// PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS with this CA (PEM): gRPC callers must present the gateway's certificate
+    /// (`dvd-gateway`) and QUIC feature senders a vision server's (`dvd-vision`), both issued by
+    /// it (`dvd tls mutual`). Needs `--tls-cert`, `--tls-key` and `--transport quic`.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     compute: ComputeArgs,
     /// KV cache size in MiB.
@@ -119,13 +126,30 @@ impl ServeArgs {
         if self.block_size == 0 || self.max_running == 0 || self.max_step_tokens == 0 {
             bail!("--block-size, --max-running and --max-step-tokens must be at least 1");
         }
-        let tls = match (&self.tls_cert, &self.tls_key) {
+        let mut tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => TlsOptions {
                 server: Some(ServerTls::from_pem_files(cert, key)?),
                 client: None,
             },
             _ => TlsOptions::default(),
         };
+        let mut grpc_tls = None;
+        if let (Some(ca), Some(cert), Some(key)) =
+            (&self.tls_client_ca, &self.tls_cert, &self.tls_key)
+        {
+            if self.transport != TransportKind::Quic {
+                bail!(
+                    "--tls-client-ca needs --transport quic: the TCP feature path has no TLS, so \
+                     it could not tell vision servers from anyone else"
+                );
+            }
+            tls.server = tls
+                .server
+                .take()
+                .map(|server| server.require_clients(ca, Some(VISION_NAME)))
+                .transpose()?;
+            grpc_tls = Some(GrpcTls::from_files(ca, cert, key).map_err(anyhow::Error::msg)?);
+        }
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
             listen: self.listen,
@@ -133,6 +157,7 @@ impl ServeArgs {
             feature_advertise: self.feature_advertise.clone(),
             transport: self.transport,
             tls,
+            grpc_tls,
             dtype: self.compute.dtype(),
             device: self.compute.open()?,
             kv_cache_bytes: self.kv_cache_mib << 20,

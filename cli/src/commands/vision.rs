@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
+use dvd_proto::tls::GrpcTls;
 use dvd_transport::quic::ClientTls;
 use dvd_transport::{SenderConfig, TlsOptions};
 use dvd_vision_server::engine::EncoderConfig;
@@ -48,6 +49,17 @@ pub struct ServeArgs {
     /// destinations are accepted).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// PEM certificate chain this server presents: to language servers that require client
+    /// certificates (QUIC), and on its gRPC listener with `--tls-client-ca`.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS on the gRPC listener with this CA (PEM): callers must present the gateway's
+    /// certificate (`dvd-gateway`) issued by it. Needs `--tls-cert` and `--tls-key`.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     compute: ComputeArgs,
     /// Most tiles in one encoder batch (across requests).
@@ -108,15 +120,25 @@ impl ServeArgs {
         }
         let tls = TlsOptions {
             server: None,
-            client: match &self.tls_ca {
-                Some(ca) => Some(ClientTls::from_ca_file(ca)?),
-                None => None,
+            client: match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    Some(ClientTls::from_ca_file(ca)?.with_identity_files(cert, key)?)
+                }
+                (Some(ca), _, _) => Some(ClientTls::from_ca_file(ca)?),
+                _ => None,
             },
+        };
+        let grpc_tls = match (&self.tls_client_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(GrpcTls::from_files(ca, cert, key).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
         };
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
             listen: self.listen,
             tls,
+            grpc_tls,
             dtype: self.compute.dtype(),
             device: self.compute.open()?,
             encoder: EncoderConfig {

@@ -3,9 +3,13 @@
 //! A sender keeps one connection per destination and opens one bidirectional stream per request:
 //! the request's frames go out on it and the receiver's single [`Reply`](crate::Reply) comes back
 //! on it. Any frame error fails only its own stream; the connection and its other streams keep
-//! going. The sender verifies the receiver's certificate against its configured trust anchors.
+//! going. The sender verifies the receiver's certificate against its configured trust anchors;
+//! a receiver may also require the sender's certificate (mutual TLS), from its CA and naming
+//! the vision role.
 
+mod client_auth;
 mod listener;
+mod pki;
 mod sender;
 mod tls;
 
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use listener::QuicFeatureListener;
+pub use pki::{GATEWAY_NAME, InternalPki, LANGUAGE_NAME, VISION_NAME};
 pub use sender::QuicFeatureSender;
 pub use tls::{ALPN, ClientTls, SelfSigned, ServerTls};
 

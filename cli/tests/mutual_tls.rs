@@ -1,0 +1,248 @@
+//! Mutual TLS between the gateway, vision and language servers, with real processes (issue 12):
+//! certificates from `dvd tls mutual`; the gateway reaches both servers over gRPC with TLS and
+//! vision servers push features over QUIC with their own certificate, and an image request
+//! answers as without TLS. Called directly, the servers refuse plaintext, callers without a
+//! certificate or with one from another CA, and callers whose certificate names another role
+//! than the gateway's.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use dvd_proto::common::v1::ServingStatus;
+use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
+use dvd_proto::tls::GrpcTls;
+use tonic::Code;
+
+use crate::common::{ServerProcess, dvd, http, wait_healthy};
+
+fn mutual(dir: &Path) {
+    let made = dvd()
+        .args(["tls", "mutual", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+}
+
+/// A TLS client config presenting `role`'s certificate from `dir`, verifying `server_name`.
+fn as_role(dir: &Path, role: &str, server_name: &str) -> tonic::transport::ClientTlsConfig {
+    GrpcTls::from_files(
+        &dir.join("ca.pem"),
+        &dir.join(format!("{role}.pem")),
+        &dir.join(format!("{role}-key.pem")),
+    )
+    .unwrap()
+    .client_config(server_name)
+}
+
+/// `Health` of the language server at `addr` over TLS as `tls`, or plaintext when `None`.
+async fn language_health(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<ServingStatus, Code> {
+    let endpoint = match tls {
+        Some(tls) => tuned_endpoint(&format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap(),
+        None => tuned_endpoint(addr).unwrap(),
+    };
+    let channel = endpoint.connect().await.map_err(|_| Code::Unavailable)?;
+    let answer = language_client(channel)
+        .health(dvd_proto::language::v1::HealthRequest {})
+        .await
+        .map_err(|s| s.code())?;
+    Ok(answer.into_inner().status())
+}
+
+async fn vision_health(
+    addr: &str,
+    tls: tonic::transport::ClientTlsConfig,
+) -> Result<ServingStatus, Code> {
+    let endpoint = tuned_endpoint(&format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let channel = endpoint.connect().await.map_err(|_| Code::Unavailable)?;
+    let answer = vision_client(channel)
+        .health(dvd_proto::vision::v1::HealthRequest {})
+        .await
+        .map_err(|s| s.code())?;
+    Ok(answer.into_inner().status())
+}
+
+#[test]
+fn the_gateway_and_servers_talk_only_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    mutual(&tls);
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
+    let language = ServerProcess::start(&[
+        "language",
+        "serve",
+        "--model",
+        "dvd-demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--feature-listen",
+        "127.0.0.1:0",
+        "--transport",
+        "quic",
+        "--tls-cert",
+        &file("language.pem"),
+        "--tls-key",
+        &file("language-key.pem"),
+        "--tls-client-ca",
+        &file("ca.pem"),
+        "--kv-cache-mib",
+        "16",
+    ]);
+    let vision = ServerProcess::start(&[
+        "vision",
+        "serve",
+        "--model",
+        "dvd-demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-ca",
+        &file("ca.pem"),
+        "--tls-cert",
+        &file("vision.pem"),
+        "--tls-key",
+        &file("vision-key.pem"),
+        "--tls-client-ca",
+        &file("ca.pem"),
+    ]);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhttp = \"127.0.0.1:0\"\ngrpc = \"127.0.0.1:0\"\nmodel = \"dvd-demo\"\n\
+             [vision]\naddresses = [\"{}\"]\n[language]\naddresses = [\"{}\"]\n\
+             [limits]\nattempts = 1\n\
+             [tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            vision.field("grpc"),
+            language.field("grpc"),
+            file("ca.pem"),
+            file("gateway.pem"),
+            file("gateway-key.pem"),
+        ),
+    )
+    .unwrap();
+    let gateway = ServerProcess::start(&["gateway", "serve", "--config", config.to_str().unwrap()]);
+    let addr = gateway.field("http");
+    wait_healthy(&addr);
+
+    // The whole path, TLS everywhere: the answer the demo model gives without it.
+    let png =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
+            .unwrap();
+    let body = serde_json::json!({
+        "model": "dvd-demo",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!(
+                "data:image/png;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(png)
+            )}},
+            {"type": "text", "text": "What shape is in the image?"},
+        ]}],
+        "max_tokens": 8,
+        "temperature": 0,
+    });
+    let r = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "circle");
+
+    // Anyone else calling the servers directly.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let language_addr = language.field("grpc");
+        let vision_addr = vision.field("grpc");
+        let t = tls.as_path();
+        assert_eq!(
+            language_health(&language_addr, Some(as_role(t, "gateway", "dvd-language"))).await,
+            Ok(ServingStatus::Serving),
+            "the gateway's certificate"
+        );
+        assert!(
+            language_health(&language_addr, None).await.is_err(),
+            "plaintext"
+        );
+        let no_certificate = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(t.join("ca.pem")).unwrap(),
+            ))
+            .domain_name("dvd-language");
+        assert!(
+            language_health(&language_addr, Some(no_certificate))
+                .await
+                .is_err(),
+            "no client certificate"
+        );
+        assert_eq!(
+            language_health(&language_addr, Some(as_role(t, "vision", "dvd-language"))).await,
+            Err(Code::PermissionDenied),
+            "a vision server's certificate"
+        );
+        assert_eq!(
+            vision_health(&vision_addr, as_role(t, "language", "dvd-vision")).await,
+            Err(Code::PermissionDenied),
+            "a language server's certificate"
+        );
+        assert_eq!(
+            vision_health(&vision_addr, as_role(t, "gateway", "dvd-vision")).await,
+            Ok(ServingStatus::Serving)
+        );
+        // A gateway certificate from another CA.
+        let other = dir.path().join("other");
+        mutual(&other);
+        let stranger = GrpcTls::from_files(
+            &t.join("ca.pem"),
+            &other.join("gateway.pem"),
+            &other.join("gateway-key.pem"),
+        )
+        .unwrap()
+        .client_config("dvd-language");
+        assert!(
+            language_health(&language_addr, Some(stranger))
+                .await
+                .is_err(),
+            "another CA's gateway certificate"
+        );
+    });
+    drop(runtime);
+}
+
+#[test]
+fn mutual_tls_on_the_tcp_feature_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    mutual(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let out = dvd()
+        .args([
+            "language",
+            "serve",
+            "--model",
+            "dvd-demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--feature-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &file("language.pem"),
+            "--tls-key",
+            &file("language-key.pem"),
+            "--tls-client-ca",
+            &file("ca.pem"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--transport quic"), "{stderr}");
+}
