@@ -344,6 +344,17 @@ fn a_partition_mid_stream_is_re_encoded_elsewhere_and_frees_everything() {
         }
         // The partition stays; new requests still succeed.
         assert_eq!(answer(&c.ask()), ANSWER, "quic={quic}");
+        // Once it heals, the cut-off vision server is itself again at once: it must not keep
+        // sending into the connection that went silent (the image routes to it by hash).
+        c.proxy.faults.heal();
+        let started = Instant::now();
+        assert_eq!(answer(&c.ask()), ANSWER, "quic={quic}");
+        let took = started.elapsed();
+        eprintln!("quic={quic}: first request after the partition healed: {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "quic={quic}: {took:?} after healing"
+        );
     }
 }
 

@@ -8,5 +8,6 @@ mod bad_input_quic;
 mod bad_input_tcp;
 mod common;
 mod lifecycle;
+mod quic_partition;
 mod quic_tls;
 mod round_trip;

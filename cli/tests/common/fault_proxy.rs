@@ -37,9 +37,27 @@ pub struct Faults {
     pub datagrams: AtomicU64,
     /// Flows (client addresses or connections) seen.
     pub flows: AtomicU64,
+    /// Every flow's state, so [`heal`](Self::heal) can reach them.
+    states: Mutex<Vec<Arc<FlowState>>>,
 }
 
 impl Faults {
+    /// Ends the partition: the cut flow passes again and no new cut is armed.
+    pub fn heal(&self) {
+        self.cut_after_bytes.store(0, Ordering::SeqCst);
+        for flow in self.states.lock().unwrap().iter() {
+            flow.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// State for a new flow.
+    fn new_flow(&self) -> Arc<FlowState> {
+        self.flows.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(FlowState::default());
+        self.states.lock().unwrap().push(state.clone());
+        state
+    }
+
     fn delay(&self) -> Duration {
         Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
     }
@@ -151,9 +169,8 @@ async fn udp_front(front: Arc<UdpSocket>, upstream: SocketAddr, faults: Arc<Faul
                 socket.connect(upstream).await.unwrap();
                 let flow = UdpFlow {
                     upstream: Arc::new(socket),
-                    state: Arc::new(FlowState::default()),
+                    state: faults.new_flow(),
                 };
-                faults.flows.fetch_add(1, Ordering::Relaxed);
                 // Server -> client.
                 let (up, back, state, faults, lose) = (
                     flow.upstream.clone(),
@@ -201,8 +218,7 @@ async fn tcp_front(listener: TcpListener, upstream: SocketAddr, faults: Arc<Faul
         let Ok(server) = TcpStream::connect(upstream).await else {
             continue;
         };
-        faults.flows.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(FlowState::default());
+        let state = faults.new_flow();
         let (client_read, client_write) = client.into_split();
         let (server_read, server_write) = server.into_split();
         let (f, s) = (faults.clone(), state.clone());
@@ -238,8 +254,11 @@ async fn pump(
             state.cut.load(Ordering::Acquire)
         };
         if cut {
-            // Hold both halves open, moving nothing, until the test ends.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            // Hold both halves open, moving nothing, until the partition heals (what was read
+            // meanwhile is lost, as on a real partition: this TCP connection is ruined).
+            while state.cut.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             return;
         }
         tokio::time::sleep(faults.delay()).await;

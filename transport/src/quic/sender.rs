@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +22,10 @@ use crate::verdict::Verdict;
 
 /// How long a refused stream waits for the receiver's explanation after its writes were stopped.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
+
+/// A stream open this long without a single datagram from the receiver, and ended without its
+/// reply, shows a dead path: its connection is closed (see [`Liveness`]).
+const SILENT_FOR: Duration = Duration::from_secs(1);
 
 /// Sends features over QUIC: one verified TLS connection per destination, one stream per request.
 #[derive(Debug)]
@@ -139,6 +143,7 @@ impl FeatureSender for QuicFeatureSender {
                     destination: destination.address.clone(),
                     detail: e.to_string(),
                 })?;
+        let liveness = Liveness::watch(&connection, destination);
         let (tx, reply) = oneshot::channel();
         self.tasks.spawn(async move {
             if let Ok(Some(r)) = Reply::read(&mut recv).await {
@@ -154,7 +159,54 @@ impl FeatureSender for QuicFeatureSender {
             bytes: 0,
             verdict: Verdict::new(destination.address.clone(), request, reply),
             reply_timeout: self.config.reply_timeout,
+            liveness,
         }))
+    }
+}
+
+/// Whether a request's connection heard from the receiver while the request's stream was open.
+///
+/// A QUIC connection does not notice a partition until its idle timeout (30 s): streams open
+/// and writes are buffered as if nothing were wrong, and after the path heals retransmissions
+/// may wait out a long backoff. So when a stream ends without its reply (cancelled because the
+/// features never arrived, or failed) after [`SILENT_FOR`] in which not one datagram came back
+/// (a live receiver acknowledges every flight), the connection is closed: the next request to
+/// that destination connects afresh instead of queueing behind a dead connection.
+#[derive(Debug)]
+struct Liveness {
+    connection: quinn::Connection,
+    destination: String,
+    received_at_open: u64,
+    opened: Instant,
+    answered: bool,
+}
+
+impl Liveness {
+    fn watch(connection: &quinn::Connection, destination: &Destination) -> Self {
+        Self {
+            received_at_open: connection.stats().udp_rx.datagrams,
+            connection: connection.clone(),
+            destination: destination.address.clone(),
+            opened: Instant::now(),
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        if self.answered || self.opened.elapsed() < SILENT_FOR {
+            return;
+        }
+        if self.connection.stats().udp_rx.datagrams == self.received_at_open {
+            tracing::warn!(
+                destination = %self.destination,
+                silent_ms = self.opened.elapsed().as_millis() as u64,
+                "no datagram from the receiver while a request was open; closing the connection"
+            );
+            self.connection
+                .close(quinn::VarInt::from_u32(2), b"receiver silent");
+        }
     }
 }
 
@@ -169,6 +221,7 @@ struct QuicFeatureStream {
     bytes: u64,
     verdict: Verdict,
     reply_timeout: Duration,
+    liveness: Liveness,
 }
 
 impl QuicFeatureStream {
@@ -181,10 +234,13 @@ impl QuicFeatureStream {
 
     /// Waits up to `limit` for the receiver's reply.
     async fn await_reply(&mut self, limit: Duration) -> Result<Reply> {
-        self.verdict
+        let reply = self
+            .verdict
             .wait(limit)
             .await?
-            .ok_or_else(|| self.lost("stream closed without a reply".into()))
+            .ok_or_else(|| self.lost("stream closed without a reply".into()))?;
+        self.liveness.answered = true;
+        Ok(reply)
     }
 
     async fn write(&mut self, header: FrameHeader, payload: Bytes) -> Result<()> {
