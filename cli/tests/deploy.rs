@@ -461,28 +461,7 @@ fn quic_image_request(dir: &Path, feature_tls_name: Option<&str>) -> common::Htt
     let gateway = ServerProcess::start(&["gateway", "serve", "--config", config.to_str().unwrap()]);
     let addr = gateway.field("http");
     wait_healthy(&addr);
-    let png =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
-            .unwrap();
-    let url = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    );
-    let body = serde_json::json!({
-        "model": "dvd-demo",
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}},
-            {"type": "text", "text": "What shape is in the image?"},
-        ]}],
-        "max_tokens": 8,
-        "temperature": 0,
-    });
-    http(
-        &addr,
-        "POST",
-        "/v1/chat/completions",
-        body.to_string().as_bytes(),
-    )
+    common::ask_red_circle(&addr)
 }
 
 #[test]

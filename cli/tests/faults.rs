@@ -12,14 +12,11 @@
 //! - a vision server killed mid-stream: the gateway retries on the other one at once.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 use crate::common::fault_proxy::FaultProxy;
-use crate::common::{HttpResponse, ServerProcess, free_port, http, wait_healthy};
+use crate::common::{HttpResponse, ServerProcess, ask_red_circle, free_port, http, wait_healthy};
 
 /// The demo model's answer to the red-circle picture.
 const ANSWER: &str = "circle";
@@ -180,28 +177,7 @@ impl Cluster {
 
 /// One image request for the red circle; its answer.
 fn ask(addr: &str) -> HttpResponse {
-    let png =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
-            .unwrap();
-    let url = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    );
-    let body = serde_json::json!({
-        "model": "dvd-demo",
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}},
-            {"type": "text", "text": "What shape is in the image?"},
-        ]}],
-        "max_tokens": 8,
-        "temperature": 0,
-    });
-    http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        body.to_string().as_bytes(),
-    )
+    ask_red_circle(addr)
 }
 
 fn answer(r: &HttpResponse) -> String {

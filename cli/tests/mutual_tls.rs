@@ -7,13 +7,12 @@
 
 use std::path::Path;
 
-use base64::Engine as _;
 use dvd_proto::common::v1::ServingStatus;
 use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
 use dvd_proto::tls::GrpcTls;
 use tonic::Code;
 
-use crate::common::{ServerProcess, dvd, http, wait_healthy};
+use crate::common::{ServerProcess, ask_red_circle, dvd, wait_healthy};
 
 fn mutual(dir: &Path) {
     let made = dvd()
@@ -134,27 +133,7 @@ fn the_gateway_and_servers_talk_only_over_mutual_tls() {
     wait_healthy(&addr);
 
     // The whole path, TLS everywhere: the answer the demo model gives without it.
-    let png =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
-            .unwrap();
-    let body = serde_json::json!({
-        "model": "dvd-demo",
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": format!(
-                "data:image/png;base64,{}",
-                base64::engine::general_purpose::STANDARD.encode(png)
-            )}},
-            {"type": "text", "text": "What shape is in the image?"},
-        ]}],
-        "max_tokens": 8,
-        "temperature": 0,
-    });
-    let r = http(
-        &addr,
-        "POST",
-        "/v1/chat/completions",
-        body.to_string().as_bytes(),
-    );
+    let r = ask_red_circle(&addr);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["choices"][0]["message"]["content"], "circle");
 

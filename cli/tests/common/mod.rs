@@ -389,6 +389,34 @@ impl Drop for Up {
     }
 }
 
+/// Asks the gateway at `addr` what shape is in `examples/red-circle.png` (the demo model
+/// answers `circle`), greedy, 8 tokens at most.
+pub fn ask_red_circle(addr: &str) -> HttpResponse {
+    use base64::Engine as _;
+    let png =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
+            .unwrap();
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    );
+    let body = serde_json::json!({
+        "model": "dvd-demo",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "What shape is in the image?"},
+        ]}],
+        "max_tokens": 8,
+        "temperature": 0,
+    });
+    http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        body.to_string().as_bytes(),
+    )
+}
+
 /// Waits (up to 60 s) until the gateway at `addr` answers `/health` with 200.
 pub fn wait_healthy(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
