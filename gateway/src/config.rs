@@ -79,15 +79,21 @@ impl Default for TlsSection {
 }
 
 impl TlsSection {
-    /// The CA, certificate and key when mutual TLS is on (all three set), `None` when off.
-    pub fn load(&self) -> Result<Option<dvd_proto::tls::GrpcTls>, String> {
+    /// The CA, certificate and key files when mutual TLS is on, `None` when off; an error
+    /// unless all three or none are set.
+    fn files(&self) -> Result<Option<(&Path, &Path, &Path)>, String> {
         match (&self.ca_file, &self.cert_file, &self.key_file) {
             (None, None, None) => Ok(None),
-            (Some(ca), Some(cert), Some(key)) => {
-                dvd_proto::tls::GrpcTls::from_files(ca, cert, key).map(Some)
-            }
+            (Some(ca), Some(cert), Some(key)) => Ok(Some((ca, cert, key))),
             _ => Err("[tls] needs ca_file, cert_file and key_file together".into()),
         }
+    }
+
+    /// The CA, certificate and key when mutual TLS is on (all three set), `None` when off.
+    pub fn load(&self) -> Result<Option<dvd_proto::tls::GrpcTls>, String> {
+        self.files()?
+            .map(|(ca, cert, key)| dvd_proto::tls::GrpcTls::from_files(ca, cert, key))
+            .transpose()
     }
 }
 
@@ -318,11 +324,7 @@ impl GatewayConfig {
         if self.limits.max_tiles_per_image == 0 || self.limits.max_tiles_per_image > 64 {
             return Err("limits.max_tiles_per_image must be 1 to 64".into());
         }
-        if self.tls.ca_file.is_some() != self.tls.cert_file.is_some()
-            || self.tls.cert_file.is_some() != self.tls.key_file.is_some()
-        {
-            return Err("[tls] needs ca_file, cert_file and key_file together".into());
-        }
+        self.tls.files()?;
         if self.images.fetch_timeout_s == 0 {
             return Err("images.fetch_timeout_s must be at least 1".into());
         }

@@ -62,27 +62,23 @@ impl Gateway {
         let auth = ApiKeys::load(&config.auth)?.map(Arc::new);
         let fetcher = Fetcher::new(&config.images, &config.limits)?;
         let grpc_tls = config.tls.load()?;
-        let tls_names = (
-            config.tls.vision_server_name.clone(),
-            config.tls.language_server_name.clone(),
-        );
+        let pool_tls = |server_name: &String| {
+            grpc_tls.clone().map(|config| PoolTls {
+                config,
+                server_name: server_name.clone(),
+            })
+        };
         Ok(Self {
             fetcher,
             vision: Pool::new(
                 PoolKind::Vision,
                 config.vision.clone(),
-                grpc_tls.clone().map(|config| PoolTls {
-                    config,
-                    server_name: tls_names.0.clone(),
-                }),
+                pool_tls(&config.tls.vision_server_name),
             ),
             language: Pool::new(
                 PoolKind::Language,
                 config.language.clone(),
-                grpc_tls.map(|config| PoolTls {
-                    config,
-                    server_name: tls_names.1.clone(),
-                }),
+                pool_tls(&config.tls.language_server_name),
             ),
             admission: Arc::new(Semaphore::new(config.limits.max_inflight)),
             vision_policy,

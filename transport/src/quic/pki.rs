@@ -12,15 +12,12 @@ use rcgen::{
 };
 
 use super::SelfSigned;
-use crate::error::{Result, TransportError};
+use super::tls::tls_error;
+use crate::error::Result;
 
 pub use dvd_proto::tls::{
     GATEWAY_ROLE as GATEWAY_NAME, LANGUAGE_ROLE as LANGUAGE_NAME, VISION_ROLE as VISION_NAME,
 };
-
-fn pki_error(what: &str, e: impl std::fmt::Display) -> TransportError {
-    TransportError::Tls(format!("{what}: {e}"))
-}
 
 /// A CA certificate and one certificate and key per role, in PEM. The CA's key is not kept.
 #[derive(Debug, Clone)]
@@ -39,9 +36,9 @@ impl InternalPki {
     /// A new CA and role certificates; each role certificate also names `extra_names` (DNS
     /// names or IP addresses the processes are reached at, e.g. `localhost`, `127.0.0.1`).
     pub fn generate(extra_names: &[String]) -> Result<Self> {
-        let ca_key = KeyPair::generate().map_err(|e| pki_error("cannot generate a key", e))?;
+        let ca_key = KeyPair::generate().map_err(|e| tls_error("cannot generate a key", e))?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| pki_error("bad CA parameters", e))?;
+            .map_err(|e| tls_error("bad CA parameters", e))?;
         ca_params
             .distinguished_name
             .push(DnType::CommonName, "dvd internal CA");
@@ -53,15 +50,15 @@ impl InternalPki {
         ];
         let ca_cert = ca_params
             .self_signed(&ca_key)
-            .map_err(|e| pki_error("cannot sign the CA certificate", e))?;
+            .map_err(|e| tls_error("cannot sign the CA certificate", e))?;
         let ca_pem = ca_cert.pem();
         let issuer = Issuer::from_params(&ca_params, &ca_key);
         let issue = |role: &str| -> Result<SelfSigned> {
-            let key = KeyPair::generate().map_err(|e| pki_error("cannot generate a key", e))?;
+            let key = KeyPair::generate().map_err(|e| tls_error("cannot generate a key", e))?;
             let mut names = vec![role.to_owned()];
             names.extend(extra_names.iter().cloned());
             let mut params = CertificateParams::new(names)
-                .map_err(|e| pki_error(&format!("bad names for {role}"), e))?;
+                .map_err(|e| tls_error(&format!("bad names for {role}"), e))?;
             params.distinguished_name.push(DnType::CommonName, role);
             params.key_usages = vec![
                 KeyUsagePurpose::DigitalSignature,
@@ -73,7 +70,7 @@ impl InternalPki {
             ];
             let cert = params
                 .signed_by(&key, &issuer)
-                .map_err(|e| pki_error(&format!("cannot sign the {role} certificate"), e))?;
+                .map_err(|e| tls_error(&format!("cannot sign the {role} certificate"), e))?;
             Ok(SelfSigned {
                 cert_pem: format!("{}{ca_pem}", cert.pem()),
                 key_pem: key.serialize_pem(),
@@ -91,10 +88,10 @@ impl InternalPki {
     /// `gateway`, `vision`, `language`.
     pub fn write_to(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| pki_error(&format!("cannot create {}", dir.display()), e))?;
+            .map_err(|e| tls_error(&format!("cannot create {}", dir.display()), e))?;
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, &self.ca_pem)
-            .map_err(|e| pki_error(&format!("cannot write {}", ca.display()), e))?;
+            .map_err(|e| tls_error(&format!("cannot write {}", ca.display()), e))?;
         for (role, files) in [
             ("gateway", &self.gateway),
             ("vision", &self.vision),

@@ -16,7 +16,7 @@ use crate::error::{Result, TransportError};
 /// ALPN protocol id of the feature transport.
 pub const ALPN: &[u8] = b"dvd-feature/1";
 
-fn tls_error(what: &str, e: impl std::fmt::Display) -> TransportError {
+pub(crate) fn tls_error(what: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::Tls(format!("{what}: {e}"))
 }
 
@@ -98,16 +98,7 @@ impl ServerTls {
 
     /// Loads a PEM certificate chain (leaf first) and a PEM private key.
     pub fn from_pem_files(cert_chain: &Path, key: &Path) -> Result<Self> {
-        let chain = CertificateDer::pem_file_iter(cert_chain)
-            .map_err(|e| tls_error(&format!("cannot read {}", cert_chain.display()), e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_error(&format!("bad certificate in {}", cert_chain.display()), e))?;
-        if chain.is_empty() {
-            return Err(TransportError::Tls(format!(
-                "no certificate in {}",
-                cert_chain.display()
-            )));
-        }
+        let chain = read_certs(cert_chain)?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
             tls_error(
                 &format!("cannot read a private key from {}", key.display()),
