@@ -337,3 +337,62 @@ fn a_short_request_passes_a_large_one_waiting_for_blocks() {
     assert!(pos(9) < pos(1), "first tokens in order {first:?}");
     assert_eq!(tokens, want);
 }
+
+/// Steps until idle; returns the step (from 1) of each request's first token and its tokens.
+fn first_token_steps(scheduler: &mut Scheduler) -> (HashMap<u64, usize>, HashMap<u64, Vec<u32>>) {
+    let mut first = HashMap::new();
+    let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut steps = 0;
+    while !scheduler.is_idle() {
+        steps += 1;
+        for event in scheduler.step().unwrap() {
+            if let EngineEvent::Token { id, token, .. } = event {
+                first.entry(id).or_insert(steps);
+                tokens.entry(id).or_default().push(token);
+            }
+        }
+        assert!(steps < 10_000, "engine does not make progress");
+    }
+    (first, tokens)
+}
+
+#[test]
+fn long_prompts_share_a_capped_budget_and_short_ones_go_whole() {
+    let s = setup("internvl-moe-custom-bf16", 4);
+    let want = alone(&s);
+    let long_tokens: usize = [0, 1].map(|i| s.requests[i].prompt_ids.len()).iter().sum();
+    let total: usize = s.requests.iter().map(|r| r.prompt_ids.len()).sum();
+    assert!(
+        total <= 512 && long_tokens > 8 * 24,
+        "fixture shapes changed"
+    );
+    let start = |long_prefill_tokens| {
+        let (mut scheduler, _) = engine(
+            &s,
+            128,
+            SchedulerConfig {
+                max_step_tokens: 512,
+                long_prefill_tokens,
+                ..SchedulerConfig::default()
+            },
+        );
+        for r in &s.requests {
+            scheduler.add(r.clone()).unwrap();
+        }
+        first_token_steps(&mut scheduler)
+    };
+    // Without a cap every prompt fits the 512-token budget of the first step.
+    let (first, _) = start(None);
+    assert!(first.values().all(|&step| step == 1), "{first:?}");
+    // With 24: the 20-token prompt goes whole in the first step; the long ones (requests 0, 1
+    // and, until its last 24 tokens, 3) share 24 tokens a step, so they take many steps.
+    let (first, tokens) = start(Some(24));
+    assert_eq!(first[&2], 1, "{first:?}");
+    let last_long = first[&0].max(first[&1]);
+    // (Half the bound: the prefix cache serves request 0 the blocks requests 2 and 3 computed,
+    // and each long prompt's last 24 tokens go as a short one.)
+    assert!(last_long >= long_tokens / 24 / 2, "{first:?}");
+    for id in 0..4u64 {
+        assert_eq!(tokens[&id], want[&id], "request {id}");
+    }
+}

@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// Most tokens (decode + prefill chunks) per engine step.
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
+    /// Cap on the tokens long prompts (more than this left to prefill) take of one step,
+    /// together; shorter prompts go in whole. Keeps steps short while image prompts prefill, so
+    /// short requests wait little (default: no cap beyond --max-step-tokens).
+    #[arg(long)]
+    long_prefill_tokens: Option<usize>,
     /// Most feature tokens per tile (256 for InternVL3.5's 448-pixel tiles).
     #[arg(long, default_value_t = 256)]
     max_tokens_per_tile: usize,
@@ -126,6 +131,9 @@ impl ServeArgs {
         if self.block_size == 0 || self.max_running == 0 || self.max_step_tokens == 0 {
             bail!("--block-size, --max-running and --max-step-tokens must be at least 1");
         }
+        if self.long_prefill_tokens == Some(0) {
+            bail!("--long-prefill-tokens must be at least 1");
+        }
         let mut tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => TlsOptions {
                 server: Some(ServerTls::from_pem_files(cert, key)?),
@@ -164,6 +172,7 @@ impl ServeArgs {
             block_size: self.block_size,
             scheduler: SchedulerConfig {
                 max_step_tokens: self.max_step_tokens,
+                long_prefill_tokens: self.long_prefill_tokens,
                 max_running: self.max_running,
                 feature_limits: FeatureLimits {
                     max_tokens_per_tile: self.max_tokens_per_tile,

@@ -46,6 +46,10 @@ pub struct UpArgs {
     /// long a new request waits behind long prefills.
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
+    /// Cap on the step tokens long prompts take together (`language serve
+    /// --long-prefill-tokens`).
+    #[arg(long)]
+    long_prefill_tokens: Option<usize>,
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
     #[command(flatten)]
     compute: ComputeArgs,
@@ -301,6 +305,9 @@ impl UpArgs {
             ]
             .map(String::from)
             .to_vec();
+            if let Some(n) = self.long_prefill_tokens {
+                args.extend(["--long-prefill-tokens".into(), n.to_string()]);
+            }
             args.extend(tls_language.iter().cloned());
             args.extend(self.compute.to_args());
             args.extend(cpus_args(&self.language_cpus));

@@ -1,6 +1,8 @@
 //! Continuous batching: requests join and leave the running batch between steps; each step runs
 //! every decoding sequence's next token plus prefill chunks of admitted prompts under a per-step
-//! token budget, all in one batched forward pass.
+//! token budget, all in one batched forward pass. Shorter prompts prefill first; an optional
+//! cap on the tokens long prompts take of a step keeps steps short while image prompts prefill,
+//! so a short request that arrives waits little for the step in flight.
 //!
 //! Prompts may still be waiting for image features ([`StreamingRequest`]): a sequence prefills
 //! every position known so far (the text before the first image, then each tile as it arrives)
@@ -39,6 +41,12 @@ const BACKFILL_FRACTION: usize = 16;
 pub struct SchedulerConfig {
     /// Most new tokens (decode tokens + prefill chunk tokens) per step.
     pub max_step_tokens: usize,
+    /// A prompt with more than this many tokens left to prefill is long, and all long prompts
+    /// together get at most this many tokens of a step; shorter prompts go in whole (within
+    /// `max_step_tokens`). Small values keep every step short while image prompts prefill, so a
+    /// short request that arrives waits little for the step in flight. `None`: long prompts
+    /// share `max_step_tokens` with everything else.
+    pub long_prefill_tokens: Option<usize>,
     /// Most sequences running at once.
     pub max_running: usize,
     /// Bounds on incoming image features (size reservations of prompts still streaming).
@@ -49,6 +57,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             max_step_tokens: 512,
+            long_prefill_tokens: None,
             max_running: 64,
             feature_limits: FeatureLimits::default(),
         }
@@ -654,7 +663,12 @@ impl Scheduler {
         // Shortest remaining prompt first (ties in arrival order): a short request admitted
         // behind long image prompts prefills in the next step instead of after all of them,
         // which bounds its time to first token under image load; long prompts still get
-        // whatever budget the short ones leave.
+        // whatever budget the short ones leave, up to `long_prefill_tokens` among them.
+        // (what makes a prompt long, what long prompts may still take this step)
+        let mut long = self
+            .config
+            .long_prefill_tokens
+            .map(|n| (n.max(1), n.max(1)));
         let mut order: Vec<usize> = (0..self.running.len()).collect();
         order.sort_by_key(|&i| {
             let seq = &self.running[i];
@@ -684,7 +698,16 @@ impl Scheduler {
                 seq.clock.stall(now); // the next tile is still on the wire
                 continue;
             }
-            let n = (known - done).min(budget);
+            let mut n = (known - done).min(budget);
+            if let Some((threshold, left)) = long.as_mut()
+                && seq.prompt.len().saturating_sub(done) > *threshold
+            {
+                n = n.min(*left);
+                *left -= n;
+                if n == 0 {
+                    continue;
+                }
+            }
             let samples = seq.prompt.is_complete() && done + n == seq.prompt.len();
             plan.push((i, seq.prompt.embeds(done, n)?, samples));
             budget -= n;
