@@ -62,9 +62,12 @@ pub struct ServeArgs {
     tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     compute: ComputeArgs,
-    /// Most tiles in one encoder batch (across requests).
-    #[arg(long, default_value_t = 8)]
-    max_batch_tiles: usize,
+    /// Most tiles in one encoder batch (across requests). Default: 1 on the CPU, where one
+    /// 448-px tile already fills the cores and a batch only makes each request wait for the
+    /// others' tiles (so the language server receives features in bursts); 8 on a GPU, where
+    /// one tile does not fill the device.
+    #[arg(long)]
+    max_batch_tiles: Option<usize>,
     /// How long a batch that is not full waits for more tiles, in milliseconds.
     #[arg(long, default_value_t = 2)]
     batch_wait_ms: u64,
@@ -115,7 +118,7 @@ impl ServeArgs {
 
     /// The server configuration these options describe (opens the device).
     pub fn config(&self) -> Result<ServeConfig> {
-        if self.max_batch_tiles == 0 || self.preprocess_workers == 0 {
+        if self.max_batch_tiles == Some(0) || self.preprocess_workers == 0 {
             bail!("--max-batch-tiles and --preprocess-workers must be at least 1");
         }
         let tls = TlsOptions {
@@ -134,15 +137,19 @@ impl ServeArgs {
             }
             _ => None,
         };
+        let device = self.compute.open()?;
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
             listen: self.listen,
             tls,
             grpc_tls,
             dtype: self.compute.dtype(),
-            device: self.compute.open()?,
+            device: device.clone(),
             encoder: EncoderConfig {
-                max_batch_tiles: self.max_batch_tiles,
+                max_batch_tiles: self.max_batch_tiles.unwrap_or(match device.is_cpu() {
+                    true => 1,
+                    false => 8,
+                }),
                 batch_wait: Duration::from_millis(self.batch_wait_ms),
             },
             cache_bytes: self.cache_mib << 20,
@@ -160,5 +167,29 @@ impl ServeArgs {
             drain_timeout: self.ops.drain_timeout(),
         };
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(extra: &[&str]) -> Result<ServeConfig> {
+        let args: Vec<String> = ["--model", "dvd-demo"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        super::super::parse_args::<ServeArgs>(&args)?.config()
+    }
+
+    #[test]
+    fn the_cpu_encodes_one_tile_per_batch_unless_told_otherwise() {
+        assert_eq!(config(&[]).unwrap().encoder.max_batch_tiles, 1);
+        let told = config(&["--max-batch-tiles", "4"]).unwrap();
+        assert_eq!(told.encoder.max_batch_tiles, 4);
+        let err = config(&["--max-batch-tiles", "0"]).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }
