@@ -6,8 +6,10 @@
 //! alone on its own cores ([`vision_alone`], [`language_alone`]) and reports the **pipeline
 //! efficiency**: achieved throughput / the capacity of the slowest stage.
 //!
-//! [`deployment`]: starting and stopping `dvd up`.
+//! [`deployment`]: starting and stopping `dvd up`; [`client_cores`]: where the load generator
+//! runs.
 
+pub mod client_cores;
 pub mod deployment;
 pub mod language_alone;
 pub mod vision_alone;
@@ -25,6 +27,7 @@ use crate::serve::client::Endpoint;
 use crate::serve::dataset::{RequestSpec, Synthetic};
 use crate::serve::report::ServeReport;
 use crate::serve::{Api, Probes, ServeBench};
+use client_cores::ClientRuntime;
 use deployment::Deployment;
 
 /// What to compare.
@@ -62,8 +65,15 @@ pub struct CompareBench {
     pub gateway_cpus: String,
     /// The language engine's step budget in both deployments (`dvd up --max-step-tokens`).
     pub max_step_tokens: usize,
-    /// Seed of the images and arrivals.
+    /// Cap on the step tokens of long prompts in both deployments (`dvd up
+    /// --long-prefill-tokens`).
+    pub long_prefill_tokens: Option<usize>,
+    /// Cores of this process's load generator and feature listener (`None`: any).
+    pub client_cpus: Option<Vec<usize>>,
+    /// Seed of the images and arrivals (round `r` uses `seed + r`).
     pub seed: u64,
+    /// Times each measurement runs; the report gives medians.
+    pub rounds: usize,
     /// Limit of one request.
     pub timeout: Duration,
 }
@@ -87,7 +97,9 @@ impl ProbeTtft {
 /// The comparison (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareReport {
-    /// Image requests per second, coupled.
+    /// Rounds each figure is the median of.
+    pub rounds: usize,
+    /// Image requests per second, coupled (median over rounds, like every figure here).
     pub coupled_request_throughput: f64,
     /// Image requests per second, DvD.
     pub dvd_request_throughput: f64,
@@ -129,69 +141,117 @@ struct Measured {
     probes: ProbeTtft,
 }
 
+impl Measured {
+    /// Over rounds: the loaded run of median throughput, and the median of each probe p99.
+    fn median(rounds: Vec<Measured>) -> Measured {
+        let probes = ProbeTtft {
+            unloaded_p99_ms: median(rounds.iter().map(|m| m.probes.unloaded_p99_ms).collect()),
+            loaded_p99_ms: median(rounds.iter().map(|m| m.probes.loaded_p99_ms).collect()),
+        };
+        Measured {
+            loaded: median_by_throughput(rounds.into_iter().map(|m| m.loaded)),
+            probes,
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count; 0 for none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The report of median request throughput (the lower middle one for an even count).
+fn median_by_throughput(reports: impl Iterator<Item = ServeReport>) -> ServeReport {
+    let mut reports: Vec<ServeReport> = reports.collect();
+    reports.sort_by(|a, b| a.request_throughput.total_cmp(&b.request_throughput));
+    let middle = reports.len().saturating_sub(1) / 2;
+    reports.swap_remove(middle)
+}
+
 impl CompareBench {
     /// Runs everything (DvD first, then coupled), printing progress through `progress`.
     pub fn run(&self, mut progress: impl FnMut(&str)) -> Result<CompareReport> {
         if self.requests == 0 || self.probe_requests == 0 {
             bail!("--num-prompts and --probe-requests must be at least 1");
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        let load = self.synthetic(self.seed).requests(self.requests)?;
+        let runtime = ClientRuntime::new(self.client_cpus.as_deref())?;
+        let rounds = self.rounds.max(1);
+        // Every round sends pictures of its own, so the vision server's cache serves none.
+        let loads = (0..rounds)
+            .map(|r| self.synthetic(self.seed + r as u64).requests(self.requests))
+            .collect::<Result<Vec<_>>>()?;
 
         progress("DvD: starting dvd up with pinned cores");
-        let dvd = Deployment::start(
-            &self.exe,
-            &self.model,
-            &[
-                "--vision-cpus".into(),
-                self.vision_cpus.clone(),
-                "--language-cpus".into(),
-                self.language_cpus.clone(),
-                "--gateway-cpus".into(),
-                self.gateway_cpus.clone(),
-                "--max-step-tokens".into(),
-                self.max_step_tokens.to_string(),
-            ],
-        )?;
-        let warm = runtime.block_on(self.warm_up(&dvd))?;
-        let (image_prompt_tokens, image_tokens) = warm;
-        progress("DvD: probes alone, then image load with probes");
-        let dvd_measured = runtime.block_on(self.measure(&dvd, &load))?;
-        progress("DvD: the vision stage alone");
-        let fresh = self
-            .synthetic(self.seed ^ 0x5eed)
-            .requests(self.requests)?
-            .iter()
-            .map(image_files)
-            .collect::<Result<Vec<_>>>()?;
+        let mut dvd_args = vec![
+            "--vision-cpus".into(),
+            self.vision_cpus.clone(),
+            "--language-cpus".into(),
+            self.language_cpus.clone(),
+            "--gateway-cpus".into(),
+            self.gateway_cpus.clone(),
+        ];
+        dvd_args.extend(self.engine_args());
+        let dvd = Deployment::start(&self.exe, &self.model, &dvd_args)?;
+        let (image_prompt_tokens, image_tokens) = runtime.block_on(self.warm_up(&dvd))??;
         let vision = dvd.addresses.vision.first().context("no vision server")?;
-        let vision_alone = runtime.block_on(vision_alone::throughput(vision, &fresh))?;
-        progress("DvD: the language stage alone");
-        let (language_alone, text_tokens) =
-            runtime.block_on(self.language_alone(&dvd, image_prompt_tokens))?;
+        let mut dvd_rounds = Vec::new();
+        let mut vision_rounds = Vec::new();
+        let mut language_rounds = Vec::new();
+        for (r, load) in loads.iter().enumerate() {
+            let round = format!("DvD, round {} of {rounds}", r + 1);
+            progress(&format!(
+                "{round}: probes alone, then image load with probes"
+            ));
+            dvd_rounds.push(runtime.block_on(self.measure(&dvd, load))??);
+            progress(&format!("{round}: the vision stage alone"));
+            let fresh = self
+                .synthetic((self.seed + r as u64) ^ 0x5eed)
+                .requests(self.requests)?
+                .iter()
+                .map(image_files)
+                .collect::<Result<Vec<_>>>()?;
+            vision_rounds.push(runtime.block_on(vision_alone::throughput(vision, &fresh))??);
+            progress(&format!("{round}: the language stage alone"));
+            let seed = self.seed + r as u64;
+            language_rounds.push(runtime.block_on(self.language_alone(
+                &dvd,
+                image_prompt_tokens,
+                seed,
+            ))??);
+        }
         drop(dvd);
 
         progress("coupled: starting dvd up --coupled");
-        let coupled = Deployment::start(
-            &self.exe,
-            &self.model,
-            &[
-                "--coupled".into(),
-                "--max-step-tokens".into(),
-                self.max_step_tokens.to_string(),
-            ],
-        )?;
-        runtime.block_on(self.warm_up(&coupled))?;
-        progress("coupled: probes alone, then image load with probes");
-        let coupled_measured = runtime.block_on(self.measure(&coupled, &load))?;
+        let mut coupled_args = vec!["--coupled".to_string()];
+        coupled_args.extend(self.engine_args());
+        let coupled = Deployment::start(&self.exe, &self.model, &coupled_args)?;
+        runtime.block_on(self.warm_up(&coupled))??;
+        let mut coupled_rounds = Vec::new();
+        for (r, load) in loads.iter().enumerate() {
+            progress(&format!(
+                "coupled, round {} of {rounds}: probes alone, then image load with probes",
+                r + 1
+            ));
+            coupled_rounds.push(runtime.block_on(self.measure(&coupled, load))??);
+        }
         drop(coupled);
 
+        let dvd_measured = Measured::median(dvd_rounds);
+        let coupled_measured = Measured::median(coupled_rounds);
+        let vision_alone = median(vision_rounds);
+        let text_tokens = median(language_rounds.iter().map(|(_, t)| *t).collect());
+        let language_alone = median_by_throughput(language_rounds.into_iter().map(|(r, _)| r));
         let slowest = vision_alone.min(language_alone.request_throughput);
         let dvd_thr = dvd_measured.loaded.request_throughput;
         let coupled_thr = coupled_measured.loaded.request_throughput;
         Ok(CompareReport {
+            rounds,
             coupled_request_throughput: coupled_thr,
             dvd_request_throughput: dvd_thr,
             dvd_speedup: dvd_thr / coupled_thr.max(f64::MIN_POSITIVE),
@@ -213,6 +273,18 @@ impl CompareBench {
             coupled: coupled_measured.loaded,
             language_alone,
         })
+    }
+
+    /// The language engine's options, the same in both deployments.
+    fn engine_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--max-step-tokens".to_string(),
+            self.max_step_tokens.to_string(),
+        ];
+        if let Some(n) = self.long_prefill_tokens {
+            args.extend(["--long-prefill-tokens".to_string(), n.to_string()]);
+        }
+        args
     }
 
     fn synthetic(&self, seed: u64) -> Synthetic {
@@ -318,11 +390,13 @@ impl CompareBench {
         })
     }
 
-    /// Text requests of `target` prompt tokens, as many as the load, sent the same way.
+    /// Text requests of `target` prompt tokens, as many as the load, sent the same way; `seed`
+    /// picks their words.
     async fn language_alone(
         &self,
         deployment: &Deployment,
         target: u64,
+        seed: u64,
     ) -> Result<(ServeReport, f64)> {
         // Calibrate words per token with two prompts of different lengths (the difference
         // cancels the chat template's tokens).
@@ -343,7 +417,7 @@ impl CompareBench {
         let per_word = tokens[1].saturating_sub(tokens[0]) as f64 / 100.0;
         let overhead = (tokens[0] as f64 - 50.0 * per_word).max(0.0) as u64;
         let words = language_alone::words_for(target, 50, tokens[0], overhead)?;
-        let prompts = language_alone::prompts(self.requests, words, self.seed ^ 0x1a46);
+        let prompts = language_alone::prompts(self.requests, words, seed ^ 0x1a46);
         let requests = language_alone::requests(prompts, self.max_tokens);
         let (report, _) = self.serve_bench(deployment, requests)?.run().await?;
         if report.failed > 0 {
@@ -375,6 +449,9 @@ impl CompareReport {
     /// A Markdown summary.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        if self.rounds > 1 {
+            out.push_str(&format!("Medians of {} rounds.\n\n", self.rounds));
+        }
         out.push_str(
             "| | coupled (one process, shared cores) | DvD (pinned cores) |\n|---|---|---|\n",
         );
@@ -402,5 +479,17 @@ impl CompareReport {
             self.pipeline_efficiency
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_even_and_no_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
     }
 }

@@ -59,9 +59,22 @@ pub struct CompareArgs {
     /// The language engine's step budget, in both deployments.
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
-    /// Seed of the images and arrivals.
+    /// Cap on the step tokens of long prompts, in both deployments (`dvd up
+    /// --long-prefill-tokens`; default: none).
+    #[arg(long)]
+    long_prefill_tokens: Option<usize>,
+    /// Cores of this benchmark's own threads: the load generator, and the feature listener of
+    /// the vision-alone run (standing in for the language server). Default: the gateway's cores,
+    /// so the client takes no time from the vision server; `all` for no pinning.
+    #[arg(long)]
+    client_cpus: Option<String>,
+    /// Seed of the images and arrivals (round r uses seed + r).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Times each measurement runs (loaded runs, probes, stages alone), each round with fresh
+    /// pictures; every figure is the median over rounds, which steadies it on a noisy machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Limit of one request, seconds.
     #[arg(long, default_value_t = 600.0)]
     timeout_s: f64,
@@ -87,6 +100,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .iter()
         .map(|&s| u32::try_from(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let client_cpus = match args.client_cpus.as_deref().unwrap_or(&args.gateway_cpus) {
+        "all" => None,
+        list => Some(super::affinity::parse_cpus(list)?),
+    };
     let bench = CompareBench {
         exe,
         model,
@@ -104,7 +121,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         language_cpus: args.language_cpus,
         gateway_cpus: args.gateway_cpus,
         max_step_tokens: args.max_step_tokens,
+        long_prefill_tokens: args.long_prefill_tokens,
+        client_cpus,
         seed: args.seed,
+        rounds: usize::try_from(args.rounds)?,
         timeout: Duration::try_from_secs_f64(args.timeout_s)?,
     };
     let report = bench.run(|line| eprintln!("{line}"))?;
