@@ -17,6 +17,28 @@ pub const VISION_ROLE: &str = "dvd-vision";
 /// The name a language server's certificate carries.
 pub const LANGUAGE_ROLE: &str = "dvd-language";
 
+/// Why a certificate does not prove a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleError {
+    /// The certificate cannot be parsed.
+    Unreadable,
+    /// It names another role.
+    OtherRole,
+}
+
+/// Checks that an end-entity certificate (whose chain the caller has already verified) names
+/// `role` among its DNS names: the one check both the gRPC interceptor and the QUIC feature
+/// listener make.
+pub fn certificate_names_role(
+    cert: &CertificateDer<'_>,
+    role: &ServerName<'_>,
+) -> Result<(), RoleError> {
+    webpki::EndEntityCert::try_from(cert)
+        .map_err(|_| RoleError::Unreadable)?
+        .verify_is_valid_for_subject_name(role)
+        .map_err(|_| RoleError::OtherRole)
+}
+
 /// `server` with `tls`'s server side when given, and the interceptor its services need: only
 /// the gateway's certificate with TLS, anyone without.
 pub fn secure_server(
@@ -112,13 +134,12 @@ impl RequirePeer {
         let leaf = certs
             .and_then(|c| c.first())
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let cert = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-        cert.verify_is_valid_for_subject_name(role).map_err(|_| {
-            Status::permission_denied(format!(
+        certificate_names_role(leaf, role).map_err(|e| match e {
+            RoleError::Unreadable => Status::unauthenticated("unreadable client certificate"),
+            RoleError::OtherRole => Status::permission_denied(format!(
                 "the client certificate does not name {}",
                 role.to_str()
-            ))
+            )),
         })
     }
 }

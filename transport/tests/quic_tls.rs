@@ -9,9 +9,9 @@ use common::{request_tiles, start_default};
 use std::path::Path;
 use std::time::Duration;
 
+use dvd_proto::tls::VISION_ROLE;
 use dvd_transport::quic::{
     ClientTls, InternalPki, QuicFeatureListener, QuicFeatureSender, SelfSigned, ServerTls,
-    VISION_NAME,
 };
 use dvd_transport::{
     FeatureListener, FeatureSender, InboxRegistry, ListenerConfig, RequestId, SenderConfig,
@@ -148,7 +148,7 @@ async fn mutual_tls_admits_only_vision_certificates_from_the_ca() {
     let server = || {
         ServerTls::from_pem_files(&file("language.pem"), &file("language-key.pem"))
             .unwrap()
-            .require_clients(&file("ca.pem"), Some(VISION_NAME))
+            .require_clients(&file("ca.pem"), Some(VISION_ROLE))
             .unwrap()
     };
     let trust = || ClientTls::from_ca_file(&file("ca.pem")).unwrap();

@@ -12,7 +12,8 @@ use dvd_language_server::engine::{FeatureLimits, SchedulerConfig};
 use dvd_language_server::server::{ServeConfig, start};
 use dvd_language_server::service::RequestDefaults;
 use dvd_proto::tls::GrpcTls;
-use dvd_transport::quic::{ServerTls, VISION_NAME};
+use dvd_proto::tls::VISION_ROLE;
+use dvd_transport::quic::ServerTls;
 use dvd_transport::{InboxConfig, TlsOptions, TransportKind};
 use serde_json::json;
 
@@ -154,7 +155,7 @@ impl ServeArgs {
             tls.server = tls
                 .server
                 .take()
-                .map(|server| server.require_clients(ca, Some(VISION_NAME)))
+                .map(|server| server.require_clients(ca, Some(VISION_ROLE)))
                 .transpose()?;
             grpc_tls = Some(GrpcTls::from_files(ca, cert, key).map_err(anyhow::Error::msg)?);
         }

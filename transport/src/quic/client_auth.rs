@@ -12,6 +12,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
 use rustls::{Error, SignatureScheme};
 
+use dvd_proto::tls::{RoleError, certificate_names_role};
+
 use super::tls::provider;
 use crate::error::{Result, TransportError};
 
@@ -53,10 +55,12 @@ impl ClientCertVerifier for RoleVerifier {
             .chain
             .verify_client_cert(end_entity, intermediates, now)?;
         if let Some(name) = &self.name {
-            let cert = webpki::EndEntityCert::try_from(end_entity)
-                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            cert.verify_is_valid_for_subject_name(name)
-                .map_err(|_| Error::InvalidCertificate(CertificateError::NotValidForName))?;
+            certificate_names_role(end_entity, name).map_err(|e| {
+                Error::InvalidCertificate(match e {
+                    RoleError::Unreadable => CertificateError::BadEncoding,
+                    RoleError::OtherRole => CertificateError::NotValidForName,
+                })
+            })?;
         }
         Ok(verified)
     }

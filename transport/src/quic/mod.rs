@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use listener::QuicFeatureListener;
-pub use pki::{GATEWAY_NAME, InternalPki, LANGUAGE_NAME, VISION_NAME};
+pub use pki::InternalPki;
 pub use sender::QuicFeatureSender;
 pub use tls::{ALPN, ClientTls, SelfSigned, ServerTls};
 

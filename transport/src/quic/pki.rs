@@ -15,9 +15,7 @@ use super::SelfSigned;
 use super::tls::tls_error;
 use crate::error::Result;
 
-pub use dvd_proto::tls::{
-    GATEWAY_ROLE as GATEWAY_NAME, LANGUAGE_ROLE as LANGUAGE_NAME, VISION_ROLE as VISION_NAME,
-};
+use dvd_proto::tls::{GATEWAY_ROLE, LANGUAGE_ROLE, VISION_ROLE};
 
 /// A CA certificate and one certificate and key per role, in PEM. The CA's key is not kept.
 #[derive(Debug, Clone)]
@@ -77,9 +75,9 @@ impl InternalPki {
             })
         };
         Ok(Self {
-            gateway: issue(GATEWAY_NAME)?,
-            vision: issue(VISION_NAME)?,
-            language: issue(LANGUAGE_NAME)?,
+            gateway: issue(GATEWAY_ROLE)?,
+            vision: issue(VISION_ROLE)?,
+            language: issue(LANGUAGE_ROLE)?,
             ca_pem: ca_pem.clone(),
         })
     }
