@@ -46,6 +46,9 @@ pub struct Profile {
     pub language_capacity: f64,
     /// Achieved / slowest-stage throughput of a running pipeline (1.0 when unmeasured).
     pub efficiency: f64,
+    /// Achieved / modelled throughput of coupled serving, where every unit runs both stages
+    /// (1.0 when unmeasured; below 1 where the stages do not scale to the cores they share).
+    pub coupled_efficiency: f64,
     /// What the numbers are.
     pub source: String,
 }
@@ -68,6 +71,7 @@ impl Profile {
             vision_capacity: rates.vision_tiles_per_s / workload.tiles_per_request,
             language_capacity: 1.0 / language_seconds.max(f64::MIN_POSITIVE),
             efficiency,
+            coupled_efficiency: 1.0,
             source: "per-unit rates".into(),
         })
     }
@@ -81,12 +85,19 @@ impl Profile {
                     .as_f64()
                     .with_context(|| format!("the compare report has no {name}"))
             };
-            return Ok(Self {
+            let mut profile = Self {
                 vision_capacity: vision,
                 language_capacity: field("language_alone_request_throughput")?,
                 efficiency: field("pipeline_efficiency")?,
+                coupled_efficiency: 1.0,
                 source: "dvd bench compare".into(),
-            });
+            };
+            // The compare run's coupled deployment had the cores of its one vision and one
+            // language server: two units.
+            let coupled = field("coupled_request_throughput")?;
+            profile.coupled_efficiency =
+                coupled / profile.predict_coupled(2).max(f64::MIN_POSITIVE);
+            return Ok(profile);
         }
         let rates: UnitRates = serde_json::from_value(value["rates"].clone())
             .context("the profile's \"rates\" (vision_tiles_per_s, prefill_tokens_per_s, decode_steps_per_s, decode_batch)")?;
@@ -95,6 +106,7 @@ impl Profile {
         )?;
         let efficiency = value["efficiency"].as_f64().unwrap_or(1.0);
         let mut profile = Self::from_rates(&rates, &workload, efficiency)?;
+        profile.coupled_efficiency = value["coupled_efficiency"].as_f64().unwrap_or(1.0);
         if let Some(source) = value["source"].as_str() {
             profile.source = source.to_string();
         }
@@ -134,9 +146,11 @@ impl Profile {
     }
 
     /// Requests/s of the coupled alternative on `units` GPUs (or cores): every unit runs both
-    /// stages for its requests, so one request costs a unit `1/vision + 1/language` seconds.
+    /// stages for its requests, so one request costs a unit `1/vision + 1/language` seconds,
+    /// times the coupled efficiency.
     pub fn predict_coupled(&self, units: usize) -> f64 {
-        units as f64 / (1.0 / self.vision_capacity + 1.0 / self.language_capacity)
+        self.coupled_efficiency * units as f64
+            / (1.0 / self.vision_capacity + 1.0 / self.language_capacity)
     }
 
     /// Every split of `gpus` servers (at least one of each), best throughput first.
@@ -186,6 +200,7 @@ mod tests {
             vision_capacity: 2.0,
             language_capacity: 3.0,
             efficiency: 0.9,
+            coupled_efficiency: 1.0,
             source: "test".into(),
         }
     }
@@ -215,6 +230,26 @@ mod tests {
     fn coupled_units_pay_for_both_stages() {
         // 1/2 + 1/3 s per request on each unit.
         assert!((profile().predict_coupled(2) - 2.0 / (0.5 + 1.0 / 3.0)).abs() < 1e-9);
+        let slower = Profile {
+            coupled_efficiency: 0.5,
+            ..profile()
+        };
+        assert!((slower.predict_coupled(2) - 1.0 / (0.5 + 1.0 / 3.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_compare_report_gives_both_efficiencies() {
+        let report = serde_json::json!({
+            "vision_alone_request_throughput": 2.0,
+            "language_alone_request_throughput": 3.0,
+            "pipeline_efficiency": 0.95,
+            "coupled_request_throughput": 1.2,
+        });
+        let p = Profile::from_json(&report).unwrap();
+        assert!((p.efficiency - 0.95).abs() < 1e-12);
+        // Two units would serve 2 / (1/2 + 1/3) = 2.4 requests/s; the run achieved 1.2.
+        assert!((p.coupled_efficiency - 0.5).abs() < 1e-9);
+        assert!((p.predict_coupled(2) - 1.2).abs() < 1e-9);
     }
 
     #[test]

@@ -99,6 +99,8 @@ impl ProbeTtft {
 pub struct CompareReport {
     /// Rounds each figure is the median of.
     pub rounds: usize,
+    /// The headline figures of every round, for their spread.
+    pub each_round: Vec<RoundFigures>,
     /// Image requests per second, coupled (median over rounds, like every figure here).
     pub coupled_request_throughput: f64,
     /// Image requests per second, DvD.
@@ -133,6 +135,25 @@ pub struct CompareReport {
     pub coupled: ServeReport,
     /// The language-alone run in full.
     pub language_alone: ServeReport,
+}
+
+/// The headline figures of one round.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RoundFigures {
+    /// Image requests per second, DvD.
+    pub dvd_request_throughput: f64,
+    /// Image requests per second, coupled.
+    pub coupled_request_throughput: f64,
+    /// The vision stage alone, requests/s.
+    pub vision_alone_request_throughput: f64,
+    /// The language stage alone, requests/s.
+    pub language_alone_request_throughput: f64,
+    /// This round's DvD throughput / its slowest stage alone.
+    pub pipeline_efficiency: f64,
+    /// Probe p99 TTFT loaded / unloaded, DvD.
+    pub probe_ttft_p99_inflation_dvd: f64,
+    /// Probe p99 TTFT loaded / unloaded, coupled.
+    pub probe_ttft_p99_inflation_coupled: f64,
 }
 
 /// Results of one deployment's runs.
@@ -242,6 +263,23 @@ impl CompareBench {
         }
         drop(coupled);
 
+        let each_round = (0..rounds)
+            .map(|r| {
+                let dvd = &dvd_rounds[r];
+                let coupled = &coupled_rounds[r];
+                let language = language_rounds[r].0.request_throughput;
+                RoundFigures {
+                    dvd_request_throughput: dvd.loaded.request_throughput,
+                    coupled_request_throughput: coupled.loaded.request_throughput,
+                    vision_alone_request_throughput: vision_rounds[r],
+                    language_alone_request_throughput: language,
+                    pipeline_efficiency: dvd.loaded.request_throughput
+                        / vision_rounds[r].min(language).max(f64::MIN_POSITIVE),
+                    probe_ttft_p99_inflation_dvd: dvd.probes.inflation(),
+                    probe_ttft_p99_inflation_coupled: coupled.probes.inflation(),
+                }
+            })
+            .collect();
         let dvd_measured = Measured::median(dvd_rounds);
         let coupled_measured = Measured::median(coupled_rounds);
         let vision_alone = median(vision_rounds);
@@ -252,6 +290,7 @@ impl CompareBench {
         let coupled_thr = coupled_measured.loaded.request_throughput;
         Ok(CompareReport {
             rounds,
+            each_round,
             coupled_request_throughput: coupled_thr,
             dvd_request_throughput: dvd_thr,
             dvd_speedup: dvd_thr / coupled_thr.max(f64::MIN_POSITIVE),
@@ -450,7 +489,16 @@ impl CompareReport {
     pub fn table(&self) -> String {
         let mut out = String::new();
         if self.rounds > 1 {
-            out.push_str(&format!("Medians of {} rounds.\n\n", self.rounds));
+            let efficiencies: Vec<String> = self
+                .each_round
+                .iter()
+                .map(|r| format!("{:.2}", r.pipeline_efficiency))
+                .collect();
+            out.push_str(&format!(
+                "Medians of {} rounds (pipeline efficiency by round: {}).\n\n",
+                self.rounds,
+                efficiencies.join(", ")
+            ));
         }
         out.push_str(
             "| | coupled (one process, shared cores) | DvD (pinned cores) |\n|---|---|---|\n",

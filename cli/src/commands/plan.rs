@@ -89,6 +89,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
             "vision_capacity_per_server": profile.vision_capacity,
             "language_capacity_per_server": profile.language_capacity,
             "efficiency": profile.efficiency,
+            "coupled_efficiency": profile.coupled_efficiency,
             "source": profile.source,
             "plan": plan,
             "coupled_units": units,
@@ -100,8 +101,13 @@ pub fn run(args: PlanArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "per server ({}): vision {:.3} req/s, language {:.3} req/s; pipeline efficiency {:.2}",
-        profile.source, profile.vision_capacity, profile.language_capacity, profile.efficiency
+        "per server ({}): vision {:.3} req/s, language {:.3} req/s; pipeline efficiency {:.2}, \
+         coupled efficiency {:.2}",
+        profile.source,
+        profile.vision_capacity,
+        profile.language_capacity,
+        profile.efficiency,
+        profile.coupled_efficiency
     );
     println!("{}", describe(&plan));
     println!("coupled on {units} units (each runs both stages) -> {coupled:.3} req/s");
