@@ -169,7 +169,9 @@ async fn stats(client: &mut VisionServiceClient<Channel>) -> StatsResponse {
 async fn features_arrive_bit_identical_to_dvd_encode_and_cache_hits_skip_the_encoder() {
     let model = vision_fixture("flash-custom");
     let (want, _) = encoded_tiles(&model, &["--vir", "off"]);
-    let vision = Vision::start(&model, &[]);
+    // One batch for the image's 7 tiles, as `dvd encode` runs them: bit-identity across batch
+    // sizes does not hold for a 1-tile batch (the CPU default).
+    let vision = Vision::start(&model, &["--max-batch-tiles", "8"]);
     let mut client = vision.client().await;
     let health = client.health(HealthRequest {}).await.unwrap().into_inner();
     assert_eq!(health.status, ServingStatus::Serving as i32);
