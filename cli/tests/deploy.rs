@@ -415,24 +415,18 @@ fn quic_image_request(dir: &Path, feature_tls_name: Option<&str>) -> common::Htt
         .unwrap();
     assert!(made.status.success(), "{made:?}");
     let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
-    let language_server = ServerProcess::start(&[
-        "language",
-        "serve",
-        "--model",
+    let language_server = common::start_language(
         "dvd-demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--feature-listen",
-        "127.0.0.1:0",
-        "--transport",
-        "quic",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--kv-cache-mib",
-        "16",
-    ]);
+        16,
+        &[
+            "--transport",
+            "quic",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let vision_server = ServerProcess::start(&[
         "vision",
         "serve",

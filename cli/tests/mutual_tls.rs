@@ -12,7 +12,7 @@ use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
 use dvd_proto::tls::GrpcTls;
 use tonic::Code;
 
-use crate::common::{ServerProcess, ask_red_circle, dvd, wait_healthy};
+use crate::common::{ServerProcess, ask_red_circle, dvd, start_language, wait_healthy};
 
 fn mutual(dir: &Path) {
     let made = dvd()
@@ -76,26 +76,20 @@ fn the_gateway_and_servers_talk_only_over_mutual_tls() {
     let tls = dir.path().join("tls");
     mutual(&tls);
     let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
-    let language = ServerProcess::start(&[
-        "language",
-        "serve",
-        "--model",
+    let language = start_language(
         "dvd-demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--feature-listen",
-        "127.0.0.1:0",
-        "--transport",
-        "quic",
-        "--tls-cert",
-        &file("language.pem"),
-        "--tls-key",
-        &file("language-key.pem"),
-        "--tls-client-ca",
-        &file("ca.pem"),
-        "--kv-cache-mib",
-        "16",
-    ]);
+        16,
+        &[
+            "--transport",
+            "quic",
+            "--tls-cert",
+            &file("language.pem"),
+            "--tls-key",
+            &file("language-key.pem"),
+            "--tls-client-ca",
+            &file("ca.pem"),
+        ],
+    );
     let vision = ServerProcess::start(&[
         "vision",
         "serve",

@@ -14,7 +14,7 @@ use tonic::metadata::MetadataValue;
 
 use crate::common;
 
-use common::{ServerProcess, http, wait_healthy};
+use common::{http, wait_healthy};
 
 const KEY: &str = "sk-dvd-3d1f0a9c77e24b58b6e1";
 
@@ -63,18 +63,7 @@ fn chat(text: &str) -> ChatRequest {
 #[test]
 fn api_keys_guard_http_and_grpc_and_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let language = ServerProcess::start(&[
-        "language",
-        "serve",
-        "--model",
-        "dvd-demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--feature-listen",
-        "127.0.0.1:0",
-        "--kv-cache-mib",
-        "16",
-    ]);
+    let language = common::start_language("dvd-demo", 16, &[]);
     let keys = dir.path().join("api-keys");
     std::fs::write(&keys, format!("# name key\nci {KEY}\n")).unwrap();
     let config = dir.path().join("gateway.toml");

@@ -277,19 +277,7 @@ fn a_short_prompt_behind_long_ones_prefills_first() {
     for i in [0usize, 1, 2] {
         scheduler.add(s.requests[i].clone()).unwrap();
     }
-    let mut first_token_step = HashMap::new();
-    let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
-    let mut steps = 0;
-    while !scheduler.is_idle() {
-        steps += 1;
-        for event in scheduler.step().unwrap() {
-            if let EngineEvent::Token { id, token, .. } = event {
-                first_token_step.entry(id).or_insert(steps);
-                tokens.entry(id).or_default().push(token);
-            }
-        }
-        assert!(steps < 10_000, "engine does not make progress");
-    }
+    let (first_token_step, tokens) = first_token_steps(&mut scheduler);
     assert!(
         first_token_step[&2] < first_token_step[&0] && first_token_step[&2] < first_token_step[&1],
         "first tokens at steps {first_token_step:?}"

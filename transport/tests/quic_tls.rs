@@ -62,31 +62,8 @@ async fn certificates_from_pem_files_work_end_to_end() {
         ServerTls::from_pem_files(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
             .unwrap();
     let client = ClientTls::from_ca_file(&dir.path().join("cert.pem")).unwrap();
-
-    let registry = InboxRegistry::new(common::quick_inbox());
-    let listener = QuicFeatureListener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        registry.clone(),
-        ListenerConfig::default(),
-        server,
-    )
-    .unwrap();
     // Verified by IP address this time (the certificate names 127.0.0.1 too).
-    let destination = dvd_transport::Destination::new(listener.local_addr().to_string());
-    let shutdown = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(Box::new(listener).serve(shutdown.clone()));
-
-    let id = RequestId::random();
-    let mut inbox = registry.register(id, None).unwrap();
-    let sender = QuicFeatureSender::new(SenderConfig::default(), client).unwrap();
-    let tile = request_tiles(1, &[1], 8, 8).remove(0);
-    let mut stream = sender.open(&destination, id).await.unwrap();
-    stream.send(tile.clone()).await.unwrap();
-    stream.finish().await.unwrap();
-    assert_eq!(inbox.next_tile().await.unwrap(), Some(tile));
-    shutdown.cancel();
-    tasks.join_next().await.unwrap().unwrap().unwrap();
+    assert!(tile_arrives(server, client).await);
 }
 
 #[test]
@@ -101,7 +78,8 @@ fn missing_or_empty_pem_files_are_clear_errors() {
     assert!(ServerTls::from_pem_files(&empty, &empty).is_err());
 }
 
-/// Sends one tile from a sender with `client` to a listener with `server`; whether it arrived.
+/// Sends one tile from a sender with `client` to a listener with `server` (dialled by IP
+/// address); whether it arrived.
 async fn tile_arrives(server: ServerTls, client: ClientTls) -> bool {
     let registry = InboxRegistry::new(common::quick_inbox());
     let listener = QuicFeatureListener::bind(

@@ -329,13 +329,13 @@ pub fn json_output(cmd: &mut Command) -> serde_json::Value {
 
 /// `dvd language serve` of `model` on ports chosen at run time, with `kv_cache_mib` of KV cache
 /// and `extra` arguments.
-pub fn start_language(model: &Path, kv_cache_mib: u32, extra: &[&str]) -> ServerProcess {
+pub fn start_language(model: impl AsRef<Path>, kv_cache_mib: u32, extra: &[&str]) -> ServerProcess {
     let kv = kv_cache_mib.to_string();
     let mut args = vec![
         "language",
         "serve",
         "--model",
-        model.to_str().unwrap(),
+        model.as_ref().to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
         "--feature-listen",
