@@ -238,7 +238,8 @@ fn feature_tls_name(config: &GatewayConfig) -> String {
     }
 }
 
-/// The healthy member `policy` picks, skipping `avoid` while others are left.
+/// The healthy member `policy` picks, skipping `avoid` and members cooling down while others
+/// are left.
 fn pick(
     pool: &Pool,
     policy: &dyn Policy,
@@ -246,12 +247,21 @@ fn pick(
     avoid: &[std::net::SocketAddr],
 ) -> Option<Arc<Member>> {
     let healthy = pool.healthy();
-    let fresh: Vec<Arc<Member>> = healthy
+    let untried: Vec<Arc<Member>> = healthy
         .iter()
         .filter(|m| !avoid.contains(&m.addr))
         .cloned()
         .collect();
-    let members = if fresh.is_empty() { healthy } else { fresh };
+    let warm: Vec<Arc<Member>> = untried
+        .iter()
+        .filter(|m| !m.cooling_down())
+        .cloned()
+        .collect();
+    // Members cooling down or already tried serve only when nothing else is healthy.
+    let members = [warm, untried]
+        .into_iter()
+        .find(|m| !m.is_empty())
+        .unwrap_or(healthy);
     let candidates: Vec<Candidate> = members
         .iter()
         .enumerate()
@@ -338,6 +348,7 @@ async fn try_once(
         }
     };
     let mut vision = VisionStage::None;
+    let mut vision_server = None;
     let mut cancel_encode = None;
     if !p.images.is_empty() {
         let image_key = key_of(&p.images[0].hash);
@@ -351,6 +362,7 @@ async fn try_once(
             Attempt::Fatal(GatewayError::Unavailable("no healthy vision server".into()))
         })?;
         tried_vision.push(server.addr);
+        vision_server = Some(server.clone());
         let Some((address, transport)) = language.state().feature_address else {
             return Err(Attempt::Retry(GatewayError::Unavailable(format!(
                 "language server {} has not reported its feature address yet",
@@ -417,6 +429,13 @@ async fn try_once(
                     Err(s) => {
                         if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
                             language.mark_failed();
+                        }
+                        // The features never arrived: the vision server may be cut off from
+                        // the language servers while its health check still passes.
+                        if s.code() == Code::DeadlineExceeded
+                            && let Some(server) = &vision_server
+                        {
+                            server.cool_down(gw.config.health.cooldown());
                         }
                         return Err(Attempt::Retry(GatewayError::Upstream(format!(
                             "language server {}: {}",

@@ -178,6 +178,11 @@ pub struct HealthSection {
     pub timeout_ms: u64,
     /// Between re-resolutions of the pools' names, milliseconds.
     pub resolve_interval_ms: u64,
+    /// How long a vision server whose features did not reach the language server in time is
+    /// passed over while other vision servers are healthy, milliseconds (0: never). Its health
+    /// check cannot see that failure (a partition between the two servers), so without this
+    /// the next requests routed to it would wait out the feature timeout too.
+    pub cooldown_ms: u64,
 }
 
 impl Default for HealthSection {
@@ -186,6 +191,7 @@ impl Default for HealthSection {
             interval_ms: 1000,
             timeout_ms: 1000,
             resolve_interval_ms: 5000,
+            cooldown_ms: 30_000,
         }
     }
 }
@@ -194,6 +200,11 @@ impl HealthSection {
     /// The check interval.
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms.max(10))
+    }
+
+    /// The cool-down of a vision server whose features did not arrive.
+    pub fn cooldown(&self) -> Duration {
+        Duration::from_millis(self.cooldown_ms)
     }
 
     /// The check timeout.

@@ -69,6 +69,8 @@ pub struct Member {
     state: Mutex<MemberState>,
     /// Requests this gateway has sent it and not seen finish.
     pub inflight: AtomicU32,
+    /// Until when routing passes it over (see [`Member::cool_down`]).
+    cooling_until: Mutex<Option<Instant>>,
 }
 
 impl Member {
@@ -84,6 +86,7 @@ impl Member {
             channel,
             state: Mutex::new(MemberState::default()),
             inflight: AtomicU32::new(0),
+            cooling_until: Mutex::new(None),
         })
     }
 
@@ -100,6 +103,32 @@ impl Member {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.healthy = false;
         state.failures += 1;
+    }
+
+    /// Has routing pass the member over for `period` while other members are healthy: for a
+    /// failure its health check cannot see, such as a vision server whose features stopped
+    /// reaching the language servers while it still answers gRPC. Zero does nothing.
+    pub fn cool_down(&self, period: Duration) {
+        if period.is_zero() {
+            return;
+        }
+        tracing::warn!(
+            server = %self.addr,
+            seconds = period.as_secs_f64(),
+            "passing a server over after a failure its health check does not see"
+        );
+        *self
+            .cooling_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + period);
+    }
+
+    /// Whether a [`cool_down`](Self::cool_down) is running.
+    pub fn cooling_down(&self) -> bool {
+        self.cooling_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
     }
 
     fn set(&self, found: Result<MemberState, String>) {
@@ -296,5 +325,26 @@ async fn check(kind: PoolKind, channel: &Channel) -> Result<MemberState, String>
                 hidden_size: health.hidden_size,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cool_down_lasts_its_period_and_zero_means_none() {
+        let member = |port| Member::new(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let m = member(1);
+        assert!(!m.cooling_down());
+        m.cool_down(Duration::ZERO);
+        assert!(!m.cooling_down());
+        m.cool_down(Duration::from_secs(600));
+        assert!(m.cooling_down());
+        let brief = member(2);
+        brief.cool_down(Duration::from_millis(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!brief.cooling_down());
     }
 }

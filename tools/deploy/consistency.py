@@ -25,7 +25,7 @@ GATEWAY_KEYS = {
     "server": {"http", "grpc", "model", "max_model_len"},
     "vision": {"addresses", "dns"},
     "language": {"addresses", "dns", "feature_tls_name"},
-    "health": {"interval_ms", "timeout_ms", "resolve_interval_ms"},
+    "health": {"interval_ms", "timeout_ms", "resolve_interval_ms", "cooldown_ms"},
     "limits": {
         "max_inflight",
         "max_body_mib",
