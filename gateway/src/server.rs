@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dvd_proto::limits::{inference_server, tuned_server};
+use axum::serve::{Listener, ListenerExt};
+use dvd_proto::limits::{inference_server, tuned_incoming, tuned_server};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -76,7 +76,7 @@ pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
     let app = router_with_auth(backend.clone(), limits, auth.clone());
     let token = stop.clone();
     tasks.spawn(async move {
-        let served = axum::serve(http, app)
+        let served = axum::serve(nodelay(http), app)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
         if let Err(e) = served {
@@ -91,7 +91,7 @@ pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
                 inference_server(api),
                 crate::grpc::require_key(auth),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            .serve_with_incoming_shutdown(tuned_incoming(grpc), async move {
                 token.cancelled().await;
             })
             .await;
@@ -107,4 +107,30 @@ pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
         stop,
         tasks,
     })
+}
+
+/// `listener` with `TCP_NODELAY` on every connection, so a streamed answer's first chunk
+/// (written soon after the response headers) does not wait out the client's delayed ACK.
+fn nodelay(listener: TcpListener) -> impl Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY on an HTTP connection");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn http_connections_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = nodelay(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use dvd_proto::limits::{language_server, tuned_server};
+use dvd_proto::limits::{language_server, tuned_incoming, tuned_server};
 use dvd_proto::tls::{GrpcTls, secure_server};
 use dvd_transport::{
     InboxConfig, InboxRegistry, ListenerConfig, TlsOptions, TransportError, TransportKind,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -247,7 +246,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             language_server(service.clone()),
             peer,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+        .serve_with_incoming_shutdown(tuned_incoming(grpc_listener), async move {
             stop.cancelled().await;
         });
     tasks.spawn(async move {

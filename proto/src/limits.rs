@@ -26,6 +26,8 @@
 
 use std::time::Duration;
 
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::api::v1::inference_service_client::InferenceServiceClient;
@@ -61,13 +63,25 @@ const _: () = {
 
 /// A server builder with the tuned flow-control windows, frame size and
 /// `TCP_NODELAY`. Add services built by [`vision_server`], [`language_server`]
-/// or [`inference_server`].
+/// or [`inference_server`], and serve them on [`tuned_incoming`]: tonic applies
+/// the builder's `TCP_NODELAY` only to listeners it binds itself.
 pub fn tuned_server() -> Server {
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .tcp_nodelay(true)
+}
+
+/// The connections of an already bound `listener`, with `TCP_NODELAY` set on
+/// each one, for `serve_with_incoming*`.
+///
+/// Without it, a streamed reply's first message (a request's first token)
+/// written soon after its response headers waits for the peer's delayed ACK of
+/// those headers (Nagle's algorithm): 40 ms on Linux, measured as 43 ms of a
+/// 10 ms time to first token.
+pub fn tuned_incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// A client endpoint for `uri` with the tuned flow-control windows, frame size,
@@ -154,6 +168,17 @@ mod tests {
 
         let endpoint = tuned_endpoint("https://vision-0:50051").unwrap();
         assert_eq!(endpoint.uri().scheme_str(), Some("https"));
+    }
+
+    #[tokio::test]
+    async fn served_connections_have_nodelay() {
+        use tokio_stream::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tuned_incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

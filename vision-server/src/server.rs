@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device};
-use dvd_proto::limits::{tuned_server, vision_server};
+use dvd_proto::limits::{tuned_incoming, tuned_server, vision_server};
 use dvd_proto::tls::{GrpcTls, secure_server};
 use dvd_transport::{SenderConfig, TlsOptions, TransportError, TransportKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -176,7 +175,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             vision_server(service.clone()),
             peer,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(tuned_incoming(listener), async move {
             stop.cancelled().await;
         });
     let mut tasks = JoinSet::new();
