@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    commands::affinity::size_compute_pool();
     match Cli::parse().command {
         Command::Bench(cmd) => cmd.run(),
         Command::Chat(cmd) => cmd.run(),

@@ -469,3 +469,14 @@ async fn concurrent_requests_match_alone_and_health_reports_the_engine() {
     assert!(s.kv_blocks_total > 0);
     assert_eq!(s.outstanding_tokens, 0);
 }
+
+/// A server sizes its compute pool to the cores it may use: one when pinned to one core (candle
+/// alone would count the machine's physical cores, re-reading /proc/cpuinfo on every matmul).
+#[test]
+fn the_compute_pool_matches_the_cores_a_server_may_use() {
+    let pinned = start_language(language_fixture("internvl-dense-hf"), 16, &["--cpus", "0"]);
+    assert_eq!(pinned.ready["compute_threads"], 1);
+    let free = start_language(language_fixture("internvl-dense-hf"), 16, &[]);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(free.ready["compute_threads"], cores);
+}

@@ -121,6 +121,7 @@ impl ServeArgs {
                     "transport": self.transport.to_string(),
                     "ops": server.ops_addr.map(|a| a.to_string()),
                     "model_dir": server.model_dir.display().to_string(),
+                    "compute_threads": candle_core::utils::get_num_threads(),
                 })
             },
             |server| server.shutdown(),
