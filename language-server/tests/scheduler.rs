@@ -384,3 +384,66 @@ fn long_prompts_share_a_capped_budget_and_short_ones_go_whole() {
         assert_eq!(tokens[&id], want[&id], "request {id}");
     }
 }
+
+#[test]
+fn a_short_prompt_runs_between_two_layers_of_a_step_in_flight() {
+    for name in ["internvl-dense-hf", "internvl-moe-custom-bf16"] {
+        let s = setup(name, 4);
+        let want = alone(&s);
+        let (mut scheduler, _) = engine(
+            &s,
+            128,
+            SchedulerConfig {
+                long_prefill_tokens: Some(24),
+                ..SchedulerConfig::default()
+            },
+        );
+        let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut collect = |events: Vec<EngineEvent>| {
+            for event in events {
+                if let EngineEvent::Token { id, token, .. } = event {
+                    tokens.entry(id).or_default().push(token);
+                }
+            }
+        };
+        // The two long prompts start a step; it pauses after its first layer.
+        scheduler.add(s.requests[0].clone()).unwrap();
+        scheduler.add(s.requests[1].clone()).unwrap();
+        let (admitted, step) = scheduler.begin_step().unwrap();
+        assert!(admitted.is_empty());
+        let mut step = step.unwrap();
+        scheduler.advance_step(&mut step).unwrap();
+        assert!(!step.is_done(), "{name}: the fixture needs two layers");
+        assert!(!scheduler.wants_first_token_step(Some(&step)));
+        // A short prompt (20 tokens) arrives: it runs whole and answers while the step waits.
+        scheduler.add(s.requests[2].clone()).unwrap();
+        assert!(scheduler.wants_first_token_step(Some(&step)));
+        let first = scheduler.first_token_step(Some(&step)).unwrap();
+        assert!(
+            matches!(first.as_slice(), [EngineEvent::Token { id: 2, .. }]),
+            "{name}: {first:?}"
+        );
+        collect(first);
+        assert!(!scheduler.wants_first_token_step(Some(&step)));
+        // The paused step resumes where it stopped; then the engine runs to the end.
+        while !step.is_done() {
+            scheduler.advance_step(&mut step).unwrap();
+        }
+        collect(scheduler.finish_step(step).unwrap());
+        scheduler.add(s.requests[3].clone()).unwrap();
+        while !scheduler.is_idle() {
+            collect(scheduler.step().unwrap());
+        }
+        assert_eq!(tokens, want, "{name}");
+    }
+}
+
+#[test]
+fn without_a_long_prompt_threshold_no_prompt_jumps_the_batch() {
+    let s = setup("internvl-dense-hf", 4);
+    let (mut scheduler, _) = engine(&s, 128, SchedulerConfig::default());
+    scheduler.add(s.requests[2].clone()).unwrap();
+    assert!(!scheduler.wants_first_token_step(None));
+    assert!(scheduler.first_token_step(None).unwrap().is_empty());
+    assert_eq!(scheduler.stats().waiting, 1);
+}

@@ -6,7 +6,7 @@
 //! when nothing can run (idle, or every sequence waiting for its next tile); a request whose
 //! event stream was dropped (the client went away) is cancelled before the next step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -96,6 +96,8 @@ impl EngineHandle {
         let runner = Runner {
             scheduler,
             commands: rx,
+            deferred: VecDeque::new(),
+            disconnected: false,
             streams: HashMap::new(),
             stats: stats.clone(),
         };
@@ -169,6 +171,11 @@ impl EngineHandle {
 struct Runner {
     scheduler: Scheduler,
     commands: Receiver<Command>,
+    /// Commands taken while a step was paused, to handle once it ends (only new requests are
+    /// handled mid-step).
+    deferred: VecDeque<Command>,
+    /// Every handle is gone.
+    disconnected: bool,
     streams: HashMap<u64, async_mpsc::UnboundedSender<EngineEvent>>,
     stats: Arc<Mutex<EngineStats>>,
 }
@@ -177,42 +184,40 @@ impl Runner {
     fn run(mut self) {
         let mut can_run = false;
         loop {
-            if !can_run {
+            if !can_run && self.deferred.is_empty() {
                 // Nothing can run until a command arrives.
                 match self.commands.recv() {
                     Ok(command) => self.handle(command),
-                    Err(_) => break,
+                    Err(_) => self.disconnected = true,
                 }
             }
-            let mut disconnected = false;
-            loop {
-                match self.commands.try_recv() {
-                    Ok(command) => self.handle(command),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        disconnected = true;
-                        break;
-                    }
-                }
+            while let Some(command) = self.deferred.pop_front() {
+                self.handle(command);
+            }
+            while let Some(command) = self.next_command() {
+                self.handle(command);
             }
             self.cancel_abandoned();
-            let step = catch_unwind(AssertUnwindSafe(|| self.scheduler.step()));
-            let events = match step {
-                Ok(Ok(events)) => events,
+            let produced = match catch_unwind(AssertUnwindSafe(|| self.cycle())) {
+                Ok(Ok(produced)) => produced,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "engine step failed; failing the running batch");
-                    self.scheduler
-                        .fail_running(&format!("engine step failed: {e}"))
+                    let events = self
+                        .scheduler
+                        .fail_running(&format!("engine step failed: {e}"));
+                    self.route(events);
+                    true
                 }
                 Err(_) => {
                     tracing::error!("engine step panicked; failing the running batch");
-                    self.scheduler.fail_running("engine step panicked")
+                    let events = self.scheduler.fail_running("engine step panicked");
+                    self.route(events);
+                    true
                 }
             };
-            can_run = self.scheduler.last_step_tokens() > 0 || !events.is_empty();
-            self.route(events);
+            can_run = self.scheduler.last_step_tokens() > 0 || produced;
             self.publish();
-            if disconnected && (self.scheduler.is_idle() || !can_run) {
+            if self.disconnected && (self.scheduler.is_idle() || !can_run) {
                 break;
             }
         }
@@ -228,6 +233,75 @@ impl Runner {
             }
         }
         self.publish();
+    }
+
+    /// The next command waiting on the channel, if any.
+    fn next_command(&mut self) -> Option<Command> {
+        match self.commands.try_recv() {
+            Ok(command) => Some(command),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.disconnected = true;
+                None
+            }
+        }
+    }
+
+    /// One engine cycle: a first-token step for short prompts already queued, then the batched
+    /// step, layer by layer. Between two layers it takes in new requests, and if a short prompt
+    /// arrived (and no first-token step ran this cycle yet) it pauses the batched step to run
+    /// one, so a short request waits at most a layer, not a whole step. At most one first-token
+    /// step per cycle keeps the batch moving under a stream of short requests. Events go out as
+    /// they happen; returns whether there were any.
+    fn cycle(&mut self) -> Result<bool, EngineError> {
+        let mut produced = false;
+        let mut first_token_step_ran = false;
+        if self.scheduler.wants_first_token_step(None) {
+            let events = self.scheduler.first_token_step(None)?;
+            produced |= self.deliver(events);
+            first_token_step_ran = true;
+        }
+        let (admitted, step) = self.scheduler.begin_step()?;
+        produced |= self.deliver(admitted);
+        let Some(mut step) = step else {
+            return Ok(produced);
+        };
+        while !step.is_done() {
+            self.scheduler.advance_step(&mut step)?;
+            if first_token_step_ran || step.is_done() {
+                continue;
+            }
+            self.take_new_requests();
+            if self.scheduler.wants_first_token_step(Some(&step)) {
+                let events = self.scheduler.first_token_step(Some(&step))?;
+                produced |= self.deliver(events);
+                first_token_step_ran = true;
+            }
+        }
+        let events = self.scheduler.finish_step(step)?;
+        produced |= self.deliver(events);
+        Ok(produced)
+    }
+
+    /// Handles the new requests on the channel (they only join the waiting queue); any other
+    /// command waits for the step in flight to end.
+    fn take_new_requests(&mut self) {
+        while let Some(command) = self.next_command() {
+            match command {
+                Command::Add { .. } => self.handle(command),
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
+    /// Routes `events` and publishes the counters; whether there were any.
+    fn deliver(&mut self, events: Vec<EngineEvent>) -> bool {
+        if events.is_empty() {
+            return false;
+        }
+        self.route(events);
+        self.publish();
+        true
     }
 
     fn handle(&mut self, command: Command) {

@@ -26,11 +26,14 @@ use super::kv::{KvError, KvPool, PagedSequence};
 use super::meter::ThroughputMeter;
 use super::prompt::{FeatureLimits, FeatureTile, PromptPiece, StreamingPrompt};
 use crate::generate::Continuation;
-use crate::model::{LanguageModel, ModelError, SequenceCache, SequenceStep};
+use crate::model::{LanguageModel, ModelError, SequenceCache};
 use crate::sampling::{SamplingParams, StopReason};
 use crate::text::{ImageTokenIds, Tokenizer};
 
 pub use super::kv::ImageSpan;
+pub use step::StepInFlight;
+
+mod step;
 
 /// A request reserving at most `1 / BACKFILL_FRACTION` of the pool may be admitted past a
 /// larger one that does not fit yet.
@@ -186,6 +189,9 @@ pub enum EngineError {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The engine broke its own bookkeeping (a bug).
+    #[error("engine bookkeeping: {0}")]
+    Internal(String),
 }
 
 /// When a request reached each stage.
@@ -562,7 +568,9 @@ impl Scheduler {
     /// admitted: a short text request does not wait behind image prompts that need blocks
     /// the running batch holds, and it frees its few blocks soon, so the large request at the
     /// head is not starved.
-    fn admit(&mut self, now: Instant) -> Vec<EngineEvent> {
+    ///
+    /// Only requests `only` accepts are considered (the first-token step admits short prompts).
+    fn admit(&mut self, now: Instant, only: impl Fn(&Pending) -> bool) -> Vec<EngineEvent> {
         let mut events = Vec::new();
         let block_size = self.pool.config().block_size;
         let small = self.pool.total_blocks() * block_size / BACKFILL_FRACTION;
@@ -572,6 +580,10 @@ impl Scheduler {
             let Some(request) = self.waiting.get(next) else {
                 break;
             };
+            if !only(request) {
+                next += 1;
+                continue;
+            }
             let positions = self.reservation(&request.prompt, &request.params);
             if blocked && positions > small {
                 next += 1;
@@ -634,170 +646,6 @@ impl Scheduler {
             self.running.push(seq);
         }
         events
-    }
-
-    /// Runs one batched step: admits what fits, then decodes one token for every sequence past
-    /// its prompt and prefills the next known chunk of the others, within the step's token
-    /// budget. Sequences with nothing known to prefill stall until their next tile.
-    pub fn step(&mut self) -> Result<Vec<EngineEvent>, EngineError> {
-        let now = Instant::now();
-        let mut events = self.admit(now);
-        self.last_step_tokens = 0;
-        if self.running.is_empty() {
-            return Ok(events);
-        }
-        let mut budget = self.config.max_step_tokens.max(1);
-        // (index into running, embeds for this step, whether the step samples a token)
-        let mut plan = Vec::new();
-        let mut decodes = 0;
-        for (i, seq) in self.running.iter().enumerate() {
-            if seq.prefilled() && budget > 0 {
-                let last = seq.continuation.generated().last().copied().unwrap_or(0);
-                plan.push((i, self.model.embed(&[last], None, None)?, true));
-                budget -= 1;
-                decodes += 1;
-            }
-        }
-        let mut prompt_tokens = 0;
-        let block_size = self.pool.config().block_size;
-        // Shortest remaining prompt first (ties in arrival order): a short request admitted
-        // behind long image prompts prefills in the next step instead of after all of them,
-        // which bounds its time to first token under image load; long prompts still get
-        // whatever budget the short ones leave, up to `long_prefill_tokens` among them.
-        // (what makes a prompt long, what long prompts may still take this step)
-        let mut long = self
-            .config
-            .long_prefill_tokens
-            .map(|n| (n.max(1), n.max(1)));
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
-        order.sort_by_key(|&i| {
-            let seq = &self.running[i];
-            seq.prompt.len().saturating_sub(seq.cache.len())
-        });
-        for i in order {
-            let seq = &mut self.running[i];
-            if seq.prefilled() || budget == 0 {
-                continue;
-            }
-            // Blocks another request already computed for the same content are taken over.
-            if seq.cache.len().is_multiple_of(block_size) {
-                seq.cached_tokens += seq.cache.adopt_prefix(&seq.prompt.block_keys(block_size));
-                if seq.prefilled() {
-                    continue;
-                }
-            }
-            let done = seq.cache.len();
-            // Until the prompt is complete, prefill whole blocks only, so a later tile can
-            // still meet a cached block at a block boundary.
-            let known = if seq.prompt.is_complete() {
-                seq.prompt.len()
-            } else {
-                seq.prompt.len() / block_size * block_size
-            };
-            if known <= done {
-                seq.clock.stall(now); // the next tile is still on the wire
-                continue;
-            }
-            let mut n = (known - done).min(budget);
-            if let Some((threshold, left)) = long.as_mut()
-                && seq.prompt.len().saturating_sub(done) > *threshold
-            {
-                n = n.min(*left);
-                *left -= n;
-                if n == 0 {
-                    continue;
-                }
-            }
-            let samples = seq.prompt.is_complete() && done + n == seq.prompt.len();
-            plan.push((i, seq.prompt.embeds(done, n)?, samples));
-            budget -= n;
-            prompt_tokens += n;
-        }
-        if plan.is_empty() {
-            return Ok(events);
-        }
-        self.last_step_tokens = decodes + prompt_tokens;
-        let mut by_index: Vec<Option<(Tensor, bool)>> = vec![None; self.running.len()];
-        for (i, embeds, samples) in plan {
-            by_index[i] = Some((embeds, samples));
-        }
-        let mut steps = Vec::with_capacity(by_index.len());
-        let mut stepped = Vec::with_capacity(by_index.len());
-        for (i, seq) in self.running.iter_mut().enumerate() {
-            if let Some((embeds, samples)) = by_index[i].take() {
-                steps.push(SequenceStep {
-                    embeds,
-                    cache: &mut seq.cache,
-                });
-                stepped.push((i, samples));
-            }
-        }
-        let logits = self.model.forward(&mut steps)?;
-        drop(steps);
-        let rows = logits.to_vec2::<f32>()?;
-        let end = Instant::now();
-        let mut generated = 0;
-        // (index into running, how it ended)
-        let mut ended: Vec<(usize, Result<StopReason, String>)> = Vec::new();
-        for (row, &(i, samples)) in rows.iter().zip(&stepped) {
-            let seq = &mut self.running[i];
-            seq.prompt.release_before(seq.cache.len());
-            if !samples {
-                continue; // a prefill chunk that does not reach the prompt's end
-            }
-            if seq.continuation.generated().is_empty() {
-                // Prompt done: offer its full blocks to the prefix cache.
-                seq.cache
-                    .register_prefix(&seq.prompt.block_keys(block_size));
-                seq.clock.first_token = Some(end);
-                self.prompt_totals.0 += seq.prompt.len() as u64;
-                self.prompt_totals.1 += seq.cached_tokens as u64;
-            }
-            match seq.continuation.next(row, seq.prompt.ids()) {
-                Ok(next) => {
-                    generated += 1;
-                    events.push(EngineEvent::Token {
-                        id: seq.id,
-                        token: next.token,
-                        text: next.text,
-                    });
-                    if let Some(reason) = next.stop {
-                        ended.push((i, Ok(reason)));
-                    } else if seq.continuation.generated().len() >= seq.max_new_tokens {
-                        ended.push((i, Ok(StopReason::MaxTokens)));
-                    }
-                }
-                Err(e) => ended.push((i, Err(e.to_string()))),
-            }
-        }
-        self.meter.record(end, prompt_tokens, generated);
-        // Remove ended sequences (highest index first keeps the others' indices valid).
-        ended.sort_by_key(|e| std::cmp::Reverse(e.0));
-        for (i, outcome) in ended {
-            let mut seq = self.running.remove(i);
-            let event = match outcome.and_then(|reason| {
-                let tail = seq.continuation.finish().map_err(|e| e.to_string())?;
-                Ok((reason, tail))
-            }) {
-                Ok((reason, text)) => EngineEvent::Finished {
-                    id: seq.id,
-                    reason,
-                    text,
-                    prompt_tokens: seq.prompt.len(),
-                    image_tokens: seq.prompt.image_tokens(),
-                    cached_tokens: seq.cached_tokens,
-                    completion_tokens: seq.continuation.generated().len(),
-                    timings: seq.clock.timings(end),
-                },
-                Err(message) => EngineEvent::Failed {
-                    id: seq.id,
-                    kind: FailureKind::Internal,
-                    message,
-                },
-            };
-            events.push(event);
-        }
-        Ok(events)
     }
 }
 

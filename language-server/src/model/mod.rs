@@ -17,5 +17,5 @@ pub use dvd_nn::LoadOptions;
 pub use error::ModelError;
 pub use kv_cache::{KvCache, PagedCache, SequenceCache};
 pub use names::LanguageLayout;
-pub use qwen3::{LanguageModel, SequenceStep};
+pub use qwen3::{LanguageModel, PartialForward, SequenceStep};
 pub use rope::Rope;

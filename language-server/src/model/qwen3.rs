@@ -31,6 +31,27 @@ pub struct SequenceStep<'a> {
     pub cache: &'a mut (dyn SequenceCache + 'a),
 }
 
+/// A forward step under way, paused between two decoder layers (see
+/// [`LanguageModel::start_forward`]).
+#[derive(Debug)]
+pub struct PartialForward {
+    /// Hidden states of every new token, packed.
+    x: Tensor,
+    /// Where each sequence's tokens sit in `x`.
+    spans: Vec<Span>,
+    /// The layer to run next.
+    next_layer: usize,
+    /// The model's depth.
+    layers: usize,
+}
+
+impl PartialForward {
+    /// Whether every layer has run.
+    pub fn is_done(&self) -> bool {
+        self.next_layer >= self.layers
+    }
+}
+
 /// Qwen3 / Qwen3-MoE, language tensors only.
 #[derive(Debug)]
 pub struct LanguageModel {
@@ -195,6 +216,23 @@ impl LanguageModel {
     /// appends their tokens to their caches and returns the logits of each sequence's last new
     /// token, f32 `[batch, vocab]`.
     pub fn forward(&self, batch: &mut [SequenceStep<'_>]) -> Result<Tensor, ModelError> {
+        let mut step = self.start_forward(batch)?;
+        while !step.is_done() {
+            self.forward_layer(&mut step, &mut caches_of(batch))?;
+        }
+        self.finish_forward(step)
+    }
+
+    /// Starts a step for `batch` that runs one decoder layer per
+    /// [`forward_layer`](Self::forward_layer) call, so the caller can run another step (for
+    /// other sequences) between two layers of this one; [`finish_forward`](Self::finish_forward)
+    /// gives the logits. A sequence's cache length advances only after its last layer, so a
+    /// paused step's sequences are untouched by the other step. (The fused CUDA path runs every
+    /// layer here at once: its launches are queued on the GPU anyway.)
+    pub fn start_forward(
+        &self,
+        batch: &mut [SequenceStep<'_>],
+    ) -> Result<PartialForward, ModelError> {
         if batch.is_empty() {
             return Err(ModelError::InvalidInput("empty batch".into()));
         }
@@ -222,31 +260,74 @@ impl LanguageModel {
             .iter()
             .map(|s| s.embeds.to_dtype(self.options.dtype))
             .collect::<Result<_, _>>()?;
-        let mut x = Tensor::cat(&embeds, 0)?;
-        let mut caches: Vec<&mut dyn SequenceCache> = batch
-            .iter_mut()
-            .map(|s| &mut *s.cache as &mut dyn SequenceCache)
-            .collect();
+        let x = Tensor::cat(&embeds, 0)?;
         #[cfg(feature = "cuda")]
-        if self.paged_ok(&x, &mut caches) {
-            let x = self.forward_paged(x, &spans, &mut caches)?;
-            return self.last_logits(&x, &spans);
+        {
+            let mut caches = caches_of(batch);
+            if self.paged_ok(&x, &mut caches) {
+                let x = self.forward_paged(x, &spans, &mut caches)?;
+                return Ok(PartialForward {
+                    x,
+                    spans,
+                    next_layer: self.layers.len(),
+                    layers: self.layers.len(),
+                });
+            }
         }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attended = layer.attention.forward(
-                &layer.input_norm.forward(&x)?,
-                &spans,
-                &mut caches,
-                i,
-                &self.rope,
-            )?;
-            x = (x + attended)?;
-            let ff = layer
-                .feed_forward
-                .forward(&layer.post_attention_norm.forward(&x)?)?;
-            x = (x + ff)?;
+        Ok(PartialForward {
+            x,
+            spans,
+            next_layer: 0,
+            layers: self.layers.len(),
+        })
+    }
+
+    /// Runs the next decoder layer of `step` over `caches`: those of the sequences
+    /// [`start_forward`](Self::start_forward) was given, in the same order. Does nothing once
+    /// every layer has run.
+    pub fn forward_layer(
+        &self,
+        step: &mut PartialForward,
+        caches: &mut [&mut dyn SequenceCache],
+    ) -> Result<(), ModelError> {
+        let Some(layer) = self.layers.get(step.next_layer) else {
+            return Ok(());
+        };
+        if caches.len() != step.spans.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "a step started with {} sequences continued with {}",
+                step.spans.len(),
+                caches.len()
+            )));
         }
-        self.last_logits(&x, &spans)
+        let x = &step.x;
+        let attended = layer.attention.forward(
+            &layer.input_norm.forward(x)?,
+            &step.spans,
+            caches,
+            step.next_layer,
+            &self.rope,
+        )?;
+        let x = (x + attended)?;
+        let ff = layer
+            .feed_forward
+            .forward(&layer.post_attention_norm.forward(&x)?)?;
+        step.x = (x + ff)?;
+        step.next_layer += 1;
+        Ok(())
+    }
+
+    /// The logits of a step whose layers have all run, f32 `[batch, vocab]` (each sequence's
+    /// last new token).
+    pub fn finish_forward(&self, step: PartialForward) -> Result<Tensor, ModelError> {
+        if !step.is_done() {
+            return Err(ModelError::InvalidInput(format!(
+                "the step stopped at layer {} of {}",
+                step.next_layer,
+                self.layers.len()
+            )));
+        }
+        self.last_logits(&step.x, &step.spans)
     }
 
     /// f32 logits `[spans, vocab]` of each span's last row of the final hidden states `x`.
@@ -256,6 +337,14 @@ impl LanguageModel {
         let hidden = self.norm.forward(&x.index_select(&last, 0)?)?;
         Ok(matmul_wt(&hidden, &self.lm_head)?.to_dtype(DType::F32)?)
     }
+}
+
+/// The caches of `batch`, in order.
+fn caches_of<'b>(batch: &'b mut [SequenceStep<'_>]) -> Vec<&'b mut dyn SequenceCache> {
+    batch
+        .iter_mut()
+        .map(|s| &mut *s.cache as &mut dyn SequenceCache)
+        .collect()
 }
 
 fn load_layer(
