@@ -82,8 +82,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
     /// Cap on the tokens long prompts (more than this left to prefill) take of one step,
-    /// together; shorter prompts go in whole. Keeps steps short while image prompts prefill, so
-    /// short requests wait little (default: no cap beyond --max-step-tokens).
+    /// together. Prompts of at most this many tokens are short: they prefill whole in a step of
+    /// their own, ahead of the batch, and one arriving mid-step pauses the step between two
+    /// layers for it, so short requests wait little behind image prompts (default: no cap
+    /// beyond --max-step-tokens, and no first-token steps).
     #[arg(long)]
     long_prefill_tokens: Option<usize>,
     /// Most feature tokens per tile (256 for InternVL3.5's 448-pixel tiles).

@@ -46,8 +46,8 @@ pub struct UpArgs {
     /// long a new request waits behind long prefills.
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
-    /// Cap on the step tokens long prompts take together (`language serve
-    /// --long-prefill-tokens`).
+    /// Cap on the step tokens long prompts take together, and the most tokens of a short prompt
+    /// (first-token steps; `language serve --long-prefill-tokens`).
     #[arg(long)]
     long_prefill_tokens: Option<usize>,
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
