@@ -363,7 +363,13 @@ impl Runner {
         }
     }
 
+    /// Sends each event to its request's stream, after publishing the counters: a client that
+    /// hears its request ended finds it gone from the stats.
     fn route(&mut self, events: Vec<EngineEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        self.publish();
         for event in events {
             let (id, last) = match &event {
                 EngineEvent::Token { id, .. } => (*id, false),
