@@ -439,11 +439,40 @@ fn a_short_prompt_runs_between_two_layers_of_a_step_in_flight() {
 }
 
 #[test]
-fn without_a_long_prompt_threshold_no_prompt_jumps_the_batch() {
+fn what_counts_as_a_short_prompt_follows_the_thresholds() {
     let s = setup("internvl-dense-hf", 4);
-    let (mut scheduler, _) = engine(&s, 128, SchedulerConfig::default());
-    scheduler.add(s.requests[2].clone()).unwrap();
-    assert!(!scheduler.wants_first_token_step(None));
-    assert!(scheduler.first_token_step(None).unwrap().is_empty());
-    assert_eq!(scheduler.stats().waiting, 1);
+    // (long_prefill_tokens, short_prompt_tokens) -> whether the 20-token prompt is short
+    let cases = [
+        ((None, None), false),
+        ((Some(24), None), true),
+        ((Some(16), None), false),
+        ((Some(16), Some(24)), true),
+        ((None, Some(24)), true),
+        ((Some(24), Some(0)), false),
+        ((None, Some(19)), false),
+    ];
+    for ((long_prefill_tokens, short_prompt_tokens), short) in cases {
+        let (mut scheduler, _) = engine(
+            &s,
+            128,
+            SchedulerConfig {
+                long_prefill_tokens,
+                short_prompt_tokens,
+                ..SchedulerConfig::default()
+            },
+        );
+        scheduler.add(s.requests[2].clone()).unwrap();
+        let case = format!("{long_prefill_tokens:?} {short_prompt_tokens:?}");
+        assert_eq!(scheduler.wants_first_token_step(None), short, "{case}");
+        let events = scheduler.first_token_step(None).unwrap();
+        if short {
+            assert!(
+                matches!(events.as_slice(), [EngineEvent::Token { id: 2, .. }]),
+                "{case}: {events:?}"
+            );
+        } else {
+            assert!(events.is_empty(), "{case}: {events:?}");
+            assert_eq!(scheduler.stats().waiting, 1, "{case}");
+        }
+    }
 }

@@ -82,12 +82,16 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
     /// Cap on the tokens long prompts (more than this left to prefill) take of one step,
-    /// together. Prompts of at most this many tokens are short: they prefill whole in a step of
-    /// their own, ahead of the batch, and one arriving mid-step pauses the step between two
-    /// layers for it, so short requests wait little behind image prompts (default: no cap
-    /// beyond --max-step-tokens, and no first-token steps).
+    /// together. Keeps steps short while image prompts prefill (default: no cap beyond
+    /// --max-step-tokens).
     #[arg(long)]
     long_prefill_tokens: Option<usize>,
+    /// Prompts of at most this many tokens are short: they prefill whole in a step of their
+    /// own, ahead of the batch, and one arriving mid-step pauses the step between two layers for
+    /// it, so short requests wait little behind image prompts. 0 turns this off (default:
+    /// --long-prefill-tokens, and off without it).
+    #[arg(long)]
+    short_prompt_tokens: Option<usize>,
     /// Most feature tokens per tile (256 for InternVL3.5's 448-pixel tiles).
     #[arg(long, default_value_t = 256)]
     max_tokens_per_tile: usize,
@@ -177,6 +181,7 @@ impl ServeArgs {
             scheduler: SchedulerConfig {
                 max_step_tokens: self.max_step_tokens,
                 long_prefill_tokens: self.long_prefill_tokens,
+                short_prompt_tokens: self.short_prompt_tokens,
                 max_running: self.max_running,
                 feature_limits: FeatureLimits {
                     max_tokens_per_tile: self.max_tokens_per_tile,

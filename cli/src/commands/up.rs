@@ -46,10 +46,14 @@ pub struct UpArgs {
     /// long a new request waits behind long prefills.
     #[arg(long, default_value_t = 512)]
     max_step_tokens: usize,
-    /// Cap on the step tokens long prompts take together, and the most tokens of a short prompt
-    /// (first-token steps; `language serve --long-prefill-tokens`).
+    /// Cap on the step tokens long prompts take together (`language serve
+    /// --long-prefill-tokens`).
     #[arg(long)]
     long_prefill_tokens: Option<usize>,
+    /// Most tokens of a short prompt, which gets a first-token step of its own (`language serve
+    /// --short-prompt-tokens`).
+    #[arg(long)]
+    short_prompt_tokens: Option<usize>,
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
     #[command(flatten)]
     compute: ComputeArgs,
@@ -307,6 +311,9 @@ impl UpArgs {
             .to_vec();
             if let Some(n) = self.long_prefill_tokens {
                 args.extend(["--long-prefill-tokens".into(), n.to_string()]);
+            }
+            if let Some(n) = self.short_prompt_tokens {
+                args.extend(["--short-prompt-tokens".into(), n.to_string()]);
             }
             args.extend(tls_language.iter().cloned());
             args.extend(self.compute.to_args());

@@ -50,6 +50,10 @@ pub struct SchedulerConfig {
     /// short request that arrives waits little for the step in flight. `None`: long prompts
     /// share `max_step_tokens` with everything else.
     pub long_prefill_tokens: Option<usize>,
+    /// A prompt of at most this many tokens is short: it prefills whole in a first-token step
+    /// of its own, ahead of the batched step (which pauses between two layers for it). `None`:
+    /// `long_prefill_tokens`, if set; `Some(0)`: no first-token steps.
+    pub short_prompt_tokens: Option<usize>,
     /// Most sequences running at once.
     pub max_running: usize,
     /// Bounds on incoming image features (size reservations of prompts still streaming).
@@ -61,6 +65,7 @@ impl Default for SchedulerConfig {
         Self {
             max_step_tokens: 512,
             long_prefill_tokens: None,
+            short_prompt_tokens: None,
             max_running: 64,
             feature_limits: FeatureLimits::default(),
         }

@@ -177,11 +177,11 @@ impl Scheduler {
             })
     }
 
-    /// Prefills short prompts (complete, at most `long_prefill_tokens` tokens, none computed
+    /// Prefills short prompts (complete, at most `short_prompt_tokens` tokens, none computed
     /// yet) whole, in a step of their own, and samples their first tokens: admits the waiting
     /// ones that fit, then runs every such sequence not in `in_flight` (a batched step paused
-    /// between two layers; its sequences are untouched). Does nothing without
-    /// `long_prefill_tokens`.
+    /// between two layers; its sequences are untouched). Does nothing when no prompt counts as
+    /// short (see [`SchedulerConfig::short_prompt_tokens`](super::SchedulerConfig)).
     pub fn first_token_step(
         &mut self,
         in_flight: Option<&StepInFlight>,
@@ -224,7 +224,10 @@ impl Scheduler {
 
     /// What makes a prompt short enough for a first-token step, if anything does.
     fn short_prompt_tokens(&self) -> Option<usize> {
-        self.config.long_prefill_tokens.map(|n| n.max(1))
+        self.config
+            .short_prompt_tokens
+            .or(self.config.long_prefill_tokens)
+            .filter(|&n| n > 0)
     }
 
     /// Starts the forward pass of `plan`: (index into `running`, input embeddings, whether the
