@@ -418,14 +418,7 @@ fn quic_image_request(dir: &Path, feature_tls_name: Option<&str>) -> common::Htt
     let language_server = common::start_language(
         "dvd-demo",
         16,
-        &[
-            "--transport",
-            "quic",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
+        &common::quic_tls_args(cert.to_str().unwrap(), key.to_str().unwrap()),
     );
     let vision_server = ServerProcess::start(&[
         "vision",

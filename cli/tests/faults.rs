@@ -89,14 +89,7 @@ impl Cluster {
             key.to_str().unwrap().to_owned(),
         );
         if quic {
-            args.extend([
-                "--transport",
-                "quic",
-                "--tls-cert",
-                &cert_arg,
-                "--tls-key",
-                &key_arg,
-            ]);
+            args.extend(crate::common::quic_tls_args(&cert_arg, &key_arg));
         }
         let language = ServerProcess::start(&args);
         let vision_ports: Vec<u16> = (0..vision_servers).map(|_| free_port()).collect();

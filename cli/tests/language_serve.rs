@@ -236,14 +236,7 @@ async fn quic_features_give_the_tokens_of_dvd_generate() {
         server: None,
         client: Some(ClientTls::from_ca_file(&cert).unwrap()),
     };
-    let args = [
-        "--transport",
-        "quic",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
+    let args = common::quic_tls_args(cert.to_str().unwrap(), key.to_str().unwrap());
     features_give_the_coupled_tokens(&model, TransportKind::Quic, &args, tls).await;
 }
 

@@ -327,6 +327,11 @@ pub fn json_output(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A language server's arguments for QUIC features with this certificate and key.
+pub fn quic_tls_args<'a>(cert: &'a str, key: &'a str) -> [&'a str; 6] {
+    ["--transport", "quic", "--tls-cert", cert, "--tls-key", key]
+}
+
 /// `dvd language serve` of `model` on ports chosen at run time, with `kv_cache_mib` of KV cache
 /// and `extra` arguments.
 pub fn start_language(model: impl AsRef<Path>, kv_cache_mib: u32, extra: &[&str]) -> ServerProcess {

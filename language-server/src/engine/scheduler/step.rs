@@ -57,11 +57,8 @@ impl Scheduler {
         let mut events = self.first_token_step(None)?;
         let (admitted, step) = self.begin_step()?;
         events.extend(admitted);
-        if let Some(mut step) = step {
-            while !step.is_done() {
-                self.advance_step(&mut step)?;
-            }
-            events.extend(self.finish_step(step)?);
+        if let Some(step) = step {
+            events.extend(self.run_to_end(step)?);
         }
         Ok(events)
     }
@@ -165,6 +162,14 @@ impl Scheduler {
         Ok(self.settle(&step.stepped, &rows, step.prompt_tokens))
     }
 
+    /// Runs every remaining layer of `step` without pausing, then finishes it.
+    fn run_to_end(&mut self, mut step: StepInFlight) -> Result<Vec<EngineEvent>, EngineError> {
+        while !step.is_done() {
+            self.advance_step(&mut step)?;
+        }
+        self.finish_step(step)
+    }
+
     /// Whether a [`first_token_step`](Self::first_token_step) has something to do: a short
     /// prompt waits, or was admitted but has not started (and is not in `in_flight`).
     pub fn wants_first_token_step(&self, in_flight: Option<&StepInFlight>) -> bool {
@@ -214,11 +219,8 @@ impl Scheduler {
         if plan.is_empty() {
             return Ok(events);
         }
-        let mut step = self.start(plan, prompt_tokens)?;
-        while !step.is_done() {
-            self.advance_step(&mut step)?;
-        }
-        events.extend(self.finish_step(step)?);
+        let step = self.start(plan, prompt_tokens)?;
+        events.extend(self.run_to_end(step)?);
         Ok(events)
     }
 
