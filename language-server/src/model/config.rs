@@ -7,7 +7,7 @@ use std::path::Path;
 use dvd_checkpoint::ConfigFields;
 use serde_json::Value;
 
-use super::error::ModelError;
+use dvd_nn::ModelError;
 
 /// Mixture-of-experts settings (Qwen3-MoE).
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,6 @@
 
 mod attention;
 mod config;
-mod error;
 mod kv_cache;
 mod mlp;
 mod names;
@@ -13,8 +12,7 @@ mod rope;
 
 pub use attention::argmax_rows;
 pub use config::{LanguageConfig, MoeConfig};
-pub use dvd_nn::LoadOptions;
-pub use error::ModelError;
+pub use dvd_nn::{LoadOptions, ModelError};
 pub use kv_cache::{KvCache, PagedCache, SequenceCache};
 pub use names::LanguageLayout;
 pub use qwen3::{LanguageModel, PartialForward, SequenceStep};

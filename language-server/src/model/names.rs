@@ -2,7 +2,7 @@
 
 use dvd_checkpoint::Checkpoint;
 
-use super::error::ModelError;
+use dvd_nn::ModelError;
 
 /// How the checkpoint names its language tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

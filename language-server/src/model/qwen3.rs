@@ -9,11 +9,11 @@ use dvd_nn::{Linear, LoadOptions, Loader, Norm, matmul_wt};
 
 use super::attention::{Attention, Span};
 use super::config::LanguageConfig;
-use super::error::ModelError;
 use super::kv_cache::{KvCache, SequenceCache};
 use super::mlp::{FeedForward, Moe, SwiGlu};
 use super::names::LanguageLayout;
 use super::rope::Rope;
+use dvd_nn::ModelError;
 
 #[derive(Debug)]
 struct DecoderLayer {

@@ -13,8 +13,8 @@ use std::path::Path;
 use dvd_checkpoint::ConfigFields as Fields;
 use serde_json::Value;
 
-use super::error::ModelError;
 use crate::preprocess::TilingOptions;
+use dvd_nn::ModelError;
 
 /// Which of the two published configuration layouts a `config.json` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

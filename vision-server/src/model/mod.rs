@@ -3,7 +3,6 @@
 //! device later), loaded from either published checkpoint layout.
 
 mod config;
-mod error;
 mod names;
 mod pos_embed;
 mod projector;
@@ -14,8 +13,7 @@ mod vit;
 pub use config::{
     ConfigStyle, NormKind, PixelShuffleVersion, RouterConfig, VisionConfig, VitConfig,
 };
-pub use dvd_nn::LoadOptions;
-pub use error::ModelError;
+pub use dvd_nn::{LoadOptions, ModelError};
 pub use names::TensorLayout;
 pub use projector::pixel_shuffle;
 pub use router::{POOLING_HEADS, RouterThresholds, decide};

@@ -5,7 +5,7 @@
 use candle_core::{Result as CandleResult, Tensor};
 
 use super::config::PixelShuffleVersion;
-use super::error::ModelError;
+use dvd_nn::ModelError;
 use dvd_nn::{Linear, Loader, Norm};
 
 /// Epsilon of every projector LayerNorm (PyTorch's default, not the ViT's 1e-6).

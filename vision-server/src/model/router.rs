@@ -7,8 +7,8 @@
 
 use candle_core::{Result as CandleResult, Tensor};
 
-use super::error::ModelError;
 use super::projector::PROJECTOR_NORM_EPS;
+use dvd_nn::ModelError;
 use dvd_nn::{Linear, Loader, Norm, softmax};
 
 /// Heads of the pooling attention (`CrossAttentionPooling(dim, num_heads=16)` in the reference).

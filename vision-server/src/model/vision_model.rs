@@ -9,12 +9,12 @@ use dvd_checkpoint::Checkpoint;
 use image::RgbImage;
 
 use super::config::{PixelShuffleVersion, VisionConfig};
-use super::error::ModelError;
 use super::names::{Mlp1Part, TensorLayout};
 use super::projector::{MlpProjector, pixel_shuffle};
 use super::router::{Router, RouterThresholds, decide};
 use super::vit::InternVit;
 use crate::preprocess::pixel_values;
+use dvd_nn::ModelError;
 use dvd_nn::{LoadOptions, Loader};
 
 /// Shuffle factor of the Flash `mlp2` path (ratio 0.25: 4x4 tokens merge into one).

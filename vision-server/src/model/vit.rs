@@ -5,9 +5,9 @@
 use candle_core::{DType, Result as CandleResult, Tensor};
 
 use super::config::{NormKind, VisionConfig, VitConfig};
-use super::error::ModelError;
 use super::names::{LayerPart, TensorLayout};
 use super::pos_embed::resize_grid;
+use dvd_nn::ModelError;
 use dvd_nn::{Linear, Loader, Norm, softmax};
 
 /// Bytes of attention scores materialised at once on the CPU: a few (tile, head) pairs, so the

@@ -1,16 +1,17 @@
-//! Errors of loading and running the vision model.
+//! The error of loading and running a model, shared by the vision encoder and the language
+//! model.
 
 use std::path::PathBuf;
 
 use dvd_checkpoint::CheckpointError;
 
-/// What can go wrong loading or running the vision model.
+/// What can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The checkpoint could not be found or read, or a tensor is missing or misshapen.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// `config.json` (or `preprocessor_config.json`) is unusable.
+    /// A configuration file (`config.json`, `preprocessor_config.json`) is unusable.
     #[error("{}: {message}", path.display())]
     Config {
         /// The configuration file.

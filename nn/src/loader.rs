@@ -1,0 +1,115 @@
+//! Loading weights: [`Loader`] reads a checkpoint's tensors with the shapes a config implies;
+//! [`LoadOptions`] says where and in which precision a model runs.
+
+use candle_core::{DType, Device, Tensor};
+use dvd_checkpoint::{Checkpoint, CheckpointError};
+
+use crate::{Linear, Norm};
+
+/// Reads tensors of one checkpoint in one dtype onto one device, checking shapes.
+pub struct Loader<'a> {
+    /// Where the weights come from.
+    pub checkpoint: &'a Checkpoint,
+    /// The dtype every weight is converted to.
+    pub dtype: DType,
+    /// The device every weight is placed on.
+    pub device: &'a Device,
+    /// Build [`Linear::batch_invariant`] layers.
+    pub batch_invariant: bool,
+}
+
+impl Loader<'_> {
+    /// The tensor `name`, which must have shape `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
+        self.checkpoint
+            .load_shaped(name, shape, self.dtype, self.device)
+    }
+
+    /// The tensor `name` reshaped to `shape`; the stored shape may differ only by leading ones
+    /// (`[1, 1, D]` and `[D]` are both accepted for a `[D]` vector).
+    pub fn tensor_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {
+        let info = self
+            .checkpoint
+            .info(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                name: name.to_string(),
+            })?;
+        let significant: Vec<usize> = info.shape.iter().copied().skip_while(|&d| d == 1).collect();
+        let wanted: Vec<usize> = shape.iter().copied().skip_while(|&d| d == 1).collect();
+        if significant != wanted {
+            return Err(CheckpointError::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape,
+            });
+        }
+        self.checkpoint
+            .load(name, self.dtype, self.device)?
+            .reshape(shape)
+            .map_err(|source| CheckpointError::Tensor {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// `prefix.weight` `[out, in]` and, when `bias`, `prefix.bias` `[out]`.
+    pub fn linear(
+        &self,
+        prefix: &str,
+        out: usize,
+        input: usize,
+        bias: bool,
+    ) -> Result<Linear, CheckpointError> {
+        let weight = self.tensor(&format!("{prefix}.weight"), &[out, input])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(self.layer(weight, bias))
+    }
+
+    /// A layer from loaded tensors, batch invariant when the loader says so.
+    pub fn layer(&self, weight: Tensor, bias: Option<Tensor>) -> Linear {
+        let layer = Linear::new(weight, bias);
+        match self.batch_invariant {
+            true => layer.batch_invariant(),
+            false => layer,
+        }
+    }
+
+    /// LayerNorm `prefix.{weight,bias}` over `dim`.
+    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, CheckpointError> {
+        Ok(Norm::Layer {
+            weight: self.tensor(&format!("{prefix}.weight"), &[dim])?,
+            bias: self.tensor(&format!("{prefix}.bias"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    /// RMSNorm `prefix.weight` over `dim`.
+    pub fn rms_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<Norm, CheckpointError> {
+        Ok(Norm::Rms {
+            weight: self.tensor(&format!("{prefix}.weight"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+}
+
+/// Where and in which precision a model runs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; weights are converted to it whatever they are stored as.
+    pub dtype: DType,
+    /// Device the weights live on.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
