@@ -92,7 +92,9 @@ impl TlsSection {
     /// The CA, certificate and key when mutual TLS is on (all three set), `None` when off.
     pub fn load(&self) -> Result<Option<dvd_proto::tls::GrpcTls>, String> {
         self.files()?
-            .map(|(ca, cert, key)| dvd_proto::tls::GrpcTls::from_files(ca, cert, key))
+            .map(|(ca, cert, key)| {
+                dvd_proto::tls::GrpcTls::from_files(ca, cert, key).map_err(|e| e.to_string())
+            })
             .transpose()
     }
 }

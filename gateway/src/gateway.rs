@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use dvd_proto::api::v1::{ChatRequest, HealthResponse, Model};
 use dvd_proto::common::v1::ServingStatus;
+use dvd_serve::{Service, StopTaking};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -109,12 +110,6 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Reports `DRAINING` from now on (requests are still served: the gateway is stateless and
-    /// finishes whatever reaches it until its listeners close).
-    pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
     /// One round of re-resolution (when due) and health checks of both pools.
     pub async fn refresh(&self) {
         let health = &self.config.health;
@@ -139,18 +134,33 @@ impl Gateway {
         }
     }
 
-    /// Waits for every Encode call still running beside a request.
-    pub async fn close(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
-
     fn gauges(&self) -> [PoolGauge; 2] {
         [&self.vision, &self.language].map(|pool| PoolGauge {
             pool: pool.kind().name(),
             members: pool.members().len(),
             healthy: pool.healthy().len(),
         })
+    }
+}
+
+impl Service for Gateway {
+    const STOP_TAKING: StopTaking = StopTaking::ByClosingListeners;
+
+    /// Reports `DRAINING` from now on (requests are still served: the gateway is stateless and
+    /// finishes whatever reaches it until its listeners close).
+    fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Admitted requests whose answer has not ended.
+    fn in_flight(&self) -> usize {
+        self.config.limits.max_inflight - self.admission.available_permits()
+    }
+
+    /// Waits for every Encode call still running beside a request.
+    async fn close(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 

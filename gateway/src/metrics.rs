@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 use std::time::Duration;
 
-pub use dvd_telemetry::Histogram;
+pub use dvd_serve::Histogram;
 
 /// Pipeline stages timed per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,15 +1,14 @@
 //! A running gateway: the pools' health checks, the OpenAI-compatible HTTP listener and the
-//! public gRPC listener, stopped together.
+//! public gRPC listener, started and stopped by the server harness (`dvd-serve`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt};
-use dvd_proto::limits::{inference_server, tuned_incoming, tuned_server};
+use dvd_proto::limits::inference_server;
+use dvd_serve::{Drain, Harness, Running, StartError};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::backend::ChatBackend;
@@ -18,49 +17,37 @@ use crate::gateway::Gateway;
 use crate::grpc::InferenceApi;
 use crate::http::{HttpLimits, router_with_auth};
 
-/// A running gateway.
-#[derive(Debug)]
-pub struct RunningGateway {
-    /// Bound HTTP address.
+/// What can stop a gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listeners or tasks could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The configuration's files (API keys, CA certificates) could not be loaded.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a gateway adds to the addresses every server has.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayDetails {
+    /// Bound HTTP address (the OpenAI-compatible API, health and metrics).
     pub http_addr: SocketAddr,
-    /// Bound gRPC address.
-    pub grpc_addr: SocketAddr,
-    /// The gateway itself.
-    pub gateway: Arc<Gateway>,
-    stop: CancellationToken,
-    tasks: JoinSet<()>,
 }
 
-impl RunningGateway {
-    /// Stops the listeners and health checks and waits for them.
-    pub async fn shutdown(mut self) {
-        self.stop.cancel();
-        while self.tasks.join_next().await.is_some() {}
-        self.gateway.close().await;
-    }
+/// A running gateway.
+pub type RunningGateway = Running<Gateway, GatewayDetails>;
 
-    /// Drains, then stops: reports `DRAINING` (`/health/ready` 503) while still serving for
-    /// `delay`, so load balancers take the gateway out of rotation, then closes the listeners
-    /// and lets the responses in flight finish for at most `timeout`.
-    pub async fn drain_and_shutdown(mut self, delay: Duration, timeout: Duration) {
-        self.gateway.drain();
-        tokio::time::sleep(delay).await;
-        self.stop.cancel();
-        dvd_telemetry::drain::join_within(&mut self.tasks, timeout).await;
-        self.gateway.close().await;
-    }
-}
-
-/// Binds both listeners, runs a first round of checks and starts serving.
-pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
-    let http = TcpListener::bind(config.server.http).await?;
-    let grpc = TcpListener::bind(config.server.grpc).await?;
-    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+/// Binds both listeners, runs a first round of checks and starts serving; `drain` says how
+/// [`Running::shutdown`] stops.
+pub async fn start(config: GatewayConfig, drain: Drain) -> Result<RunningGateway, ServeError> {
+    let (http, http_addr) = Harness::bind(config.server.http, "HTTP").await?;
+    let grpc_listen = config.server.grpc;
     let limits = HttpLimits {
         max_body_bytes: config.limits.max_body_mib << 20,
         ..HttpLimits::default()
     };
-    let gateway = Arc::new(Gateway::new(config).map_err(std::io::Error::other)?);
+    let gateway = Arc::new(Gateway::new(config).map_err(ServeError::Config)?);
     let auth = gateway.auth();
     if let Some(keys) = &auth {
         tracing::info!(
@@ -69,44 +56,35 @@ pub async fn start(config: GatewayConfig) -> std::io::Result<RunningGateway> {
         );
     }
     gateway.refresh().await;
-    let stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(gateway.clone().run_checks(stop.clone()));
+    let mut harness = Harness::new();
+    let checks = gateway.clone().run_checks(harness.stop_token());
+    harness.spawn("health checks", async move {
+        checks.await;
+        Ok::<(), std::convert::Infallible>(())
+    });
     let backend: Arc<dyn ChatBackend> = gateway.clone();
     let app = router_with_auth(backend.clone(), limits, auth.clone());
-    let token = stop.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(nodelay(http), app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-    let token = stop.clone();
+    let stop = harness.stop_token();
+    let http_served = axum::serve(nodelay(http), app)
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    harness.spawn("HTTP server", async move { http_served.await });
     let api = InferenceApi::new(backend);
-    tasks.spawn(async move {
-        let served = tuned_server()
-            .add_service(InterceptedService::new(
+    let grpc_addr = harness
+        .serve_grpc(grpc_listen, None, |_anyone| {
+            Routes::new(InterceptedService::new(
                 inference_server(api),
                 crate::grpc::require_key(auth),
             ))
-            .serve_with_incoming_shutdown(tuned_incoming(grpc), async move {
-                token.cancelled().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
+        })
+        .await?;
     tracing::info!(%http_addr, %grpc_addr, "gateway ready");
-    Ok(RunningGateway {
-        http_addr,
-        grpc_addr,
+    Ok(harness.running(
         gateway,
-        stop,
-        tasks,
-    })
+        grpc_addr,
+        None,
+        GatewayDetails { http_addr },
+        drain,
+    ))
 }
 
 /// `listener` with `TCP_NODELAY` on every connection, so a streamed answer's first chunk

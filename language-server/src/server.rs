@@ -5,17 +5,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::{DType, Device};
-use dvd_proto::limits::{language_server, tuned_incoming, tuned_server};
-use dvd_proto::tls::{GrpcTls, secure_server};
+use dvd_proto::limits::language_server;
+use dvd_proto::tls::GrpcTls;
+use dvd_serve::{Drain, Harness, Running, StartError, load_blocking};
 use dvd_transport::{
     InboxConfig, InboxRegistry, ListenerConfig, TlsOptions, TransportError, TransportKind,
 };
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::engine::kv::{KvPool, KvPoolConfig};
@@ -59,16 +57,16 @@ pub struct ServeConfig {
     pub grpc_tls: Option<GrpcTls>,
     /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
     pub ops_listen: Option<SocketAddr>,
-    /// How long [`RunningServer::shutdown`] waits for requests in flight.
-    pub drain_timeout: Duration,
+    /// How [`Running::shutdown`] drains.
+    pub drain: Drain,
 }
 
-/// What can stop a server from starting.
+/// What can stop a language server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The gRPC listener's TLS settings are unusable.
-    #[error("{0}")]
-    Tls(String),
+    /// The listeners or tasks could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
     /// The checkpoint could not be resolved or read.
     #[error(transparent)]
     Checkpoint(#[from] dvd_checkpoint::CheckpointError),
@@ -84,56 +82,19 @@ pub enum ServeError {
     /// The settings do not work together.
     #[error("{0}")]
     Config(String),
-    /// A socket or thread could not be set up.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        source: std::io::Error,
-    },
+}
+
+/// What a language server adds to the addresses every server has.
+#[derive(Debug, Clone)]
+pub struct LanguageDetails {
+    /// Bound feature listener address.
+    pub feature_addr: SocketAddr,
+    /// The model directory that was loaded.
+    pub model_dir: PathBuf,
 }
 
 /// A running language server.
-#[derive(Debug)]
-pub struct RunningServer {
-    /// Bound gRPC address.
-    pub grpc_addr: SocketAddr,
-    /// Bound feature listener address.
-    pub feature_addr: SocketAddr,
-    /// Bound ops endpoint address, when one was asked for.
-    pub ops_addr: Option<SocketAddr>,
-    /// The model directory that was loaded.
-    pub model_dir: PathBuf,
-    service: LanguageServer,
-    shutdown: CancellationToken,
-    drain_timeout: Duration,
-    /// The gRPC server, the feature listener and the ops endpoint.
-    tasks: JoinSet<()>,
-}
-
-impl RunningServer {
-    /// The gRPC service (for drain and counters).
-    pub fn service(&self) -> &LanguageServer {
-        &self.service
-    }
-
-    /// Drains, then stops: turns not-ready and refuses new requests (gateways route elsewhere),
-    /// waits up to the drain timeout for the requests in flight to finish, then closes the
-    /// listeners and waits for them.
-    pub async fn shutdown(mut self) {
-        self.service.drain();
-        let service = self.service.clone();
-        dvd_telemetry::drain::drain_then_stop(
-            || service.active_requests(),
-            self.drain_timeout,
-            &self.shutdown,
-            &mut self.tasks,
-        )
-        .await;
-        self.service.close().await;
-    }
-}
+pub type RunningServer = Running<LanguageServer, LanguageDetails>;
 
 /// Loads the model and starts serving.
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
@@ -141,7 +102,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let load_dir = dir.clone();
     let dtype = config.dtype;
     let device = config.device.clone();
-    let (model, tokenizer, format) = tokio::task::spawn_blocking(move || {
+    let (model, tokenizer, format) = load_blocking("loading the language model", move || {
         let options = LoadOptions { dtype, device };
         let model = LanguageModel::load(&load_dir, &options)?;
         let tokenizer = Tokenizer::from_dir(&load_dir)?;
@@ -149,8 +110,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         let format = PromptFormat::for_checkpoint(&json, &tokenizer)?;
         Ok::<_, ServeError>((model, tokenizer, format))
     })
-    .await
-    .map_err(|e| ServeError::Config(format!("model loading panicked: {e}")))??;
+    .await?;
     let model = Arc::new(model);
 
     let pool_config = KvPoolConfig::from_budget(
@@ -173,12 +133,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     eos.dedup();
     let hidden_size = model.config().hidden_size;
     let scheduler = Scheduler::new(model, tokenizer.clone(), pool, eos, config.scheduler);
-    let engine = EngineHandle::start(scheduler).map_err(|source| ServeError::Io {
-        context: "starting the engine thread".into(),
-        source,
-    })?;
+    let engine =
+        EngineHandle::start(scheduler).map_err(StartError::io("starting the engine thread"))?;
 
-    let shutdown = CancellationToken::new();
+    let mut harness = Harness::new();
     let inboxes = InboxRegistry::new(config.inbox.clone());
     let listener = dvd_transport::listen(
         config.transport,
@@ -189,27 +147,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     )
     .await?;
     let feature_addr = listener.local_addr();
-    let mut tasks = JoinSet::new();
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = listener.serve(stop).await {
-            tracing::error!(error = %e, "feature listener failed");
-        }
-    });
+    harness.spawn("feature listener", listener.serve(harness.stop_token()));
 
-    let grpc_listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Io {
-                context: format!("binding gRPC on {}", config.listen),
-                source,
-            })?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| ServeError::Io {
-            context: "reading the gRPC address".into(),
-            source,
-        })?;
     let identity = ServerIdentity {
         model_id: config.model.clone(),
         feature_address: config
@@ -219,50 +158,34 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         feature_transport: config.transport,
         hidden_size,
     };
-    let service = LanguageServer::new(
+    let service = Arc::new(LanguageServer::new(
         engine,
         inboxes,
         tokenizer,
         format,
         config.requests,
         identity,
-    );
-    let ops_addr = dvd_telemetry::ops::start(
-        config.ops_listen,
-        Arc::new(service.clone()),
-        shutdown.clone(),
-        &mut tasks,
-    )
-    .await
-    .map_err(|source| ServeError::Io {
-        context: "binding the ops endpoint".into(),
-        source,
-    })?;
-    let stop = shutdown.clone();
-    let (mut server, peer) =
-        secure_server(tuned_server(), config.grpc_tls.as_ref()).map_err(ServeError::Tls)?;
-    let grpc = server
-        .add_service(InterceptedService::new(
-            language_server(service.clone()),
-            peer,
-        ))
-        .serve_with_incoming_shutdown(tuned_incoming(grpc_listener), async move {
-            stop.cancelled().await;
-        });
-    tasks.spawn(async move {
-        if let Err(e) = grpc.await {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
+    ));
+    let ops_addr = harness
+        .serve_ops(config.ops_listen, service.clone())
+        .await?;
+    let grpc_addr = harness
+        .serve_grpc(config.listen, config.grpc_tls.as_ref(), |peer| {
+            Routes::new(InterceptedService::new(
+                language_server(LanguageServer::clone(&service)),
+                peer,
+            ))
+        })
+        .await?;
     tracing::info!(%grpc_addr, %feature_addr, transport = %config.transport, "language server ready");
-    Ok(RunningServer {
-        grpc_addr,
-        feature_addr,
-        ops_addr,
-        model_dir: dir,
+    Ok(harness.running(
         service,
-        shutdown,
-        drain_timeout: config.drain_timeout,
-        tasks,
-    })
+        grpc_addr,
+        ops_addr,
+        LanguageDetails {
+            feature_addr,
+            model_dir: dir,
+        },
+        config.drain,
+    ))
 }

@@ -4,7 +4,7 @@
 //! gateway role (`dvd-gateway`), so a vision server's certificate cannot drive a language
 //! server. Certificates come from `dvd tls mutual` or the operator's own PKI.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
@@ -39,18 +39,48 @@ pub fn certificate_names_role(
         .map_err(|_| RoleError::OtherRole)
 }
 
+/// Why gRPC TLS settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file holds no PEM block of the kind it should.
+    #[error("{} holds no PEM {what}", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// The PEM label looked for (`CERTIFICATE`, `PRIVATE KEY`).
+        what: &'static str,
+    },
+    /// tonic refused the certificates or key.
+    #[error("gRPC TLS: {0}")]
+    Config(#[from] tonic::transport::Error),
+    /// A peer role is not a DNS name.
+    #[error("peer role {role:?}: {source}")]
+    Role {
+        /// The role given.
+        role: String,
+        /// Why it is not a name.
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+}
+
 /// `server` with `tls`'s server side when given, and the interceptor its services need: only
 /// the gateway's certificate with TLS, anyone without.
 pub fn secure_server(
     server: Server,
     tls: Option<&GrpcTls>,
-) -> Result<(Server, RequirePeer), String> {
+) -> Result<(Server, RequirePeer), TlsError> {
     match tls {
         None => Ok((server, RequirePeer::anyone())),
         Some(tls) => Ok((
-            server
-                .tls_config(tls.server_config())
-                .map_err(|e| format!("gRPC TLS: {e}"))?,
+            server.tls_config(tls.server_config())?,
             RequirePeer::role(GATEWAY_ROLE)?,
         )),
     }
@@ -65,9 +95,12 @@ pub struct GrpcTls {
 
 impl GrpcTls {
     /// Reads the CA certificate(s), this process's certificate chain and its private key.
-    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, String> {
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
         };
         let (ca_pem, cert_pem, key_pem) = (read(ca)?, read(cert)?, read(key)?);
         for (path, pem, what) in [
@@ -76,7 +109,10 @@ impl GrpcTls {
             (key, &key_pem, "PRIVATE KEY"),
         ] {
             if !String::from_utf8_lossy(pem).contains(&format!("{what}-----")) {
-                return Err(format!("{} holds no PEM {what}", path.display()));
+                return Err(TlsError::NotPem {
+                    path: path.to_path_buf(),
+                    what,
+                });
             }
         }
         Ok(Self::from_pem(ca_pem, cert_pem, key_pem))
@@ -116,9 +152,11 @@ pub struct RequirePeer {
 
 impl RequirePeer {
     /// Requires the caller's certificate to name `role` (a DNS name such as `dvd-gateway`).
-    pub fn role(role: &str) -> Result<Self, String> {
-        let name = ServerName::try_from(role.to_owned())
-            .map_err(|e| format!("peer role {role:?}: {e}"))?;
+    pub fn role(role: &str) -> Result<Self, TlsError> {
+        let name = ServerName::try_from(role.to_owned()).map_err(|source| TlsError::Role {
+            role: role.to_owned(),
+            source,
+        })?;
         Ok(Self { role: Some(name) })
     }
 

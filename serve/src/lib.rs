@@ -1,16 +1,24 @@
-//! Operations plumbing shared by the vision server, the language server and the gateway:
+//! What every dvd server (the vision server, the language server, the gateway) shares to run:
 //!
+//! - [`Harness`], [`Running`], [`StartError`]: starting a server's listeners and tasks, and the
+//!   one [`Running::shutdown`] that drains;
 //! - [`Histogram`], [`Outcomes`] and [`Exposition`]: metrics in the Prometheus text format;
 //! - [`ops`]: the HTTP endpoint orchestrators probe and scrape (`/metrics`, `/health/live`,
 //!   `/health/ready`);
-//! - [`drain`]: waiting for requests in flight after a server stopped taking new ones.
+//! - waiting for requests in flight after a server stopped taking new ones (`drain.rs`).
 
-pub mod drain;
+mod drain;
+mod error;
 mod exposition;
+mod harness;
 mod histogram;
 pub mod ops;
 mod outcome;
+mod running;
 
+pub use error::StartError;
 pub use exposition::Exposition;
+pub use harness::{Harness, load_blocking};
 pub use histogram::{BUCKETS, Histogram};
 pub use outcome::{Outcome, Outcomes};
+pub use running::{Drain, Running, Service, StopTaking};

@@ -15,7 +15,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Whether a server takes new work.
@@ -90,23 +89,6 @@ async fn metrics(State(source): State<Arc<dyn OpsSource>>) -> impl IntoResponse 
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         source.metrics(),
     )
-}
-
-/// Binds `addr` (when given) and serves `source` on it on `tasks` until `stop` is cancelled;
-/// the bound address.
-pub async fn start(
-    addr: Option<SocketAddr>,
-    source: Arc<dyn OpsSource>,
-    stop: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) -> std::io::Result<Option<SocketAddr>> {
-    let Some(addr) = addr else {
-        return Ok(None);
-    };
-    let listener = OpsListener::bind(addr).await?;
-    let bound = listener.local_addr();
-    tasks.spawn(listener.serve(source, stop));
-    Ok(Some(bound))
 }
 
 /// A bound ops listener, not yet serving.

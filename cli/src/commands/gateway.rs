@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use dvd_gateway::GatewayConfig;
 use dvd_gateway::server::start;
+use dvd_serve::Drain;
 use serde_json::json;
 
 /// Gateway commands.
@@ -41,10 +42,10 @@ pub struct ServeArgs {
     grpc: Option<SocketAddr>,
     /// On SIGTERM: how long to keep serving while reporting not-ready (`/health/ready` 503), so
     /// load balancers stop sending new clients, seconds.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = Drain::default().delay.as_secs())]
     drain_delay_s: u64,
     /// On SIGTERM, after the delay: the longest wait for responses in flight, seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = Drain::default().timeout.as_secs())]
     drain_timeout_s: u64,
     /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
     #[arg(long)]
@@ -58,22 +59,25 @@ impl ServeArgs {
             super::affinity::pin_process(cpus)?;
         }
         let config = self.gateway_config()?;
-        let delay = Duration::from_secs(self.drain_delay_s);
-        let timeout = Duration::from_secs(self.drain_timeout_s);
+        let drain = self.drain();
         super::serve_until_signal(
-            async move {
-                start(config)
-                    .await
-                    .context("starting the gateway listeners")
-            },
+            async move { start(config, drain).await.context("starting the gateway") },
             |server| {
                 json!({
-                    "http": server.http_addr.to_string(),
+                    "http": server.details.http_addr.to_string(),
                     "grpc": server.grpc_addr.to_string(),
                 })
             },
-            move |server| server.drain_and_shutdown(delay, timeout),
+            |server| server.shutdown(),
         )
+    }
+
+    /// How the gateway drains on SIGTERM.
+    pub fn drain(&self) -> Drain {
+        Drain {
+            delay: Duration::from_secs(self.drain_delay_s),
+            timeout: Duration::from_secs(self.drain_timeout_s),
+        }
     }
 
     /// The configuration file with the listen overrides applied.

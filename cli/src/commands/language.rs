@@ -123,10 +123,10 @@ impl ServeArgs {
             |server| {
                 json!({
                     "grpc": server.grpc_addr.to_string(),
-                    "features": server.feature_addr.to_string(),
+                    "features": server.details.feature_addr.to_string(),
                     "transport": self.transport.to_string(),
                     "ops": server.ops_addr.map(|a| a.to_string()),
-                    "model_dir": server.model_dir.display().to_string(),
+                    "model_dir": server.details.model_dir.display().to_string(),
                     "compute_threads": candle_core::utils::get_num_threads(),
                 })
             },
@@ -164,7 +164,7 @@ impl ServeArgs {
                 .take()
                 .map(|server| server.require_clients(ca, Some(VISION_ROLE)))
                 .transpose()?;
-            grpc_tls = Some(GrpcTls::from_files(ca, cert, key).map_err(anyhow::Error::msg)?);
+            grpc_tls = Some(GrpcTls::from_files(ca, cert, key)?);
         }
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
@@ -194,7 +194,7 @@ impl ServeArgs {
             },
             inbox: InboxConfig::default(),
             ops_listen: self.ops.ops_listen,
-            drain_timeout: self.ops.drain_timeout(),
+            drain: self.ops.drain(),
         };
         Ok(config)
     }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use dvd_serve::Drain;
 
 /// `--ops-listen` and `--drain-timeout-s`.
 #[derive(Debug, Clone, Args)]
@@ -13,13 +14,16 @@ pub struct OpsArgs {
     #[arg(long)]
     pub ops_listen: Option<SocketAddr>,
     /// On SIGTERM: the longest wait for requests in flight before stopping anyway, seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = Drain::default().timeout.as_secs())]
     pub drain_timeout_s: u64,
 }
 
 impl OpsArgs {
-    /// The drain timeout.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout_s)
+    /// How the server drains on SIGTERM.
+    pub fn drain(&self) -> Drain {
+        Drain {
+            timeout: Duration::from_secs(self.drain_timeout_s),
+            ..Drain::default()
+        }
     }
 }

@@ -148,12 +148,17 @@ impl Launch {
                 Ok((json_str(&ready, "http"), json_str(&ready, "grpc")))
             }
             Self::InProcess(servers) => {
-                let config =
-                    super::parse_args::<super::gateway::ServeArgs>(&args[2..])?.gateway_config()?;
+                let serve = super::parse_args::<super::gateway::ServeArgs>(&args[2..])?;
                 let gateway = rt
-                    .block_on(dvd_gateway::server::start(config))
-                    .context("starting the gateway listeners")?;
-                let addrs = (gateway.http_addr.to_string(), gateway.grpc_addr.to_string());
+                    .block_on(dvd_gateway::server::start(
+                        serve.gateway_config()?,
+                        serve.drain(),
+                    ))
+                    .context("starting the gateway")?;
+                let addrs = (
+                    gateway.details.http_addr.to_string(),
+                    gateway.grpc_addr.to_string(),
+                );
                 servers.gateway = Some(gateway);
                 Ok(addrs)
             }

@@ -109,7 +109,7 @@ impl ServeArgs {
                 json!({
                     "grpc": server.grpc_addr.to_string(),
                     "ops": server.ops_addr.map(|a| a.to_string()),
-                    "model_dir": server.model_dir.display().to_string(),
+                    "model_dir": server.details.model_dir.display().to_string(),
                     "compute_threads": candle_core::utils::get_num_threads(),
                 })
             },
@@ -133,9 +133,7 @@ impl ServeArgs {
             },
         };
         let grpc_tls = match (&self.tls_client_ca, &self.tls_cert, &self.tls_key) {
-            (Some(ca), Some(cert), Some(key)) => {
-                Some(GrpcTls::from_files(ca, cert, key).map_err(anyhow::Error::msg)?)
-            }
+            (Some(ca), Some(cert), Some(key)) => Some(GrpcTls::from_files(ca, cert, key)?),
             _ => None,
         };
         let device = self.compute.open()?;
@@ -165,7 +163,7 @@ impl ServeArgs {
             },
             sender: SenderConfig::default(),
             ops_listen: self.ops.ops_listen,
-            drain_timeout: self.ops.drain_timeout(),
+            drain: self.ops.drain(),
         };
         Ok(config)
     }

@@ -22,8 +22,8 @@ use dvd_proto::language::v1::{
     CancelRequest, CancelResponse, GenerateEvent, GenerateRequest, HealthRequest, HealthResponse,
     StatsRequest, StatsResponse,
 };
-use dvd_telemetry::ops::{OpsSource, Readiness};
-use dvd_telemetry::{Exposition, Histogram, Outcome, Outcomes};
+use dvd_serve::ops::{OpsSource, Readiness};
+use dvd_serve::{Exposition, Histogram, Outcome, Outcomes, Service, StopTaking};
 use dvd_transport::{InboxRegistry, RequestId, TransportKind};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -102,22 +102,26 @@ impl LanguageServer {
             }),
         }
     }
+}
+
+impl Service for LanguageServer {
+    const STOP_TAKING: StopTaking = StopTaking::ByRefusing;
 
     /// Refuses new requests from now on (in-flight ones finish); `Health` reports `DRAINING`.
-    pub fn drain(&self) {
+    fn drain(&self) {
         self.inner.draining.store(true, Ordering::Release);
     }
 
+    /// Requests with a live `Generate` stream.
+    fn in_flight(&self) -> usize {
+        self.inner.active().len()
+    }
+
     /// Refuses new requests and waits until every feature forwarding task has ended.
-    pub async fn close(&self) {
+    async fn close(&self) {
         self.drain();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-    }
-
-    /// Requests with a live `Generate` stream.
-    pub fn active_requests(&self) -> usize {
-        self.inner.active().len()
     }
 }
 
@@ -195,7 +199,7 @@ impl OpsSource for LanguageServer {
         .gauge(
             "dvd_language_active_requests",
             "Generate streams open.",
-            self.active_requests() as f64,
+            self.in_flight() as f64,
         )
         .gauge(
             "dvd_language_draining",

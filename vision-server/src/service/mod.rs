@@ -20,8 +20,8 @@ use dvd_proto::vision::v1::vision_service_server::VisionService;
 use dvd_proto::vision::v1::{
     EncodeEvent, EncodeRequest, HealthRequest, HealthResponse, StatsRequest, StatsResponse,
 };
-use dvd_telemetry::ops::{OpsSource, Readiness};
-use dvd_telemetry::{Exposition, Histogram, Outcome, Outcomes};
+use dvd_serve::ops::{OpsSource, Readiness};
+use dvd_serve::{Exposition, Histogram, Outcome, Outcomes, Service, StopTaking};
 use dvd_transport::{FeatureSender, TransportKind};
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
@@ -123,24 +123,28 @@ impl VisionServer {
             }),
         }
     }
+}
+
+impl Service for VisionServer {
+    const STOP_TAKING: StopTaking = StopTaking::ByRefusing;
 
     /// Refuses new requests from now on; `Health` reports `DRAINING`.
-    pub fn drain(&self) {
+    fn drain(&self) {
         self.inner.draining.store(true, Ordering::Release);
-    }
-
-    /// Refuses new requests and waits for every request in flight to end.
-    pub async fn close(&self) {
-        self.drain();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
     }
 
     /// Requests admitted and not yet done: waiting for or in preprocessing, or encoding and
     /// sending their features.
-    pub fn in_flight(&self) -> usize {
+    fn in_flight(&self) -> usize {
         self.inner.pending.load(Ordering::Acquire)
             + self.inner.queued_requests.load(Ordering::Acquire)
+    }
+
+    /// Refuses new requests and waits for every request in flight to end.
+    async fn close(&self) {
+        self.drain();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 }
 

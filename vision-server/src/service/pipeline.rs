@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use dvd_proto::vision::v1::{
     EncodeDone, EncodeEvent, ImagePlanned, ImageSummary, StageTimings, TileSent, encode_event,
 };
-use dvd_telemetry::Outcome;
+use dvd_serve::Outcome;
 use dvd_transport::{FeatureStream, Tile, TilePosition};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
