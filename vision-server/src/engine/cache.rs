@@ -56,6 +56,9 @@ pub struct FeatureCache {
 }
 
 impl FeatureCache {
+    /// The capacity a vision server's cache gets unless told otherwise (`--cache-mib`).
+    pub const DEFAULT_CAPACITY: u64 = 512 << 20;
+
     /// An empty cache holding at most `capacity` bytes (0 disables it).
     pub fn new(capacity: u64) -> Self {
         Self {

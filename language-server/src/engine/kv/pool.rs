@@ -24,6 +24,11 @@ pub struct KvPoolConfig {
 }
 
 impl KvPoolConfig {
+    /// The KV cache a language server gets unless told otherwise (`--kv-cache-mib`).
+    pub const DEFAULT_BUDGET_BYTES: usize = 1024 << 20;
+    /// Token positions per block unless told otherwise (`--block-size`).
+    pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
     /// Bytes one block takes over all layers, keys and values, in `dtype`.
     pub fn bytes_per_block(model: &LanguageConfig, block_size: usize, dtype: DType) -> usize {
         2 * model.num_layers
