@@ -102,3 +102,125 @@ impl<S: Service, D> Running<S, D> {
         self.service.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::time::{Instant, sleep};
+
+    use super::*;
+    use crate::Harness;
+
+    /// A service whose in-flight count the test sets, recording what the harness did to it.
+    #[derive(Debug, Default)]
+    struct Fake<const CLOSING: bool> {
+        in_flight: AtomicUsize,
+        drained: AtomicBool,
+        closed: AtomicBool,
+    }
+
+    impl<const CLOSING: bool> Service for Fake<CLOSING> {
+        const STOP_TAKING: StopTaking = match CLOSING {
+            true => StopTaking::ByClosingListeners,
+            false => StopTaking::ByRefusing,
+        };
+        fn drain(&self) {
+            self.drained.store(true, Ordering::Release);
+        }
+        fn in_flight(&self) -> usize {
+            self.in_flight.load(Ordering::Acquire)
+        }
+        async fn close(&self) {
+            self.closed.store(true, Ordering::Release);
+        }
+    }
+
+    /// A server over `service` with one "listener" task that notes when it was told to stop.
+    struct Started<S> {
+        running: Running<S>,
+        stopped_at: Arc<Mutex<Option<Instant>>>,
+    }
+
+    fn start<S: Service>(service: Arc<S>, delay_ms: u64, timeout_ms: u64) -> Started<S> {
+        let mut harness = Harness::new();
+        let stopped_at = Arc::new(Mutex::new(None));
+        let (token, noted) = (harness.stop_token(), stopped_at.clone());
+        harness.spawn("listener", async move {
+            token.cancelled().await;
+            *noted.lock().map_err(|_| "poisoned")? = Some(Instant::now());
+            Ok::<(), &str>(())
+        });
+        let drain = Drain {
+            delay: Duration::from_millis(delay_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        Started {
+            running: harness.running(service, addr, None, (), drain),
+            stopped_at,
+        }
+    }
+
+    fn stopped(at: &Mutex<Option<Instant>>) -> Option<Instant> {
+        *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    #[tokio::test]
+    async fn a_refusing_service_keeps_its_listeners_until_its_requests_end() {
+        let service = Arc::new(Fake::<false>::default());
+        service.in_flight.store(2, Ordering::Release);
+        let server = start(service.clone(), 0, 30_000);
+        let ended = async {
+            sleep(Duration::from_millis(300)).await;
+            assert!(service.drained.load(Ordering::Acquire));
+            assert_eq!(
+                stopped(&server.stopped_at),
+                None,
+                "closed with requests in flight"
+            );
+            service.in_flight.store(0, Ordering::Release);
+            Instant::now()
+        };
+        let ((), ended) = tokio::join!(server.running.shutdown(), ended);
+        let closed = stopped(&server.stopped_at).expect("the listener was stopped");
+        assert!(closed >= ended);
+        assert!(service.closed.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn a_closing_service_closes_its_listeners_after_the_delay_then_waits() {
+        let service = Arc::new(Fake::<true>::default());
+        service.in_flight.store(1, Ordering::Release);
+        let began = Instant::now();
+        let server = start(service.clone(), 200, 30_000);
+        let ended = async {
+            sleep(Duration::from_millis(600)).await;
+            service.in_flight.store(0, Ordering::Release);
+            Instant::now()
+        };
+        let ((), ended) = tokio::join!(server.running.shutdown(), ended);
+        let closed = stopped(&server.stopped_at).expect("the listener was stopped");
+        assert!(
+            closed - began >= Duration::from_millis(200),
+            "closed before the delay"
+        );
+        assert!(closed < ended, "kept listening while its request ran");
+        assert!(Instant::now() >= ended, "did not wait for the request");
+        assert!(service.closed.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn the_drain_timeout_bounds_the_wait() {
+        let service = Arc::new(Fake::<false>::default());
+        service.in_flight.store(1, Ordering::Release);
+        let began = Instant::now();
+        let server = start(service.clone(), 0, 200);
+        server.running.shutdown().await;
+        let closed = stopped(&server.stopped_at).expect("the listener was stopped");
+        assert!(closed - began >= Duration::from_millis(200));
+        assert!(service.closed.load(Ordering::Acquire));
+    }
+}
