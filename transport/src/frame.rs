@@ -89,14 +89,8 @@ pub struct FrameHeader {
     pub dtype: u8,
     /// The request the frame belongs to.
     pub request_id: RequestId,
-    /// Position of the image in the request.
-    pub image_index: u16,
-    /// Images in the request.
-    pub image_count: u16,
-    /// Position of the tile in its image.
-    pub tile_index: u16,
-    /// Tiles of the image.
-    pub tile_count: u16,
+    /// Where the tile sits in the request (zero for frames that carry no tile).
+    pub position: TilePosition,
     /// Feature rows in the tile; for `End`, the number of tiles sent.
     pub tokens: u32,
     /// Feature columns.
@@ -124,10 +118,7 @@ impl FrameHeader {
             kind: FrameKind::Tile,
             dtype: Dtype::Bf16 as u8,
             request_id,
-            image_index: tile.image_index,
-            image_count: tile.image_count,
-            tile_index: tile.tile_index,
-            tile_count: tile.tile_count,
+            position: tile.position(),
             tokens: tile.tokens,
             hidden: tile.hidden,
             sequence,
@@ -157,10 +148,7 @@ impl FrameHeader {
             kind,
             dtype: 0,
             request_id,
-            image_index: 0,
-            image_count: 0,
-            tile_index: 0,
-            tile_count: 0,
+            position: TilePosition::default(),
             tokens,
             hidden: 0,
             sequence,
@@ -177,10 +165,11 @@ impl FrameHeader {
         b[6] = self.kind as u8;
         b[7] = self.dtype;
         b[8..24].copy_from_slice(&self.request_id.to_le_bytes());
-        b[24..26].copy_from_slice(&self.image_index.to_le_bytes());
-        b[26..28].copy_from_slice(&self.image_count.to_le_bytes());
-        b[28..30].copy_from_slice(&self.tile_index.to_le_bytes());
-        b[30..32].copy_from_slice(&self.tile_count.to_le_bytes());
+        let p = &self.position;
+        b[24..26].copy_from_slice(&p.image_index.to_le_bytes());
+        b[26..28].copy_from_slice(&p.image_count.to_le_bytes());
+        b[28..30].copy_from_slice(&p.tile_index.to_le_bytes());
+        b[30..32].copy_from_slice(&p.tile_count.to_le_bytes());
         b[32..36].copy_from_slice(&self.tokens.to_le_bytes());
         b[36..40].copy_from_slice(&self.hidden.to_le_bytes());
         b[40..44].copy_from_slice(&self.sequence.to_le_bytes());
@@ -213,10 +202,12 @@ impl FrameHeader {
             kind: FrameKind::from_u8(b[6])?,
             dtype: b[7],
             request_id: RequestId::from_le_bytes(id),
-            image_index: u16_at(b, 24),
-            image_count: u16_at(b, 26),
-            tile_index: u16_at(b, 28),
-            tile_count: u16_at(b, 30),
+            position: TilePosition {
+                image_index: u16_at(b, 24),
+                image_count: u16_at(b, 26),
+                tile_index: u16_at(b, 28),
+                tile_count: u16_at(b, 30),
+            },
             tokens: u32_at(b, 32),
             hidden: u32_at(b, 36),
             sequence: u32_at(b, 40),
@@ -247,19 +238,20 @@ impl FrameHeader {
                 if self.dtype != Dtype::Bf16 as u8 {
                     return Err(FrameError::UnsupportedDtype(self.dtype));
                 }
-                if self.image_count == 0
-                    || self.image_index >= self.image_count
-                    || self.tile_count == 0
-                    || self.tile_index >= self.tile_count
+                let p = &self.position;
+                if p.image_count == 0
+                    || p.image_index >= p.image_count
+                    || p.tile_count == 0
+                    || p.tile_index >= p.tile_count
                     || self.tokens == 0
                     || self.hidden == 0
                 {
                     return Err(FrameError::InvalidTile(format!(
                         "image {}/{} tile {}/{} tokens {} hidden {}",
-                        self.image_index,
-                        self.image_count,
-                        self.tile_index,
-                        self.tile_count,
+                        p.image_index,
+                        p.image_count,
+                        p.tile_index,
+                        p.tile_count,
                         self.tokens,
                         self.hidden
                     )));
@@ -355,7 +347,14 @@ impl Tile {
         hidden: u32,
         data: Bytes,
     ) -> Result<Self, FrameError> {
-        let tile = Self {
+        let tile = Self::unchecked(position, tokens, hidden, data);
+        FrameHeader::tile_unsummed(RequestId(0), 0, &tile).check_fields()?;
+        Ok(tile)
+    }
+
+    /// A tile from parts whose shape and indices the caller has checked.
+    pub(crate) fn unchecked(position: TilePosition, tokens: u32, hidden: u32, data: Bytes) -> Self {
+        Self {
             image_index: position.image_index,
             image_count: position.image_count,
             tile_index: position.tile_index,
@@ -363,9 +362,7 @@ impl Tile {
             tokens,
             hidden,
             data,
-        };
-        FrameHeader::tile_unsummed(RequestId(0), 0, &tile).check_fields()?;
-        Ok(tile)
+        }
     }
 
     /// The values as BF16 (a copy; the payload may not be 2-byte aligned).
@@ -400,7 +397,7 @@ impl std::fmt::Debug for Tile {
 }
 
 /// Where a tile sits in its request: which image, which tile of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TilePosition {
     /// Position of the image in the request.
     pub image_index: u16,
@@ -474,7 +471,7 @@ mod tests {
         ));
         assert!(matches!(h.check_size(10), Err(FrameError::TooLarge { .. })));
         let mut h = FrameHeader::tile(RequestId(1), 0, &t);
-        h.tile_index = 7;
+        h.position.tile_index = 7;
         assert!(matches!(h.check_fields(), Err(FrameError::InvalidTile(_))));
         let mut h = FrameHeader::tile(RequestId(1), 0, &t);
         h.dtype = 7;

@@ -145,28 +145,18 @@ mod tests {
     #[tokio::test]
     async fn truncation_inside_header_and_payload() {
         let (bytes, _) = frame_bytes();
-        let mut r = std::io::Cursor::new(bytes[..30].to_vec());
-        assert_eq!(
-            read_frame(&mut r, 1 << 20, &BufferPool::new(1))
-                .await
-                .unwrap_err()
-                .0,
-            FrameError::Truncated {
-                expected: 64,
-                received: 30
+        let cut = |len: usize| {
+            let mut r = std::io::Cursor::new(bytes[..len].to_vec());
+            async move {
+                read_frame(&mut r, 1 << 20, &BufferPool::new(1))
+                    .await
+                    .unwrap_err()
+                    .0
             }
-        );
-        let mut r = std::io::Cursor::new(bytes[..70].to_vec());
-        assert_eq!(
-            read_frame(&mut r, 1 << 20, &BufferPool::new(1))
-                .await
-                .unwrap_err()
-                .0,
-            FrameError::Truncated {
-                expected: 12,
-                received: 6
-            }
-        );
+        };
+        let truncated = |expected, received| FrameError::Truncated { expected, received };
+        assert_eq!(cut(30).await, truncated(64, 30));
+        assert_eq!(cut(70).await, truncated(12, 6));
     }
 
     #[tokio::test]

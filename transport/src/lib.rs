@@ -5,12 +5,15 @@
 //! - [`FeatureSender`] / [`FeatureStream`]: how a vision server sends a request's tiles.
 //! - [`FeatureListener`] + [`InboxRegistry`] / [`Inbox`]: how a language server receives them,
 //!   tile by tile and in order, while later tiles are still on the wire.
+//! - [`reply`]: the receiver's one reply per request: its wire format, the listener side that
+//!   writes replies and the sending side that awaits them.
 //! - [`tcp`] and [`quic`]: the two implementations; [`connect`] and [`listen`] pick one.
 //!
 //! Bad input on the wire yields a typed error ([`FrameError`], [`InboxError`], a [`Reply`] status
 //! for the sender) for the request or connection concerned; nothing panics and other requests
 //! keep going.
 
+mod accept;
 pub mod api;
 pub mod checksum;
 pub mod error;
@@ -21,13 +24,11 @@ pub mod inbox;
 mod io;
 mod pool;
 pub mod quic;
-mod replies;
 pub mod reply;
 pub mod request_id;
 mod session;
 pub mod stats;
 pub mod tcp;
-mod verdict;
 mod wire;
 
 use std::net::SocketAddr;

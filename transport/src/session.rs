@@ -169,15 +169,8 @@ impl Session {
         req.next_seq += 1;
         match h.kind {
             FrameKind::Tile => {
-                let tile = Tile {
-                    image_index: h.image_index,
-                    image_count: h.image_count,
-                    tile_index: h.tile_index,
-                    tile_count: h.tile_count,
-                    tokens: h.tokens,
-                    hidden: h.hidden,
-                    data: frame.payload,
-                };
+                // check_fields passed above.
+                let tile = Tile::unchecked(h.position, h.tokens, h.hidden, frame.payload);
                 match req.attachment.deliver(tile) {
                     Ok(_complete) => req.tiles += 1,
                     Err((status, msg)) => {

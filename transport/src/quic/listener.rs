@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{QuicTuning, ServerTls};
+use crate::accept::accept_until;
 use crate::api::{FeatureListener, ListenerConfig, TransportKind};
 use crate::error::{Result, TransportError};
 use crate::inbox::InboxRegistry;
-use crate::replies::write_replies;
+use crate::reply::write_replies;
 use crate::session::{Receiving, Session};
 use crate::stats::ListenerStats;
 
@@ -78,22 +79,13 @@ impl FeatureListener for QuicFeatureListener {
     }
 
     async fn serve(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
-        let connections = TaskTracker::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                incoming = self.endpoint.accept() => match incoming {
-                    Some(incoming) => {
-                        let stop = shutdown.child_token();
-                        connections.spawn(serve_connection(incoming, self.receiving.clone(), stop));
-                    }
-                    None => break,
-                },
-            }
-        }
-        self.endpoint.close(0u32.into(), b"shutting down");
-        connections.close();
-        connections.wait().await;
+        accept_until(
+            &shutdown,
+            || self.endpoint.accept(),
+            |incoming, stop| serve_connection(incoming, self.receiving.clone(), stop),
+            || self.endpoint.close(0u32.into(), b"shutting down"),
+        )
+        .await;
         Ok(())
     }
 }

@@ -16,9 +16,8 @@ use crate::api::{
 };
 use crate::error::{Result, TransportError};
 use crate::frame::{FrameHeader, MAX_ABORT_REASON, Tile};
-use crate::reply::{Reply, cut_utf8};
+use crate::reply::{Reply, ReplyAwaiter, cut_utf8};
 use crate::request_id::RequestId;
-use crate::verdict::Verdict;
 
 /// How long a refused stream waits for the receiver's explanation after its writes were stopped.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
@@ -157,7 +156,7 @@ impl FeatureSender for QuicFeatureSender {
             sequence: 0,
             tiles: 0,
             bytes: 0,
-            verdict: Verdict::new(destination.address.clone(), request, reply),
+            awaiter: ReplyAwaiter::new(destination.address.clone(), request, reply),
             reply_timeout: self.config.reply_timeout,
             liveness,
         }))
@@ -219,7 +218,7 @@ struct QuicFeatureStream {
     sequence: u32,
     tiles: u32,
     bytes: u64,
-    verdict: Verdict,
+    awaiter: ReplyAwaiter,
     reply_timeout: Duration,
     liveness: Liveness,
 }
@@ -235,7 +234,7 @@ impl QuicFeatureStream {
     /// Waits up to `limit` for the receiver's reply.
     async fn await_reply(&mut self, limit: Duration) -> Result<Reply> {
         let reply = self
-            .verdict
+            .awaiter
             .wait(limit)
             .await?
             .ok_or_else(|| self.lost("stream closed without a reply".into()))?;
@@ -253,7 +252,7 @@ impl QuicFeatureStream {
             Err(quinn::WriteError::Stopped(_)) => {
                 // The receiver refused the request; its reply says why.
                 let reply = self.await_reply(REFUSAL_GRACE).await?;
-                Err(self.verdict.refuse(reply))
+                Err(self.awaiter.refuse(reply))
             }
             Err(e) => Err(self.lost(e.to_string())),
         }
@@ -268,7 +267,7 @@ impl FeatureStream for QuicFeatureStream {
 
     async fn send(&mut self, tile: Tile) -> Result<()> {
         // A closed reply channel needs no check here: the next write says why.
-        self.verdict.check()?;
+        self.awaiter.check()?;
         let header = FrameHeader::tile(self.id, self.sequence, &tile);
         header.check_fields()?;
         let len = tile.data.len() as u64;
@@ -279,12 +278,12 @@ impl FeatureStream for QuicFeatureStream {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Delivery> {
-        self.verdict.check()?;
+        self.awaiter.check()?;
         let header = FrameHeader::end(self.id, self.sequence, self.tiles);
         self.write(header, Bytes::new()).await?;
         let _ = self.send.finish();
         let reply = self.await_reply(self.reply_timeout).await?;
-        self.verdict.conclude(reply, self.bytes)
+        self.awaiter.conclude(reply, self.bytes)
     }
 
     async fn abort(mut self: Box<Self>, reason: &str) -> Result<()> {

@@ -7,12 +7,12 @@ use async_trait::async_trait;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::accept::accept_until;
 use crate::api::{FeatureListener, ListenerConfig, TransportKind};
 use crate::error::{Result, TransportError};
 use crate::inbox::InboxRegistry;
-use crate::replies::write_replies;
+use crate::reply::write_replies;
 use crate::session::{Receiving, Session};
 use crate::stats::ListenerStats;
 
@@ -43,6 +43,20 @@ impl TcpFeatureListener {
             receiving: Receiving::new(registry, config),
         })
     }
+
+    /// The next connection; a failed accept is retried after a pause.
+    async fn accept(&self) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            match self.listener.accept().await {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "feature listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -60,27 +74,12 @@ impl FeatureListener for TcpFeatureListener {
     }
 
     async fn serve(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
-        let connections = TaskTracker::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        self.receiving.stats.connection();
-                        self.receiving.stats.stream();
-                        let stop = shutdown.child_token();
-                        connections.spawn(serve_connection(stream, peer, self.receiving.clone(), stop));
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "feature listener accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-        connections.close();
-        connections.wait().await;
+        let serve = |(stream, peer), stop| {
+            self.receiving.stats.connection();
+            self.receiving.stats.stream();
+            serve_connection(stream, peer, self.receiving.clone(), stop)
+        };
+        accept_until(&shutdown, || self.accept(), serve, || {}).await;
         Ok(())
     }
 }

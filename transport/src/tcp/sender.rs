@@ -16,9 +16,8 @@ use crate::api::{
 };
 use crate::error::{Result, TransportError};
 use crate::frame::{FrameHeader, MAX_ABORT_REASON, Tile};
-use crate::reply::{Reply, ReplyStatus, cut_utf8};
+use crate::reply::{Pending, Reply, ReplyAwaiter, ReplyStatus, cut_utf8};
 use crate::request_id::RequestId;
-use crate::verdict::{Pending, Verdict};
 
 /// Sends features over TCP, one pooled connection per destination.
 #[derive(Debug)]
@@ -102,7 +101,7 @@ impl FeatureSender for TcpFeatureSender {
         let (tx, reply) = oneshot::channel();
         lock(&link.waiting).insert(request, tx);
         Ok(Box::new(TcpFeatureStream {
-            verdict: Verdict::new(link.destination.clone(), request, reply),
+            awaiter: ReplyAwaiter::new(link.destination.clone(), request, reply),
             link,
             id: request,
             sequence: 0,
@@ -233,7 +232,7 @@ struct TcpFeatureStream {
     sequence: u32,
     tiles: u32,
     bytes: u64,
-    verdict: Verdict,
+    awaiter: ReplyAwaiter,
     reply_timeout: std::time::Duration,
     tasks: TaskTracker,
 }
@@ -241,7 +240,7 @@ struct TcpFeatureStream {
 impl TcpFeatureStream {
     /// Fails if the receiver refused the request or the connection is gone.
     fn check_reply(&mut self) -> Result<()> {
-        match self.verdict.check()? {
+        match self.awaiter.check()? {
             Pending::Listening if !self.link.is_broken() => Ok(()),
             _ => Err(self.link.lost()),
         }
@@ -275,10 +274,10 @@ impl FeatureStream for TcpFeatureStream {
         self.check_reply()?;
         let header = FrameHeader::end(self.id, self.sequence, self.tiles);
         self.write(header, &[]).await?;
-        let reply = self.verdict.wait(self.reply_timeout).await;
+        let reply = self.awaiter.wait(self.reply_timeout).await;
         lock(&self.link.waiting).remove(&self.id);
         match reply? {
-            Some(reply) => self.verdict.conclude(reply, self.bytes),
+            Some(reply) => self.awaiter.conclude(reply, self.bytes),
             None => Err(self.link.lost()),
         }
     }
@@ -295,7 +294,7 @@ impl Drop for TcpFeatureStream {
     /// A stream dropped before `finish` or `abort` aborts its request, in the background.
     fn drop(&mut self) {
         let waiting = lock(&self.link.waiting).remove(&self.id).is_some();
-        if waiting && !self.verdict.refused() && tokio::runtime::Handle::try_current().is_ok() {
+        if waiting && !self.awaiter.refused() && tokio::runtime::Handle::try_current().is_ok() {
             let reason = b"sender dropped the stream";
             let header = FrameHeader::abort(self.id, self.sequence, reason);
             let link = self.link.clone();

@@ -1,10 +1,10 @@
-//! Writing a session's replies back to the sender.
+//! The receiving side of replies: writing a session's replies back to the sender.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::reply::Reply;
+use super::Reply;
 
 /// Writes replies from `rx` until every sender is gone or `stop` is cancelled, then writes what is
 /// still queued and shuts the writer down (for QUIC this finishes the stream).

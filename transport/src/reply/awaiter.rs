@@ -1,25 +1,25 @@
-//! The receiver's single reply to a request, as a sending stream sees it: a refusal that may come
-//! early (fail the next `send` fast) or the verdict that ends `finish`.
+//! The sending side of a reply: a stream awaiting the receiver's single reply to its request,
+//! a refusal that may come early (fail the next `send` fast) or the verdict that ends `finish`.
 
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::{Reply, ReplyStatus};
 use crate::api::Delivery;
 use crate::error::{Result, TransportError};
-use crate::reply::{Reply, ReplyStatus};
 use crate::request_id::RequestId;
 
 /// Where a stream's reply arrives, and what it has said so far.
 #[derive(Debug)]
-pub(crate) struct Verdict {
+pub(crate) struct ReplyAwaiter {
     destination: String,
     request: RequestId,
     rx: oneshot::Receiver<Reply>,
     refused: Option<Reply>,
 }
 
-/// What [`Verdict::check`] found when no refusal had arrived.
+/// What [`ReplyAwaiter::check`] found when no refusal had arrived.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pending {
     /// The reply channel is open: nothing said yet.
@@ -28,7 +28,7 @@ pub(crate) enum Pending {
     Closed,
 }
 
-impl Verdict {
+impl ReplyAwaiter {
     pub(crate) fn new(
         destination: String,
         request: RequestId,

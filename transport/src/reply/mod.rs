@@ -1,8 +1,16 @@
 //! Replies from a feature receiver to a sender: one per request, `Ok` after its `End` frame or an
 //! error the first time something goes wrong with it.
 //!
-//! Layout (little-endian): magic `DVDR` (4), version (2), status (2), request id (16), frames
-//! accepted (4), message length (4), then the UTF-8 message (at most [`MAX_MESSAGE`] bytes).
+//! This file is the wire format. Layout (little-endian): magic `DVDR` (4), version (2), status
+//! (2), request id (16), frames accepted (4), message length (4), then the UTF-8 message (at most
+//! [`MAX_MESSAGE`] bytes). The receiver writes a session's replies with `writer`; a sending
+//! stream awaits its request's reply with `awaiter`.
+
+mod awaiter;
+mod writer;
+
+pub(crate) use awaiter::{Pending, ReplyAwaiter};
+pub(crate) use writer::write_replies;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
