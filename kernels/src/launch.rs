@@ -6,6 +6,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Result, Shape, Storage, StorageRef, Tensor, bail};
 use half::bf16;
 
+use crate::tables::{DevicePagedTables, DeviceRowSlots};
+
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 const ELEMENTWISE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/elementwise.ptx"));
 const ATTENTION_MODULE: &str = "dvd_attention";
@@ -44,13 +46,20 @@ fn check_u32(t: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A contiguous bf16 tensor of `shape` whose contents the next kernel overwrites.
-pub fn uninit_bf16(device: &Device, shape: impl Into<Shape>) -> Result<Tensor> {
+/// A contiguous bf16 tensor of `shape` on a CUDA device, its contents left uninitialised.
+///
+/// # Safety
+///
+/// Every element must be written (by the kernels the tensor is handed to) before anything reads
+/// it: reading an element first returns whatever the allocation held, which no host check can
+/// catch.
+#[allow(unsafe_code)]
+pub unsafe fn uninit_bf16(device: &Device, shape: impl Into<Shape>) -> Result<Tensor> {
     let Device::Cuda(dev) = device else {
         bail!("dvd-kernels: uninit_bf16 needs a CUDA device");
     };
     let shape = shape.into();
-    // SAFETY: every element is written by the kernel that receives the tensor before any read.
+    // SAFETY: the caller writes every element before any read (this function's contract).
     let slice = unsafe { dev.alloc::<bf16>(shape.elem_count().max(1)) }?;
     let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
     Ok(Tensor::from_storage(
@@ -61,8 +70,14 @@ pub fn uninit_bf16(device: &Device, shape: impl Into<Shape>) -> Result<Tensor> {
     ))
 }
 
-fn uninit_f32(dev: &CudaDevice, len: usize) -> Result<Tensor> {
-    // SAFETY: the split workspace is written by paged_decode before paged_combine reads it.
+/// An f32 workspace of `len` values, its contents left uninitialised.
+///
+/// # Safety
+///
+/// As for [`uninit_bf16`]: every value must be written before it is read.
+#[allow(unsafe_code)]
+unsafe fn uninit_f32(dev: &CudaDevice, len: usize) -> Result<Tensor> {
+    // SAFETY: the caller writes every value before any read (this function's contract).
     let slice = unsafe { dev.alloc::<f32>(len.max(1)) }?;
     let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
     Ok(Tensor::from_storage(
@@ -279,33 +294,21 @@ pub fn flash_attention(
     b.arg(&scale).arg(&causal);
     // SAFETY: argument order and types match flash_attention_d{64,128}; the views were
     // bounds-checked above for every row and head the grid touches.
+    #[allow(unsafe_code)]
     unsafe { b.launch(cfg) }.w()?;
     Ok(())
 }
 
-/// Which query rows attend over which cached positions, for [`paged_attention`].
-#[derive(Debug, Clone, Copy)]
-pub struct PagedQuery<'a> {
-    /// Rows of `q`/`out` to compute, u32 `[n]`.
-    pub rows: &'a Tensor,
-    /// Sequence (row of `tables`) of each, u32 `[n]`.
-    pub sequences: &'a Tensor,
-    /// Position of each: it sees cached positions `0..=position`, u32 `[n]`.
-    pub positions: &'a Tensor,
-    /// Block ids per sequence, u32 `[sequences, max_blocks]`.
-    pub tables: &'a Tensor,
-    /// Positions per block.
-    pub block_size: usize,
-}
-
 /// Attention of single query rows over a paged KV pool (decode): `q` and `out` are
-/// `[tokens, heads * head_dim]`, `pool_k`/`pool_v` are `[kv_heads, slots, head_dim]`. Long
-/// contexts of few rows are split over several CTAs and merged. Writes the selected rows of `out`.
+/// `[tokens, heads * head_dim]`, `pool_k`/`pool_v` are `[kv_heads, slots, head_dim]`, and
+/// `tables` (checked on the host against at most this many rows and slots) says which rows
+/// attend over which cached positions. Long contexts of few rows are split over several CTAs
+/// and merged. Writes the selected rows of `out`.
 pub fn paged_attention(
     q: &Tensor,
     pool_k: &Tensor,
     pool_v: &Tensor,
-    query: PagedQuery<'_>,
+    tables: &DevicePagedTables,
     out: &Tensor,
     heads: usize,
     scale: f32,
@@ -315,10 +318,10 @@ pub fn paged_attention(
     check_bf16(pool_k, "pool keys")?;
     check_bf16(pool_v, "pool values")?;
     for (t, what) in [
-        (query.rows, "rows"),
-        (query.sequences, "sequences"),
-        (query.positions, "positions"),
-        (query.tables, "block tables"),
+        (&tables.rows, "rows"),
+        (&tables.sequences, "sequences"),
+        (&tables.positions, "positions"),
+        (&tables.tables, "block tables"),
     ] {
         check_u32(t, what)?;
     }
@@ -340,14 +343,18 @@ pub fn paged_attention(
     if width != heads * d || out.dims2()? != (tokens, width) {
         bail!("dvd-kernels: q and out must be [tokens, {}]", heads * d);
     }
-    let n = query.rows.dim(0)?;
-    if query.sequences.dim(0)? != n || query.positions.dim(0)? != n {
-        bail!("dvd-kernels: rows, sequences and positions differ in length");
+    if tokens < tables.bounds.rows || slots < tables.bounds.pool_slots {
+        bail!(
+            "dvd-kernels: paged tables checked for {} rows and {} pool slots, given {tokens} and {slots}",
+            tables.bounds.rows,
+            tables.bounds.pool_slots
+        );
     }
+    let n = tables.len();
     if n == 0 {
         return Ok(());
     }
-    let (_, max_blocks) = query.tables.dims2()?;
+    let (_, max_blocks) = tables.tables.dims2()?;
     let dev = cuda_device(q)?;
     let func = dev.get_or_load_custom_func(
         &format!("paged_decode_d{d}_g{group}"),
@@ -356,19 +363,25 @@ pub fn paged_attention(
     )?;
     // Split long contexts of few rows so that ~2 CTAs per SM (of 132) run; a split keeps at
     // least 64 keys, so the merge stays cheap.
-    let max_keys = max_blocks * query.block_size;
+    let max_keys = max_blocks * tables.block_size;
     let ctas = n * kv_heads;
     let wanted = 264usize.div_ceil(ctas.max(1));
     let splits = wanted.min(max_keys.div_ceil(64)).max(1);
     let per_split = max_keys.div_ceil(splits).max(1);
     let heads_total = n * heads;
-    let (ws_acc, ws_ml) = if splits > 1 {
-        (
-            uninit_f32(&dev, heads_total * splits * d)?,
-            uninit_f32(&dev, heads_total * splits * 2)?,
-        )
-    } else {
-        (uninit_f32(&dev, 1)?, uninit_f32(&dev, 1)?)
+    // SAFETY: with several splits, paged_decode writes every value of the workspace (each CTA
+    // its accumulator and max/sum for each of its heads) before paged_combine reads it; with one
+    // split the workspace is never touched.
+    #[allow(unsafe_code)]
+    let (ws_acc, ws_ml) = unsafe {
+        if splits > 1 {
+            (
+                uninit_f32(&dev, heads_total * splits * d)?,
+                uninit_f32(&dev, heads_total * splits * 2)?,
+            )
+        } else {
+            (uninit_f32(&dev, 1)?, uninit_f32(&dev, 1)?)
+        }
     };
     let cfg = LaunchConfig {
         grid_dim: (n as u32, kv_heads as u32, splits as u32),
@@ -377,7 +390,7 @@ pub fn paged_attention(
     };
     let row = width as i64;
     let pool_slots = slots as i64;
-    let (max_blocks, block_size) = (max_blocks as i32, query.block_size as i32);
+    let (max_blocks, block_size) = (max_blocks as i32, tables.block_size as i32);
     let (splits_i, per_split) = (splits as i32, per_split as i32);
     let bf = [q, pool_k, pool_v, out].map(|t| Operand::new(t, 0));
     let (qv, kv, vv, ov) = (
@@ -386,9 +399,14 @@ pub fn paged_attention(
         bf[2].view::<bf16>()?,
         bf[3].view::<bf16>()?,
     );
-    let index =
-        [query.tables, query.rows, query.sequences, query.positions].map(|t| Operand::new(t, 0));
-    let (tables, rows, seqs, pos) = (
+    let index = [
+        &tables.tables,
+        &tables.rows,
+        &tables.sequences,
+        &tables.positions,
+    ]
+    .map(|t| Operand::new(t, 0));
+    let (table_view, rows, seqs, pos) = (
         index[0].view::<u32>()?,
         index[1].view::<u32>()?,
         index[2].view::<u32>()?,
@@ -398,15 +416,18 @@ pub fn paged_attention(
     let (wa, wm) = (ws[0].view::<f32>()?, ws[1].view::<f32>()?);
     let mut b = func.builder();
     b.arg(&qv).arg(&row).arg(&kv).arg(&vv).arg(&pool_slots);
-    b.arg(&tables).arg(&max_blocks).arg(&block_size);
+    b.arg(&table_view).arg(&max_blocks).arg(&block_size);
     b.arg(&rows).arg(&seqs).arg(&pos).arg(&ov).arg(&row);
     b.arg(&wa)
         .arg(&wm)
         .arg(&splits_i)
         .arg(&per_split)
         .arg(&scale);
-    // SAFETY: arguments match paged_decode_d{D}_g{G}; block ids and positions come from the
-    // caller's reserved blocks (checked there).
+    // SAFETY: arguments match paged_decode_d{D}_g{G}. `tables` was built by PagedTables::new,
+    // which checked every row against `bounds.rows`, every sequence against the tables, every
+    // position against its sequence's blocks and every block id against `bounds.pool_slots`;
+    // q, out and the pools were checked above to be at least that large.
+    #[allow(unsafe_code)]
     unsafe { b.launch(cfg) }.w()?;
     if splits > 1 {
         let combine =
@@ -420,7 +441,9 @@ pub fn paged_attention(
         let d = d as i32;
         b.arg(&wa).arg(&wm).arg(&rows).arg(&ov).arg(&row);
         b.arg(&d).arg(&splits_i);
-        // SAFETY: matches paged_combine; the workspace was sized above.
+        // SAFETY: matches paged_combine; the workspace was sized above and the rows checked
+        // as for paged_decode.
+        #[allow(unsafe_code)]
         unsafe { b.launch(cfg) }.w()?;
     }
     Ok(())
@@ -441,7 +464,10 @@ fn elementwise(name: &str, inputs: &[&Tensor], cols: usize) -> Result<Tensor> {
     if !cols.is_multiple_of(8) || !y.elem_count().is_multiple_of(cols) {
         bail!("dvd-kernels: {name} needs a width that is a multiple of 8 and divides the input");
     }
-    let out = uninit_bf16(y.device(), y.shape().clone())?;
+    // SAFETY: the kernel below writes every element (one CTA per row, every column); with no
+    // rows there is nothing to read.
+    #[allow(unsafe_code)]
+    let out = unsafe { uninit_bf16(y.device(), y.shape().clone()) }?;
     let dev = cuda_device(y)?;
     let func = dev.get_or_load_custom_func(name, ELEMENTWISE_MODULE, ELEMENTWISE_PTX)?;
     let rows = y.elem_count() / cols;
@@ -469,6 +495,7 @@ fn elementwise(name: &str, inputs: &[&Tensor], cols: usize) -> Result<Tensor> {
     b.arg(&cols_i);
     // SAFETY: the operands (inputs, then the output) and their sizes were checked against the
     // kernel's signature above.
+    #[allow(unsafe_code)]
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     drop(views);
@@ -508,10 +535,9 @@ pub struct QkNormRope<'a> {
     pub cos: &'a Tensor,
     /// RoPE sines per position.
     pub sin: &'a Tensor,
-    /// Position of each row, u32 `[tokens]`.
-    pub positions: &'a Tensor,
-    /// Pool slot of each row, u32 `[tokens]`.
-    pub slots: &'a Tensor,
+    /// Position and pool slot of each row (checked on the host against at most this many
+    /// RoPE positions and pool slots).
+    pub rows: &'a DeviceRowSlots,
 }
 
 /// Qwen3's per-head q/k RMSNorm and RoPE, and the write of the keys and values into their
@@ -529,8 +555,8 @@ pub fn qk_norm_rope_cache(p: QkNormRope<'_>, pool_k: &Tensor, pool_v: &Tensor) -
     ] {
         check_bf16(t, what)?;
     }
-    check_u32(p.positions, "positions")?;
-    check_u32(p.slots, "slots")?;
+    check_u32(&p.rows.positions, "positions")?;
+    check_u32(&p.rows.slots, "slots")?;
     if d != 64 && d != 128 {
         bail!("dvd-kernels: qk_norm_rope_cache supports head_dim 64 and 128, not {d}");
     }
@@ -548,14 +574,25 @@ pub fn qk_norm_rope_cache(p: QkNormRope<'_>, pool_k: &Tensor, pool_v: &Tensor) -
     if p.q_weight.elem_count() != d || p.k_weight.elem_count() != d {
         bail!("dvd-kernels: norm weights must have {d} values");
     }
-    if p.positions.dim(0)? != tokens || p.slots.dim(0)? != tokens {
+    if p.rows.len() != tokens {
         bail!("dvd-kernels: one position and one slot per row");
     }
     let (pool_heads, pool_slots, pool_d) = pool_k.dims3()?;
     if (pool_heads, pool_d) != (kv, d) || pool_v.dims3()? != (kv, pool_slots, d) {
         bail!("dvd-kernels: pools must be [{kv}, slots, {d}]");
     }
-    let q = uninit_bf16(p.qkv.device(), (tokens, h * d))?;
+    let bounds = p.rows.bounds;
+    if max_positions < bounds.rope_positions || pool_slots < bounds.pool_slots {
+        bail!(
+            "dvd-kernels: row slots checked for {} RoPE positions and {} pool slots, given {max_positions} and {pool_slots}",
+            bounds.rope_positions,
+            bounds.pool_slots
+        );
+    }
+    // SAFETY: the kernel below writes both halves of every query head of every row; with no
+    // rows there is nothing to read.
+    #[allow(unsafe_code)]
+    let q = unsafe { uninit_bf16(p.qkv.device(), (tokens, h * d)) }?;
     if tokens == 0 {
         return Ok(q);
     }
@@ -574,7 +611,7 @@ pub fn qk_norm_rope_cache(p: QkNormRope<'_>, pool_k: &Tensor, pool_v: &Tensor) -
     ]
     .map(|t| Operand::new(t, 0));
     let v = bf16_views(&bf)?;
-    let index = [p.positions, p.slots].map(|t| Operand::new(t, 0));
+    let index = [&p.rows.positions, &p.rows.slots].map(|t| Operand::new(t, 0));
     let (pos, slots) = (index[0].view::<u32>()?, index[1].view::<u32>()?);
     let mut b = func.builder();
     b.arg(&v[0]).arg(&row).arg(&hi).arg(&kvi).arg(&di);
@@ -585,8 +622,11 @@ pub fn qk_norm_rope_cache(p: QkNormRope<'_>, pool_k: &Tensor, pool_v: &Tensor) -
         .arg(&v[6])
         .arg(&v[7])
         .arg(&pool_slots);
-    // SAFETY: matches qk_norm_rope_cache; positions index the RoPE tables (checked by the
-    // caller against the model's maximum) and slots the pool.
+    // SAFETY: matches qk_norm_rope_cache. `p.rows` was built by RowSlots::new, which checked
+    // every position against `bounds.rope_positions` and every slot against
+    // `bounds.pool_slots`; the RoPE tables and pools were checked above to be at least that
+    // large, and there is one position and slot per qkv row.
+    #[allow(unsafe_code)]
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     drop((v, pos, slots));
@@ -603,7 +643,9 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     if !double.is_multiple_of(4) {
         bail!("dvd-kernels: silu_mul needs an even width, got {double} / 2");
     }
-    let out = uninit_bf16(gate_up.device(), (rows, width))?;
+    // SAFETY: the kernel below writes every element; with no rows there is nothing to read.
+    #[allow(unsafe_code)]
+    let out = unsafe { uninit_bf16(gate_up.device(), (rows, width)) }?;
     if rows == 0 {
         return Ok(out);
     }
@@ -616,6 +658,7 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     let mut b = func.builder();
     b.arg(&g).arg(&o).arg(&rows_i).arg(&width_i);
     // SAFETY: matches silu_mul; both tensors were sized above.
+    #[allow(unsafe_code)]
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     drop(held);
@@ -632,8 +675,15 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, weight: &Tensor, eps: f32) -> Result
     if y.dims2()? != (rows, cols) || weight.elem_count() != cols || !cols.is_multiple_of(2) {
         bail!("dvd-kernels: add_rms_norm needs x and y [rows, cols] (cols even) and weight [cols]");
     }
-    let sum = uninit_bf16(x.device(), (rows, cols))?;
-    let normed = uninit_bf16(x.device(), (rows, cols))?;
+    // SAFETY: the kernel below writes every element of both (one CTA per row, every column);
+    // with no rows there is nothing to read.
+    #[allow(unsafe_code)]
+    let (sum, normed) = unsafe {
+        (
+            uninit_bf16(x.device(), (rows, cols))?,
+            uninit_bf16(x.device(), (rows, cols))?,
+        )
+    };
     if rows == 0 {
         return Ok((sum, normed));
     }
@@ -651,6 +701,7 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, weight: &Tensor, eps: f32) -> Result
     b.arg(&v[0]).arg(&v[1]).arg(&v[2]).arg(&v[3]).arg(&v[4]);
     b.arg(&cols_i).arg(&eps);
     // SAFETY: matches add_rms_norm; every operand was checked against [rows, cols].
+    #[allow(unsafe_code)]
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     drop(v);

@@ -8,8 +8,17 @@
 //! compiles that for the GPU at first use). Every entry point takes bf16 tensors on a CUDA
 //! device; callers check [`fused_ok`] first and keep their generic path otherwise, so the CPU
 //! build and non-bf16 runs are unchanged.
+//!
+//! The index tables the paged kernels follow (block tables, pool slots, positions, rows) are
+//! checked on the host before upload ([`RowSlots`], [`PagedTables`]); the kernels take only
+//! their checked, uploaded forms. That part is built (and tested) without `cuda` too. Unsafe
+//! code is allowed only on the items and statements that need it, each with its reason.
 
-#![cfg_attr(feature = "cuda", allow(unsafe_code))]
+mod tables;
+pub use tables::{
+    DevicePagedTables, DeviceRowSlots, IndexError, PagedBounds, PagedRow, PagedTables, RowSlot,
+    RowSlotBounds, RowSlots,
+};
 
 #[cfg(feature = "cuda")]
 mod launch;

@@ -50,13 +50,16 @@ struct LtContext {
 
 // SAFETY: a cuBLASLt handle may be used from any thread; every GEMM on it is enqueued on the
 // device's one stream, which also orders the uses of the shared workspace.
+#[allow(unsafe_code)]
 unsafe impl Send for LtContext {}
 // SAFETY: as above; the algorithm map is behind a mutex.
+#[allow(unsafe_code)]
 unsafe impl Sync for LtContext {}
 
 impl Drop for LtContext {
     fn drop(&mut self) {
         // SAFETY: the handle was created by `create_handle` and is destroyed once.
+        #[allow(unsafe_code)]
         let _ = unsafe { result::destroy_handle(self.handle) };
     }
 }
@@ -72,6 +75,7 @@ fn context(dev: &CudaDevice) -> Result<Arc<LtContext>> {
     }
     let handle = result::create_handle().map_err(lt_error)?;
     // SAFETY: cuBLASLt writes the workspace before reading it.
+    #[allow(unsafe_code)]
     let workspace = unsafe { dev.alloc::<u8>(WORKSPACE_BYTES) }?;
     let ctx = Arc::new(LtContext {
         handle,
@@ -94,18 +98,21 @@ struct Pref(sys::cublasLtMatmulPreference_t);
 impl Drop for Layout {
     fn drop(&mut self) {
         // SAFETY: created by `create_matrix_layout`, destroyed once.
+        #[allow(unsafe_code)]
         let _ = unsafe { result::destroy_matrix_layout(self.0) };
     }
 }
 impl Drop for Desc {
     fn drop(&mut self) {
         // SAFETY: created by `create_matmul_desc`, destroyed once.
+        #[allow(unsafe_code)]
         let _ = unsafe { result::destroy_matmul_desc(self.0) };
     }
 }
 impl Drop for Pref {
     fn drop(&mut self) {
         // SAFETY: created by `create_matmul_pref`, destroyed once.
+        #[allow(unsafe_code)]
         let _ = unsafe { result::destroy_matmul_pref(self.0) };
     }
 }
@@ -125,15 +132,16 @@ fn layout(rows: usize, cols: usize, ld: usize) -> Result<Layout> {
 /// Sets one attribute of a matmul descriptor from a plain value.
 fn set_desc<T>(desc: &Desc, attr: sys::cublasLtMatmulDescAttributes_t, value: &T) -> Result<()> {
     // SAFETY: `value` is a live `T` and cuBLASLt copies `size_of::<T>()` bytes from it.
-    unsafe {
+    #[allow(unsafe_code)]
+    let set = unsafe {
         result::set_matmul_desc_attribute(
             desc.0,
             attr,
             (value as *const T).cast::<c_void>(),
             size_of::<T>(),
         )
-    }
-    .map_err(lt_error)
+    };
+    set.map_err(lt_error)
 }
 
 /// `x W^T + bias` with `epilogue`, plus `residual` when given (the sum is rounded to bf16
@@ -173,7 +181,10 @@ pub fn linear_epilogue(
             bail!("dvd-kernels: GELU and a residual cannot share one epilogue");
         }
     }
-    let y = uninit_bf16(x.device(), shape)?;
+    // SAFETY: the GEMM below writes every element of `y` (`rows x out`); when either is zero
+    // there are no elements.
+    #[allow(unsafe_code)]
+    let y = unsafe { uninit_bf16(x.device(), shape) }?;
     if rows > 0 && out > 0 {
         let gemm = Gemm {
             rows,
@@ -304,6 +315,7 @@ fn enqueue(
             let pref = result::create_matmul_pref().map(Pref).map_err(lt_error)?;
             let bytes = WORKSPACE_BYTES;
             // SAFETY: `bytes` is a live usize; cuBLASLt copies it.
+            #[allow(unsafe_code)]
             unsafe {
                 result::set_matmul_pref_attribute(
                     pref.0,
@@ -320,6 +332,7 @@ fn enqueue(
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
             ] {
                 // SAFETY: `align` is a live u32; cuBLASLt copies it.
+                #[allow(unsafe_code)]
                 unsafe {
                     result::set_matmul_pref_attribute(
                         pref.0,
@@ -331,6 +344,7 @@ fn enqueue(
                 .map_err(lt_error)?;
             }
             // SAFETY: every descriptor is live and describes the operands above.
+            #[allow(unsafe_code)]
             let found = unsafe {
                 result::get_matmul_algo_heuristic(ctx.handle, desc.0, a.0, b.0, d.0, d.0, pref.0)
             }
@@ -348,6 +362,7 @@ fn enqueue(
     };
     // SAFETY: the layouts match the operands' checked shapes; every pointer is held for the
     // call (the guards above) and the workspace is the context's, sized WORKSPACE_BYTES.
+    #[allow(unsafe_code)]
     unsafe {
         result::matmul(
             ctx.handle,

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Result, Tensor};
 use dvd_nn::Norm;
 use dvd_nn::kernels::{
-    AttentionDims, HeadView, PagedQuery, QkNormRope, add_rms_norm, flash_attention,
+    AttentionDims, DevicePagedTables, DeviceRowSlots, HeadView, IndexError, PagedBounds, PagedRow,
+    PagedTables, QkNormRope, RowSlot, RowSlotBounds, RowSlots, add_rms_norm, flash_attention,
     paged_attention, qk_norm_rope_cache, silu_mul, uninit_bf16,
 };
 
@@ -29,23 +30,21 @@ struct PagedBatch {
     /// RoPE tables of every position, `[max_positions, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
-    /// Rows' positions, u32 `[tokens]`.
-    positions: Tensor,
-    /// Pool slot of each new row, u32 `[tokens]`.
-    slots: Tensor,
-    /// Spans attended with flash attention: (span, cached positions before it, pool slots of
-    /// every position up to its end).
-    flash: Vec<(Span, usize, Tensor)>,
-    /// Rows attended with the paged kernel.
-    paged: Option<PagedRows>,
+    /// Every row's position and pool slot, checked against the RoPE tables and the pool.
+    rows: DeviceRowSlots,
+    /// Spans attended with flash attention.
+    flash: Vec<FlashSpan>,
+    /// Rows attended with the paged kernel, and the block tables they read.
+    paged: Option<DevicePagedTables>,
 }
 
-struct PagedRows {
-    rows: Tensor,
-    sequences: Tensor,
-    positions: Tensor,
-    tables: Tensor,
-    block_size: usize,
+/// A prefill chunk long enough for flash attention.
+struct FlashSpan {
+    span: Span,
+    /// Positions cached before the chunk.
+    past: usize,
+    /// Pool slots of every position up to the chunk's end, u32.
+    gather: Tensor,
 }
 
 /// cos/sin for every position up to the model's maximum, on the device.
@@ -136,18 +135,15 @@ impl LanguageModel {
     ) -> std::result::Result<PagedBatch, ModelError> {
         let device = x.device();
         let tokens = x.dim(0)?;
-        let mut positions = Vec::with_capacity(tokens);
-        let mut slots = Vec::with_capacity(tokens);
+        let mut new_rows = Vec::with_capacity(tokens);
         let mut flash = Vec::new();
-        let (mut rows, mut sequences, mut row_positions) = (Vec::new(), Vec::new(), Vec::new());
+        let mut queries = Vec::new();
         let block_size = caches[0].block_size();
-        let max_blocks = caches
-            .iter()
-            .map(|c| c.block_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut tables = vec![0u32; spans.len() * max_blocks];
+        let (pool_k, _) = caches[0]
+            .pool_layer(0)
+            .ok_or_else(|| ModelError::InvalidInput("KV pool has no layer 0".into()))?;
+        let pool_slots = pool_k.dim(1)?;
+        let mut next_row = 0;
         for (s, (span, cache)) in spans.iter().zip(caches).enumerate() {
             let past = cache.cached();
             let blocks = cache.block_ids();
@@ -156,6 +152,13 @@ impl LanguageModel {
                     "caches from different pools".into(),
                 ));
             }
+            // The output is written span by span, so the spans must cover its rows.
+            if span.start != next_row {
+                return Err(ModelError::InvalidInput(
+                    "spans must cover the batch's rows back to back".into(),
+                ));
+            }
+            next_row += span.len;
             if past + span.len > blocks.len() * block_size {
                 return Err(ModelError::InvalidInput(format!(
                     "KV cache: {} positions but only {} reserved",
@@ -163,24 +166,34 @@ impl LanguageModel {
                     blocks.len() * block_size
                 )));
             }
-            tables[s * max_blocks..s * max_blocks + blocks.len()].copy_from_slice(blocks);
             let slot =
                 |p: usize| blocks[p / block_size] * block_size as u32 + (p % block_size) as u32;
             for p in past..past + span.len {
-                positions.push(p as u32);
-                slots.push(slot(p));
+                new_rows.push(RowSlot {
+                    position: p as u32,
+                    slot: slot(p),
+                });
             }
             if span.len >= FLASH_MIN_ROWS {
                 let index: Vec<u32> = (0..past + span.len).map(slot).collect();
                 let gather = Tensor::from_vec(index, past + span.len, device)?;
-                flash.push((*span, past, gather));
+                flash.push(FlashSpan {
+                    span: *span,
+                    past,
+                    gather,
+                });
             } else {
-                for j in 0..span.len {
-                    rows.push((span.start + j) as u32);
-                    sequences.push(s as u32);
-                    row_positions.push((past + j) as u32);
-                }
+                queries.extend((0..span.len).map(|j| PagedRow {
+                    row: (span.start + j) as u32,
+                    sequence: s as u32,
+                    position: (past + j) as u32,
+                }));
             }
+        }
+        if next_row != tokens {
+            return Err(ModelError::InvalidInput(
+                "spans must cover the batch's rows back to back".into(),
+            ));
         }
         let (cos_table, sin_table) = self.rope_table.get(
             &self.rope,
@@ -188,26 +201,39 @@ impl LanguageModel {
             x.dtype(),
             device,
         )?;
-        let positions = Tensor::from_vec(positions, tokens, device)?;
-        let paged = match rows.len() {
-            0 => None,
-            n => Some(PagedRows {
-                rows: Tensor::from_vec(rows, n, device)?,
-                sequences: Tensor::from_vec(sequences, n, device)?,
-                positions: Tensor::from_vec(row_positions, n, device)?,
-                tables: Tensor::from_vec(tables, (spans.len(), max_blocks), device)?,
-                block_size,
-            }),
+        let row_bounds = RowSlotBounds {
+            rope_positions: cos_table.dim(0)?,
+            pool_slots,
+        };
+        let rows = RowSlots::new(&new_rows, row_bounds).map_err(index_error)?;
+        // Checked even without paged rows: every block id in the pool keeps the flash spans'
+        // gathers inside it too.
+        let blocks: Vec<&[u32]> = caches.iter().map(|c| c.block_ids()).collect();
+        let bounds = PagedBounds {
+            rows: tokens,
+            pool_slots,
+        };
+        let tables =
+            PagedTables::new(&blocks, block_size, &queries, bounds).map_err(index_error)?;
+        let paged = if tables.is_empty() {
+            None
+        } else {
+            Some(tables.upload(device)?)
         };
         Ok(PagedBatch {
             cos: cos_table.clone(),
             sin: sin_table.clone(),
-            positions,
-            slots: Tensor::from_vec(slots, tokens, device)?,
+            rows: rows.upload(device)?,
             flash,
             paged,
         })
     }
+}
+
+/// A host-side index table that would send a kernel outside a buffer: the caches disagree with
+/// their pool.
+fn index_error(e: IndexError) -> ModelError {
+    ModelError::InvalidInput(format!("KV cache: {e}"))
 }
 
 /// `x + branch` (when there is a branch) and its RMSNorm, fused.
@@ -257,15 +283,18 @@ fn attend(
             eps: *eps,
             cos: &batch.cos,
             sin: &batch.sin,
-            positions: &batch.positions,
-            slots: &batch.slots,
+            rows: &batch.rows,
         },
         pool_k,
         pool_v,
     )?;
-    let out = uninit_bf16(x.device(), (tokens, h * d))?;
+    // SAFETY: every row of `out` is written below, every head: `plan` checked that the spans
+    // cover the rows back to back, and each span's rows go either to flash attention (the
+    // whole span) or to the paged kernel (one query row each).
+    #[allow(unsafe_code)]
+    let out = unsafe { uninit_bf16(x.device(), (tokens, h * d)) }?;
     let scale = (d as f32).powf(-0.5);
-    for (span, past, gather) in &batch.flash {
+    for FlashSpan { span, past, gather } in &batch.flash {
         let dims = AttentionDims {
             batch: 1,
             q_len: span.len,
@@ -297,15 +326,8 @@ fn attend(
             true,
         )?;
     }
-    if let Some(p) = &batch.paged {
-        let query = PagedQuery {
-            rows: &p.rows,
-            sequences: &p.sequences,
-            positions: &p.positions,
-            tables: &p.tables,
-            block_size: p.block_size,
-        };
-        paged_attention(&q, pool_k, pool_v, query, &out, h, scale)?;
+    if let Some(tables) = &batch.paged {
+        paged_attention(&q, pool_k, pool_v, tables, &out, h, scale)?;
     }
     a.o.forward(&out)
 }
