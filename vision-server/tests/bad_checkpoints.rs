@@ -2,21 +2,17 @@
 //! Checkpoints that disagree with their config, damaged files and unusable configs fail with an
 //! error that names the tensor, file or field; vision loading never reads language tensors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use dvd_vision_server::model::{LoadOptions, ModelError, VisionModel};
 use safetensors::tensor::{Dtype, TensorView};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model")
-        .join(name)
-}
+use crate::common::{load_model, model_fixture};
 
 /// A scratch copy of a fixture checkpoint.
 fn copy_of(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+    for entry in std::fs::read_dir(model_fixture(name)).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
@@ -27,21 +23,46 @@ fn load(dir: &Path) -> Result<VisionModel, ModelError> {
     VisionModel::load(dir, &LoadOptions::default())
 }
 
-/// Rewrites `file` with `edit` applied to its `(name, dtype, shape, bytes)` entries.
-fn rewrite(file: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+/// One tensor of a safetensors file, as stored.
+struct StoredTensor {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+/// Rewrites `file` with `edit` applied to its tensors.
+fn rewrite(file: &Path, edit: impl FnOnce(&mut Vec<StoredTensor>)) {
     let bytes = std::fs::read(file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<_> = st
+    let mut tensors: Vec<StoredTensor> = st
         .tensors()
         .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .map(|(name, v)| StoredTensor {
+            name,
+            dtype: v.dtype(),
+            shape: v.shape().to_vec(),
+            data: v.data().to_vec(),
+        })
         .collect();
-    edit(&mut entries);
-    let views: Vec<(String, TensorView)> = entries
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|t| {
+            let view = TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap();
+            (t.name.clone(), view)
+        })
         .collect();
     std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Stores tensor `name` of the checkpoint in `dir` as BOOL, a dtype dvd cannot read.
+fn store_as_bool(dir: &Path, name: &str) {
+    rewrite(&dir.join("model.safetensors"), |tensors| {
+        let t = tensors.iter_mut().find(|t| t.name == name).unwrap();
+        t.dtype = Dtype::BOOL;
+        t.data = vec![0u8; t.shape.iter().product()];
+    });
 }
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -56,12 +77,19 @@ fn error_of(dir: &Path) -> String {
     load(dir).unwrap_err().to_string()
 }
 
+/// The load error of fixture `name` with `edit` applied to its `config.json`.
+fn error_with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = copy_of(name);
+    edit_config(dir.path(), edit);
+    error_of(dir.path())
+}
+
 #[test]
 fn missing_tensor_is_named() {
     let dir = copy_of("vit300m-hf");
     let gone = "model.vision_tower.encoder.layer.1.mlp.fc2.weight";
     rewrite(&dir.path().join("model.safetensors"), |e| {
-        e.retain(|t| t.0 != gone)
+        e.retain(|t| t.name != gone)
     });
     let err = error_of(dir.path());
     assert!(err.contains(gone) && err.contains("no tensor"), "{err}");
@@ -72,8 +100,8 @@ fn wrong_shape_is_named() {
     let dir = copy_of("vit300m-hf");
     let name = "model.multi_modal_projector.linear_1.weight";
     rewrite(&dir.path().join("model.safetensors"), |e| {
-        let t = e.iter_mut().find(|t| t.0 == name).unwrap();
-        t.2 = vec![t.2[1], t.2[0]];
+        let t = e.iter_mut().find(|t| t.name == name).unwrap();
+        t.shape = vec![t.shape[1], t.shape[0]];
     });
     let err = error_of(dir.path());
     assert!(err.contains(name) && err.contains("shape"), "{err}");
@@ -81,11 +109,9 @@ fn wrong_shape_is_named() {
 
 #[test]
 fn config_that_disagrees_with_the_weights_names_a_tensor() {
-    let dir = copy_of("vit6b-custom-bf16");
-    edit_config(dir.path(), |j| {
+    let err = error_with_config("vit6b-custom-bf16", |j| {
         j["vision_config"]["intermediate_size"] = 96.into()
     });
-    let err = error_of(dir.path());
     assert!(
         err.contains("mlp.fc1.weight") && err.contains("[96, 32]"),
         "{err}"
@@ -96,12 +122,7 @@ fn config_that_disagrees_with_the_weights_names_a_tensor() {
 fn language_tensors_are_never_read() {
     // A language tensor in a dtype dvd cannot read: loading the vision half must not touch it.
     let dir = copy_of("vit300m-hf");
-    let name = "model.language_model.embed_tokens.weight";
-    rewrite(&dir.path().join("model.safetensors"), |e| {
-        let t = e.iter_mut().find(|t| t.0 == name).unwrap();
-        t.1 = Dtype::BOOL;
-        t.3 = vec![0u8; t.2.iter().product()];
-    });
+    store_as_bool(dir.path(), "model.language_model.embed_tokens.weight");
     load(dir.path()).unwrap();
 }
 
@@ -109,11 +130,7 @@ fn language_tensors_are_never_read() {
 fn unsupported_stored_dtype_is_named() {
     let dir = copy_of("vit300m-hf");
     let name = "model.vision_tower.embeddings.cls_token";
-    rewrite(&dir.path().join("model.safetensors"), |e| {
-        let t = e.iter_mut().find(|t| t.0 == name).unwrap();
-        t.1 = Dtype::BOOL;
-        t.3 = vec![0u8; t.2.iter().product()];
-    });
+    store_as_bool(dir.path(), name);
     let err = error_of(dir.path());
     assert!(err.contains(name) && err.contains("BOOL"), "{err}");
 }
@@ -163,37 +180,27 @@ fn shard_index_cannot_escape_the_directory() {
 
 #[test]
 fn config_problems_are_named() {
-    let dir = copy_of("vit300m-hf");
-    edit_config(dir.path(), |j| {
+    let err = error_with_config("vit300m-hf", |j| {
         j["vision_config"]["hidden_size"] = "wide".into()
     });
-    let err = error_of(dir.path());
     assert!(
         err.contains("vision_config.hidden_size") && err.contains("config.json"),
         "{err}"
     );
-
-    let dir = copy_of("vit300m-hf");
-    edit_config(dir.path(), |j| {
+    let err = error_with_config("vit300m-hf", |j| {
         j["vision_config"]["hidden_act"] = "relu".into()
     });
-    assert!(error_of(dir.path()).contains("hidden_act"));
-
-    let dir = copy_of("vit300m-hf");
-    edit_config(dir.path(), |j| {
+    assert!(err.contains("hidden_act"));
+    let err = error_with_config("vit300m-hf", |j| {
         *j = serde_json::json!({"model_type": "llama"})
     });
-    assert!(error_of(dir.path()).contains("not an InternVL config"));
-
-    let dir = copy_of("vit300m-hf");
-    edit_config(dir.path(), |j| {
+    assert!(err.contains("not an InternVL config"));
+    let err = error_with_config("vit300m-hf", |j| {
         j["vision_config"]["num_attention_heads"] = 5.into()
     });
-    assert!(error_of(dir.path()).contains("not divisible by 5 heads"));
-
-    let dir = copy_of("vit6b-custom-bf16");
-    edit_config(dir.path(), |j| j["select_layer"] = 7.into());
-    assert!(error_of(dir.path()).contains("select_layer = 7"));
+    assert!(err.contains("not divisible by 5 heads"));
+    let err = error_with_config("vit6b-custom-bf16", |j| j["select_layer"] = 7.into());
+    assert!(err.contains("select_layer = 7"));
 
     let dir = copy_of("vit300m-hf");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
@@ -208,14 +215,14 @@ fn config_problems_are_named() {
 fn checkpoint_without_a_vision_tower_is_refused() {
     let dir = copy_of("vit300m-hf");
     rewrite(&dir.path().join("model.safetensors"), |e| {
-        e.retain(|t| !t.0.starts_with("model.vision_tower."))
+        e.retain(|t| !t.name.starts_with("model.vision_tower."))
     });
     assert!(error_of(dir.path()).contains("holds no InternViT"));
 }
 
 #[test]
 fn bad_pixel_values_are_refused() {
-    let model = load(&fixture("vit300m-hf")).unwrap();
+    let model = load_model("vit300m-hf", candle_core::DType::F32);
     let pv = candle_core::Tensor::zeros(
         (2, 3, 50, 50),
         candle_core::DType::F32,

@@ -7,38 +7,24 @@
 //! real InternViT always is (1025 rows per tile). The fixtures' tiles have 17 rows, so every batch
 //! here holds at least 5 tiles.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{DType, Device, Tensor};
-use dvd_checkpoint::Checkpoint;
-use dvd_vision_server::engine::{EncodeJob, EncodedChunk, EncoderConfig, EncoderHandle};
-use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
+use candle_core::{DType, Tensor};
+use dvd_vision_server::engine::{
+    EncodeJob, EncodedChunk, EncoderConfig, EncoderHandle, EncoderOutput,
+};
+use dvd_vision_server::model::{Routing, VisionModel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model")
-        .join(name)
-}
-
-fn pixel_values() -> Tensor {
-    Checkpoint::open_file(&fixture("pixel_values.safetensors"))
-        .unwrap()
-        .load("pixel_values", DType::F32, &Device::Cpu)
-        .unwrap()
-}
+use crate::common::{load_model, reference_pixel_values};
 
 fn job(
     pixels: Tensor,
     model: &VisionModel,
     routing: Routing,
-) -> (
-    EncodeJob,
-    mpsc::UnboundedReceiver<Result<EncodedChunk, String>>,
-) {
+) -> (EncodeJob, mpsc::UnboundedReceiver<EncoderOutput>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let job = EncodeJob {
         pixel_values: pixels,
@@ -51,9 +37,7 @@ fn job(
 }
 
 /// Every chunk of a job until its channel closes.
-async fn chunks(
-    mut rx: mpsc::UnboundedReceiver<Result<EncodedChunk, String>>,
-) -> Vec<EncodedChunk> {
+async fn chunks(mut rx: mpsc::UnboundedReceiver<EncoderOutput>) -> Vec<EncodedChunk> {
     let mut out = Vec::new();
     while let Some(chunk) = rx.recv().await {
         out.push(chunk.unwrap());
@@ -72,9 +56,8 @@ fn values(tiles: &[Tensor]) -> Vec<f32> {
 
 #[tokio::test]
 async fn requests_batched_together_get_their_features_alone_bit_for_bit() {
-    let model =
-        Arc::new(VisionModel::load(&fixture("flash-custom"), &LoadOptions::default()).unwrap());
-    let pv = pixel_values();
+    let model = Arc::new(load_model("flash-custom", DType::F32));
+    let pv = reference_pixel_values();
     let tiles = pv.dim(0).unwrap();
     let plain = model.encode(&pv, Routing::Off).unwrap();
     let routed_pv = pv.narrow(0, 0, 5).unwrap();
@@ -128,9 +111,8 @@ async fn requests_batched_together_get_their_features_alone_bit_for_bit() {
 
 #[tokio::test]
 async fn small_batches_send_early_tiles_first_and_cancelled_tiles_are_dropped() {
-    let model =
-        Arc::new(VisionModel::load(&fixture("vit300m-hf"), &LoadOptions::default()).unwrap());
-    let seven = pixel_values();
+    let model = Arc::new(load_model("vit300m-hf", DType::F32));
+    let seven = reference_pixel_values();
     let pv = Tensor::cat(&[&seven, &seven.narrow(0, 0, 3).unwrap()], 0).unwrap();
     let whole = model.encode(&pv, Routing::Off).unwrap();
     let encoder = EncoderHandle::start(

@@ -4,6 +4,8 @@
 //! file. Run a group with `cargo test -p <crate> --test integration <module>::`.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
+mod common;
+
 mod bad_checkpoints;
 mod bad_images;
 mod encoder_batching;

@@ -2,20 +2,16 @@
 //! `tools/make_preprocess_fixtures.py` (fixtures in `tests/fixtures/preprocess/`).
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-use std::path::PathBuf;
-
 use dvd_vision_server::preprocess::{
     TilingOptions, choose_grid, decode_rgb, preprocess, resize_bicubic,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess")
-}
+use crate::common::preprocess_fixture;
 
 fn json(name: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(fixtures().join(name)).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(preprocess_fixture(name)).unwrap()).unwrap()
 }
 
 /// The largest per-byte difference between two equally long pixel buffers.
@@ -63,7 +59,7 @@ fn grid_choice_matches_the_reference_over_a_sweep_of_sizes() {
 #[test]
 fn tiles_are_bit_identical_to_pillow() {
     for case in json("tiles.json").as_array().unwrap() {
-        let bytes = std::fs::read(fixtures().join(case["image"].as_str().unwrap())).unwrap();
+        let bytes = std::fs::read(preprocess_fixture(case["image"].as_str().unwrap())).unwrap();
         let options = TilingOptions {
             max_tiles: case["max_tiles"].as_u64().unwrap() as u32,
             ..TilingOptions::default()
@@ -94,7 +90,7 @@ fn tiles_are_bit_identical_to_pillow() {
 fn single_resizes_are_bit_identical_to_pillow() {
     for case in json("resizes.json").as_array().unwrap() {
         let src = decode_rgb(
-            &std::fs::read(fixtures().join(case["source"].as_str().unwrap())).unwrap(),
+            &std::fs::read(preprocess_fixture(case["source"].as_str().unwrap())).unwrap(),
             u64::MAX,
         )
         .unwrap();
@@ -102,7 +98,7 @@ fn single_resizes_are_bit_identical_to_pillow() {
             case["width"].as_u64().unwrap() as u32,
             case["height"].as_u64().unwrap() as u32,
         );
-        let expected = std::fs::read(fixtures().join(case["rgb"].as_str().unwrap())).unwrap();
+        let expected = std::fs::read(preprocess_fixture(case["rgb"].as_str().unwrap())).unwrap();
         let got = resize_bicubic(&src, w, h);
         let worst = largest_difference(got.as_raw(), &expected);
         assert_eq!(got.as_raw().len(), expected.len());
@@ -115,8 +111,8 @@ fn single_resizes_are_bit_identical_to_pillow() {
 fn jpeg_decoding_is_identical_to_pillow() {
     for case in json("jpegs.json").as_array().unwrap() {
         let name = case["image"].as_str().unwrap();
-        let got = decode_rgb(&std::fs::read(fixtures().join(name)).unwrap(), u64::MAX).unwrap();
-        let expected = std::fs::read(fixtures().join(case["rgb"].as_str().unwrap())).unwrap();
+        let got = decode_rgb(&std::fs::read(preprocess_fixture(name)).unwrap(), u64::MAX).unwrap();
+        let expected = std::fs::read(preprocess_fixture(case["rgb"].as_str().unwrap())).unwrap();
         assert_eq!(got.as_raw().len(), expected.len(), "{name}");
         let worst = largest_difference(got.as_raw(), &expected);
         assert_eq!(

@@ -50,9 +50,18 @@ pub struct CacheStats {
 #[derive(Debug)]
 pub struct FeatureCache {
     capacity: u64,
-    entries: HashMap<CacheKey, (Arc<CachedImage>, u64)>,
+    entries: HashMap<CacheKey, Entry>,
+    /// Ticks once per lookup or insertion; orders the entries by last use.
     clock: u64,
     stats: CacheStats,
+}
+
+/// A cached image and when it was last used.
+#[derive(Debug)]
+struct Entry {
+    image: Arc<CachedImage>,
+    /// The cache's clock at the last lookup or insertion.
+    used: u64,
 }
 
 impl FeatureCache {
@@ -73,10 +82,10 @@ impl FeatureCache {
     pub fn get(&mut self, key: &CacheKey) -> Option<Arc<CachedImage>> {
         self.clock += 1;
         match self.entries.get_mut(key) {
-            Some((image, used)) => {
-                *used = self.clock;
+            Some(entry) => {
+                entry.used = self.clock;
                 self.stats.hits += 1;
-                Some(image.clone())
+                Some(entry.image.clone())
             }
             None => {
                 self.stats.misses += 1;
@@ -96,18 +105,24 @@ impl FeatureCache {
             let Some(oldest) = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, entry)| entry.used)
                 .map(|(k, _)| *k)
             else {
                 break;
             };
-            if let Some((evicted, _)) = self.entries.remove(&oldest) {
-                self.stats.bytes -= evicted.bytes();
+            if let Some(evicted) = self.entries.remove(&oldest) {
+                self.stats.bytes -= evicted.image.bytes();
             }
         }
         self.clock += 1;
         self.stats.bytes += size;
-        self.entries.insert(key, (image, self.clock));
+        self.entries.insert(
+            key,
+            Entry {
+                image,
+                used: self.clock,
+            },
+        );
     }
 
     /// Counters at this moment.

@@ -52,7 +52,19 @@ pub struct EncodedChunk {
 }
 
 /// What a job's output channel carries: features, or why the job failed.
-pub type EncoderOutput = Result<EncodedChunk, String>;
+pub type EncoderOutput = Result<EncodedChunk, EncodeError>;
+
+/// Why the encoder produced no more features for a job (the job's last message).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// InternViT failed on the batch that held the job's tiles; every job in that batch gets
+    /// the same error.
+    #[error("encoding failed: {0}")]
+    Vit(Arc<ModelError>),
+    /// Taking the job's ViT tokens from the batch, routing or projecting them failed.
+    #[error(transparent)]
+    Projection(ModelError),
+}
 
 /// Tiles of one request (or one image) to encode.
 #[derive(Debug)]
@@ -226,6 +238,16 @@ struct Active {
     spent: Duration,
 }
 
+/// One job's tiles in a ViT batch.
+struct BatchPart {
+    /// Index of the job in the encoder's queue.
+    job: usize,
+    /// Index (within the job) of its first tile in the batch.
+    first_tile: usize,
+    /// How many of its tiles the batch holds.
+    tiles: usize,
+}
+
 struct Encoder {
     model: Arc<VisionModel>,
     config: EncoderConfig,
@@ -302,20 +324,8 @@ impl Encoder {
 
     /// Runs ViT on the next tiles of the queue (oldest jobs first) and delivers what is done.
     fn run_batch(&mut self) {
-        // (queue index, first tile, tiles) of each job's part of the batch.
-        let mut parts = Vec::new();
-        let mut room = self.config.max_batch_tiles;
-        for (i, active) in self.queue.iter().enumerate() {
-            if room == 0 {
-                break;
-            }
-            let n = (active.tiles - active.next).min(room);
-            if n > 0 {
-                parts.push((i, active.next, n));
-                room -= n;
-            }
-        }
-        let batch_tiles: usize = parts.iter().map(|p| p.2).sum();
+        let parts = self.plan_batch();
+        let batch_tiles: usize = parts.iter().map(|p| p.tiles).sum();
         self.counters
             .queued_tiles
             .fetch_sub(batch_tiles as u64, Ordering::Relaxed);
@@ -324,31 +334,38 @@ impl Encoder {
             .store(batch_tiles as u64, Ordering::Relaxed);
         let labels: Vec<&str> = parts
             .iter()
-            .map(|&(i, _, _)| self.queue[i].job.label.as_str())
+            .map(|p| self.queue[p.job].job.label.as_str())
             .collect();
         let span = tracing::info_span!("encode_batch", tiles = batch_tiles, requests = ?labels);
         let _entered = span.enter();
         let started = Instant::now();
-        let tokens = self.vit(&parts);
+        let tokens = self.vit(&parts).map_err(Arc::new);
         let vit_time = started.elapsed();
         self.counters.running_tiles.store(0, Ordering::Relaxed);
         self.counters.record_batch(batch_tiles, vit_time);
         tracing::debug!(ms = vit_time.as_secs_f64() * 1e3, "ViT batch done");
         let mut offset = 0;
-        for &(i, first, n) in &parts {
-            let active = &mut self.queue[i];
-            active.next += n;
+        for part in &parts {
+            let active = &mut self.queue[part.job];
+            active.next += part.tiles;
             let delivered = match &tokens {
                 Ok(t) => t
-                    .narrow(0, offset, n)
+                    .narrow(0, offset, part.tiles)
                     .map_err(ModelError::from)
-                    .and_then(|part| {
-                        deliver(&self.model, active, part, first, vit_time, batch_tiles)
+                    .and_then(|tokens| {
+                        deliver(
+                            &self.model,
+                            active,
+                            tokens,
+                            part.first_tile,
+                            vit_time,
+                            batch_tiles,
+                        )
                     })
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("encoding failed: {e}")),
+                    .map_err(EncodeError::Projection),
+                Err(e) => Err(EncodeError::Vit(e.clone())),
             };
-            offset += n;
+            offset += part.tiles;
             if let Err(e) = delivered {
                 tracing::warn!(request = %active.job.label, error = %e, "encoding failed");
                 let _ = active.job.output.send(Err(e));
@@ -363,10 +380,36 @@ impl Encoder {
         self.queue.retain(|a| a.next < a.tiles);
     }
 
-    fn vit(&self, parts: &[(usize, usize, usize)]) -> Result<Tensor, ModelError> {
+    /// Each queued job's share of the next batch, oldest jobs first, up to `max_batch_tiles`.
+    fn plan_batch(&self) -> Vec<BatchPart> {
+        let mut parts = Vec::new();
+        let mut room = self.config.max_batch_tiles;
+        for (job, active) in self.queue.iter().enumerate() {
+            if room == 0 {
+                break;
+            }
+            let tiles = (active.tiles - active.next).min(room);
+            if tiles > 0 {
+                parts.push(BatchPart {
+                    job,
+                    first_tile: active.next,
+                    tiles,
+                });
+                room -= tiles;
+            }
+        }
+        parts
+    }
+
+    fn vit(&self, parts: &[BatchPart]) -> Result<Tensor, ModelError> {
         let pieces = parts
             .iter()
-            .map(|&(i, first, n)| self.queue[i].job.pixel_values.narrow(0, first, n))
+            .map(|p| {
+                self.queue[p.job]
+                    .job
+                    .pixel_values
+                    .narrow(0, p.first_tile, p.tiles)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let pixels = match pieces.len() {
             1 => pieces[0].clone(),
@@ -389,8 +432,7 @@ fn deliver(
     let started = Instant::now();
     let Some(thresholds) = active.job.thresholds else {
         let n = tokens.dim(0)?;
-        let (features, counts) = model.project(&tokens, &vec![false; n])?;
-        let tiles = split(&features, &counts)?;
+        let tiles = model.project(&tokens, &vec![false; n])?.into_tiles()?;
         let chunk = EncodedChunk {
             first_tile: first,
             tiles,
@@ -407,28 +449,13 @@ fn deliver(
     }
     let all = Tensor::cat(&active.tokens, 0)?;
     active.tokens.clear();
-    let probs = model.router_probs(&all)?;
-    let (_, compress) = decide(&probs, thresholds);
-    let (features, counts) = model.project(&all, &compress)?;
+    let decision = decide(model.router_probs(&all)?, thresholds);
     let chunk = EncodedChunk {
         first_tile: 0,
-        tiles: split(&features, &counts)?,
+        tiles: model.project(&all, &decision.compress)?.into_tiles()?,
         encode: active.spent + started.elapsed(),
         batch_tiles,
     };
     let _ = active.job.output.send(Ok(chunk));
     Ok(())
-}
-
-/// `[sum(counts), hidden]` into one tensor per tile.
-fn split(features: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>, ModelError> {
-    let mut start = 0;
-    counts
-        .iter()
-        .map(|&n| {
-            let tile = features.narrow(0, start, n)?;
-            start += n;
-            Ok(tile)
-        })
-        .collect()
 }

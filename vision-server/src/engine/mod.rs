@@ -6,6 +6,6 @@ pub mod encoder;
 
 pub use cache::{CacheKey, CacheStats, CachedImage, CachedTile, FeatureCache};
 pub use encoder::{
-    EncodeJob, EncodedChunk, EncoderConfig, EncoderHandle, EncoderOutput, EncoderStats,
-    EncoderStopped,
+    EncodeError, EncodeJob, EncodedChunk, EncoderConfig, EncoderHandle, EncoderOutput,
+    EncoderStats, EncoderStopped,
 };

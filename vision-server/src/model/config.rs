@@ -227,19 +227,7 @@ fn parse_custom(top: &Fields) -> Result<VisionConfig, ModelError> {
     let v = top.object("vision_config")?;
     let norm = norm_kind(&v, "rms_norm")?;
     require_gelu(&v, "hidden_act")?;
-    let vit = VitConfig {
-        hidden_size: v.usize_or("hidden_size", 3200)?,
-        num_layers: v.usize_or("num_hidden_layers", 48)?,
-        num_heads: v.usize_or("num_attention_heads", 25)?,
-        intermediate_size: v.usize_or("intermediate_size", 12800)?,
-        patch_size: v.side_or("patch_size", 14)?,
-        image_size: v.side_or("image_size", 224)?,
-        norm,
-        norm_eps: v.f64_or("layer_norm_eps", 1e-6)?,
-        qkv_bias: v.bool_or("qkv_bias", false)?,
-        qk_norm: v.bool_or("qk_normalization", true)?,
-        final_norm: false,
-    };
+    let vit = read_vit(&v, norm, &VitSpelling::INTERN_VISION)?;
     let llm_hidden_size = top.object("llm_config")?.usize_or("hidden_size", 4096)?;
     let tile_size = match top.get("force_image_size") {
         Some(Value::Null) | None => vit.image_size,
@@ -260,19 +248,14 @@ fn parse_custom(top: &Fields) -> Result<VisionConfig, ModelError> {
         other => return Err(top.error(format!("unknown ps_version {other:?}")).into()),
     };
     let feature_layer = resolve_layer(top, "select_layer", vit.num_layers)?;
-    let router = RouterConfig {
-        enabled: truthy(top.get("flash_mode")),
-        relative_threshold: top.opt_f64("flash_relative_threshold")?,
-        absolute_threshold: top.opt_f64("flash_absolute_threshold")?,
-    };
     Ok(VisionConfig {
         style: ConfigStyle::Custom,
         vit,
         feature_layer,
+        router: read_router(top)?,
         downsample_ratio: top.f64_or("downsample_ratio", 0.5)?,
         ps_version,
         llm_hidden_size,
-        router,
         tiling: TilingOptions {
             tile_size: to_u32(top, tile_size)?,
             min_tiles: to_u32(top, min_tiles)?,
@@ -297,19 +280,8 @@ fn parse_hf(
             "vision_config.use_absolute_position_embeddings = false".into(),
         ));
     }
-    let vit = VitConfig {
-        hidden_size: v.usize_or("hidden_size", 1024)?,
-        num_layers: v.usize_or("num_hidden_layers", 24)?,
-        num_heads: v.usize_or("num_attention_heads", 16)?,
-        intermediate_size: v.usize_or("intermediate_size", 4096)?,
-        patch_size: v.side_or("patch_size", 14)?,
-        image_size: v.side_or("image_size", 448)?,
-        norm,
-        norm_eps: v.f64_or("layer_norm_eps", 1e-6)?,
-        qkv_bias: v.bool_or("attention_bias", false)?,
-        qk_norm: v.bool_or("use_qk_norm", false)?,
-        final_norm: !v.bool_or("use_mean_pooling", true)?,
-    };
+    let mut vit = read_vit(&v, norm, &VitSpelling::INTERN_VL_VISION)?;
+    vit.final_norm = !v.bool_or("use_mean_pooling", true)?;
     let strategy = top.str_or("vision_feature_select_strategy", "default")?;
     if strategy != "default" {
         return Err(ModelError::Unsupported(format!(
@@ -350,20 +322,83 @@ fn parse_hf(
             tiling.tile_size = to_u32(&p, height)?;
         }
     }
-    let router = RouterConfig {
-        enabled: truthy(top.get("flash_mode")),
-        relative_threshold: top.opt_f64("flash_relative_threshold")?,
-        absolute_threshold: top.opt_f64("flash_absolute_threshold")?,
-    };
     Ok(VisionConfig {
         style: ConfigStyle::Hf,
         vit,
         feature_layer,
+        router: read_router(top)?,
         downsample_ratio: top.f64_or("downsample_ratio", 0.5)?,
         ps_version: PixelShuffleVersion::V2,
         llm_hidden_size,
-        router,
         tiling,
+    })
+}
+
+/// How one reference config class spells a `vision_config` and what it fills in for missing
+/// fields.
+struct VitSpelling {
+    // The sizes' defaults.
+    hidden_size: usize,
+    num_layers: usize,
+    num_heads: usize,
+    intermediate_size: usize,
+    image_size: usize,
+    /// Key of the qkv-bias switch.
+    qkv_bias: &'static str,
+    /// Key of the q/k-norm switch.
+    qk_norm: &'static str,
+    /// Whether q/k are normalised when the key is missing.
+    qk_norm_default: bool,
+}
+
+impl VitSpelling {
+    /// `InternVisionConfig` (custom layout): InternViT-6B defaults.
+    const INTERN_VISION: Self = Self {
+        hidden_size: 3200,
+        num_layers: 48,
+        num_heads: 25,
+        intermediate_size: 12800,
+        image_size: 224,
+        qkv_bias: "qkv_bias",
+        qk_norm: "qk_normalization",
+        qk_norm_default: true,
+    };
+    /// `InternVLVisionConfig` (HF layout): InternViT-300M defaults.
+    const INTERN_VL_VISION: Self = Self {
+        hidden_size: 1024,
+        num_layers: 24,
+        num_heads: 16,
+        intermediate_size: 4096,
+        image_size: 448,
+        qkv_bias: "attention_bias",
+        qk_norm: "use_qk_norm",
+        qk_norm_default: false,
+    };
+}
+
+/// The ViT of `vision_config` `v` as `spelling` names it (without a final norm).
+fn read_vit(v: &Fields, norm: NormKind, spelling: &VitSpelling) -> Result<VitConfig, ModelError> {
+    Ok(VitConfig {
+        hidden_size: v.usize_or("hidden_size", spelling.hidden_size)?,
+        num_layers: v.usize_or("num_hidden_layers", spelling.num_layers)?,
+        num_heads: v.usize_or("num_attention_heads", spelling.num_heads)?,
+        intermediate_size: v.usize_or("intermediate_size", spelling.intermediate_size)?,
+        patch_size: v.side_or("patch_size", 14)?,
+        image_size: v.side_or("image_size", spelling.image_size)?,
+        norm,
+        norm_eps: v.f64_or("layer_norm_eps", 1e-6)?,
+        qkv_bias: v.bool_or(spelling.qkv_bias, false)?,
+        qk_norm: v.bool_or(spelling.qk_norm, spelling.qk_norm_default)?,
+        final_norm: false,
+    })
+}
+
+/// The Flash router settings, spelled alike in both layouts.
+fn read_router(top: &Fields) -> Result<RouterConfig, ModelError> {
+    Ok(RouterConfig {
+        enabled: truthy(top.get("flash_mode")),
+        relative_threshold: top.opt_f64("flash_relative_threshold")?,
+        absolute_threshold: top.opt_f64("flash_absolute_threshold")?,
     })
 }
 

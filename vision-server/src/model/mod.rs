@@ -14,7 +14,7 @@ pub use config::{
     ConfigStyle, NormKind, PixelShuffleVersion, RouterConfig, VisionConfig, VitConfig,
 };
 pub use dvd_nn::{LoadOptions, ModelError};
-pub use names::TensorLayout;
+pub use names::CheckpointLayout;
 pub use projector::pixel_shuffle;
-pub use router::{POOLING_HEADS, RouterThresholds, decide};
-pub use vision_model::{EncodeTimings, EncodedTiles, RouterDecision, Routing, VisionModel};
+pub use router::{POOLING_HEADS, RouterDecision, RouterThresholds, decide};
+pub use vision_model::{EncodeTimings, EncodedTiles, ProjectedFeatures, Routing, VisionModel};

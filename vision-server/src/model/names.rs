@@ -6,7 +6,7 @@ use dvd_nn::ModelError;
 
 /// How the checkpoint names its vision tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TensorLayout {
+pub enum CheckpointLayout {
     /// GitHub/custom (`vision_model.*`, fused `attn.qkv`, `mlp1.*`).
     Custom,
     /// HF (`model.vision_tower.*`, `model.multi_modal_projector.*`).
@@ -15,24 +15,19 @@ pub enum TensorLayout {
     HfLegacy,
 }
 
-impl TensorLayout {
+impl CheckpointLayout {
     /// Detects the layout from the class-embedding tensor's name.
     pub fn detect(checkpoint: &Checkpoint) -> Result<Self, ModelError> {
-        [
-            (Self::Custom, "vision_model.embeddings.class_embedding"),
-            (Self::Hf, "model.vision_tower.embeddings.cls_token"),
-            (Self::HfLegacy, "vision_tower.embeddings.cls_token"),
-        ]
-        .into_iter()
-        .find(|(_, name)| checkpoint.contains(name))
-        .map(|(layout, _)| layout)
-        .ok_or_else(|| {
-            ModelError::Unsupported(format!(
-                "{} holds no InternViT (looked for vision_model.embeddings.class_embedding, \
-                 model.vision_tower.embeddings.cls_token and vision_tower.embeddings.cls_token)",
-                checkpoint.dir().display()
-            ))
-        })
+        [Self::Custom, Self::Hf, Self::HfLegacy]
+            .into_iter()
+            .find(|layout| checkpoint.contains(&layout.class_embedding()))
+            .ok_or_else(|| {
+                ModelError::Unsupported(format!(
+                    "{} holds no InternViT (looked for vision_model.embeddings.class_embedding, \
+                     model.vision_tower.embeddings.cls_token and vision_tower.embeddings.cls_token)",
+                    checkpoint.dir().display()
+                ))
+            })
     }
 
     fn tower(self) -> &'static str {
@@ -43,56 +38,52 @@ impl TensorLayout {
         }
     }
 
+    /// The custom layout's name or the HF layouts' name, whichever is this layout's.
+    fn pick(self, custom: &'static str, hf: &'static str) -> &'static str {
+        match self {
+            Self::Custom => custom,
+            Self::Hf | Self::HfLegacy => hf,
+        }
+    }
+
+    fn embedding(self, custom: &'static str, hf: &'static str) -> String {
+        format!("{}embeddings.{}", self.tower(), self.pick(custom, hf))
+    }
+
     /// `[1, 1, D]` class token.
     pub fn class_embedding(self) -> String {
-        match self {
-            Self::Custom => "vision_model.embeddings.class_embedding".into(),
-            _ => format!("{}embeddings.cls_token", self.tower()),
-        }
+        self.embedding("class_embedding", "cls_token")
     }
 
     /// `[1, 1 + g*g, D]` position embedding.
     pub fn position_embedding(self) -> String {
-        match self {
-            Self::Custom => "vision_model.embeddings.position_embedding".into(),
-            _ => format!("{}embeddings.position_embeddings", self.tower()),
-        }
+        self.embedding("position_embedding", "position_embeddings")
     }
 
     /// Prefix of the patch-embedding convolution (`.weight` `[D, 3, p, p]`, `.bias`).
     pub fn patch_embedding(self) -> String {
-        match self {
-            Self::Custom => "vision_model.embeddings.patch_embedding".into(),
-            _ => format!("{}embeddings.patch_embeddings.projection", self.tower()),
-        }
+        self.embedding("patch_embedding", "patch_embeddings.projection")
     }
 
     /// Prefix of layer `i`'s `part`.
     pub fn layer(self, i: usize, part: LayerPart) -> String {
-        let custom = self == Self::Custom;
+        // The fused qkv exists only in the custom layout, q/k/v only in the HF ones.
         let suffix = match part {
-            LayerPart::Norm1 if custom => "norm1",
-            LayerPart::Norm1 => "layernorm_before",
-            LayerPart::Norm2 if custom => "norm2",
-            LayerPart::Norm2 => "layernorm_after",
-            LayerPart::Scale1 if custom => "ls1",
-            LayerPart::Scale1 => "lambda_1",
-            LayerPart::Scale2 if custom => "ls2",
-            LayerPart::Scale2 => "lambda_2",
+            LayerPart::Norm1 => self.pick("norm1", "layernorm_before"),
+            LayerPart::Norm2 => self.pick("norm2", "layernorm_after"),
+            LayerPart::Scale1 => self.pick("ls1", "lambda_1"),
+            LayerPart::Scale2 => self.pick("ls2", "lambda_2"),
             LayerPart::Qkv => "attn.qkv",
             LayerPart::Q => "attention.q_proj",
             LayerPart::K => "attention.k_proj",
             LayerPart::V => "attention.v_proj",
-            LayerPart::QNorm if custom => "attn.q_norm",
-            LayerPart::QNorm => "attention.q_norm",
-            LayerPart::KNorm if custom => "attn.k_norm",
-            LayerPart::KNorm => "attention.k_norm",
-            LayerPart::Proj if custom => "attn.proj",
-            LayerPart::Proj => "attention.projection_layer",
+            LayerPart::QNorm => self.pick("attn.q_norm", "attention.q_norm"),
+            LayerPart::KNorm => self.pick("attn.k_norm", "attention.k_norm"),
+            LayerPart::Proj => self.pick("attn.proj", "attention.projection_layer"),
             LayerPart::Fc1 => "mlp.fc1",
             LayerPart::Fc2 => "mlp.fc2",
         };
-        let layers = if custom { "layers" } else { "layer" };
+        let layers = self.pick("layers", "layer");
         format!("{}encoder.{layers}.{i}.{suffix}", self.tower())
     }
 

@@ -13,31 +13,37 @@ fn cubic_far(x: f32) -> f32 {
     ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
 }
 
-/// Source indices (clamped) and weights of the 4 taps for each output position.
-fn taps(input: usize, output: usize) -> Vec<([usize; 4], [f32; 4])> {
+/// The 4 source positions one output position reads, and their weights.
+struct Taps {
+    /// Source indices, clamped to the input.
+    index: [usize; 4],
+    weight: [f32; 4],
+}
+
+/// The taps of each output position.
+fn taps(input: usize, output: usize) -> Vec<Taps> {
     let scale = input as f32 / output as f32;
     (0..output)
         .map(|o| {
             let real = scale * (o as f32 + 0.5) - 0.5;
             let floor = real.floor();
             let t = real - floor;
-            let weights = [
-                cubic_far(t + 1.0),
-                cubic_near(t),
-                cubic_near(1.0 - t),
-                cubic_far(2.0 - t),
-            ];
             let clamp = |k: i64| k.clamp(0, input as i64 - 1) as usize;
             let base = floor as i64;
-            (
-                [
+            Taps {
+                index: [
                     clamp(base - 1),
                     clamp(base),
                     clamp(base + 1),
                     clamp(base + 2),
                 ],
-                weights,
-            )
+                weight: [
+                    cubic_far(t + 1.0),
+                    cubic_near(t),
+                    cubic_near(1.0 - t),
+                    cubic_far(2.0 - t),
+                ],
+            }
         })
         .collect()
 }
@@ -49,8 +55,9 @@ pub fn resize_grid(values: &[f32], dim: usize, from: usize, to: usize) -> Vec<f3
     }
     let taps = taps(from, to);
     let mut out = vec![0.0f32; to * to * dim];
-    for (oy, (ys, wy)) in taps.iter().enumerate() {
-        for (ox, (xs, wx)) in taps.iter().enumerate() {
+    for (oy, ty) in taps.iter().enumerate() {
+        for (ox, tx) in taps.iter().enumerate() {
+            let (ys, wy, xs, wx) = (&ty.index, &ty.weight, &tx.index, &tx.weight);
             let dst = &mut out[(oy * to + ox) * dim..(oy * to + ox + 1) * dim];
             for c in 0..dim {
                 // Horizontal pass over 4 rows, then vertical, as PyTorch's kernel does.
@@ -89,8 +96,8 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one() {
-        for (_, w) in taps(2, 5).into_iter().chain(taps(32, 40)) {
-            assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        for t in taps(2, 5).into_iter().chain(taps(32, 40)) {
+            assert!((t.weight.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         }
     }
 }

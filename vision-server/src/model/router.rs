@@ -25,17 +25,32 @@ pub struct RouterThresholds {
     pub absolute: f64,
 }
 
+/// What the router decided for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterDecision {
+    /// Per tile, the router's probability of "compress".
+    pub compress_probs: Vec<f32>,
+    /// The request's quantile threshold.
+    pub threshold: f32,
+    /// Per tile, whether it was compressed to the `mlp2` path.
+    pub compress: Vec<bool>,
+}
+
 /// Which tiles to compress: `p > quantile(p, relative) && p >= absolute`, with the quantile
 /// interpolated linearly over all of the request's tiles as `torch.quantile` does. A request of
 /// one tile is never compressed.
-pub fn decide(compress_probs: &[f32], thresholds: RouterThresholds) -> (f32, Vec<bool>) {
-    let threshold = quantile(compress_probs, thresholds.relative as f32);
+pub fn decide(compress_probs: Vec<f32>, thresholds: RouterThresholds) -> RouterDecision {
+    let threshold = quantile(&compress_probs, thresholds.relative as f32);
     let absolute = thresholds.absolute as f32;
     let compress = compress_probs
         .iter()
         .map(|&p| p > threshold && p >= absolute)
         .collect();
-    (threshold, compress)
+    RouterDecision {
+        compress_probs,
+        threshold,
+        compress,
+    }
 }
 
 /// `torch.quantile(values, q)` with linear interpolation, computed in f32 like the reference.
@@ -208,7 +223,7 @@ mod tests {
     #[test]
     fn single_tile_is_never_compressed() {
         for rel in [0.0, 0.5, 1.0] {
-            assert_eq!(decide(&[0.99], t(rel, 0.0)).1, vec![false]);
+            assert_eq!(decide(vec![0.99], t(rel, 0.0)).compress, vec![false]);
         }
     }
 
@@ -216,8 +231,14 @@ mod tests {
     fn both_thresholds_must_pass() {
         let p = [0.9, 0.2, 0.6, 0.4];
         // Quantile 0.25 = 0.35: 0.9, 0.6, 0.4 are above it; absolute 0.5 keeps 0.4.
-        assert_eq!(decide(&p, t(0.25, 0.5)).1, vec![true, false, true, false]);
-        assert_eq!(decide(&p, t(0.25, 0.0)).1, vec![true, false, true, true]);
-        assert_eq!(decide(&p, t(1.0, 0.0)).1, vec![false; 4]);
+        assert_eq!(
+            decide(p.to_vec(), t(0.25, 0.5)).compress,
+            vec![true, false, true, false]
+        );
+        assert_eq!(
+            decide(p.to_vec(), t(0.25, 0.0)).compress,
+            vec![true, false, true, true]
+        );
+        assert_eq!(decide(p.to_vec(), t(1.0, 0.0)).compress, vec![false; 4]);
     }
 }

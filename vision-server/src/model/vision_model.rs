@@ -9,9 +9,9 @@ use dvd_checkpoint::Checkpoint;
 use image::RgbImage;
 
 use super::config::{PixelShuffleVersion, VisionConfig};
-use super::names::{Mlp1Part, TensorLayout};
+use super::names::{CheckpointLayout, Mlp1Part};
 use super::projector::{MlpProjector, pixel_shuffle};
-use super::router::{Router, RouterThresholds, decide};
+use super::router::{Router, RouterDecision, RouterThresholds, decide};
 use super::vit::InternVit;
 use crate::preprocess::pixel_values;
 use dvd_nn::ModelError;
@@ -31,17 +31,6 @@ pub enum Routing {
     On,
     /// Route with these thresholds.
     With(RouterThresholds),
-}
-
-/// What the router decided for a request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouterDecision {
-    /// Per tile, the router's probability of "compress".
-    pub compress_probs: Vec<f32>,
-    /// The request's quantile threshold.
-    pub threshold: f32,
-    /// Per tile, whether it was compressed to the `mlp2` path.
-    pub compress: Vec<bool>,
 }
 
 /// Features of a request's tiles, ready for the language model.
@@ -71,23 +60,57 @@ pub struct EncodeTimings {
 impl EncodedTiles {
     /// Features of tile `index`: `[tokens_per_tile[index], llm_hidden]`.
     pub fn tile(&self, index: usize) -> Result<Tensor, ModelError> {
-        let count = *self.tokens_per_tile.get(index).ok_or_else(|| {
-            ModelError::InvalidInput(format!("tile {index} of {}", self.tokens_per_tile.len()))
-        })?;
-        let start: usize = self.tokens_per_tile[..index].iter().sum();
-        Ok(self.features.narrow(0, start, count)?)
+        tile_of(&self.features, &self.tokens_per_tile, index)
     }
+}
+
+/// Projected features of a batch of tiles, in tile order.
+#[derive(Debug, Clone)]
+pub struct ProjectedFeatures {
+    /// `[tokens, llm_hidden]`, tiles concatenated in order.
+    pub features: Tensor,
+    /// Tokens of each tile.
+    pub tokens_per_tile: Vec<usize>,
+}
+
+impl ProjectedFeatures {
+    /// One `[tokens, llm_hidden]` tensor per tile.
+    pub fn into_tiles(self) -> Result<Vec<Tensor>, ModelError> {
+        (0..self.tokens_per_tile.len())
+            .map(|index| tile_of(&self.features, &self.tokens_per_tile, index))
+            .collect()
+    }
+}
+
+/// Rows of tile `index` of `features`, whose tiles have `tokens_per_tile` rows each.
+fn tile_of(
+    features: &Tensor,
+    tokens_per_tile: &[usize],
+    index: usize,
+) -> Result<Tensor, ModelError> {
+    let count = *tokens_per_tile.get(index).ok_or_else(|| {
+        ModelError::InvalidInput(format!("tile {index} of {}", tokens_per_tile.len()))
+    })?;
+    let start: usize = tokens_per_tile[..index].iter().sum();
+    Ok(features.narrow(0, start, count)?)
 }
 
 /// InternViT + projector (+ ViR), ready to encode tiles.
 #[derive(Debug)]
 pub struct VisionModel {
     config: VisionConfig,
-    layout: TensorLayout,
+    layout: CheckpointLayout,
     options: LoadOptions,
     vit: InternVit,
     mlp1: MlpProjector,
-    flash: Option<(Router, MlpProjector)>,
+    flash: Option<FlashHead>,
+}
+
+/// What a Flash checkpoint adds: the router and the compressing `mlp2` projector.
+#[derive(Debug)]
+struct FlashHead {
+    router: Router,
+    mlp2: MlpProjector,
 }
 
 impl VisionModel {
@@ -105,7 +128,7 @@ impl VisionModel {
         checkpoint: &Checkpoint,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let layout = TensorLayout::detect(checkpoint)?;
+        let layout = CheckpointLayout::detect(checkpoint)?;
         // Batch invariant: a tile's features must not depend on which tiles share its batch.
         let loader = Loader {
             checkpoint,
@@ -137,7 +160,7 @@ impl VisionModel {
                 d * COMPRESSED_SHUFFLE.pow(2),
                 &[2 * h, 2 * h, h],
             )?;
-            Some((router, mlp2))
+            Some(FlashHead { router, mlp2 })
         } else {
             None
         };
@@ -157,7 +180,7 @@ impl VisionModel {
     }
 
     /// The tensor-naming layout the checkpoint uses.
-    pub fn layout(&self) -> TensorLayout {
+    pub fn layout(&self) -> CheckpointLayout {
         self.layout
     }
 
@@ -197,7 +220,7 @@ impl VisionModel {
 
     /// The router's "compress" probability of each tile (`[T, g*g, D]` ViT tokens in).
     pub fn router_probs(&self, tokens: &Tensor) -> Result<Vec<f32>, ModelError> {
-        let (router, _) = self.flash.as_ref().ok_or_else(|| {
+        let FlashHead { router, .. } = self.flash.as_ref().ok_or_else(|| {
             ModelError::Unsupported("this checkpoint has no Visual Resolution Router".into())
         })?;
         let probs = router.probabilities(tokens)?;
@@ -205,12 +228,12 @@ impl VisionModel {
     }
 
     /// Projects ViT tokens to LLM features: compressed tiles through `mlp2`, others through
-    /// `mlp1`. Returns `[tokens, llm_hidden]` in tile order and the tokens of each tile.
+    /// `mlp1`.
     pub fn project(
         &self,
         tokens: &Tensor,
         compress: &[bool],
-    ) -> Result<(Tensor, Vec<usize>), ModelError> {
+    ) -> Result<ProjectedFeatures, ModelError> {
         let t = tokens.dim(0)?;
         if compress.len() != t {
             return Err(ModelError::InvalidInput(format!(
@@ -237,7 +260,10 @@ impl VisionModel {
             counts.push(features.dim(0)?);
             pieces.push(features);
         }
-        Ok((Tensor::cat(&pieces, 0)?, counts))
+        Ok(ProjectedFeatures {
+            features: Tensor::cat(&pieces, 0)?,
+            tokens_per_tile: counts,
+        })
     }
 
     /// Features `[tiles_in_group, tokens, H]` of the tiles whose decision equals `compressed`.
@@ -260,7 +286,7 @@ impl VisionModel {
             tokens.index_select(&index, 0)?
         };
         let features = if compressed {
-            let (_, mlp2) = self.flash.as_ref().ok_or_else(|| {
+            let FlashHead { mlp2, .. } = self.flash.as_ref().ok_or_else(|| {
                 ModelError::Unsupported("this checkpoint has no mlp2 projector".into())
             })?;
             mlp2.forward(&pixel_shuffle(
@@ -325,15 +351,7 @@ impl VisionModel {
         let vit = started.elapsed();
         let started = Instant::now();
         let router = match thresholds {
-            Some(thresholds) => {
-                let compress_probs = self.router_probs(&tokens)?;
-                let (threshold, compress) = decide(&compress_probs, thresholds);
-                Some(RouterDecision {
-                    compress_probs,
-                    threshold,
-                    compress,
-                })
-            }
+            Some(thresholds) => Some(decide(self.router_probs(&tokens)?, thresholds)),
             None => None,
         };
         let router_time = started.elapsed();
@@ -342,7 +360,10 @@ impl VisionModel {
         let compress = router
             .as_ref()
             .map_or_else(|| vec![false; t], |r| r.compress.clone());
-        let (features, tokens_per_tile) = self.project(&tokens, &compress)?;
+        let ProjectedFeatures {
+            features,
+            tokens_per_tile,
+        } = self.project(&tokens, &compress)?;
         self.options.device.synchronize()?;
         let timings = EncodeTimings {
             vit,

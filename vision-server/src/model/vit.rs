@@ -5,7 +5,7 @@
 use candle_core::{DType, Result as CandleResult, Tensor};
 
 use super::config::{NormKind, VisionConfig, VitConfig};
-use super::names::{LayerPart, TensorLayout};
+use super::names::{CheckpointLayout, LayerPart};
 use super::pos_embed::resize_grid;
 use dvd_nn::ModelError;
 use dvd_nn::{Linear, Loader, Norm, softmax};
@@ -56,7 +56,7 @@ struct Attention {
 impl InternVit {
     pub fn load(
         config: &VisionConfig,
-        layout: TensorLayout,
+        layout: CheckpointLayout,
         loader: &Loader,
     ) -> Result<Self, ModelError> {
         let vit = config.vit.clone();
@@ -156,7 +156,7 @@ impl InternVit {
 impl EncoderLayer {
     fn load(
         vit: &VitConfig,
-        layout: TensorLayout,
+        layout: CheckpointLayout,
         loader: &Loader,
         i: usize,
     ) -> Result<Self, ModelError> {
@@ -167,8 +167,10 @@ impl EncoderLayer {
             NormKind::RmsNorm => loader.rms_norm(&name(part), d, vit.norm_eps),
         };
         let qkv = match layout {
-            TensorLayout::Custom => loader.linear(&name(LayerPart::Qkv), 3 * d, d, vit.qkv_bias)?,
-            TensorLayout::Hf | TensorLayout::HfLegacy => {
+            CheckpointLayout::Custom => {
+                loader.linear(&name(LayerPart::Qkv), 3 * d, d, vit.qkv_bias)?
+            }
+            CheckpointLayout::Hf | CheckpointLayout::HfLegacy => {
                 // One fused matmul instead of three.
                 let parts = [LayerPart::Q, LayerPart::K, LayerPart::V]
                     .map(|part| loader.linear(&name(part), d, d, vit.qkv_bias));
@@ -278,7 +280,10 @@ impl Attention {
             ),
         };
         let v = HeadView::columns(&qkv, n, 3 * d, 2 * d, hd);
-        let out = uninit_bf16(x.device(), (t, n, d))?;
+        // SAFETY: flash attention below writes every row of every head of every tile (q_len
+        // = n rows, `heads` heads of `hd`: all `d` columns) before the caller reads `out`.
+        #[allow(unsafe_code)]
+        let out = unsafe { uninit_bf16(x.device(), (t, n, d)) }?;
         let dims = AttentionDims {
             batch: t,
             q_len: n,

@@ -31,9 +31,9 @@ use tonic::{Request, Response, Status};
 
 pub use request::RequestLimits;
 
-use crate::engine::{EncoderHandle, FeatureCache};
+use crate::engine::{CacheStats, EncoderHandle, FeatureCache};
 use crate::model::VisionModel;
-use pipeline::{Transfer, preprocess_images};
+use pipeline::{RequestClock, Transfer, preprocess_images};
 
 /// Admission limits of a vision server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,15 @@ struct Inner {
     /// `Encode` arrival to its last feature handed to the transport.
     encode_latency: Histogram,
     outcomes: Outcomes,
+}
+
+impl Inner {
+    fn cache_stats(&self) -> CacheStats {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats()
+    }
 }
 
 impl VisionServer {
@@ -163,11 +172,7 @@ impl OpsSource for VisionServer {
     fn metrics(&self) -> String {
         let inner = &self.inner;
         let s = inner.encoder.stats();
-        let c = inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stats();
+        let c = inner.cache_stats();
         let mut e = Exposition::new();
         e.gauge(
             "dvd_vision_queued_tiles",
@@ -354,9 +359,11 @@ impl VisionServer {
             cache: inner.cache.clone(),
             cache_usable,
             hidden: inner.model.config().llm_hidden_size as u32,
-            arrived,
-            queue,
-            preprocess,
+            clock: RequestClock {
+                arrived,
+                queue,
+                preprocess,
+            },
         };
         inner.queued_requests.fetch_add(1, Ordering::AcqRel);
         // Counted as queued now, so the request is in flight without a gap (drain waits on it).
@@ -412,15 +419,9 @@ impl VisionService for VisionServer {
     ) -> Result<Response<StatsResponse>, Status> {
         let inner = &self.inner;
         let e = inner.encoder.stats();
-        let c = inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stats();
+        let c = inner.cache_stats();
         Ok(Response::new(StatsResponse {
-            queued_requests: (inner.pending.load(Ordering::Acquire)
-                + inner.queued_requests.load(Ordering::Acquire))
-                as u32,
+            queued_requests: self.in_flight() as u32,
             queued_tiles: e.queued_tiles as u32,
             running_tiles: e.running_tiles as u32,
             encoded_tiles_total: e.encoded_tiles,

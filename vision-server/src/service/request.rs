@@ -145,23 +145,39 @@ pub(crate) fn prepare(
     })
 }
 
+/// Why an image URL gives no bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum DataUrlError {
+    /// A URL of another scheme: vision servers fetch nothing.
+    #[error("{scheme}: URLs are not fetched by vision servers; send the bytes or a data: URL")]
+    NotData {
+        /// The URL's scheme.
+        scheme: String,
+    },
+    /// No `,` separates the media type from the payload.
+    #[error("data: URL without a ',' before its payload")]
+    NoPayload,
+    /// The payload claims base64 and is not.
+    #[error("data: URL is not valid base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+}
+
 /// The bytes of a `data:` URL (base64 or percent-free plain payload). Remote URLs are not
 /// fetched: the gateway sends image bytes.
-fn data_url(url: &str) -> Result<Bytes, String> {
+fn data_url(url: &str) -> Result<Bytes, DataUrlError> {
     let Some(rest) = url.strip_prefix("data:") else {
         let scheme = url.split(':').next().unwrap_or_default();
-        return Err(format!(
-            "{scheme}: URLs are not fetched by vision servers; send the bytes or a data: URL"
-        ));
+        return Err(DataUrlError::NotData {
+            scheme: scheme.to_owned(),
+        });
     };
     let Some((meta, payload)) = rest.split_once(',') else {
-        return Err("data: URL without a ',' before its payload".into());
+        return Err(DataUrlError::NoPayload);
     };
     if meta.ends_with(";base64") {
-        base64::engine::general_purpose::STANDARD
+        Ok(base64::engine::general_purpose::STANDARD
             .decode(payload.trim())
-            .map(Bytes::from)
-            .map_err(|e| format!("data: URL is not valid base64: {e}"))
+            .map(Bytes::from)?)
     } else {
         Ok(Bytes::copy_from_slice(payload.as_bytes()))
     }
@@ -177,8 +193,13 @@ mod tests {
             data_url("data:image/png;base64,aGVsbG8=").ok(),
             Some(Bytes::from_static(b"hello"))
         );
-        assert!(data_url("https://example.com/cat.jpg").is_err_and(|e| e.contains("https")));
-        assert!(data_url("data:image/png;base64,@@@").is_err());
-        assert!(data_url("data:nocomma").is_err());
+        assert!(
+            data_url("https://example.com/cat.jpg").is_err_and(|e| e.to_string().contains("https"))
+        );
+        assert!(matches!(
+            data_url("data:image/png;base64,@@@"),
+            Err(DataUrlError::Base64(_))
+        ));
+        assert_eq!(data_url("data:nocomma"), Err(DataUrlError::NoPayload));
     }
 }
