@@ -11,7 +11,7 @@
 //! token is back.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,6 +24,44 @@ use crate::config::AuthSection;
 
 /// Shortest key accepted: shorter ones are guessable.
 pub const MIN_KEY_LEN: usize = 16;
+
+/// Why `[auth]`'s keys cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    /// `api_keys_file` cannot be read.
+    #[error("auth.api_keys_file {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key is short enough to guess, or has spaces.
+    #[error("{origin}: key {name:?} must be at least {MIN_KEY_LEN} characters with no spaces")]
+    Weak {
+        /// Where it is written (`auth.api_keys`, or `FILE:LINE`).
+        origin: String,
+        /// Its name.
+        name: String,
+    },
+    /// Two keys have one name.
+    #[error("{origin}: key name {name:?} is used twice")]
+    DuplicateName {
+        /// Where the second one is written.
+        origin: String,
+        /// The name.
+        name: String,
+    },
+}
+
+/// One line of key configuration and where it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyLine {
+    /// `auth.api_keys`, or `FILE:LINE`.
+    origin: String,
+    /// `KEY` or `NAME KEY` (or a blank or comment line).
+    text: String,
+}
 
 /// Why a request was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +116,21 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// The keys `[auth]` names (read from `api_keys_file` too); `None` when it names none, which
     /// leaves the endpoints open.
-    pub fn load(section: &AuthSection) -> Result<Option<Self>, String> {
-        let mut lines: Vec<(String, String)> = section
+    pub fn load(section: &AuthSection) -> Result<Option<Self>, ApiKeyError> {
+        let mut lines: Vec<KeyLine> = section
             .api_keys
             .iter()
-            .map(|l| ("auth.api_keys".to_string(), l.clone()))
+            .map(|l| KeyLine {
+                origin: "auth.api_keys".to_string(),
+                text: l.clone(),
+            })
             .collect();
         if let Some(file) = &section.api_keys_file {
             lines.extend(read_key_file(file)?);
         }
         let mut keys = Vec::new();
-        for (origin, line) in lines {
-            let line = line.trim();
+        for KeyLine { origin, text } in lines {
+            let line = text.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -98,13 +139,10 @@ impl ApiKeys {
                 None => (format!("key-{}", keys.len() + 1), line),
             };
             if key.len() < MIN_KEY_LEN || key.contains(char::is_whitespace) {
-                return Err(format!(
-                    "{origin}: key {name:?} must be at least {MIN_KEY_LEN} characters with no \
-                     spaces"
-                ));
+                return Err(ApiKeyError::Weak { origin, name });
             }
             if keys.iter().any(|k: &Key| k.name == name) {
-                return Err(format!("{origin}: key name {name:?} is used twice"));
+                return Err(ApiKeyError::DuplicateName { origin, name });
             }
             keys.push(Key {
                 name,
@@ -214,13 +252,18 @@ fn take(bucket: &mut Bucket, rate: Rate, now: Instant) -> Result<(), Duration> {
     }
 }
 
-fn read_key_file(file: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("auth.api_keys_file {}: {e}", file.display()))?;
+fn read_key_file(file: &Path) -> Result<Vec<KeyLine>, ApiKeyError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ApiKeyError::ReadFile {
+        path: file.to_owned(),
+        source,
+    })?;
     Ok(text
         .lines()
         .enumerate()
-        .map(|(i, l)| (format!("{}:{}", file.display(), i + 1), l.to_string()))
+        .map(|(i, l)| KeyLine {
+            origin: format!("{}:{}", file.display(), i + 1),
+            text: l.to_string(),
+        })
         .collect())
 }
 

@@ -36,7 +36,7 @@ pub enum GatewayError {
     /// No healthy server can take the request: HTTP 503, gRPC `UNAVAILABLE`.
     #[error("{0}")]
     Unavailable(String),
-    /// A server failed while serving it: HTTP 502, gRPC `UNAVAILABLE`/`INTERNAL` by cause.
+    /// A server failed while serving it: HTTP 502, gRPC `UNAVAILABLE`.
     #[error("{0}")]
     Upstream(String),
     /// It took longer than allowed: HTTP 504, gRPC `DEADLINE_EXCEEDED`.
@@ -65,6 +65,23 @@ impl GatewayError {
             Self::NotFound(_) => "not_found_error",
             Self::Overloaded { .. } => "rate_limit_error",
             Self::Unavailable(_) | Self::Upstream(_) | Self::Timeout(_) => "server_error",
+        }
+    }
+
+    /// The OpenAI error `code` string, where OpenAI has one for the case.
+    pub fn openai_code(&self) -> Option<&'static str> {
+        match self {
+            Self::Overloaded { .. } => Some("rate_limit_exceeded"),
+            Self::Unauthenticated(_) => Some("invalid_api_key"),
+            _ => None,
+        }
+    }
+
+    /// When the client may try again (HTTP `Retry-After`), for an overload.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

@@ -33,7 +33,7 @@ use crate::fetch::FetchPolicy;
 use crate::gateway::Gateway;
 use crate::images::{ImageBytes, PendingImage, fetch_all, resolve};
 use crate::metrics::{Metrics, Stage};
-use crate::pool::{InflightGuard, Member, Pool};
+use crate::pool::{InflightGuard, Language, Member, Pool, ServerKind, Vision};
 use crate::routing::{Candidate, Policy, key_of};
 
 /// A request checked and converted, ready to try on servers once its images are bytes
@@ -119,8 +119,9 @@ struct Started {
     first: lang::GenerateEvent,
     events: Streaming<lang::GenerateEvent>,
     vision: VisionStage,
-    _cancel_encode: Option<DropGuard>,
-    _language: InflightGuard,
+    /// Cancels the Encode call when dropped.
+    cancel_encode: Option<DropGuard>,
+    language: InflightGuard<Language>,
 }
 
 impl Prepared<PendingImage> {
@@ -240,19 +241,19 @@ fn feature_tls_name(config: &GatewayConfig) -> String {
 
 /// The healthy member `policy` picks, skipping `avoid` and members cooling down while others
 /// are left.
-fn pick(
-    pool: &Pool,
-    policy: &dyn Policy,
+fn pick<K: ServerKind>(
+    pool: &Pool<K>,
+    policy: &dyn Policy<K::Load>,
     affinity: Option<u64>,
     avoid: &[std::net::SocketAddr],
-) -> Option<Arc<Member>> {
+) -> Option<Arc<Member<K>>> {
     let healthy = pool.healthy();
-    let untried: Vec<Arc<Member>> = healthy
+    let untried: Vec<Arc<Member<K>>> = healthy
         .iter()
         .filter(|m| !avoid.contains(&m.addr))
         .cloned()
         .collect();
-    let warm: Vec<Arc<Member>> = untried
+    let warm: Vec<Arc<Member<K>>> = untried
         .iter()
         .filter(|m| !m.cooling_down())
         .cloned()
@@ -262,7 +263,7 @@ fn pick(
         .into_iter()
         .find(|m| !m.is_empty())
         .unwrap_or(healthy);
-    let candidates: Vec<Candidate> = members
+    let candidates: Vec<Candidate<K::Load>> = members
         .iter()
         .enumerate()
         .map(|(index, m)| Candidate {
@@ -291,6 +292,8 @@ fn server_side(code: Code) -> bool {
     )
 }
 
+/// One try of a prepared request: `Generate` on a language server and, with images, `Encode`
+/// on a vision server beside it, until the first token.
 async fn try_once(
     gw: &Gateway,
     p: &Prepared,
@@ -308,13 +311,45 @@ async fn try_once(
         ))
     })?;
     let language_guard = InflightGuard::new(language.clone());
+    // A retry runs under a new id: the servers may still hold the failed try's.
     let request_id = if tried_vision.is_empty() {
         p.id.clone()
     } else {
         RequestId::random().to_string()
     };
-    let generate = lang::GenerateRequest {
-        request_id: request_id.clone(),
+    let generate = generate_request(gw, p, request_id.clone());
+    let mut events = start_generate(&language, generate).await?;
+    let (vision_server, mut vision, cancel_encode) = if p.images.is_empty() {
+        (None, VisionStage::None, None)
+    } else {
+        let encoding = start_encode(gw, p, &language, request_id, tried_vision)?;
+        (
+            Some(encoding.server),
+            VisionStage::Pending(encoding.result),
+            Some(encoding.cancel),
+        )
+    };
+    let first = first_token(
+        gw,
+        &language,
+        vision_server.as_deref(),
+        &mut events,
+        &mut vision,
+    )
+    .await?;
+    Ok(Started {
+        first,
+        events,
+        vision,
+        cancel_encode,
+        language: language_guard,
+    })
+}
+
+/// The `Generate` call of an attempt.
+fn generate_request(gw: &Gateway, p: &Prepared, request_id: String) -> lang::GenerateRequest {
+    lang::GenerateRequest {
+        request_id,
         prompt: Some(lang::generate_request::Prompt::Chat(lang::ChatPrompt {
             messages: p.messages.clone(),
         })),
@@ -329,144 +364,189 @@ async fn try_once(
         sampling: Some(p.sampling.clone()),
         feature_timeout_ms: gw.config.limits.feature_timeout_ms,
         return_token_ids: p.return_token_ids,
-    };
+    }
+}
+
+/// Sends `Generate` to `language`; a server-side refusal is worth another try.
+async fn start_generate(
+    language: &Member<Language>,
+    request: lang::GenerateRequest,
+) -> Result<Streaming<lang::GenerateEvent>, Attempt> {
     let mut client = language_client(language.channel.clone());
-    let mut events = match client.generate(generate).await {
-        Ok(r) => r.into_inner(),
+    match client.generate(request).await {
+        Ok(r) => Ok(r.into_inner()),
         Err(s) if server_side(s.code()) => {
             language.mark_failed();
-            return Err(Attempt::Retry(GatewayError::Upstream(format!(
+            Err(Attempt::Retry(GatewayError::Upstream(format!(
                 "language server {}: {}",
                 language.addr,
                 s.message()
-            ))));
+            ))))
         }
-        Err(s) => {
-            return Err(Attempt::Fatal(GatewayError::InvalidRequest(
-                s.message().into(),
-            )));
-        }
-    };
-    let mut vision = VisionStage::None;
-    let mut vision_server = None;
-    let mut cancel_encode = None;
-    if !p.images.is_empty() {
-        let image_key = key_of(&p.images[0].hash);
-        let server = pick(
-            &gw.vision,
-            gw.vision_policy.as_ref(),
-            Some(image_key),
-            tried_vision,
-        )
-        .ok_or_else(|| {
-            Attempt::Fatal(GatewayError::Unavailable("no healthy vision server".into()))
-        })?;
-        tried_vision.push(server.addr);
-        vision_server = Some(server.clone());
-        let Some((address, transport)) = language.state().feature_address else {
-            return Err(Attempt::Retry(GatewayError::Unavailable(format!(
-                "language server {} has not reported its feature address yet",
-                language.addr
-            ))));
-        };
-        let encode = EncodeRequest {
-            request_id,
-            images: p
-                .images
-                .iter()
-                .map(|i| ImageInput {
-                    source: Some(image_input::Source::Data(i.data.clone())),
-                    content_hash: Some(bytes::Bytes::copy_from_slice(&i.hash)),
-                })
-                .collect(),
-            options: Some(PreprocessOptions {
-                max_tiles: p.images.iter().map(|i| i.max_tiles).max().unwrap_or(0),
-                ..Default::default()
-            }),
-            destination: Some(FeatureDestination {
-                address: reachable(&address, &language),
-                transport,
-                server_name: feature_tls_name(&gw.config),
-            }),
-        };
-        let (tx, rx) = oneshot::channel();
-        let token = CancellationToken::new();
-        cancel_encode = Some(token.clone().drop_guard());
-        let metrics = gw.metrics.clone();
-        gw.tasks.spawn(async move {
-            let guard = InflightGuard::new(server.clone());
-            let result = tokio::select! {
-                () = token.cancelled() => Err(Status::cancelled("request ended")),
-                r = run_encode(&server, encode, &metrics) => r,
-            };
-            if let Err(s) = &result
-                && matches!(s.code(), Code::Unavailable | Code::Unknown)
-            {
-                server.mark_failed();
-            }
-            drop(guard);
-            let _ = tx.send(result);
-        });
-        vision = VisionStage::Pending(rx);
+        Err(s) => Err(Attempt::Fatal(GatewayError::InvalidRequest(
+            s.message().into(),
+        ))),
     }
-    // Wait for the first token; a vision failure before it means another try.
+}
+
+/// An `Encode` call running beside an attempt's `Generate` call.
+struct Encoding {
+    /// The vision server encoding.
+    server: Arc<Member<Vision>>,
+    /// The call's outcome once it ends.
+    result: oneshot::Receiver<Result<VisionReport, Status>>,
+    /// Cancels the call when dropped.
+    cancel: DropGuard,
+}
+
+/// Picks a vision server not tried yet (the first image's hash as affinity) and starts
+/// `Encode` on it, sending the features to `language`.
+fn start_encode(
+    gw: &Gateway,
+    p: &Prepared,
+    language: &Member<Language>,
+    request_id: String,
+    tried_vision: &mut Vec<std::net::SocketAddr>,
+) -> Result<Encoding, Attempt> {
+    let image_key = key_of(&p.images[0].hash);
+    let server = pick(
+        &gw.vision,
+        gw.vision_policy.as_ref(),
+        Some(image_key),
+        tried_vision,
+    )
+    .ok_or_else(|| Attempt::Fatal(GatewayError::Unavailable("no healthy vision server".into())))?;
+    tried_vision.push(server.addr);
+    let request = encode_request(&gw.config, p, language, request_id);
+    Ok(spawn_encode(gw, server, request))
+}
+
+/// The `Encode` call of an attempt: every image, with `language`'s feature listener as the
+/// destination.
+fn encode_request(
+    config: &GatewayConfig,
+    p: &Prepared,
+    language: &Member<Language>,
+    request_id: String,
+) -> EncodeRequest {
+    let features = language.state().load.features;
+    EncodeRequest {
+        request_id,
+        images: p
+            .images
+            .iter()
+            .map(|i| ImageInput {
+                source: Some(image_input::Source::Data(i.data.clone())),
+                content_hash: Some(bytes::Bytes::copy_from_slice(&i.hash)),
+            })
+            .collect(),
+        options: Some(PreprocessOptions {
+            max_tiles: p.images.iter().map(|i| i.max_tiles).max().unwrap_or(0),
+            ..Default::default()
+        }),
+        destination: Some(FeatureDestination {
+            address: reachable(&features.address, language),
+            transport: features.transport,
+            server_name: feature_tls_name(config),
+        }),
+    }
+}
+
+/// Runs `request` on `server` in the gateway's task set; a server that turns out unreachable
+/// is marked failed.
+fn spawn_encode(gw: &Gateway, server: Arc<Member<Vision>>, request: EncodeRequest) -> Encoding {
+    let (tx, rx) = oneshot::channel();
+    let token = CancellationToken::new();
+    let cancel = token.clone().drop_guard();
+    let metrics = gw.metrics.clone();
+    let encoding_server = server.clone();
+    gw.tasks.spawn(async move {
+        let guard = InflightGuard::new(server.clone());
+        let result = tokio::select! {
+            () = token.cancelled() => Err(Status::cancelled("request ended")),
+            r = run_encode(&server, request, &metrics) => r,
+        };
+        if let Err(s) = &result
+            && matches!(s.code(), Code::Unavailable | Code::Unknown)
+        {
+            server.mark_failed();
+        }
+        drop(guard);
+        let _ = tx.send(result);
+    });
+    Encoding {
+        server: encoding_server,
+        result: rx,
+        cancel,
+    }
+}
+
+/// Waits for the first token of `events`; a vision failure before it means another try.
+async fn first_token(
+    gw: &Gateway,
+    language: &Member<Language>,
+    vision_server: Option<&Member<Vision>>,
+    events: &mut Streaming<lang::GenerateEvent>,
+    vision: &mut VisionStage,
+) -> Result<lang::GenerateEvent, Attempt> {
     loop {
         tokio::select! {
             first = events.message() => {
-                let first = match first {
-                    Ok(Some(first)) => first,
-                    Ok(None) => {
-                        return Err(Attempt::Retry(GatewayError::Upstream(format!(
-                            "language server {} ended the stream without an answer",
-                            language.addr
-                        ))));
-                    }
-                    Err(s) if s.code() == Code::InvalidArgument => {
-                        return Err(Attempt::Fatal(GatewayError::InvalidRequest(
-                            s.message().into(),
-                        )));
-                    }
-                    Err(s) => {
-                        if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
-                            language.mark_failed();
-                        }
-                        // The features never arrived: the vision server may be cut off from
-                        // the language servers while its health check still passes.
-                        if s.code() == Code::DeadlineExceeded
-                            && let Some(server) = &vision_server
-                        {
-                            server.cool_down(gw.config.health.cooldown());
-                        }
-                        return Err(Attempt::Retry(GatewayError::Upstream(format!(
-                            "language server {}: {}",
-                            language.addr,
-                            s.message()
-                        ))));
-                    }
+                return match first {
+                    Ok(Some(first)) => Ok(first),
+                    Ok(None) => Err(Attempt::Retry(GatewayError::Upstream(format!(
+                        "language server {} ended the stream without an answer",
+                        language.addr
+                    )))),
+                    Err(s) => Err(language_failure(gw, language, vision_server, &s)),
                 };
-                return Ok(Started {
-                    first,
-                    events,
-                    vision,
-                    _cancel_encode: cancel_encode,
-                    _language: language_guard,
-                });
             }
             result = vision.wait(), if vision.is_pending() => {
                 match result {
-                    Ok(report) => vision = VisionStage::Done(report),
-                    Err(s) if s.code() == Code::InvalidArgument => {
-                        return Err(Attempt::Fatal(GatewayError::InvalidRequest(s.message().into())));
-                    }
-                    Err(s) => {
-                        return Err(Attempt::Retry(GatewayError::Upstream(format!(
-                            "vision stage failed: {}",
-                            s.message()
-                        ))));
-                    }
+                    Ok(report) => *vision = VisionStage::Done(report),
+                    Err(s) => return Err(vision_failure(&s)),
                 }
             }
         }
+    }
+}
+
+/// What a `Generate` stream that failed before its first token means for the attempt.
+fn language_failure(
+    gw: &Gateway,
+    language: &Member<Language>,
+    vision_server: Option<&Member<Vision>>,
+    s: &Status,
+) -> Attempt {
+    if s.code() == Code::InvalidArgument {
+        return Attempt::Fatal(GatewayError::InvalidRequest(s.message().into()));
+    }
+    if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal) {
+        language.mark_failed();
+    }
+    // The features never arrived: the vision server may be cut off from the language servers
+    // while its health check still passes.
+    if s.code() == Code::DeadlineExceeded
+        && let Some(server) = vision_server
+    {
+        server.cool_down(gw.config.health.cooldown());
+    }
+    Attempt::Retry(GatewayError::Upstream(format!(
+        "language server {}: {}",
+        language.addr,
+        s.message()
+    )))
+}
+
+/// What a failed `Encode` call means for the attempt.
+fn vision_failure(s: &Status) -> Attempt {
+    if s.code() == Code::InvalidArgument {
+        Attempt::Fatal(GatewayError::InvalidRequest(s.message().into()))
+    } else {
+        Attempt::Retry(GatewayError::Upstream(format!(
+            "vision stage failed: {}",
+            s.message()
+        )))
     }
 }
 
@@ -512,7 +592,7 @@ impl VisionStage {
 
 /// Runs one Encode call to its end, recording its stages.
 async fn run_encode(
-    server: &Member,
+    server: &Member<Vision>,
     request: EncodeRequest,
     metrics: &Metrics,
 ) -> Result<VisionReport, Status> {
@@ -545,7 +625,7 @@ async fn run_encode(
 
 /// The feature address to give a vision server: a wildcard host is replaced by the address the
 /// gateway reaches the language server at.
-fn reachable(address: &str, language: &Member) -> String {
+fn reachable(address: &str, language: &Member<Language>) -> String {
     match address.rsplit_once(':') {
         Some(("0.0.0.0" | "[::]" | "::", port)) => {
             format!("{}:{port}", language.addr.ip())
@@ -554,8 +634,18 @@ fn reachable(address: &str, language: &Member) -> String {
     }
 }
 
+/// What a running request holds until its stream ends: dropping it cancels the `Encode` call
+/// and frees the language server's in-flight count and the admission permit.
+struct Held {
+    _cancel_encode: Option<DropGuard>,
+    _language: InflightGuard<Language>,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// Everything a running request's stream holds until it ends.
 struct Flow {
+    /// The attempt's first event, not converted yet.
+    first: Option<lang::GenerateEvent>,
     events: Streaming<lang::GenerateEvent>,
     pending: VecDeque<Result<ChatEvent, GatewayError>>,
     vision: Option<VisionStage>,
@@ -568,10 +658,42 @@ struct Flow {
     id: String,
     model: String,
     created: u64,
-    _started: (Option<DropGuard>, InflightGuard, OwnedSemaphorePermit),
+    _held: Held,
 }
 
 impl Flow {
+    /// The client's next item; `None` once the stream has ended.
+    async fn next_item(&mut self) -> Option<Result<ChatEvent, GatewayError>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if self.finished {
+                return None;
+            }
+            let next = match self.first.take() {
+                Some(event) => Ok(Some(event)),
+                None => self.events.message().await,
+            };
+            match next {
+                Ok(Some(event)) => self.convert(event).await,
+                Ok(None) => {
+                    self.finished = true;
+                    return Some(Err(GatewayError::Upstream(
+                        "the language server ended the stream early".into(),
+                    )));
+                }
+                Err(status) => {
+                    self.finished = true;
+                    return Some(Err(GatewayError::Upstream(format!(
+                        "the language server failed: {}",
+                        status.message()
+                    ))));
+                }
+            }
+        }
+    }
+
     fn event(&self, event: chat_event::Event) -> ChatEvent {
         ChatEvent {
             id: self.id.clone(),
@@ -646,10 +768,11 @@ fn stream(
         first,
         events,
         vision,
-        _cancel_encode,
-        _language,
+        cancel_encode,
+        language,
     } = started;
     let flow = Flow {
+        first: Some(first),
         events,
         pending: VecDeque::new(),
         vision: Some(vision),
@@ -664,43 +787,16 @@ fn stream(
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        _started: (_cancel_encode, _language, permit),
-    };
-    Box::pin(futures::stream::unfold(
-        (flow, Some(first)),
-        |(mut flow, mut first)| async move {
-            loop {
-                if let Some(item) = flow.pending.pop_front() {
-                    return Some((item, (flow, first)));
-                }
-                if flow.finished {
-                    return None;
-                }
-                let next = match first.take() {
-                    Some(event) => Ok(Some(event)),
-                    None => flow.events.message().await,
-                };
-                match next {
-                    Ok(Some(event)) => flow.convert(event).await,
-                    Ok(None) => {
-                        flow.finished = true;
-                        let e = GatewayError::Upstream(
-                            "the language server ended the stream early".into(),
-                        );
-                        return Some((Err(e), (flow, first)));
-                    }
-                    Err(status) => {
-                        flow.finished = true;
-                        let e = GatewayError::Upstream(format!(
-                            "the language server failed: {}",
-                            status.message()
-                        ));
-                        return Some((Err(e), (flow, first)));
-                    }
-                }
-            }
+        _held: Held {
+            _cancel_encode: cancel_encode,
+            _language: language,
+            _permit: permit,
         },
-    ))
+    };
+    Box::pin(futures::stream::unfold(flow, |mut flow| async move {
+        let item = flow.next_item().await?;
+        Some((item, flow))
+    }))
 }
 
 /// Checks and converts `request` as the gateway does before routing it (model, roles, images

@@ -78,24 +78,60 @@ impl Default for TlsSection {
     }
 }
 
+/// The three files of mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TlsFiles<'a> {
+    /// The deployment's CA certificate.
+    ca: &'a Path,
+    /// The gateway's certificate chain.
+    cert: &'a Path,
+    /// The gateway's private key.
+    key: &'a Path,
+}
+
+/// Why `[tls]` gives no TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// Some of the three files are named, not all.
+    #[error(transparent)]
+    Incomplete(#[from] FieldError),
+    /// A file cannot be read or used.
+    #[error(transparent)]
+    Load(#[from] dvd_proto::tls::TlsError),
+}
+
 impl TlsSection {
     /// The CA, certificate and key files when mutual TLS is on, `None` when off; an error
-    /// unless all three or none are set.
-    fn files(&self) -> Result<Option<(&Path, &Path, &Path)>, String> {
+    /// naming the first one missing unless all three or none are set.
+    fn files(&self) -> Result<Option<TlsFiles<'_>>, FieldError> {
         match (&self.ca_file, &self.cert_file, &self.key_file) {
             (None, None, None) => Ok(None),
-            (Some(ca), Some(cert), Some(key)) => Ok(Some((ca, cert, key))),
-            _ => Err("[tls] needs ca_file, cert_file and key_file together".into()),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca, cert, key })),
+            (ca, cert, _) => {
+                let missing = if ca.is_none() {
+                    "tls.ca_file"
+                } else if cert.is_none() {
+                    "tls.cert_file"
+                } else {
+                    "tls.key_file"
+                };
+                Err(FieldError::new(
+                    missing,
+                    "none",
+                    "[tls] needs ca_file, cert_file and key_file together",
+                ))
+            }
         }
     }
 
     /// The CA, certificate and key when mutual TLS is on (all three set), `None` when off.
-    pub fn load(&self) -> Result<Option<dvd_proto::tls::GrpcTls>, String> {
-        self.files()?
-            .map(|(ca, cert, key)| {
-                dvd_proto::tls::GrpcTls::from_files(ca, cert, key).map_err(|e| e.to_string())
-            })
-            .transpose()
+    pub fn load(&self) -> Result<Option<dvd_proto::tls::GrpcTls>, TlsConfigError> {
+        let Some(files) = self.files()? else {
+            return Ok(None);
+        };
+        Ok(Some(dvd_proto::tls::GrpcTls::from_files(
+            files.ca, files.cert, files.key,
+        )?))
     }
 }
 
@@ -303,48 +339,106 @@ impl Default for ImagesSection {
     }
 }
 
+/// A configuration value that parses but cannot work: which field, the value found, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value}: {reason}")]
+pub struct FieldError {
+    /// The field, `section.key`.
+    pub field: &'static str,
+    /// The value found, as written.
+    pub value: String,
+    /// Why it cannot work.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// `field` cannot be `value`, for `reason`.
+    pub fn new(field: &'static str, value: impl ToString, reason: impl ToString) -> Self {
+        Self {
+            field,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a gateway configuration (TOML syntax, unknown key, wrong type).
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        source: toml::de::Error,
+    },
+    /// A value in it cannot work.
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field and why.
+        source: FieldError,
+    },
 }
 
 impl GatewayConfig {
     /// Reads and checks a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let error = |message: String| ConfigError {
-            path: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        let config: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
-        config.check().map_err(error)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.check().map_err(|source| ConfigError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(config)
     }
 
     /// Checks values that parse but cannot work.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), FieldError> {
         if self.language.targets().next().is_none() {
-            return Err("[language] needs at least one address or dns name".into());
+            return Err(FieldError::new(
+                "language.addresses and language.dns",
+                "[]",
+                "the language pool needs at least one address or dns name",
+            ));
         }
-        if self.limits.max_inflight == 0 || self.limits.attempts == 0 {
-            return Err("limits.max_inflight and limits.attempts must be at least 1".into());
-        }
-        if self.limits.max_tiles_per_image == 0 || self.limits.max_tiles_per_image > 64 {
-            return Err("limits.max_tiles_per_image must be 1 to 64".into());
+        at_least_one("limits.max_inflight", self.limits.max_inflight as u64)?;
+        at_least_one("limits.attempts", u64::from(self.limits.attempts))?;
+        if !(1..=64).contains(&self.limits.max_tiles_per_image) {
+            return Err(FieldError::new(
+                "limits.max_tiles_per_image",
+                self.limits.max_tiles_per_image,
+                "must be 1 to 64",
+            ));
         }
         self.tls.files()?;
-        if self.images.fetch_timeout_s == 0 {
-            return Err("images.fetch_timeout_s must be at least 1".into());
-        }
-        for network in &self.images.fetch_allowed_networks {
-            crate::fetch::Network::parse(network)
-                .map_err(|e| format!("images.fetch_allowed_networks: {e}"))?;
-        }
+        at_least_one("images.fetch_timeout_s", self.images.fetch_timeout_s)?;
+        crate::fetch::allowed_networks(&self.images)?;
+        Ok(())
+    }
+}
+
+/// An error unless `value` is at least 1.
+fn at_least_one(field: &'static str, value: u64) -> Result<(), FieldError> {
+    if value == 0 {
+        Err(FieldError::new(field, value, "must be at least 1"))
+    } else {
         Ok(())
     }
 }

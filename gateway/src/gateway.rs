@@ -13,22 +13,36 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeyError, ApiKeys};
 use crate::backend::{ChatBackend, ChatStream, GatewayError};
-use crate::config::GatewayConfig;
-use crate::fetch::Fetcher;
+use crate::config::{GatewayConfig, TlsConfigError};
+use crate::fetch::{FetchSetupError, Fetcher};
 use crate::metrics::{Metrics, PoolGauge};
-use crate::pool::{Pool, PoolKind, PoolTls};
+use crate::pool::{Language, LanguageLoad, Pool, PoolTls, Vision, VisionLoad};
 use crate::routing::{LeastLoadedLanguage, Policy, ShortestQueueVision};
+
+/// Why a gateway cannot be built from its configuration: a file it names cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `[auth]`'s keys.
+    #[error(transparent)]
+    ApiKeys(#[from] ApiKeyError),
+    /// `[images]`' fetch policy or CA file.
+    #[error(transparent)]
+    Fetch(#[from] FetchSetupError),
+    /// `[tls]`'s files.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+}
 
 /// The gateway over its pools. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Gateway {
     pub(crate) config: GatewayConfig,
-    pub(crate) vision: Pool,
-    pub(crate) language: Pool,
-    pub(crate) vision_policy: Box<dyn Policy>,
-    pub(crate) language_policy: Box<dyn Policy>,
+    pub(crate) vision: Pool<Vision>,
+    pub(crate) language: Pool<Language>,
+    pub(crate) vision_policy: Box<dyn Policy<VisionLoad>>,
+    pub(crate) language_policy: Box<dyn Policy<LanguageLoad>>,
     pub(crate) admission: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
     /// Encode calls running beside their requests.
@@ -44,9 +58,9 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway for `config` with the default policies; call [`refresh`](Self::refresh) (or
-    /// [`run_checks`](Self::run_checks)) before serving. Fails when `[auth]`'s keys or
-    /// `images.fetch_ca_file` cannot be loaded.
-    pub fn new(config: GatewayConfig) -> Result<Self, String> {
+    /// [`run_checks`](Self::run_checks)) before serving. Fails when `[auth]`'s keys,
+    /// `images.fetch_ca_file` or `[tls]`'s files cannot be loaded.
+    pub fn new(config: GatewayConfig) -> Result<Self, SetupError> {
         Self::with_policies(
             config,
             Box::new(ShortestQueueVision::default()),
@@ -57,9 +71,9 @@ impl Gateway {
     /// A gateway with other routing policies.
     pub fn with_policies(
         config: GatewayConfig,
-        vision_policy: Box<dyn Policy>,
-        language_policy: Box<dyn Policy>,
-    ) -> Result<Self, String> {
+        vision_policy: Box<dyn Policy<VisionLoad>>,
+        language_policy: Box<dyn Policy<LanguageLoad>>,
+    ) -> Result<Self, SetupError> {
         let auth = ApiKeys::load(&config.auth)?.map(Arc::new);
         let fetcher = Fetcher::new(&config.images, &config.limits)?;
         let grpc_tls = config.tls.load()?;
@@ -72,12 +86,10 @@ impl Gateway {
         Ok(Self {
             fetcher,
             vision: Pool::new(
-                PoolKind::Vision,
                 config.vision.clone(),
                 pool_tls(&config.tls.vision_server_name),
             ),
             language: Pool::new(
-                PoolKind::Language,
                 config.language.clone(),
                 pool_tls(&config.tls.language_server_name),
             ),
@@ -135,11 +147,7 @@ impl Gateway {
     }
 
     fn gauges(&self) -> [PoolGauge; 2] {
-        [&self.vision, &self.language].map(|pool| PoolGauge {
-            pool: pool.kind().name(),
-            members: pool.members().len(),
-            healthy: pool.healthy().len(),
-        })
+        [self.vision.gauge(), self.language.gauge()]
     }
 }
 

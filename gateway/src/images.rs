@@ -51,12 +51,10 @@ pub(crate) fn resolve(
         Some(n) => n,
     };
     let data = match &image.source {
-        None => return Err(invalid(index, "no data or url".into())),
+        None => return Err(invalid(index, "no data or url")),
         Some(image::Source::Data(data)) => data.clone(),
         Some(image::Source::Url(url)) if is_remote(url) => {
-            fetch
-                .check(url)
-                .map_err(|e| invalid(index, e.to_string()))?;
+            fetch.check(url).map_err(|e| invalid(index, e))?;
             return Ok(PendingImage::Remote {
                 url: url.clone(),
                 max_tiles,
@@ -80,10 +78,7 @@ pub(crate) async fn fetch_all(
             match image {
                 PendingImage::Ready(bytes) => Ok(bytes),
                 PendingImage::Remote { url, max_tiles } => {
-                    let data = fetcher
-                        .fetch(&url)
-                        .await
-                        .map_err(|e| invalid(index, e.to_string()))?;
+                    let data = fetcher.fetch(&url).await.map_err(|e| invalid(index, e))?;
                     finish(data, index, max_tiles, limits)
                 }
             }
@@ -91,7 +86,7 @@ pub(crate) async fn fetch_all(
     futures::future::try_join_all(fetches).await
 }
 
-fn invalid(index: usize, message: String) -> GatewayError {
+fn invalid(index: usize, message: impl std::fmt::Display) -> GatewayError {
     GatewayError::InvalidRequest(format!("image {index}: {message}"))
 }
 
@@ -115,7 +110,7 @@ fn finish(
     limits: &LimitsSection,
 ) -> Result<ImageBytes, GatewayError> {
     if data.is_empty() {
-        return Err(invalid(index, "empty image".into()));
+        return Err(invalid(index, "empty image"));
     }
     let limit = limits.max_image_mib << 20;
     if data.len() > limit {
@@ -131,28 +126,44 @@ fn finish(
     })
 }
 
-fn from_url(url: &str, policy: &ImagesSection) -> Result<Bytes, String> {
+/// Why an image URL the gateway reads itself (`data:`, a local file) gave no bytes.
+#[derive(Debug, thiserror::Error)]
+enum LocalUrlError {
+    #[error("data: URL without a ',' before its payload")]
+    NoPayload,
+    #[error("data: URLs must be base64 (data:image/png;base64,...)")]
+    NotBase64,
+    #[error("invalid base64 in data: URL: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("{0:?} is not a data: or https URL (local files are off; images.allow_local_files)")]
+    LocalFilesOff(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The bytes of a `data:` URL, or of a local file where the policy allows them.
+fn from_url(url: &str, policy: &ImagesSection) -> Result<Bytes, LocalUrlError> {
     if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, payload) = rest
-            .split_once(',')
-            .ok_or("data: URL without a ',' before its payload")?;
+        let (meta, payload) = rest.split_once(',').ok_or(LocalUrlError::NoPayload)?;
         if !meta.ends_with(";base64") {
-            return Err("data: URLs must be base64 (data:image/png;base64,...)".into());
+            return Err(LocalUrlError::NotBase64);
         }
-        return base64::engine::general_purpose::STANDARD
-            .decode(payload.trim())
-            .map(Bytes::from)
-            .map_err(|e| format!("invalid base64 in data: URL: {e}"));
+        let bytes = base64::engine::general_purpose::STANDARD.decode(payload.trim())?;
+        return Ok(Bytes::from(bytes));
     }
     if !policy.allow_local_files {
-        return Err(format!(
-            "{url:?} is not a data: or https URL (local files are off; images.allow_local_files)"
-        ));
+        return Err(LocalUrlError::LocalFilesOff(url.to_owned()));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     std::fs::read(path)
         .map(Bytes::from)
-        .map_err(|e| format!("cannot read {path}: {e}"))
+        .map_err(|source| LocalUrlError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]

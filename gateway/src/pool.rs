@@ -20,70 +20,116 @@ use dvd_proto::vision::v1::{
 use tonic::transport::Channel;
 
 use crate::config::PoolSection;
+use crate::metrics::PoolGauge;
 
-/// Which servers a pool holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolKind {
-    /// Vision servers (`VisionService`).
-    Vision,
-    /// Language servers (`LanguageService`).
-    Language,
-}
+/// A kind of server a pool holds: its name, what a check of it reports, and the check.
+pub trait ServerKind: std::fmt::Debug + Send + Sync + 'static {
+    /// What a check reports of one server beyond its health.
+    type Load: Clone + std::fmt::Debug + Default + PartialEq + Send + Sync + 'static;
 
-impl PoolKind {
     /// `vision` or `language`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Vision => "vision",
-            Self::Language => "language",
-        }
-    }
+    const NAME: &'static str;
+
+    /// One health and load check of the server behind `channel`.
+    fn check(
+        channel: Channel,
+    ) -> impl Future<Output = Result<MemberState<Self::Load>, CheckError>> + Send;
 }
 
-/// What the last check of a member found.
+/// Vision servers (`VisionService`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vision;
+
+/// Language servers (`LanguageService`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Language;
+
+/// Embedding-cache counters of a vision server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Lookups that found the image's features.
+    pub hits: u64,
+    /// Every lookup.
+    pub lookups: u64,
+}
+
+/// What a check of a vision server reports beyond its health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VisionLoad {
+    /// Tiles queued or being encoded.
+    pub tiles: u64,
+    /// Its embedding cache.
+    pub cache: CacheCounts,
+}
+
+/// Where a language server takes a request's features.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeatureAddress {
+    /// `host:port` of its feature listener, as it reports it (the host may be a wildcard).
+    pub address: String,
+    /// The listener's transport (`dvd.feature.v1.Transport`).
+    pub transport: i32,
+}
+
+/// What a check of a language server reports beyond its health.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct MemberState {
+pub struct LanguageLoad {
+    /// Tokens it has still to process.
+    pub outstanding_tokens: u64,
+    /// KV blocks in use over total.
+    pub kv_used: f64,
+    /// Its feature listener.
+    pub features: FeatureAddress,
+}
+
+/// What the last check of a member found; `L` is its kind's [`ServerKind::Load`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberState<L> {
     /// Whether the last check passed.
     pub healthy: bool,
     /// Checks failed in a row.
     pub failures: u32,
-    /// Language servers: feature listener address and transport (`dvd.feature.v1.Transport`).
-    pub feature_address: Option<(String, i32)>,
-    /// Load: language servers' outstanding tokens, vision servers' queued tiles.
-    pub load: u64,
-    /// Language servers: KV blocks in use over total.
-    pub kv_used: f64,
-    /// Vision servers: embedding-cache hits and lookups.
-    pub cache: (u64, u64),
     /// Hidden size of the features the server produces or takes.
     pub hidden_size: u32,
+    /// Its load, as the last check that answered reported it.
+    pub load: L,
+}
+
+/// Why a health and load check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The server answered the call with an error.
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    /// It did not answer in time.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
 }
 
 /// One server of a pool.
 #[derive(Debug)]
-pub struct Member {
+pub struct Member<K: ServerKind> {
     /// `ip:port`.
     pub addr: SocketAddr,
     /// The gRPC channel (connects lazily, reconnects by itself).
     pub channel: Channel,
-    state: Mutex<MemberState>,
+    state: Mutex<MemberState<K::Load>>,
     /// Requests this gateway has sent it and not seen finish.
     pub inflight: AtomicU32,
     /// Until when routing passes it over (see [`Member::cool_down`]).
     cooling_until: Mutex<Option<Instant>>,
 }
 
-impl Member {
-    fn new(addr: SocketAddr, tls: Option<&PoolTls>) -> Result<Self, String> {
+impl<K: ServerKind> Member<K> {
+    fn new(addr: SocketAddr, tls: Option<&PoolTls>) -> Result<Self, tonic::transport::Error> {
         let endpoint = match tls {
-            None => tuned_endpoint(&addr.to_string()),
-            Some(tls) => tuned_endpoint(&format!("https://{addr}"))
-                .and_then(|e| e.tls_config(tls.config.client_config(&tls.server_name))),
+            None => tuned_endpoint(&addr.to_string())?,
+            Some(tls) => tuned_endpoint(&format!("https://{addr}"))?
+                .tls_config(tls.config.client_config(&tls.server_name))?,
         };
-        let channel = endpoint.map_err(|e| e.to_string())?.connect_lazy();
         Ok(Self {
             addr,
-            channel,
+            channel: endpoint.connect_lazy(),
             state: Mutex::new(MemberState::default()),
             inflight: AtomicU32::new(0),
             cooling_until: Mutex::new(None),
@@ -91,7 +137,7 @@ impl Member {
     }
 
     /// The last check's findings.
-    pub fn state(&self) -> MemberState {
+    pub fn state(&self) -> MemberState<K::Load> {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -100,9 +146,10 @@ impl Member {
 
     /// Marks the member failed (a request to it failed); the next check may restore it.
     pub fn mark_failed(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.healthy = false;
-        state.failures += 1;
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fail();
     }
 
     /// Has routing pass the member over for `period` while other members are healthy: for a
@@ -131,7 +178,7 @@ impl Member {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    fn set(&self, found: Result<MemberState, String>) {
+    fn set(&self, found: Result<MemberState<K::Load>, CheckError>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match found {
             Ok(fresh) => *state = fresh,
@@ -139,26 +186,43 @@ impl Member {
                 if state.healthy {
                     tracing::warn!(server = %self.addr, error = %e, "server failed its health check");
                 }
-                state.healthy = false;
-                state.failures += 1;
+                state.fail();
             }
         }
     }
 }
 
+impl<L> MemberState<L> {
+    /// What a check that answered found: healthy when the server reports `status` `SERVING`.
+    fn checked(status: i32, hidden_size: u32, load: L) -> Self {
+        Self {
+            healthy: status == ServingStatus::Serving as i32,
+            failures: 0,
+            hidden_size,
+            load,
+        }
+    }
+
+    /// A failed check or request: unhealthy, one more failure in a row, the load kept.
+    fn fail(&mut self) {
+        self.healthy = false;
+        self.failures += 1;
+    }
+}
+
 /// Counts a request against a member while it lives.
 #[derive(Debug)]
-pub struct InflightGuard(Arc<Member>);
+pub struct InflightGuard<K: ServerKind>(Arc<Member<K>>);
 
-impl InflightGuard {
+impl<K: ServerKind> InflightGuard<K> {
     /// Counts one more request on `member`.
-    pub fn new(member: Arc<Member>) -> Self {
+    pub fn new(member: Arc<Member<K>>) -> Self {
         member.inflight.fetch_add(1, Ordering::AcqRel);
         Self(member)
     }
 }
 
-impl Drop for InflightGuard {
+impl<K: ServerKind> Drop for InflightGuard<K> {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -176,20 +240,18 @@ pub struct PoolTls {
 
 /// A pool of one kind of server.
 #[derive(Debug)]
-pub struct Pool {
-    kind: PoolKind,
+pub struct Pool<K: ServerKind> {
     targets: PoolSection,
     tls: Option<PoolTls>,
-    members: RwLock<Vec<Arc<Member>>>,
+    members: RwLock<Vec<Arc<Member<K>>>>,
     last_resolve: Mutex<Option<Instant>>,
 }
 
-impl Pool {
+impl<K: ServerKind> Pool<K> {
     /// An empty pool over `targets`, reached over mutual TLS when `tls` is given;
     /// [`refresh`](Self::refresh) fills it.
-    pub fn new(kind: PoolKind, targets: PoolSection, tls: Option<PoolTls>) -> Self {
+    pub fn new(targets: PoolSection, tls: Option<PoolTls>) -> Self {
         Self {
-            kind,
             targets,
             tls,
             members: RwLock::new(Vec::new()),
@@ -197,13 +259,8 @@ impl Pool {
         }
     }
 
-    /// Which servers it holds.
-    pub fn kind(&self) -> PoolKind {
-        self.kind
-    }
-
     /// Every member.
-    pub fn members(&self) -> Vec<Arc<Member>> {
+    pub fn members(&self) -> Vec<Arc<Member<K>>> {
         self.members
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -211,11 +268,20 @@ impl Pool {
     }
 
     /// Members whose last check passed.
-    pub fn healthy(&self) -> Vec<Arc<Member>> {
+    pub fn healthy(&self) -> Vec<Arc<Member<K>>> {
         self.members()
             .into_iter()
             .filter(|m| m.state().healthy)
             .collect()
+    }
+
+    /// Its size and health, for the metrics.
+    pub fn gauge(&self) -> PoolGauge {
+        PoolGauge {
+            pool: K::NAME,
+            members: self.members().len(),
+            healthy: self.healthy().len(),
+        }
     }
 
     /// Re-resolves the pool's names when `resolve_every` has passed, then checks every member.
@@ -236,9 +302,9 @@ impl Pool {
         }
         let members = self.members();
         let checks = members.iter().map(|m| async move {
-            let found = tokio::time::timeout(timeout, check(self.kind, &m.channel))
+            let found = tokio::time::timeout(timeout, K::check(m.channel.clone()))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+                .unwrap_or(Err(CheckError::Timeout(timeout)));
             m.set(found);
         });
         futures::future::join_all(checks).await;
@@ -251,7 +317,7 @@ impl Pool {
             match tokio::net::lookup_host(target.as_str()).await {
                 Ok(addrs) => found.extend(addrs),
                 Err(e) => {
-                    tracing::warn!(pool = self.kind.name(), %target, error = %e, "cannot resolve")
+                    tracing::warn!(pool = K::NAME, %target, error = %e, "cannot resolve")
                 }
             }
         }
@@ -264,67 +330,64 @@ impl Pool {
             }
             match Member::new(addr, self.tls.as_ref()) {
                 Ok(member) => {
-                    tracing::info!(pool = self.kind.name(), %addr, "server joined the pool");
+                    tracing::info!(pool = K::NAME, %addr, "server joined the pool");
                     members.push(Arc::new(member));
                 }
-                Err(e) => tracing::warn!(pool = self.kind.name(), %addr, error = %e, "bad address"),
+                Err(e) => tracing::warn!(pool = K::NAME, %addr, error = %e, "bad address"),
             }
         }
         members.sort_by_key(|m| m.addr);
     }
 }
 
-/// One health and load check.
-async fn check(kind: PoolKind, channel: &Channel) -> Result<MemberState, String> {
-    match kind {
-        PoolKind::Vision => {
-            let mut client = vision_client(channel.clone());
-            let health = client
-                .health(VisionHealthRequest {})
-                .await
-                .map_err(|s| s.message().to_owned())?
-                .into_inner();
-            let stats = client
-                .stats(VisionStatsRequest {})
-                .await
-                .map_err(|s| s.message().to_owned())?
-                .into_inner();
-            Ok(MemberState {
-                healthy: health.status == ServingStatus::Serving as i32,
-                failures: 0,
-                feature_address: None,
-                load: u64::from(stats.queued_tiles) + u64::from(stats.running_tiles),
-                kv_used: 0.0,
-                cache: (stats.cache_hits, stats.cache_hits + stats.cache_misses),
-                hidden_size: health.hidden_size,
-            })
-        }
-        PoolKind::Language => {
-            let mut client = language_client(channel.clone());
-            let health = client
-                .health(LanguageHealthRequest {})
-                .await
-                .map_err(|s| s.message().to_owned())?
-                .into_inner();
-            let stats = client
-                .stats(LanguageStatsRequest {})
-                .await
-                .map_err(|s| s.message().to_owned())?
-                .into_inner();
-            Ok(MemberState {
-                healthy: health.status == ServingStatus::Serving as i32,
-                failures: 0,
-                feature_address: Some((health.feature_address, health.feature_transport)),
-                load: stats.outstanding_tokens,
-                kv_used: if stats.kv_blocks_total == 0 {
-                    0.0
-                } else {
-                    f64::from(stats.kv_blocks_used) / f64::from(stats.kv_blocks_total)
-                },
-                cache: (0, 0),
-                hidden_size: health.hidden_size,
-            })
-        }
+impl ServerKind for Vision {
+    type Load = VisionLoad;
+    const NAME: &'static str = "vision";
+
+    async fn check(channel: Channel) -> Result<MemberState<VisionLoad>, CheckError> {
+        let mut client = vision_client(channel);
+        let health = client.health(VisionHealthRequest {}).await?.into_inner();
+        let stats = client.stats(VisionStatsRequest {}).await?.into_inner();
+        let load = VisionLoad {
+            tiles: u64::from(stats.queued_tiles) + u64::from(stats.running_tiles),
+            cache: CacheCounts {
+                hits: stats.cache_hits,
+                lookups: stats.cache_hits + stats.cache_misses,
+            },
+        };
+        Ok(MemberState::checked(
+            health.status,
+            health.hidden_size,
+            load,
+        ))
+    }
+}
+
+impl ServerKind for Language {
+    type Load = LanguageLoad;
+    const NAME: &'static str = "language";
+
+    async fn check(channel: Channel) -> Result<MemberState<LanguageLoad>, CheckError> {
+        let mut client = language_client(channel);
+        let health = client.health(LanguageHealthRequest {}).await?.into_inner();
+        let stats = client.stats(LanguageStatsRequest {}).await?.into_inner();
+        let load = LanguageLoad {
+            outstanding_tokens: stats.outstanding_tokens,
+            kv_used: if stats.kv_blocks_total == 0 {
+                0.0
+            } else {
+                f64::from(stats.kv_blocks_used) / f64::from(stats.kv_blocks_total)
+            },
+            features: FeatureAddress {
+                address: health.feature_address,
+                transport: health.feature_transport,
+            },
+        };
+        Ok(MemberState::checked(
+            health.status,
+            health.hidden_size,
+            load,
+        ))
     }
 }
 
@@ -335,7 +398,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_cool_down_lasts_its_period_and_zero_means_none() {
-        let member = |port| Member::new(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let member =
+            |port| Member::<Vision>::new(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
         let m = member(1);
         assert!(!m.cooling_down());
         m.cool_down(Duration::ZERO);

@@ -11,23 +11,26 @@
 
 use std::hash::{Hash, Hasher};
 
-/// What a policy knows of one candidate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate {
+use crate::pool::{LanguageLoad, VisionLoad};
+
+/// What a policy knows of one candidate; `L` is what the pool's checks report of its load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<L> {
     /// Position in the caller's list.
     pub index: usize,
-    /// Reported load (outstanding tokens, or queued tiles).
-    pub load: u64,
+    /// What its last check reported.
+    pub load: L,
     /// Requests this gateway has in flight there.
     pub inflight: u32,
     /// A stable identity (its address), for affinity hashing.
     pub identity: u64,
 }
 
-/// Picks a server for a request.
-pub trait Policy: Send + Sync + std::fmt::Debug {
+/// Picks a server of one kind (`L` is its [`ServerKind::Load`](crate::pool::ServerKind::Load))
+/// for a request.
+pub trait Policy<L>: Send + Sync + std::fmt::Debug {
     /// The chosen candidate's `index`, or `None` when there is none.
-    fn choose(&self, candidates: &[Candidate], affinity: Option<u64>) -> Option<usize>;
+    fn choose(&self, candidates: &[Candidate<L>], affinity: Option<u64>) -> Option<usize>;
 }
 
 /// Least outstanding tokens, with prefix affinity among near-equals.
@@ -48,10 +51,14 @@ impl Default for LeastLoadedLanguage {
     }
 }
 
-impl Policy for LeastLoadedLanguage {
-    fn choose(&self, candidates: &[Candidate], affinity: Option<u64>) -> Option<usize> {
+impl Policy<LanguageLoad> for LeastLoadedLanguage {
+    fn choose(
+        &self,
+        candidates: &[Candidate<LanguageLoad>],
+        affinity: Option<u64>,
+    ) -> Option<usize> {
         choose_with_slack(candidates, affinity, self.slack, |c| {
-            c.load + u64::from(c.inflight) * self.tokens_per_request
+            c.load.outstanding_tokens + u64::from(c.inflight) * self.tokens_per_request
         })
     }
 }
@@ -74,19 +81,21 @@ impl Default for ShortestQueueVision {
     }
 }
 
-impl Policy for ShortestQueueVision {
-    fn choose(&self, candidates: &[Candidate], affinity: Option<u64>) -> Option<usize> {
+impl Policy<VisionLoad> for ShortestQueueVision {
+    fn choose(&self, candidates: &[Candidate<VisionLoad>], affinity: Option<u64>) -> Option<usize> {
         choose_with_slack(candidates, affinity, self.slack, |c| {
-            c.load + u64::from(c.inflight) * self.tiles_per_request
+            c.load.tiles + u64::from(c.inflight) * self.tiles_per_request
         })
     }
 }
 
-fn choose_with_slack(
-    candidates: &[Candidate],
+/// The least `load`ed candidate, or with an affinity key the one it hashes to among those
+/// within `slack` of the least.
+fn choose_with_slack<L>(
+    candidates: &[Candidate<L>],
     affinity: Option<u64>,
     slack: u64,
-    load: impl Fn(&Candidate) -> u64,
+    load: impl Fn(&Candidate<L>) -> u64,
 ) -> Option<usize> {
     let least = candidates.iter().map(&load).min()?;
     let near = candidates
@@ -119,12 +128,26 @@ pub fn key_of(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn c(index: usize, load: u64, inflight: u32) -> Candidate {
+    fn c<L>(index: usize, load: L, inflight: u32) -> Candidate<L> {
         Candidate {
             index,
             load,
             inflight,
             identity: 1000 + index as u64,
+        }
+    }
+
+    fn tokens(outstanding_tokens: u64) -> LanguageLoad {
+        LanguageLoad {
+            outstanding_tokens,
+            ..LanguageLoad::default()
+        }
+    }
+
+    fn tiles(tiles: u64) -> VisionLoad {
+        VisionLoad {
+            tiles,
+            ..VisionLoad::default()
         }
     }
 
@@ -134,9 +157,15 @@ mod tests {
             tokens_per_request: 100,
             slack: 0,
         };
-        assert_eq!(p.choose(&[c(0, 500, 0), c(1, 100, 0)], None), Some(1));
+        assert_eq!(
+            p.choose(&[c(0, tokens(500), 0), c(1, tokens(100), 0)], None),
+            Some(1)
+        );
         // Five requests sent since the last check make server 1 the busier one.
-        assert_eq!(p.choose(&[c(0, 500, 0), c(1, 100, 5)], None), Some(0));
+        assert_eq!(
+            p.choose(&[c(0, tokens(500), 0), c(1, tokens(100), 5)], None),
+            Some(0)
+        );
         assert_eq!(p.choose(&[], None), None);
     }
 
@@ -146,7 +175,7 @@ mod tests {
             tiles_per_request: 0,
             slack: 10,
         };
-        let pool = [c(0, 3, 0), c(1, 5, 0), c(2, 4, 0)];
+        let pool = [c(0, tiles(3), 0), c(1, tiles(5), 0), c(2, tiles(4), 0)];
         let picks: Vec<Option<usize>> = (0..64).map(|k| p.choose(&pool, Some(k))).collect();
         // The same key always picks the same server...
         for k in 0..64 {
@@ -157,7 +186,7 @@ mod tests {
             assert!(picks.contains(&Some(i)), "{picks:?}");
         }
         // A server far busier than the rest is not chosen whatever the key.
-        let busy = [c(0, 3, 0), c(1, 500, 0)];
+        let busy = [c(0, tiles(3), 0), c(1, tiles(500), 0)];
         assert!((0..64).all(|k| p.choose(&busy, Some(k)) == Some(0)));
     }
 }

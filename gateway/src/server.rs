@@ -13,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::backend::ChatBackend;
 use crate::config::GatewayConfig;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SetupError};
 use crate::grpc::InferenceApi;
 use crate::http::{HttpLimits, router_with_auth};
 
@@ -24,8 +24,8 @@ pub enum ServeError {
     #[error(transparent)]
     Start(#[from] StartError),
     /// The configuration's files (API keys, CA certificates) could not be loaded.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] SetupError),
 }
 
 /// What a gateway adds to the addresses every server has.
@@ -47,7 +47,7 @@ pub async fn start(config: GatewayConfig, drain: Drain) -> Result<RunningGateway
         max_body_bytes: config.limits.max_body_mib << 20,
         ..HttpLimits::default()
     };
-    let gateway = Arc::new(Gateway::new(config).map_err(ServeError::Config)?);
+    let gateway = Arc::new(Gateway::new(config)?);
     let auth = gateway.auth();
     if let Some(keys) = &auth {
         tracing::info!(

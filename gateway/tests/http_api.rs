@@ -23,10 +23,12 @@ use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus, Usage};
 use futures::Stream;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
+
+use crate::common::serve_on;
 
 // ---------------------------------------------------------------------------------------------
 // The fake backend.
@@ -978,13 +980,10 @@ async fn unknown_routes_and_methods_get_json_errors() {
 
 /// Serves `app` on 127.0.0.1; the server stops when the returned set is dropped.
 async fn serve(app: Router) -> (std::net::SocketAddr, JoinSet<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
+    serve_on([127, 0, 0, 1], |listener, _| async move {
         axum::serve(listener, app).await.unwrap();
-    });
-    (addr, tasks)
+    })
+    .await
 }
 
 async fn send_raw(addr: std::net::SocketAddr, body: &str) -> TcpStream {
@@ -1148,20 +1147,13 @@ async fn api_keys_guard_v1_and_leave_probes_open() {
     );
 
     // The right key, as a bearer token or as x-api-key; its burst of 2, then 429.
-    let ok = send_with(
-        app.clone(),
-        chat_request(),
-        &[("authorization", "Bearer 9f2c6d1e5b8a4f70aa11")],
-    )
-    .await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
-    let ok = send_with(
-        app.clone(),
-        chat_request(),
-        &[("x-api-key", "9f2c6d1e5b8a4f70aa11")],
-    )
-    .await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    for header in [
+        ("authorization", "Bearer 9f2c6d1e5b8a4f70aa11"),
+        ("x-api-key", "9f2c6d1e5b8a4f70aa11"),
+    ] {
+        let ok = send_with(app.clone(), chat_request(), &[header]).await;
+        assert_eq!(ok.status, StatusCode::OK, "{header:?}: {}", ok.body);
+    }
     let limited = send_with(
         app.clone(),
         chat_request(),

@@ -17,8 +17,9 @@ use dvd_transport::quic::SelfSigned;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+use crate::common::serve_on;
 
 /// The image the server serves at `/img.png`.
 const IMAGE: &[u8] = b"\x89PNG\r\n\x1a\n-not-really-a-png-but-bytes-are-bytes";
@@ -37,8 +38,6 @@ impl ImageServer {
         let cert = SelfSigned::generate(&["127.0.0.1".to_owned()]).unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &cert.cert_pem).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let acceptor = tls.then(|| {
             let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
@@ -53,8 +52,7 @@ impl ImageServer {
                 .unwrap();
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         });
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
+        let (addr, tasks) = serve_on([127, 0, 0, 1], |listener, addr| async move {
             let mut connections = JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -72,7 +70,8 @@ impl ImageServer {
                     }
                 });
             }
-        });
+        })
+        .await;
         Self {
             addr,
             ca_file,
@@ -162,17 +161,15 @@ struct Recorder {
 impl Recorder {
     /// On 127.0.0.2: loopback, but not the image server's address.
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = connections.clone();
-        let mut task = JoinSet::new();
-        task.spawn(async move {
+        let (addr, task) = serve_on([127, 0, 0, 2], |listener, _| async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
                 drop(stream);
             }
-        });
+        })
+        .await;
         Self {
             addr,
             connections,

@@ -4,5 +4,6 @@
 //! file. Run a group with `cargo test -p dvd-gateway --test integration <module>::`.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
+mod common;
 mod http_api;
 mod image_fetch;

@@ -6,6 +6,20 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Why a text is not a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    /// The part before `/` is not an IP address.
+    #[error("not an address or a CIDR network")]
+    NotAnAddress,
+    /// The prefix is not a number up to the address's bits.
+    #[error("the prefix must be 0..={max}")]
+    Prefix {
+        /// 32 or 128.
+        max: u8,
+    },
+}
+
 /// A network in CIDR form, `10.1.0.0/16` or `fd00::/8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -15,7 +29,7 @@ pub struct Network {
 
 impl Network {
     /// Parses `ADDR/PREFIX` (a bare address is its own /32 or /128).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, NetworkError> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -23,7 +37,7 @@ impl Network {
         let base: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("{text:?} is not an address or a CIDR network"))?;
+            .map_err(|_| NetworkError::NotAnAddress)?;
         let max = if base.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -32,7 +46,7 @@ impl Network {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix must be 0..={max}"))?,
+                .ok_or(NetworkError::Prefix { max })?,
         };
         Ok(Self { base, prefix })
     }

@@ -16,6 +16,7 @@ mod address;
 mod target;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +28,10 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use address::{Network, refusal};
+pub use address::{Network, NetworkError, refusal};
 pub use target::{Target, host_allowed};
 
-use crate::config::{ImagesSection, LimitsSection};
+use crate::config::{FieldError, ImagesSection, LimitsSection};
 
 /// Why an image URL was not fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +50,51 @@ pub enum FetchError {
     Timeout(u64),
 }
 
+/// Why a [`Fetcher`] cannot be built from `[images]`.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchSetupError {
+    /// A value of the policy cannot work.
+    #[error(transparent)]
+    Policy(#[from] FieldError),
+    /// `images.fetch_ca_file` cannot be used.
+    #[error("images.fetch_ca_file {}: {source}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: CaFileError,
+    },
+    /// rustls refused the client configuration.
+    #[error("TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Why a CA file adds no trusted certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    /// It cannot be read or is not PEM.
+    #[error(transparent)]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    /// It holds no certificate.
+    #[error("no certificates in the file")]
+    Empty,
+    /// A certificate in it is not a usable trust anchor.
+    #[error(transparent)]
+    Rejected(#[from] rustls::Error),
+}
+
+/// `images.fetch_allowed_networks`, parsed.
+pub fn allowed_networks(images: &ImagesSection) -> Result<Vec<Network>, FieldError> {
+    images
+        .fetch_allowed_networks
+        .iter()
+        .map(|n| {
+            Network::parse(n)
+                .map_err(|e| FieldError::new("images.fetch_allowed_networks", format!("{n:?}"), e))
+        })
+        .collect()
+}
+
 /// What `[images]` and `[limits]` allow a fetch to do.
 #[derive(Debug, Clone)]
 pub struct FetchPolicy {
@@ -63,17 +109,12 @@ pub struct FetchPolicy {
 
 impl FetchPolicy {
     /// The policy the configuration describes.
-    pub fn new(images: &ImagesSection, limits: &LimitsSection) -> Result<Self, String> {
-        let allowed_networks = images
-            .fetch_allowed_networks
-            .iter()
-            .map(|n| Network::parse(n))
-            .collect::<Result<_, _>>()?;
+    pub fn new(images: &ImagesSection, limits: &LimitsSection) -> Result<Self, FieldError> {
         Ok(Self {
             enabled: images.fetch,
             allow_http: images.fetch_allow_http,
             allowed_hosts: images.fetch_allowed_hosts.clone(),
-            allowed_networks,
+            allowed_networks: allowed_networks(images)?,
             timeout: Duration::from_secs(images.fetch_timeout_s.max(1)),
             max_redirects: images.fetch_max_redirects,
             max_bytes: limits.max_image_mib << 20,
@@ -126,6 +167,19 @@ pub struct Fetcher {
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// Trusts the certificates of the PEM file at `path` besides `roots`.
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), CaFileError> {
+    let certs =
+        rustls::pki_types::CertificateDer::pem_file_iter(path)?.collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(CaFileError::Empty);
+    }
+    for cert in certs {
+        roots.add(cert)?;
+    }
+    Ok(())
+}
+
 /// What one request of a fetch ended with.
 enum Hop {
     Redirect(String),
@@ -134,28 +188,19 @@ enum Hop {
 
 impl Fetcher {
     /// A fetcher for the configuration (reads `fetch_ca_file`).
-    pub fn new(images: &ImagesSection, limits: &LimitsSection) -> Result<Self, String> {
+    pub fn new(images: &ImagesSection, limits: &LimitsSection) -> Result<Self, FetchSetupError> {
         let policy = FetchPolicy::new(images, limits)?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &images.fetch_ca_file {
-            let context =
-                |e: &dyn std::fmt::Display| format!("images.fetch_ca_file {}: {e}", path.display());
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| context(&e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| context(&e))?;
-            if certs.is_empty() {
-                return Err(context(&"no certificates in the file"));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| context(&e))?;
-            }
+            add_ca_file(&mut roots, path).map_err(|source| FetchSetupError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

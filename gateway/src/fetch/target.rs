@@ -191,8 +191,8 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(url: &str) -> Result<Target, String> {
-        Target::parse(url, false).map_err(|e| e.to_string())
+    fn parse(url: &str) -> Result<Target, FetchError> {
+        Target::parse(url, false)
     }
 
     #[test]
@@ -234,7 +234,8 @@ mod tests {
         ] {
             let err = parse(url)
                 .err()
-                .unwrap_or_else(|| panic!("{url} was accepted"));
+                .unwrap_or_else(|| panic!("{url} was accepted"))
+                .to_string();
             assert!(err.contains(why), "{url}: {err}");
         }
     }

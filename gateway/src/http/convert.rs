@@ -144,6 +144,13 @@ fn check(
     }
 }
 
+/// An OpenAI presence or frequency penalty: in [-2, 2], 0 when not given.
+fn penalty(name: &str, value: Option<f32>) -> Result<f32, ApiError> {
+    let value = value.unwrap_or(0.0);
+    check((-2.0..=2.0).contains(&value), name, value, "in [-2, 2]")?;
+    Ok(value)
+}
+
 fn sampling(body: &ChatCompletionRequest) -> Result<SamplingParams, ApiError> {
     // `max_completion_tokens` replaced `max_tokens` in OpenAI's API; it wins when both are set.
     let max_tokens = match (body.max_completion_tokens, body.max_tokens) {
@@ -181,20 +188,8 @@ fn sampling(body: &ChatCompletionRequest) -> Result<SamplingParams, ApiError> {
             )
         })?,
     };
-    let presence_penalty = body.presence_penalty.unwrap_or(0.0);
-    check(
-        (-2.0..=2.0).contains(&presence_penalty),
-        "presence_penalty",
-        presence_penalty,
-        "in [-2, 2]",
-    )?;
-    let frequency_penalty = body.frequency_penalty.unwrap_or(0.0);
-    check(
-        (-2.0..=2.0).contains(&frequency_penalty),
-        "frequency_penalty",
-        frequency_penalty,
-        "in [-2, 2]",
-    )?;
+    let presence_penalty = penalty("presence_penalty", body.presence_penalty)?;
+    let frequency_penalty = penalty("frequency_penalty", body.frequency_penalty)?;
     // 0 disables it on the wire.
     let repetition_penalty = body.repetition_penalty.unwrap_or(0.0);
     if let Some(r) = body.repetition_penalty {

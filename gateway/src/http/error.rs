@@ -53,19 +53,17 @@ impl ApiError {
     pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             param: Some(param.into()),
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            ..GatewayError::InvalidRequest(message.into()).into()
         }
     }
 
-    /// A request body that could not be read or parsed as the expected JSON.
+    /// A request body that could not be read or parsed as the expected JSON: a 400 when the
+    /// JSON is wrong, else the status only HTTP has (413, 415...).
     pub(crate) fn from_rejection(rejection: JsonRejection, max_body_bytes: usize) -> Self {
         let invalid = "invalid_request_error";
         match rejection {
-            JsonRejection::JsonDataError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, invalid, e.body_text())
-            }
-            JsonRejection::JsonSyntaxError(e) => {
-                Self::new(StatusCode::BAD_REQUEST, invalid, e.body_text())
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+                GatewayError::InvalidRequest(rejection.body_text()).into()
             }
             JsonRejection::MissingJsonContentType(e) => {
                 Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, invalid, e.body_text())
@@ -90,11 +88,7 @@ impl ApiError {
     pub(crate) fn no_route(method: &Method, uri: &Uri) -> Self {
         Self {
             code: Some("unknown_url"),
-            ..Self::new(
-                StatusCode::NOT_FOUND,
-                "not_found_error",
-                format!("no route for {method} {}", uri.path()),
-            )
+            ..GatewayError::NotFound(format!("no route for {method} {}", uri.path())).into()
         }
     }
 
@@ -124,16 +118,9 @@ impl From<GatewayError> for ApiError {
     fn from(e: GatewayError) -> Self {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let (code, retry_after) = match &e {
-            GatewayError::Overloaded { retry_after, .. } => {
-                (Some("rate_limit_exceeded"), Some(*retry_after))
-            }
-            GatewayError::Unauthenticated(_) => (Some("invalid_api_key"), None),
-            _ => (None, None),
-        };
         Self {
-            code,
-            retry_after,
+            code: e.openai_code(),
+            retry_after: e.retry_after(),
             ..Self::new(status, e.openai_type(), e.to_string())
         }
     }

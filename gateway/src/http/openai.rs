@@ -85,24 +85,45 @@ pub(crate) struct Stop(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for MessageContent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MessageContent;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of content parts")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(MessageContent::Text(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(MessageContent::Text(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))
-                    .map(MessageContent::Parts)
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(StringOrSeq {
+            expecting: "a string or an array of content parts",
+            one: MessageContent::Text,
+            many: MessageContent::Parts,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrSeq {
+            expecting: "a string or an array of strings",
+            one: |s| Stop(vec![s]),
+            many: Stop,
+        })
+    }
+}
+
+/// Visits a field OpenAI lets be a string or an array (`content`, `stop`): `one` makes the
+/// value of a string, `many` of an array of `T`.
+struct StringOrSeq<T, V> {
+    expecting: &'static str,
+    one: fn(String) -> V,
+    many: fn(Vec<T>) -> V,
+}
+
+impl<'de, T: Deserialize<'de>, V> Visitor<'de> for StringOrSeq<T, V> {
+    type Value = V;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<V, E> {
+        Ok((self.one)(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<V, E> {
+        Ok((self.one)(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V, A::Error> {
+        Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(self.many)
     }
 }
 
@@ -129,28 +150,6 @@ impl<'de> Deserialize<'de> for ImageUrl {
                     url: o.url,
                     max_tiles: o.max_tiles,
                 })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Stop {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Stop;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of strings")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Stop(vec![v.to_owned()]))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Stop(vec![v]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Stop)
             }
         }
         d.deserialize_any(V)
