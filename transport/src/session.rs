@@ -153,7 +153,10 @@ impl Session {
                         },
                     );
                 }
-                Err((status, msg)) => return self.reject(id, status, msg),
+                Err(Refusal {
+                    status,
+                    message: msg,
+                }) => return self.reject(id, status, msg),
             }
         }
         let Some(req) = self.active.get_mut(&id) else {
@@ -173,7 +176,10 @@ impl Session {
                 let tile = Tile::unchecked(h.position, h.tokens, h.hidden, frame.payload);
                 match req.attachment.deliver(tile) {
                     Ok(_complete) => req.tiles += 1,
-                    Err((status, msg)) => {
+                    Err(Refusal {
+                        status,
+                        message: msg,
+                    }) => {
                         self.forget(id);
                         self.reply(Reply::new(status, id, 0, msg));
                     }
@@ -187,7 +193,10 @@ impl Session {
                     Ok(Some(frames)) => self.reply(Reply::new(ReplyStatus::Ok, id, frames, "")),
                     // The registry answers once the request is claimed or given up on.
                     Ok(None) => {}
-                    Err((status, msg)) => {
+                    Err(Refusal {
+                        status,
+                        message: msg,
+                    }) => {
                         self.remember_failure(id);
                         self.reply(Reply::new(status, id, req.tiles, msg));
                     }
@@ -218,7 +227,7 @@ impl Session {
                 peer: self.peer.clone(),
                 error: error.clone(),
             };
-            self.fail_unattached(id, inbox_error, (status, error.to_string()));
+            self.fail_unattached(id, inbox_error, Refusal::new(status, error.to_string()));
         }
         for (_, req) in self.active.drain() {
             let inbox_error = InboxError::Frame {
@@ -226,7 +235,7 @@ impl Session {
                 error: error.clone(),
             };
             req.attachment
-                .fail(inbox_error, (status, error.to_string()));
+                .fail(inbox_error, Refusal::new(status, error.to_string()));
         }
     }
 
@@ -254,11 +263,12 @@ impl Session {
         let tiles = match self.active.remove(&id) {
             Some(req) => {
                 let tiles = req.tiles;
-                req.attachment.fail(error, (status, msg.clone()));
+                req.attachment
+                    .fail(error, Refusal::new(status, msg.clone()));
                 tiles
             }
             None => {
-                self.fail_unattached(id, error, (status, msg.clone()));
+                self.fail_unattached(id, error, Refusal::new(status, msg.clone()));
                 0
             }
         };
@@ -277,7 +287,7 @@ impl Session {
     fn forget(&mut self, id: RequestId) {
         if let Some(req) = self.active.remove(&id) {
             // The registry already closed the entry; finish the attachment quietly.
-            let refusal: Refusal = (ReplyStatus::Cancelled, String::new());
+            let refusal = Refusal::new(ReplyStatus::Cancelled, "");
             req.attachment.fail(
                 InboxError::Protocol {
                     peer: self.peer.clone(),

@@ -33,7 +33,10 @@ impl Attachment {
     /// Accepts one tile. Returns whether the request is now complete.
     pub(crate) fn deliver(&mut self, tile: Tile) -> Result<bool, Refusal> {
         let Some(registry) = self.registry.upgrade() else {
-            return Err((ReplyStatus::Cancelled, "receiver is shutting down".into()));
+            return Err(Refusal::new(
+                ReplyStatus::Cancelled,
+                "receiver is shutting down",
+            ));
         };
         let mut st = lock(&self.entry.state);
         if let Some(refusal) = &st.closed {
@@ -43,7 +46,7 @@ impl Attachment {
         if let Err(mismatch) = st.check(&tile) {
             st.producer = None;
             let detail = mismatch.to_string();
-            let refusal = (ReplyStatus::Protocol, detail.clone());
+            let refusal = Refusal::new(ReplyStatus::Protocol, detail.clone());
             let error = InboxError::Protocol {
                 peer: self.peer.clone(),
                 detail,
@@ -56,7 +59,7 @@ impl Attachment {
         let len = tile.data.len() as u64;
         let limit = registry.config.max_request_bytes;
         if st.bytes + len > limit {
-            let refusal = (
+            let refusal = Refusal::new(
                 ReplyStatus::TooLarge,
                 format!("request features exceed {limit} bytes"),
             );
@@ -69,7 +72,7 @@ impl Attachment {
             let held = registry.unclaimed_bytes.fetch_add(len, Ordering::Relaxed) + len;
             if held > registry.config.max_unclaimed_bytes {
                 registry.unclaimed_bytes.fetch_sub(len, Ordering::Relaxed);
-                let refusal = (
+                let refusal = Refusal::new(
                     ReplyStatus::Overloaded,
                     format!(
                         "receiver holds {} unclaimed feature bytes (limit {})",
@@ -106,7 +109,7 @@ impl Attachment {
             return Err(refusal.clone());
         }
         let received = st.received;
-        let refusal = (
+        let refusal = Refusal::new(
             ReplyStatus::Incomplete,
             format!("End after {received} tiles; sender counted {tiles_sent}"),
         );
@@ -124,7 +127,7 @@ impl Attachment {
             peer: self.peer.clone(),
             reason: reason.clone(),
         };
-        self.fail_with(error, (ReplyStatus::Aborted, reason));
+        self.fail_with(error, Refusal::new(ReplyStatus::Aborted, reason));
     }
 
     /// Fails the request because of what happened on its stream.
@@ -160,7 +163,7 @@ impl Drop for Attachment {
                 peer: self.peer.clone(),
                 detail: "stream closed before the request's End frame".into(),
             };
-            self.fail_with(error, (ReplyStatus::Truncated, "stream closed".into()));
+            self.fail_with(error, Refusal::new(ReplyStatus::Truncated, "stream closed"));
         }
     }
 }

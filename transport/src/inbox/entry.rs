@@ -124,7 +124,12 @@ impl EntryState {
             return;
         }
         if let Some(producer) = self.producer.take() {
-            let reply = Reply::new(refusal.0, self.id, self.received, refusal.1.clone());
+            let reply = Reply::new(
+                refusal.status,
+                self.id,
+                self.received,
+                refusal.message.clone(),
+            );
             let _ = producer.try_send(reply);
         }
         self.closed = Some(refusal);

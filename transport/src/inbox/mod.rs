@@ -48,8 +48,24 @@ impl Default for InboxConfig {
     }
 }
 
-/// Why an attached request stopped accepting frames: the status for the sender and a message.
-pub(crate) type Refusal = (ReplyStatus, String);
+/// Why an attached request stopped accepting frames, as its sender is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The reply's status.
+    pub(crate) status: ReplyStatus,
+    /// The reply's message.
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    /// A refusal with `status` and `message`.
+    pub(crate) fn new(status: ReplyStatus, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
 
 /// Where a request's tiles are announced to their consumer.
 type TileTx = mpsc::UnboundedSender<Result<Tile, InboxError>>;
@@ -146,7 +162,7 @@ impl InboxRegistry {
                     peer: String::from("registration"),
                     detail: detail.clone(),
                 },
-                (ReplyStatus::Protocol, detail),
+                Refusal::new(ReplyStatus::Protocol, detail),
             );
         }
         drop(st);
@@ -189,7 +205,7 @@ impl InboxRegistry {
                 return Err(refusal.clone());
             }
             if st.producer.is_some() {
-                return Err((
+                return Err(Refusal::new(
                     ReplyStatus::Protocol,
                     format!("request {id} already has a feature sender"),
                 ));
@@ -220,7 +236,7 @@ impl InboxRegistry {
                 entry.id,
                 timeout.as_millis()
             );
-            st.close((ReplyStatus::UnknownRequest, msg));
+            st.close(Refusal::new(ReplyStatus::UnknownRequest, msg));
             registry.release(&entry, st);
         });
     }
@@ -295,7 +311,7 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         let mut st = lock(&self.entry.state);
         if !st.complete {
-            let refusal = (
+            let refusal = Refusal::new(
                 ReplyStatus::Cancelled,
                 format!("request {} no longer wants features", self.entry.id),
             );
@@ -336,12 +352,12 @@ mod tests {
         attachment.deliver(tile(0)).unwrap();
         attachment.deliver(tile(1)).unwrap();
         assert_eq!(registry.stats().unclaimed_bytes, 32);
-        let (status, _) = attachment.deliver(tile(2)).unwrap_err();
+        let status = attachment.deliver(tile(2)).unwrap_err().status;
         assert_eq!(status, ReplyStatus::TooLarge);
         // What the session does with a refused request's attachment.
         attachment.fail(
             InboxError::TooLarge { limit: 40 },
-            (ReplyStatus::Cancelled, String::new()),
+            Refusal::new(ReplyStatus::Cancelled, ""),
         );
         assert_eq!(registry.stats().unclaimed_bytes, 0);
         assert_eq!(registry.stats().requests, 0);
