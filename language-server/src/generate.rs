@@ -90,13 +90,34 @@ impl Continuation {
     }
 }
 
-/// Image features for the prompt's `<IMG_CONTEXT>` positions.
+/// Image features for the prompt's `<IMG_CONTEXT>` positions, borrowed ([`ImageFeatures`] owns
+/// them).
 #[derive(Debug, Clone, Copy)]
 pub struct ImageInput<'a> {
     /// Id of `<IMG_CONTEXT>`.
     pub token_id: u32,
     /// `[tokens, hidden]`, in prompt order.
     pub features: &'a Tensor,
+}
+
+/// Image features for the prompt's `<IMG_CONTEXT>` positions, owned (a request queued on the
+/// engine carries them).
+#[derive(Debug, Clone)]
+pub struct ImageFeatures {
+    /// Id of `<IMG_CONTEXT>`.
+    pub token_id: u32,
+    /// `[tokens, hidden]`, in prompt order.
+    pub features: Tensor,
+}
+
+impl ImageFeatures {
+    /// The features, borrowed.
+    pub fn as_input(&self) -> ImageInput<'_> {
+        ImageInput {
+            token_id: self.token_id,
+            features: &self.features,
+        }
+    }
 }
 
 /// Wall time of the two phases.

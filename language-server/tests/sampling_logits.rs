@@ -3,18 +3,19 @@
 //! TopPLogitsWarper, MinPLogitsWarper and RepetitionPenaltyLogitsProcessor, alone and chained
 //! in generate()'s order (fixtures from tools/make_text_fixtures.py).
 
-use std::path::Path;
-
 use dvd_language_server::sampling::{
     SamplingParams, apply_min_p, apply_penalties, apply_temperature, apply_top_k, apply_top_p,
     process_logits,
 };
 use serde_json::Value;
 
+use crate::common::{json_ids, text_cases};
+
 fn cases() -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/logits_cases.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    v["cases"].as_array().unwrap().clone()
+    text_cases("logits_cases.json")["cases"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// f32 values; `null` is -inf.
@@ -41,53 +42,30 @@ fn assert_same(got: &[f32], want: &[f32], label: &str) {
     }
 }
 
+/// Each warper, applied with a fixture entry's `value`.
+type Warper = fn(&mut [f32], &Value);
+
 #[test]
 fn single_warpers_match_transformers() {
+    let warpers: [(&str, Warper); 4] = [
+        ("temperature", |s, w| apply_temperature(s, param(w))),
+        ("top_k", |s, w| {
+            apply_top_k(s, usize::try_from(w["value"].as_u64().unwrap()).unwrap());
+        }),
+        ("top_p", |s, w| apply_top_p(s, param(w))),
+        ("min_p", |s, w| apply_min_p(s, param(w))),
+    ];
     let mut checked = 0;
     for (n, case) in cases().iter().enumerate() {
         let logits = floats(&case["logits"]);
-        for t in case["temperature"].as_array().unwrap() {
-            let mut s = logits.clone();
-            apply_temperature(&mut s, param(t));
-            assert_same(
-                &s,
-                &floats(&t["out"]),
-                &format!("case {n} temperature {}", t["value"]),
-            );
-            checked += 1;
-        }
-        for k in case["top_k"].as_array().unwrap() {
-            let mut s = logits.clone();
-            apply_top_k(
-                &mut s,
-                usize::try_from(k["value"].as_u64().unwrap()).unwrap(),
-            );
-            assert_same(
-                &s,
-                &floats(&k["out"]),
-                &format!("case {n} top_k {}", k["value"]),
-            );
-            checked += 1;
-        }
-        for p in case["top_p"].as_array().unwrap() {
-            let mut s = logits.clone();
-            apply_top_p(&mut s, param(p));
-            assert_same(
-                &s,
-                &floats(&p["out"]),
-                &format!("case {n} top_p {}", p["value"]),
-            );
-            checked += 1;
-        }
-        for m in case["min_p"].as_array().unwrap() {
-            let mut s = logits.clone();
-            apply_min_p(&mut s, param(m));
-            assert_same(
-                &s,
-                &floats(&m["out"]),
-                &format!("case {n} min_p {}", m["value"]),
-            );
-            checked += 1;
+        for (name, apply) in warpers {
+            for w in case[name].as_array().unwrap() {
+                let mut s = logits.clone();
+                apply(&mut s, w);
+                let label = format!("case {n} {name} {}", w["value"]);
+                assert_same(&s, &floats(&w["out"]), &label);
+                checked += 1;
+            }
         }
     }
     assert!(checked >= 50);
@@ -97,12 +75,7 @@ fn single_warpers_match_transformers() {
 fn repetition_penalty_matches_transformers() {
     for (n, case) in cases().iter().enumerate() {
         let logits = floats(&case["logits"]);
-        let input: Vec<u32> = case["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| u32::try_from(x.as_u64().unwrap()).unwrap())
-            .collect();
+        let input = json_ids(&case["input_ids"]);
         for r in case["repetition_penalty"].as_array().unwrap() {
             let params = SamplingParams {
                 repetition_penalty: param(r),
@@ -126,12 +99,7 @@ fn repetition_penalty_matches_transformers() {
 fn chained_pipeline_matches_transformers() {
     for (n, case) in cases().iter().enumerate() {
         let logits = floats(&case["logits"]);
-        let input: Vec<u32> = case["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| u32::try_from(x.as_u64().unwrap()).unwrap())
-            .collect();
+        let input = json_ids(&case["input_ids"]);
         for c in case["chain"].as_array().unwrap() {
             let params = SamplingParams {
                 repetition_penalty: c["repetition_penalty"].as_f64().unwrap() as f32,

@@ -3,10 +3,10 @@
 //! streamed, text cut before them), hold-back of possible stop-string prefixes, max_new_tokens,
 //! and the flow with the incremental decoder.
 
-use std::path::Path;
-
 use dvd_language_server::sampling::{SamplingParams, StopChecker, StopReason, StopUpdate};
 use dvd_language_server::text::{IncrementalDecoder, Tokenizer};
+
+use crate::common::text_tokenizer;
 
 const EOS: u32 = 500;
 
@@ -163,9 +163,7 @@ fn stream(tok: &Tokenizer, text: &str, stop: &str) -> (String, Option<StopReason
 
 #[test]
 fn with_the_incremental_decoder_stop_strings_spanning_tokens_are_caught() {
-    let tok =
-        Tokenizer::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text"))
-            .unwrap();
+    let tok = text_tokenizer();
     let text = "The quick brown fox 😀 jumps over the lazy dog. 你好，世界";
     for stop in ["quick brown", "fox 😀 j", "😀", "lazy", "世界", "dog. 你"] {
         let (sent, reason) = stream(&tok, text, stop);

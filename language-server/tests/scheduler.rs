@@ -3,44 +3,47 @@
 //! equals whole prefill, a full cache queues instead of failing, cancel frees blocks at once,
 //! and impossible requests are refused clearly.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{IMG_CONTEXT, fixture, greedy, ids, image_features, pool};
 use dvd_language_server::engine::kv::KvPool;
 use dvd_language_server::engine::{
-    EngineError, EngineEvent, EngineRequest, Scheduler, SchedulerConfig,
+    CompleteRequest, EngineError, EngineEvent, Scheduler, SchedulerConfig,
 };
-use dvd_language_server::generate::{ImageInput, generate};
-use dvd_language_server::model::{LanguageModel, LoadOptions};
+use dvd_language_server::generate::{ImageFeatures, generate};
+use dvd_language_server::model::LanguageModel;
 use dvd_language_server::sampling::StopReason;
 use dvd_language_server::text::Tokenizer;
+
+use crate::common::{
+    IMG_CONTEXT, collect_events, greedy, ids, image_features, model_and_tokenizer,
+};
 
 struct Setup {
     model: Arc<LanguageModel>,
     tokenizer: Tokenizer,
-    requests: Vec<EngineRequest>,
+    requests: Vec<CompleteRequest>,
 }
 
 fn setup(name: &str, max_new_tokens: usize) -> Setup {
-    let model = Arc::new(LanguageModel::load(&fixture(name), &LoadOptions::default()).unwrap());
-    let tokenizer = Tokenizer::from_dir(&fixture(name)).unwrap();
+    let (model, tokenizer) = model_and_tokenizer(name);
     let text = ids(name, "text_ids");
     let requests = vec![
         (text.clone(), None),
         (
             ids(name, "image_ids"),
-            Some((IMG_CONTEXT, image_features(name).0)),
+            Some(ImageFeatures {
+                token_id: IMG_CONTEXT,
+                features: image_features(name).0,
+            }),
         ),
         (text[..20].to_vec(), None),
         (text[..33].to_vec(), None),
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, (prompt_ids, images))| EngineRequest {
+    .map(|(i, (prompt_ids, images))| CompleteRequest {
         id: i as u64,
         prompt_ids,
         images,
@@ -60,15 +63,11 @@ fn alone(s: &Setup) -> HashMap<u64, Vec<u32>> {
     s.requests
         .iter()
         .map(|r| {
-            let image = r.images.as_ref().map(|(t, f)| ImageInput {
-                token_id: *t,
-                features: f,
-            });
             let out = generate(
                 &s.model,
                 &s.tokenizer,
                 &r.prompt_ids,
-                image,
+                r.images.as_ref().map(ImageFeatures::as_input),
                 &r.params,
                 &[],
                 &mut |_| {},
@@ -88,12 +87,7 @@ fn run(scheduler: &mut Scheduler) -> (HashMap<u64, Vec<u32>>, Vec<EngineEvent>, 
     let mut steps = 0;
     while !scheduler.is_idle() {
         max_waiting = max_waiting.max(scheduler.stats().waiting);
-        for event in scheduler.step().unwrap() {
-            match event {
-                EngineEvent::Token { id, token, .. } => tokens.entry(id).or_default().push(token),
-                other => finished.push(other),
-            }
-        }
+        collect_events(scheduler.step().unwrap(), &mut tokens, &mut finished);
         steps += 1;
         assert!(steps < 10_000, "engine does not make progress");
     }
@@ -101,15 +95,21 @@ fn run(scheduler: &mut Scheduler) -> (HashMap<u64, Vec<u32>>, Vec<EngineEvent>, 
 }
 
 fn engine(s: &Setup, blocks: usize, config: SchedulerConfig) -> (Scheduler, Arc<KvPool>) {
-    let pool = pool(&s.model, 16, blocks);
-    let scheduler = Scheduler::new(
-        s.model.clone(),
-        s.tokenizer.clone(),
-        pool.clone(),
-        Vec::new(),
-        config,
-    );
-    (scheduler, pool)
+    crate::common::engine(&s.model, &s.tokenizer, blocks, config)
+}
+
+/// The default settings with at most `max_step_tokens` tokens a step.
+fn step_budget(max_step_tokens: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_step_tokens,
+        ..SchedulerConfig::default()
+    }
+}
+
+fn add_all(scheduler: &mut Scheduler, requests: &[CompleteRequest]) {
+    for r in requests {
+        scheduler.add(r.clone()).unwrap();
+    }
 }
 
 #[test]
@@ -118,9 +118,7 @@ fn concurrent_requests_give_the_tokens_each_gives_alone() {
         let s = setup(name, 10);
         let want = alone(&s);
         let (mut scheduler, pool) = engine(&s, 128, SchedulerConfig::default());
-        for r in &s.requests {
-            scheduler.add(r.clone()).unwrap();
-        }
+        add_all(&mut scheduler, &s.requests);
         let (got, finished, _) = run(&mut scheduler);
         assert_eq!(got, want, "{name}");
         assert_eq!(finished.len(), 4);
@@ -143,17 +141,8 @@ fn chunked_prefill_gives_the_same_tokens() {
     let s = setup("internvl-moe-custom-bf16", 6);
     let want = alone(&s);
     // 7 tokens per step: every prompt is prefilled in many chunks, interleaved with decodes.
-    let (mut scheduler, _) = engine(
-        &s,
-        128,
-        SchedulerConfig {
-            max_step_tokens: 7,
-            ..SchedulerConfig::default()
-        },
-    );
-    for r in &s.requests {
-        scheduler.add(r.clone()).unwrap();
-    }
+    let (mut scheduler, _) = engine(&s, 128, step_budget(7));
+    add_all(&mut scheduler, &s.requests);
     let (got, _, _) = run(&mut scheduler);
     assert_eq!(got, want);
 }
@@ -165,9 +154,7 @@ fn a_full_cache_queues_requests_instead_of_failing() {
     // The longest request needs ceil((201 + 8) / 16) = 14 blocks: room for one big request at
     // a time.
     let (mut scheduler, _) = engine(&s, 15, SchedulerConfig::default());
-    for r in &s.requests {
-        scheduler.add(r.clone()).unwrap();
-    }
+    add_all(&mut scheduler, &s.requests);
     let (got, finished, max_waiting) = run(&mut scheduler);
     assert!(
         max_waiting >= 2,
@@ -180,14 +167,7 @@ fn a_full_cache_queues_requests_instead_of_failing() {
 #[test]
 fn cancel_frees_blocks_at_once() {
     let s = setup("internvl-dense-hf", 50);
-    let (mut scheduler, pool) = engine(
-        &s,
-        64,
-        SchedulerConfig {
-            max_step_tokens: 16,
-            ..SchedulerConfig::default()
-        },
-    );
+    let (mut scheduler, pool) = engine(&s, 64, step_budget(16));
     scheduler.add(s.requests[0].clone()).unwrap();
     scheduler.step().unwrap();
     let held = scheduler.stats().blocks_used;
@@ -246,10 +226,10 @@ fn impossible_requests_are_refused_clearly() {
     assert!(scheduler.add(bad).is_err());
     // Features that do not match the prompt are refused with that request only.
     let mut wrong = s.requests[2].clone();
-    wrong.images = Some((
-        IMG_CONTEXT,
-        Tensor::zeros((3, 64), DType::F32, &Device::Cpu).unwrap(),
-    ));
+    wrong.images = Some(ImageFeatures {
+        token_id: IMG_CONTEXT,
+        features: Tensor::zeros((3, 64), DType::F32, &Device::Cpu).unwrap(),
+    });
     wrong.id = 7;
     let err = scheduler.add(wrong).unwrap_err();
     assert!(err.to_string().contains("image features"), "{err}");
@@ -266,14 +246,7 @@ fn a_short_prompt_behind_long_ones_prefills_first() {
     let want = alone(&s);
     // A 16-token budget: the long prompts (requests 0 and 1) take several steps each; the
     // short one added last (request 2, 20 tokens) must not wait for them.
-    let (mut scheduler, _) = engine(
-        &s,
-        128,
-        SchedulerConfig {
-            max_step_tokens: 16,
-            ..SchedulerConfig::default()
-        },
-    );
+    let (mut scheduler, _) = engine(&s, 128, step_budget(16));
     for i in [0usize, 1, 2] {
         scheduler.add(s.requests[i].clone()).unwrap();
     }
@@ -298,9 +271,7 @@ fn a_short_request_passes_a_large_one_waiting_for_blocks() {
     let want = alone(&s);
     // 20 blocks: one long request at a time; 20 * 16 / 16 = 20 positions count as small.
     let (mut scheduler, _) = engine(&s, 20, SchedulerConfig::default());
-    for r in &s.requests {
-        scheduler.add(r.clone()).unwrap();
-    }
+    add_all(&mut scheduler, &s.requests);
     let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut first = Vec::new();
     let mut steps = 0;
@@ -364,9 +335,7 @@ fn long_prompts_share_a_capped_budget_and_short_ones_go_whole() {
                 ..SchedulerConfig::default()
             },
         );
-        for r in &s.requests {
-            scheduler.add(r.clone()).unwrap();
-        }
+        add_all(&mut scheduler, &s.requests);
         first_token_steps(&mut scheduler)
     };
     // Without a cap every prompt fits the 512-token budget of the first step.

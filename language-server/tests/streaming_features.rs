@@ -4,19 +4,21 @@
 //! that never come, or do not fit, fail only their request and free its blocks; the prefix cache
 //! shares image blocks only between identical images.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{IMG_CONTEXT, fixture, greedy, ids, image_features, pool};
 use dvd_language_server::engine::{
-    EngineEvent, EngineRequest, FailureKind, FeatureLimits, FeatureTile, ImageSlot, PromptPiece,
-    Scheduler, SchedulerConfig, StreamingRequest,
+    CompleteRequest, EngineEvent, FailureKind, FeatureLimits, FeatureStreamRequest, FeatureTile,
+    ImageSlot, PromptPiece, Scheduler, SchedulerConfig,
 };
-use dvd_language_server::model::{LanguageModel, LoadOptions};
+use dvd_language_server::generate::ImageFeatures;
+use dvd_language_server::model::LanguageModel;
 use dvd_language_server::text::{ImageTokenIds, Tokenizer};
+
+use crate::common::{
+    IMG_CONTEXT, collect_events, engine, greedy, ids, image_features, model_and_tokenizer,
+};
 
 const MODEL: &str = "internvl-dense-hf";
 
@@ -33,8 +35,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let model = Arc::new(LanguageModel::load(&fixture(MODEL), &LoadOptions::default()).unwrap());
-    let tokenizer = Tokenizer::from_dir(&fixture(MODEL)).unwrap();
+    let (model, tokenizer) = model_and_tokenizer(MODEL);
     let image_ids = ids(MODEL, "image_ids");
     let (features, tokens_per_tile) = image_features(MODEL);
     let marks = ImageTokenIds::from_tokenizer(&tokenizer).unwrap();
@@ -53,23 +54,18 @@ fn setup() -> Setup {
 }
 
 fn scheduler(s: &Setup, blocks: usize, max_step_tokens: usize) -> Scheduler {
-    Scheduler::new(
-        s.model.clone(),
-        s.tokenizer.clone(),
-        pool(&s.model, 16, blocks),
-        Vec::new(),
-        SchedulerConfig {
-            max_step_tokens,
-            feature_limits: FeatureLimits {
-                max_tokens_per_tile: s.tokens_per_tile[0],
-            },
-            ..SchedulerConfig::default()
+    let config = SchedulerConfig {
+        max_step_tokens,
+        feature_limits: FeatureLimits {
+            max_tokens_per_tile: s.tokens_per_tile[0],
         },
-    )
+        ..SchedulerConfig::default()
+    };
+    engine(&s.model, &s.tokenizer, blocks, config).0
 }
 
-fn streaming(s: &Setup, id: u64, hash: Option<[u8; 32]>, max_new: usize) -> StreamingRequest {
-    StreamingRequest {
+fn streaming(s: &Setup, id: u64, hash: Option<[u8; 32]>, max_new: usize) -> FeatureStreamRequest {
+    FeatureStreamRequest {
         id,
         pieces: vec![
             PromptPiece::Text(s.before.clone()),
@@ -126,12 +122,7 @@ fn run(
                 }
             }
         }
-        for event in events {
-            match event {
-                EngineEvent::Token { id, token, .. } => tokens.entry(id).or_default().push(token),
-                other => ended.push(other),
-            }
-        }
+        collect_events(events, &mut tokens, &mut ended);
     }
     panic!("engine does not make progress");
 }
@@ -146,10 +137,13 @@ fn tiles_arriving_one_by_one_give_the_tokens_of_the_whole_prompt() {
     // Reference: the complete prompt at once.
     let mut whole = scheduler(&s, 128, 512);
     whole
-        .add(EngineRequest {
+        .add(CompleteRequest {
             id: 1,
             prompt_ids: s.image_ids.clone(),
-            images: Some((IMG_CONTEXT, s.features.clone())),
+            images: Some(ImageFeatures {
+                token_id: IMG_CONTEXT,
+                features: s.features.clone(),
+            }),
             image_spans: Vec::new(),
             params: greedy(8),
         })
@@ -157,7 +151,9 @@ fn tiles_arriving_one_by_one_give_the_tokens_of_the_whole_prompt() {
     let (want, _) = run(&mut whole, HashMap::new());
 
     let mut engine = scheduler(&s, 128, 512);
-    engine.add_streaming(streaming(&s, 1, None, 8)).unwrap();
+    engine
+        .add_feature_stream(streaming(&s, 1, None, 8))
+        .unwrap();
     // The text before the image is prefilled (whole blocks of it) before any feature exists.
     engine.step().unwrap();
     assert_eq!(engine.last_step_tokens(), (s.before.len() + 1) / 16 * 16);
@@ -198,17 +194,19 @@ fn tiles_arriving_one_by_one_give_the_tokens_of_the_whole_prompt() {
 fn chunked_prefill_across_tiles_interleaves_with_other_requests() {
     let s = setup();
     let mut whole = scheduler(&s, 128, 512);
-    whole.add_streaming(streaming(&s, 1, None, 6)).unwrap();
+    whole.add_feature_stream(streaming(&s, 1, None, 6)).unwrap();
     whole
-        .add_streaming(streaming(&s, 2, Some([1; 32]), 6))
+        .add_feature_stream(streaming(&s, 2, Some([1; 32]), 6))
         .unwrap();
     let all = HashMap::from([(1, tiles(&s)), (2, tiles(&s))]);
     let (want, _) = run(&mut whole, all.clone());
     // A 5-token budget cuts every tile into many chunks shared with the other request.
     let mut chunked = scheduler(&s, 128, 5);
-    chunked.add_streaming(streaming(&s, 1, None, 6)).unwrap();
     chunked
-        .add_streaming(streaming(&s, 2, Some([1; 32]), 6))
+        .add_feature_stream(streaming(&s, 1, None, 6))
+        .unwrap();
+    chunked
+        .add_feature_stream(streaming(&s, 2, Some([1; 32]), 6))
         .unwrap();
     let (got, _) = run(&mut chunked, all);
     assert_eq!(got, want);
@@ -219,7 +217,9 @@ fn chunked_prefill_across_tiles_interleaves_with_other_requests() {
 fn features_that_never_arrive_fail_the_request_and_free_its_blocks() {
     let s = setup();
     let mut engine = scheduler(&s, 64, 512);
-    engine.add_streaming(streaming(&s, 1, None, 4)).unwrap();
+    engine
+        .add_feature_stream(streaming(&s, 1, None, 4))
+        .unwrap();
     engine.step().unwrap();
     assert!(engine.stats().blocks_used > 0);
     let event = engine
@@ -253,7 +253,9 @@ fn tiles_that_do_not_fit_fail_only_their_request() {
     let s = setup();
     let mut engine = scheduler(&s, 128, 512);
     for id in 1..=4 {
-        engine.add_streaming(streaming(&s, id, None, 4)).unwrap();
+        engine
+            .add_feature_stream(streaming(&s, id, None, 4))
+            .unwrap();
     }
     let hidden = s.model.config().hidden_size;
     let mut bad = tiles(&s).remove(0);
@@ -299,7 +301,7 @@ fn image_blocks_are_shared_only_between_identical_images() {
     let s = setup();
     let mut engine = scheduler(&s, 128, 512);
     engine
-        .add_streaming(streaming(&s, 1, Some([9; 32]), 4))
+        .add_feature_stream(streaming(&s, 1, Some([9; 32]), 4))
         .unwrap();
     let (first, _) = run(&mut engine, HashMap::from([(1, tiles(&s))]));
     let cached = |ended: &[EngineEvent]| match ended {
@@ -308,7 +310,7 @@ fn image_blocks_are_shared_only_between_identical_images() {
     };
     // The same image (same hash): its blocks are served from the cache as its features arrive.
     engine
-        .add_streaming(streaming(&s, 2, Some([9; 32]), 4))
+        .add_feature_stream(streaming(&s, 2, Some([9; 32]), 4))
         .unwrap();
     let (same, ended) = run(&mut engine, HashMap::from([(2, tiles(&s))]));
     assert_eq!(same[&2], first[&1]);
@@ -321,7 +323,7 @@ fn image_blocks_are_shared_only_between_identical_images() {
     assert!(cached(&ended) <= full_blocks);
     // Another image with the same placeholder ids: only the text before it is shared.
     engine
-        .add_streaming(streaming(&s, 3, Some([8; 32]), 4))
+        .add_feature_stream(streaming(&s, 3, Some([8; 32]), 4))
         .unwrap();
     let (_, ended) = run(&mut engine, HashMap::from([(3, tiles(&s))]));
     assert_eq!(cached(&ended), (s.before.len() + 1) / 16 * 16);

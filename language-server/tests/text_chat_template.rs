@@ -4,24 +4,17 @@
 //! Qwen3-style template and one using raise_exception, loop controls, tojson and filters; and
 //! where the templates come from in a checkpoint directory.
 
-use std::path::{Path, PathBuf};
-
 use dvd_language_server::text::{
-    ChatMessage, ChatTemplate, ContentPart, MessageContent, TextError, Tokenizer,
+    ChatMessage, ChatTemplate, ContentPart, MessageContent, TextError,
 };
 use serde_json::Value;
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")
-}
+use crate::common::{
+    scratch_tokenizer_dir, text_cases, text_fixture, text_tokenizer, write_and_load,
+};
 
 fn template_source(name: &str) -> String {
-    std::fs::read_to_string(
-        fixture_dir()
-            .join("templates")
-            .join(format!("{name}.jinja")),
-    )
-    .unwrap()
+    std::fs::read_to_string(text_fixture(&format!("templates/{name}.jinja"))).unwrap()
 }
 
 /// A fixture message (transformers' dict form) as a [`ChatMessage`].
@@ -47,11 +40,8 @@ fn message(v: &Value) -> ChatMessage {
 
 #[test]
 fn renders_like_transformers() {
-    let tok = Tokenizer::from_dir(&fixture_dir()).unwrap();
-    let fixture: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("chat_cases.json")).unwrap(),
-    )
-    .unwrap();
+    let tok = text_tokenizer();
+    let fixture = text_cases("chat_cases.json");
     let special = tok.config().special_tokens_map();
     let mut checked = 0;
     let mut raised = 0;
@@ -98,7 +88,7 @@ fn renders_like_transformers() {
 
 #[test]
 fn checkpoint_chat_template_jinja_is_the_default() {
-    let tok = Tokenizer::from_dir(&fixture_dir()).unwrap();
+    let tok = text_tokenizer();
     let template = tok.chat_template(None).unwrap().unwrap();
     let messages = [ChatMessage::parts(
         "user",
@@ -114,38 +104,23 @@ fn checkpoint_chat_template_jinja_is_the_default() {
     ));
 }
 
-fn scratch_checkpoint() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture_dir().join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn templates_from_tokenizer_config_string_and_named_list() {
-    let dir = scratch_checkpoint();
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        r#"{"eos_token": "<|im_end|>", "chat_template": "{{ messages[0].content }}{{ eos_token }}"}"#,
-    )
-    .unwrap();
-    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let dir = scratch_tokenizer_dir();
+    let tok = write_and_load(dir.path(), "tokenizer_config.json", r#"{"eos_token": "<|im_end|>", "chat_template": "{{ messages[0].content }}{{ eos_token }}"}"#).unwrap();
     let t = tok.chat_template(None).unwrap().unwrap();
     assert_eq!(
         t.render(&[ChatMessage::user("x")], false).unwrap(),
         "x<|im_end|>"
     );
 
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
+    let tok = write_and_load(
+        dir.path(),
+        "tokenizer_config.json",
         r#"{"chat_template": [{"name": "default", "template": "D{{ messages|length }}"},
                               {"name": "tool_use", "template": "T"}]}"#,
     )
     .unwrap();
-    let tok = Tokenizer::from_dir(dir.path()).unwrap();
     let msgs = [ChatMessage::user("a"), ChatMessage::assistant("b")];
     let default = tok.chat_template(None).unwrap().unwrap();
     assert_eq!(default.render(&msgs, true).unwrap(), "D2");
@@ -153,12 +128,12 @@ fn templates_from_tokenizer_config_string_and_named_list() {
     assert_eq!(tool.render(&msgs, true).unwrap(), "T");
 
     // A list without `default` has no default template.
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
+    let tok = write_and_load(
+        dir.path(),
+        "tokenizer_config.json",
         r#"{"chat_template": [{"name": "rag", "template": "R"}]}"#,
     )
     .unwrap();
-    let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert!(matches!(
         tok.chat_template(None),
         Err(TextError::NoSuchTemplate { .. })
@@ -167,25 +142,20 @@ fn templates_from_tokenizer_config_string_and_named_list() {
 
 #[test]
 fn chat_template_files_override_tokenizer_config() {
-    let dir = scratch_checkpoint();
+    let dir = scratch_tokenizer_dir();
     std::fs::write(
         dir.path().join("tokenizer_config.json"),
         r#"{"chat_template": "config"}"#,
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("chat_template.json"),
-        r#"{"chat_template": "processor"}"#,
-    )
-    .unwrap();
-    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let json = r#"{"chat_template": "processor"}"#;
+    let tok = write_and_load(dir.path(), "chat_template.json", json).unwrap();
     let t = tok.chat_template(None).unwrap().unwrap();
     assert_eq!(
         t.render(&[ChatMessage::user("x")], true).unwrap(),
         "processor"
     );
-    std::fs::write(dir.path().join("chat_template.jinja"), "jinja\n").unwrap();
-    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let tok = write_and_load(dir.path(), "chat_template.jinja", "jinja\n").unwrap();
     let t = tok.chat_template(None).unwrap().unwrap();
     // Jinja2 drops a single trailing newline of the template source, and so do we.
     assert_eq!(t.render(&[ChatMessage::user("x")], true).unwrap(), "jinja");

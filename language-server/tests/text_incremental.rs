@@ -2,13 +2,9 @@
 //! Streaming detokenisation: deltas concatenate to the one-shot decode and never carry a
 //! broken character, for byte-split emoji and CJK.
 
-use std::path::Path;
-
 use dvd_language_server::text::{IncrementalDecoder, Tokenizer};
 
-fn tokenizer() -> Tokenizer {
-    Tokenizer::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")).unwrap()
-}
+use crate::common::text_tokenizer as tokenizer;
 
 const TEXTS: &[&str] = &[
     "日本語のテキストです",

@@ -3,17 +3,13 @@
 //! the ViR router compressed), the count check, raw prompts, HF `<IMG_CONTEXT>` placeholders, and
 //! encoding without materialising the expanded text.
 
-use std::path::Path;
-
 use dvd_language_server::text::{
     ChatMessage, ContentPart, IMAGE_PLACEHOLDER, IMG_CONTEXT, ImageTokenIds, InternVlPromptOptions,
     TextError, Tokenizer, count_placeholders, encode_with_images, expand_image_placeholders,
     image_token_count, render_internvl,
 };
 
-fn tokenizer() -> Tokenizer {
-    Tokenizer::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")).unwrap()
-}
+use crate::common::{text_fixture, text_tokenizer as tokenizer};
 
 fn block(n: usize) -> String {
     format!("<img>{}</img>", "<IMG_CONTEXT>".repeat(n))
@@ -141,11 +137,9 @@ fn encoding_with_images_equals_encoding_the_expanded_prompt() {
 #[test]
 fn missing_image_tokens_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let json = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tokenizer.json"),
-    )
-    .unwrap()
-    .replace("\"<img>\"", "\"<image_start>\"");
+    let json = std::fs::read_to_string(text_fixture("tokenizer.json"))
+        .unwrap()
+        .replace("\"<img>\"", "\"<image_start>\"");
     std::fs::write(dir.path().join("tokenizer.json"), json).unwrap();
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert!(matches!(

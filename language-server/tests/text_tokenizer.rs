@@ -4,31 +4,21 @@
 //! special tokens, partial-character decodes, special ids, and loading with and without the
 //! optional config files.
 
-use std::path::{Path, PathBuf};
-
-use dvd_language_server::text::{TextError, Tokenizer, TokenizerConfig};
+use dvd_language_server::text::{TextError, Tokenizer, TokenizerConfig, TokenizerConfigError};
 use serde_json::Value;
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")
-}
+use crate::common::{
+    json_ids as ids, scratch_tokenizer_dir, text_cases, text_fixture, text_tokenizer,
+    write_and_load,
+};
 
 fn cases() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("tokenizer_cases.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| u32::try_from(x.as_u64().unwrap()).unwrap())
-        .collect()
+    text_cases("tokenizer_cases.json")
 }
 
 #[test]
 fn encode_and_decode_match_transformers() {
-    let tok = Tokenizer::from_dir(&fixture_dir()).unwrap();
+    let tok = text_tokenizer();
     let cases = cases();
     let all = cases["cases"].as_array().unwrap();
     assert!(all.len() >= 10);
@@ -51,7 +41,7 @@ fn encode_and_decode_match_transformers() {
 
 #[test]
 fn partial_characters_decode_like_transformers() {
-    let tok = Tokenizer::from_dir(&fixture_dir()).unwrap();
+    let tok = text_tokenizer();
     for case in cases()["prefix_decodes"].as_array().unwrap() {
         let ids = ids(&case["ids"]);
         for (n, want) in case["decodes"].as_array().unwrap().iter().enumerate() {
@@ -65,7 +55,7 @@ fn partial_characters_decode_like_transformers() {
 
 #[test]
 fn special_ids_vocab_and_eos() {
-    let tok = Tokenizer::from_dir(&fixture_dir()).unwrap();
+    let tok = text_tokenizer();
     let cases = cases();
     for (token, id) in cases["special_ids"].as_object().unwrap() {
         let id = u32::try_from(id.as_u64().unwrap()).unwrap();
@@ -90,12 +80,7 @@ fn special_ids_vocab_and_eos() {
 
 #[test]
 fn optional_files_may_be_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture_dir().join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    let dir = scratch_tokenizer_dir();
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.config(), &TokenizerConfig::default());
     assert_eq!(tok.eos_token_id(), None);
@@ -108,33 +93,30 @@ fn optional_files_may_be_missing() {
 
 #[test]
 fn added_tokens_decoder_adds_missing_tokens_at_their_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture_dir().join("tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
+    let dir = scratch_tokenizer_dir();
+    let tok = write_and_load(
+        dir.path(),
+        "tokenizer_config.json",
         r#"{"eos_token": "<|im_end|>",
             "added_tokens_decoder": {"500": {"content": "<|im_end|>", "special": true},
                                      "512": {"content": "<video>", "special": true}}}"#,
     )
     .unwrap();
-    let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.token_id("<video>"), Some(512));
     assert_eq!(tok.encode("a<video>").unwrap()[1], 512);
     assert_eq!(tok.decode(&[512, 64], true).unwrap(), "a");
 
     // A token that cannot land on its declared id is a config error.
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        r#"{"added_tokens_decoder": {"600": {"content": "<far>", "special": true}}}"#,
-    )
-    .unwrap();
     assert!(matches!(
-        Tokenizer::from_dir(dir.path()),
-        Err(TextError::Config { .. })
+        write_and_load(
+            dir.path(),
+            "tokenizer_config.json",
+            r#"{"added_tokens_decoder": {"600": {"content": "<far>", "special": true}}}"#
+        ),
+        Err(TextError::Config {
+            source: TokenizerConfigError::AddedTokenMoved { id: 600, .. },
+            ..
+        })
     ));
 }
 
@@ -145,33 +127,29 @@ fn unreadable_files_are_typed_errors() {
         Tokenizer::from_dir(dir.path()),
         Err(TextError::Io { .. })
     ));
-    std::fs::write(dir.path().join("tokenizer.json"), "{not json").unwrap();
     assert!(matches!(
-        Tokenizer::from_dir(dir.path()),
+        write_and_load(dir.path(), "tokenizer.json", "{not json"),
         Err(TextError::TokenizerLoad { .. })
     ));
     std::fs::copy(
-        fixture_dir().join("tokenizer.json"),
+        text_fixture("tokenizer.json"),
         dir.path().join("tokenizer.json"),
     )
     .unwrap();
-    std::fs::write(dir.path().join("tokenizer_config.json"), "[1, 2]").unwrap();
     assert!(matches!(
-        Tokenizer::from_dir(dir.path()),
+        write_and_load(dir.path(), "tokenizer_config.json", "[1, 2]"),
         Err(TextError::Config { .. })
     ));
     std::fs::remove_file(dir.path().join("tokenizer_config.json")).unwrap();
-    std::fs::write(
-        dir.path().join("chat_template.json"),
-        "{\"chat_template\": 5}",
-    )
-    .unwrap();
     assert!(matches!(
-        Tokenizer::from_dir(dir.path()),
-        Err(TextError::Config { .. })
+        write_and_load(dir.path(), "chat_template.json", "{\"chat_template\": 5}"),
+        Err(TextError::Config {
+            source: TokenizerConfigError::TemplateNotText,
+            ..
+        })
     ));
     // Like the Python tokenizers, ids outside the vocabulary are dropped, not errors.
-    let tok = Tokenizer::from_dir(&fixture_dir()).unwrap();
+    let tok = text_tokenizer();
     assert_eq!(tok.decode(&[100_000, 64], false).unwrap(), "a");
 }
 

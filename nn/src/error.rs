@@ -25,6 +25,10 @@ pub enum ModelError {
     /// The caller's input does not fit the model.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A device index table (block ids, cache slots, positions) would send a kernel outside a
+    /// buffer; found on the host, before upload.
+    #[error("index out of range: {0}")]
+    Index(#[from] dvd_kernels::IndexError),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -9,8 +9,8 @@ pub mod runner;
 pub mod scheduler;
 
 pub use prompt::{FeatureLimits, FeatureTile, ImageSlot, PromptPiece};
-pub use runner::{AddError, EngineHandle, EngineStopped, EventStream, NewRequest};
+pub use runner::{AddError, EngineHandle, EngineStopped, EventStream, Submission};
 pub use scheduler::{
-    EngineError, EngineEvent, EngineRequest, EngineStats, FailureKind, Scheduler, SchedulerConfig,
-    SequenceTimings, StreamingRequest,
+    CompleteRequest, EngineError, EngineEvent, EngineStats, FailureKind, FeatureStreamRequest,
+    Scheduler, SchedulerConfig, SequenceTimings,
 };

@@ -67,13 +67,33 @@ struct ImageProgress {
     tile_count: Option<usize>,
 }
 
+/// Embeddings of a run of prompt positions.
+#[derive(Debug)]
+struct EmbedChunk {
+    /// The run's first position.
+    first: usize,
+    /// `[n, hidden]`.
+    embeds: Tensor,
+}
+
+impl EmbedChunk {
+    fn new(first: usize, embeds: Tensor) -> Self {
+        Self { first, embeds }
+    }
+
+    /// One past the run's last position.
+    fn end(&self) -> usize {
+        self.first + self.embeds.dim(0).unwrap_or(0)
+    }
+}
+
 /// A prompt that grows as features arrive; positions `0..len()` are known.
 #[derive(Debug)]
 pub(crate) struct StreamingPrompt {
     pieces: std::vec::IntoIter<PromptPiece>,
     ids: Vec<u32>,
-    /// Embeddings of known positions, as `(first position, [n, hidden])` chunks in order.
-    chunks: Vec<(usize, Tensor)>,
+    /// Embeddings of known positions, in order.
+    chunks: Vec<EmbedChunk>,
     spans: Vec<ImageSpan>,
     current: Option<ImageProgress>,
     images_done: usize,
@@ -91,7 +111,7 @@ impl StreamingPrompt {
             pieces: Vec::new().into_iter(),
             upper_bound: ids.len(),
             ids,
-            chunks: vec![(0, embeds)],
+            chunks: vec![EmbedChunk::new(0, embeds)],
             spans,
             current: None,
             images_done: 0,
@@ -193,11 +213,10 @@ impl StreamingPrompt {
     pub(crate) fn embeds(&self, start: usize, n: usize) -> Result<Tensor, ModelError> {
         let end = start + n;
         let mut parts = Vec::new();
-        for (first, chunk) in &self.chunks {
-            let len = chunk.dim(0)?;
-            let (lo, hi) = (start.max(*first), end.min(first + len));
+        for chunk in &self.chunks {
+            let (lo, hi) = (start.max(chunk.first), end.min(chunk.end()));
             if lo < hi {
-                parts.push(chunk.narrow(0, lo - first, hi - lo)?);
+                parts.push(chunk.embeds.narrow(0, lo - chunk.first, hi - lo)?);
             }
         }
         let covered: usize = parts.iter().map(|p| p.dim(0).unwrap_or(0)).sum();
@@ -214,10 +233,7 @@ impl StreamingPrompt {
 
     /// Frees the embeddings of positions before `position` (already prefilled).
     pub(crate) fn release_before(&mut self, position: usize) {
-        self.chunks.retain(|(first, chunk)| {
-            let len = chunk.dim(0).unwrap_or(0);
-            first + len > position
-        });
+        self.chunks.retain(|chunk| chunk.end() > position);
     }
 
     /// Appends one tile's features; the error says why the request must fail.
@@ -271,13 +287,13 @@ impl StreamingPrompt {
         let dtype = self
             .chunks
             .last()
-            .map(|(_, c)| c.dtype())
+            .map(|c| c.embeds.dtype())
             .unwrap_or(model.options().dtype);
         let features = tile
             .features
             .to_dtype(dtype)?
             .to_device(&model.options().device)?;
-        self.chunks.push((self.ids.len(), features));
+        self.chunks.push(EmbedChunk::new(self.ids.len(), features));
         self.ids
             .extend(std::iter::repeat_n(image_ids.context, tokens));
         self.image_tokens += tokens;
@@ -334,7 +350,7 @@ impl StreamingPrompt {
 
     fn push_text(&mut self, model: &LanguageModel, ids: &[u32]) -> Result<(), ModelError> {
         let embeds = model.embed(ids, None, None)?;
-        self.chunks.push((self.ids.len(), embeds));
+        self.chunks.push(EmbedChunk::new(self.ids.len(), embeds));
         self.ids.extend_from_slice(ids);
         Ok(())
     }

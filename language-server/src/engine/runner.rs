@@ -17,23 +17,24 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::prompt::FeatureTile;
 use super::scheduler::{
-    EngineError, EngineEvent, EngineRequest, EngineStats, FailureKind, Scheduler, StreamingRequest,
+    CompleteRequest, EngineError, EngineEvent, EngineStats, FailureKind, FeatureStreamRequest,
+    Scheduler,
 };
 
-/// A request for the engine thread.
+/// What [`EngineHandle::add`] hands the engine thread: either kind of request.
 #[derive(Debug)]
-pub enum NewRequest {
+pub enum Submission {
     /// Prompt and features complete.
-    Complete(EngineRequest),
+    Complete(CompleteRequest),
     /// Features arrive later through [`EngineHandle::push_features`].
-    Streaming(StreamingRequest),
+    FeatureStream(FeatureStreamRequest),
 }
 
-impl NewRequest {
+impl Submission {
     fn id(&self) -> u64 {
         match self {
             Self::Complete(r) => r.id,
-            Self::Streaming(r) => r.id,
+            Self::FeatureStream(r) => r.id,
         }
     }
 }
@@ -59,7 +60,7 @@ pub type EventStream = async_mpsc::UnboundedReceiver<EngineEvent>;
 
 enum Command {
     Add {
-        request: NewRequest,
+        request: Submission,
         events: async_mpsc::UnboundedSender<EngineEvent>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
@@ -116,7 +117,7 @@ impl EngineHandle {
     }
 
     /// Queues a request; its events arrive on the returned stream.
-    pub async fn add(&self, request: NewRequest) -> Result<EventStream, AddError> {
+    pub async fn add(&self, request: Submission) -> Result<EventStream, AddError> {
         let (events, stream) = async_mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.send(Command::Add {
@@ -313,8 +314,8 @@ impl Runner {
             } => {
                 let id = request.id();
                 let added = match request {
-                    NewRequest::Complete(r) => self.scheduler.add(r),
-                    NewRequest::Streaming(r) => self.scheduler.add_streaming(r),
+                    Submission::Complete(r) => self.scheduler.add(r),
+                    Submission::FeatureStream(r) => self.scheduler.add_feature_stream(r),
                 };
                 if added.is_ok() {
                     self.streams.insert(id, events);

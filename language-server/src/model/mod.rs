@@ -14,6 +14,6 @@ pub use attention::argmax_rows;
 pub use config::{LanguageConfig, MoeConfig};
 pub use dvd_nn::{LoadOptions, ModelError};
 pub use kv_cache::{KvCache, PagedCache, SequenceCache};
-pub use names::LanguageLayout;
+pub use names::CheckpointLayout;
 pub use qwen3::{LanguageModel, PartialForward, SequenceStep};
 pub use rope::Rope;

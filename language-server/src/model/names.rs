@@ -1,12 +1,13 @@
-//! Tensor names of the language model in the published layouts.
+//! Where the language model's tensors sit in each published checkpoint layout.
 
 use dvd_checkpoint::Checkpoint;
 
 use dvd_nn::ModelError;
 
-/// How the checkpoint names its language tensors.
+/// How a checkpoint names its language tensors (the vision model's `CheckpointLayout` names its
+/// vision tensors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LanguageLayout {
+pub enum CheckpointLayout {
     /// HF InternVL (`model.language_model.*`, `lm_head.weight`).
     Hf,
     /// GitHub InternVL and legacy HF (`language_model.model.*`, `language_model.lm_head.weight`).
@@ -15,7 +16,7 @@ pub enum LanguageLayout {
     Plain,
 }
 
-impl LanguageLayout {
+impl CheckpointLayout {
     /// Detects the layout from the embedding's name.
     pub fn detect(checkpoint: &Checkpoint) -> Result<Self, ModelError> {
         [Self::Hf, Self::Nested, Self::Plain]

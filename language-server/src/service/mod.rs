@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status};
 
 pub use request::RequestDefaults;
 
-use crate::engine::{AddError, EngineHandle, EventStream, NewRequest, StreamingRequest};
+use crate::engine::{AddError, EngineHandle, EventStream, FeatureStreamRequest, Submission};
 use crate::text::{PromptFormat, Tokenizer};
 use request::RequestConverter;
 
@@ -61,9 +61,8 @@ struct Inner {
     inboxes: InboxRegistry,
     converter: RequestConverter,
     identity: ServerIdentity,
-    /// Requests with a live `Generate` stream: their engine id and the token that stops their
-    /// feature forwarding.
-    active: Mutex<HashMap<RequestId, (u64, CancellationToken)>>,
+    /// Requests with a live `Generate` stream.
+    active: Mutex<HashMap<RequestId, ActiveRequest>>,
     next_id: AtomicU64,
     draining: AtomicBool,
     /// Feature forwarding tasks.
@@ -71,6 +70,15 @@ struct Inner {
     /// `Generate` arrival to its first token, as this server saw it.
     ttft: Histogram,
     outcomes: Outcomes,
+}
+
+/// A request with a live `Generate` stream.
+#[derive(Debug, Clone)]
+struct ActiveRequest {
+    /// Its id in the engine.
+    engine_id: u64,
+    /// Stops its feature forwarding.
+    stop_features: CancellationToken,
 }
 
 impl LanguageServer {
@@ -221,7 +229,7 @@ impl OpsSource for LanguageServer {
 }
 
 impl Inner {
-    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, (u64, CancellationToken)>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, ActiveRequest>> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -252,8 +260,8 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let entry = self.inner.active().remove(&self.request_id);
-        if let Some((_, stop)) = entry {
-            stop.cancel();
+        if let Some(active) = entry {
+            active.stop_features.cancel();
         }
         if !self.finished {
             tracing::debug!(request = %self.request_id, "Generate stream dropped; cancelling");
@@ -332,7 +340,13 @@ impl LanguageService for LanguageServer {
                     prepared.request_id
                 ))));
             }
-            active.insert(prepared.request_id, (id, stop.clone()));
+            active.insert(
+                prepared.request_id,
+                ActiveRequest {
+                    engine_id: id,
+                    stop_features: stop.clone(),
+                },
+            );
         }
         // From here on the guard undoes the registration (and counts the outcome) on every exit.
         let mut guard = StreamGuard {
@@ -358,7 +372,7 @@ impl LanguageService for LanguageServer {
         };
         let events = inner
             .engine
-            .add(NewRequest::Streaming(StreamingRequest {
+            .add(Submission::FeatureStream(FeatureStreamRequest {
                 id,
                 pieces: prepared.pieces,
                 params: prepared.params,
@@ -396,14 +410,14 @@ impl LanguageService for LanguageServer {
             .parse()
             .map_err(|e| Status::invalid_argument(format!("request_id: {e}")))?;
         let entry = self.inner.active().get(&request_id).cloned();
-        let Some((id, stop)) = entry else {
+        let Some(active) = entry else {
             return Ok(Response::new(CancelResponse { found: false }));
         };
-        stop.cancel();
+        active.stop_features.cancel();
         let found = self
             .inner
             .engine
-            .cancel(id)
+            .cancel(active.engine_id)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(CancelResponse { found }))

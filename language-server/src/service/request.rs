@@ -37,9 +37,10 @@ impl Default for RequestDefaults {
     }
 }
 
-/// A request ready for the engine.
+/// A `GenerateRequest` checked and turned into prompt pieces, ready to be queued as a
+/// [`FeatureStreamRequest`](crate::engine::FeatureStreamRequest).
 #[derive(Debug)]
-pub(crate) struct Prepared {
+pub(crate) struct PreparedRequest {
     pub(crate) request_id: RequestId,
     pub(crate) pieces: Vec<PromptPiece>,
     pub(crate) params: SamplingParams,
@@ -57,7 +58,7 @@ pub(crate) struct RequestConverter {
 }
 
 impl RequestConverter {
-    pub(crate) fn prepare(&self, request: &GenerateRequest) -> Result<Prepared, Status> {
+    pub(crate) fn prepare(&self, request: &GenerateRequest) -> Result<PreparedRequest, Status> {
         let request_id: RequestId = request.request_id.parse().map_err(|e| {
             Status::invalid_argument(format!(
                 "request_id {:?}: {e} (32 lowercase hex characters)",
@@ -100,7 +101,7 @@ impl RequestConverter {
             }
         }
         let params = sampling(request.sampling.as_ref())?;
-        Ok(Prepared {
+        Ok(PreparedRequest {
             request_id,
             pieces,
             params,

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{Result, TextError};
+use super::error::{Result, TextError, TokenizerConfigError};
 
 /// An entry of `added_tokens_decoder`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,22 +72,17 @@ impl TokenizerConfig {
         let mut config = Self::default();
         let path = dir.join("tokenizer_config.json");
         if let Some(text) = read_optional(&path)? {
-            config = Self::from_json(&text).map_err(|message| TextError::Config {
+            config = Self::from_json(&text).map_err(|source| TextError::Config {
                 path: path.clone(),
-                message,
+                source,
             })?;
         }
         let path = dir.join("chat_template.json");
         if let Some(text) = read_optional(&path)? {
-            let value: Value = serde_json::from_str(&text).map_err(|e| TextError::Config {
+            let templates = chat_template_json(&text).map_err(|source| TextError::Config {
                 path: path.clone(),
-                message: e.to_string(),
+                source,
             })?;
-            let templates = parse_templates(value.get("chat_template").unwrap_or(&Value::Null))
-                .map_err(|message| TextError::Config {
-                    path: path.clone(),
-                    message,
-                })?;
             config.chat_templates.extend(templates);
         }
         let path = dir.join("chat_template.jinja");
@@ -98,22 +93,22 @@ impl TokenizerConfig {
     }
 
     /// Parses the text of a `tokenizer_config.json`.
-    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_json(text: &str) -> std::result::Result<Self, TokenizerConfigError> {
+        let raw: RawConfig = serde_json::from_str(text)?;
         let mut added_tokens = raw
             .added_tokens_decoder
             .into_iter()
             .map(|(id, token)| {
                 let id = id
                     .parse::<u32>()
-                    .map_err(|_| format!("added_tokens_decoder key {id:?} is not a token id"))?;
+                    .map_err(|_| TokenizerConfigError::AddedTokenKey(id))?;
                 Ok(AddedTokenEntry {
                     id,
                     content: token.content,
                     special: token.special,
                 })
             })
-            .collect::<std::result::Result<Vec<_>, String>>()?;
+            .collect::<std::result::Result<Vec<_>, TokenizerConfigError>>()?;
         added_tokens.sort_by_key(|t| t.id);
         Ok(Self {
             bos_token: token_text(&raw.bos_token, "bos_token")?,
@@ -153,20 +148,33 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
 }
 
 /// A special token is written as a string or as an `AddedToken` object with `content`.
-fn token_text(value: &Value, field: &str) -> std::result::Result<Option<String>, String> {
+fn token_text(
+    value: &Value,
+    field: &'static str,
+) -> std::result::Result<Option<String>, TokenizerConfigError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
         Value::Object(map) => match map.get("content") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(format!("{field} object has no string `content`")),
+            _ => Err(TokenizerConfigError::TokenWithoutContent { field }),
         },
-        _ => Err(format!("{field} is neither a string nor a token object")),
+        _ => Err(TokenizerConfigError::TokenNotText { field }),
     }
 }
 
+/// The templates of a `chat_template.json` (its `chat_template` field).
+fn chat_template_json(
+    text: &str,
+) -> std::result::Result<BTreeMap<String, String>, TokenizerConfigError> {
+    let value: Value = serde_json::from_str(text)?;
+    parse_templates(value.get("chat_template").unwrap_or(&Value::Null))
+}
+
 /// `chat_template` is a string, or a list of `{"name": .., "template": ..}`.
-fn parse_templates(value: &Value) -> std::result::Result<BTreeMap<String, String>, String> {
+fn parse_templates(
+    value: &Value,
+) -> std::result::Result<BTreeMap<String, String>, TokenizerConfigError> {
     let mut templates = BTreeMap::new();
     match value {
         Value::Null => {}
@@ -181,11 +189,11 @@ fn parse_templates(value: &Value) -> std::result::Result<BTreeMap<String, String
                     (Some(name), Some(template)) => {
                         templates.insert(name.to_owned(), template.to_owned());
                     }
-                    _ => return Err("chat_template list entries need `name` and `template`".into()),
+                    _ => return Err(TokenizerConfigError::UnnamedTemplate),
                 }
             }
         }
-        _ => return Err("chat_template is neither a string nor a list of named templates".into()),
+        _ => return Err(TokenizerConfigError::TemplateNotText),
     }
     Ok(templates)
 }
@@ -219,12 +227,28 @@ mod tests {
 
     #[test]
     fn bad_fields_are_errors() {
-        assert!(TokenizerConfig::from_json(r#"{"eos_token": 3}"#).is_err());
-        assert!(TokenizerConfig::from_json(r#"{"chat_template": 3}"#).is_err());
-        assert!(TokenizerConfig::from_json(r#"{"chat_template": [{"name": "x"}]}"#).is_err());
-        assert!(
-            TokenizerConfig::from_json(r#"{"added_tokens_decoder": {"x": {"content": "a"}}}"#)
-                .is_err()
-        );
+        use TokenizerConfigError as E;
+        let parse = TokenizerConfig::from_json;
+        assert!(matches!(
+            parse(r#"{"eos_token": 3}"#),
+            Err(E::TokenNotText { field: "eos_token" })
+        ));
+        assert!(matches!(
+            parse(r#"{"pad_token": {"special": true}}"#),
+            Err(E::TokenWithoutContent { field: "pad_token" })
+        ));
+        assert!(matches!(
+            parse(r#"{"chat_template": 3}"#),
+            Err(E::TemplateNotText)
+        ));
+        assert!(matches!(
+            parse(r#"{"chat_template": [{"name": "x"}]}"#),
+            Err(E::UnnamedTemplate)
+        ));
+        assert!(matches!(
+            parse(r#"{"added_tokens_decoder": {"x": {"content": "a"}}}"#),
+            Err(E::AddedTokenKey(key)) if key == "x"
+        ));
+        assert!(matches!(parse("{"), Err(E::Json(_))));
     }
 }

@@ -22,12 +22,12 @@ pub enum TextError {
         message: String,
     },
     /// `tokenizer_config.json` (or `chat_template.json`) is not the JSON it should be.
-    #[error("bad tokenizer config {path}: {message}")]
+    #[error("bad tokenizer config {path}: {source}")]
     Config {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        message: String,
+        source: TokenizerConfigError,
     },
     /// The tokenizer failed to encode a text.
     #[error("cannot encode text: {0}")]
@@ -85,6 +85,45 @@ pub enum TextError {
         name: String,
         /// The names there are.
         available: Vec<String>,
+    },
+}
+
+/// What is wrong with a `tokenizer_config.json` or `chat_template.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerConfigError {
+    /// Not JSON, or a field of the wrong JSON type.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A key of `added_tokens_decoder` that is not a token id.
+    #[error("added_tokens_decoder key {0:?} is not a token id")]
+    AddedTokenKey(String),
+    /// A special token written as an object without a string `content`.
+    #[error("{field} object has no string `content`")]
+    TokenWithoutContent {
+        /// The field (`eos_token`...).
+        field: &'static str,
+    },
+    /// A special token that is neither a string nor a token object.
+    #[error("{field} is neither a string nor a token object")]
+    TokenNotText {
+        /// The field (`eos_token`...).
+        field: &'static str,
+    },
+    /// An entry of a `chat_template` list without a `name` or a `template` string.
+    #[error("chat_template list entries need `name` and `template`")]
+    UnnamedTemplate,
+    /// A `chat_template` that is neither a string nor a list.
+    #[error("chat_template is neither a string nor a list of named templates")]
+    TemplateNotText,
+    /// An `added_tokens_decoder` entry the tokenizer gave another id.
+    #[error("added token {content:?} should have id {id} but landed on {got:?}")]
+    AddedTokenMoved {
+        /// The token's text.
+        content: String,
+        /// The id the config gives it.
+        id: u32,
+        /// The id the tokenizer gave it.
+        got: Option<u32>,
     },
 }
 

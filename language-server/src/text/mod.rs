@@ -28,7 +28,7 @@ mod tokenizer;
 
 pub use chat_template::ChatTemplate;
 pub use config::{AddedTokenEntry, TokenizerConfig};
-pub use error::{Result, TextError};
+pub use error::{Result, TextError, TokenizerConfigError};
 pub use format::PromptFormat;
 pub use incremental::IncrementalDecoder;
 pub use message::{ChatMessage, ContentPart, MessageContent};

@@ -20,6 +20,18 @@ pub(crate) fn unknown_method(
     }
 }
 
+/// The items of a sequence of strings (a Python list or tuple); `what_is_wrong` says why not.
+pub(crate) fn strings(
+    value: &Value,
+    what_is_wrong: impl FnOnce() -> String,
+) -> Result<Vec<String>, Error> {
+    value
+        .try_iter()?
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, what_is_wrong()))
+}
+
 fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
     let bool_all = |f: fn(char) -> bool| -> Result<Value, Error> {
         let _: () = from_args(args)?;
@@ -47,16 +59,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             let (affix,): (Value,) = from_args(args)?;
             let candidates: Vec<String> = match affix.as_str() {
                 Some(a) => vec![a.to_owned()],
-                None => affix
-                    .try_iter()?
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::InvalidOperation,
-                            format!("{method} needs str or a tuple of str"),
-                        )
-                    })?,
+                None => strings(&affix, || format!("{method} needs str or a tuple of str"))?,
             };
             let hit = candidates.iter().any(|a| {
                 if method == "startswith" {

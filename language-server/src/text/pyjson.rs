@@ -6,6 +6,8 @@
 use minijinja::value::{Kwargs, Rest, Value, ValueKind, from_args};
 use minijinja::{Error, ErrorKind};
 
+use super::pycompat::strings;
+
 /// `json.dumps` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DumpOptions {
@@ -64,16 +66,7 @@ pub(crate) fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<String, 
     };
     let (item_separator, key_separator) = match pick(separators, "separators")? {
         Some(v) if !v.is_none() && !v.is_undefined() => {
-            let parts: Vec<String> = v
-                .try_iter()?
-                .map(|p| p.as_str().map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: separators must be strings",
-                    )
-                })?;
+            let parts = strings(&v, || "tojson: separators must be strings".to_owned())?;
             match <[String; 2]>::try_from(parts) {
                 Ok([item, key]) => (item, key),
                 Err(_) => {

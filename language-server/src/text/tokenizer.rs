@@ -9,7 +9,7 @@ use tokenizers::{AddedToken, ModelWrapper};
 
 use super::chat_template::ChatTemplate;
 use super::config::TokenizerConfig;
-use super::error::{Result, TextError};
+use super::error::{Result, TextError, TokenizerConfigError};
 
 /// A loaded tokenizer. Cheap to clone (shared).
 ///
@@ -66,10 +66,11 @@ impl Tokenizer {
             if got != Some(entry.id) {
                 return Err(TextError::Config {
                     path: path.with_file_name("tokenizer_config.json"),
-                    message: format!(
-                        "added token {:?} should have id {} but landed on {got:?}",
-                        entry.content, entry.id
-                    ),
+                    source: TokenizerConfigError::AddedTokenMoved {
+                        content: entry.content.clone(),
+                        id: entry.id,
+                        got,
+                    },
                 });
             }
         }

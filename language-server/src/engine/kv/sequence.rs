@@ -31,15 +31,22 @@ pub enum KvError {
     },
 }
 
+/// The pool slots of positions `0..positions`, as an index tensor.
+#[derive(Debug)]
+struct SlotIndex {
+    positions: usize,
+    index: Tensor,
+}
+
 /// A sequence's cached positions: a table of pool blocks, filled in order.
 #[derive(Debug)]
 pub struct PagedSequence {
     pool: Arc<KvPool>,
     blocks: Vec<u32>,
     len: usize,
-    /// Pool slots of positions `0..n` as an index tensor, built by the first layer of a step
-    /// and reused by the others.
-    slots: Option<(usize, Tensor)>,
+    /// Pool slots of the cached positions as an index tensor, built by the first layer of a
+    /// step and reused by the others.
+    slots: Option<SlotIndex>,
 }
 
 impl PagedSequence {
@@ -196,11 +203,14 @@ impl SequenceCache for PagedSequence {
             p += run;
         }
         let index = match &self.slots {
-            Some((n, index)) if *n == end => index.clone(),
+            Some(slots) if slots.positions == end => slots.index.clone(),
             _ => {
                 let slots: Vec<u32> = (0..end).map(|p| self.slot(p) as u32).collect();
                 let index = Tensor::from_vec(slots, end, keys.device())?;
-                self.slots = Some((end, index.clone()));
+                self.slots = Some(SlotIndex {
+                    positions: end,
+                    index: index.clone(),
+                });
                 index
             }
         };

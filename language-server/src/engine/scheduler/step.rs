@@ -9,6 +9,7 @@ use candle_core::Tensor;
 
 use super::{EngineError, EngineEvent, FailureKind, Pending, Scheduler, Sequence};
 use crate::engine::prompt::StreamingPrompt;
+use crate::generate::GenerateError;
 use crate::model::{PartialForward, SequenceCache, SequenceStep};
 use crate::sampling::StopReason;
 
@@ -18,8 +19,8 @@ use crate::sampling::StopReason;
 #[derive(Debug)]
 pub struct StepInFlight {
     forward: PartialForward,
-    /// The step's sequences, in batch order, and whether it samples their next token.
-    stepped: Vec<(u64, bool)>,
+    /// The step's sequences, in batch order.
+    stepped: Vec<Stepped>,
     /// Prompt positions the step prefills.
     prompt_tokens: usize,
 }
@@ -31,8 +32,47 @@ impl StepInFlight {
     }
 
     fn contains(&self, id: u64) -> bool {
-        self.stepped.iter().any(|&(s, _)| s == id)
+        self.stepped.iter().any(|s| s.id == id)
     }
+}
+
+/// A sequence in a step under way.
+#[derive(Debug, Clone, Copy)]
+struct Stepped {
+    /// Request id.
+    id: u64,
+    /// Whether the step samples its next token (false for a prefill chunk short of the
+    /// prompt's end).
+    samples: bool,
+}
+
+/// A sequence's part of a step being planned.
+struct Planned {
+    /// Index into the running sequences.
+    index: usize,
+    /// Input embeddings of the positions the step computes.
+    embeds: Tensor,
+    /// Whether the step samples its next token.
+    samples: bool,
+}
+
+/// The cap on long prompts' share of one step ([`SchedulerConfig::long_prefill_tokens`]).
+///
+/// [`SchedulerConfig::long_prefill_tokens`]: super::SchedulerConfig::long_prefill_tokens
+#[derive(Debug, Clone, Copy)]
+struct LongPrefill {
+    /// A prompt with more than this many tokens left to prefill is long.
+    threshold: usize,
+    /// Tokens long prompts may still take this step.
+    left: usize,
+}
+
+/// A sequence the step ended, and how.
+struct Ended {
+    /// Index into the running sequences.
+    index: usize,
+    /// Why it stopped, or what failed.
+    outcome: Result<StopReason, GenerateError>,
 }
 
 /// Whether `prompt` is short: complete and at most `threshold` tokens.
@@ -73,13 +113,16 @@ impl Scheduler {
             return Ok((events, None));
         }
         let mut budget = self.config.max_step_tokens.max(1);
-        // (index into running, embeds for this step, whether the step samples a token)
         let mut plan = Vec::new();
         let mut decodes = 0;
         for (i, seq) in self.running.iter().enumerate() {
             if seq.prefilled() && budget > 0 {
                 let last = seq.continuation.generated().last().copied().unwrap_or(0);
-                plan.push((i, self.model.embed(&[last], None, None)?, true));
+                plan.push(Planned {
+                    index: i,
+                    embeds: self.model.embed(&[last], None, None)?,
+                    samples: true,
+                });
                 budget -= 1;
                 decodes += 1;
             }
@@ -90,11 +133,10 @@ impl Scheduler {
         // behind long image prompts prefills in the next step instead of after all of them,
         // which bounds its time to first token under image load; long prompts still get
         // whatever budget the short ones leave, up to `long_prefill_tokens` among them.
-        // (what makes a prompt long, what long prompts may still take this step)
-        let mut long = self
-            .config
-            .long_prefill_tokens
-            .map(|n| (n.max(1), n.max(1)));
+        let mut long = self.config.long_prefill_tokens.map(|n| LongPrefill {
+            threshold: n.max(1),
+            left: n.max(1),
+        });
         let mut order: Vec<usize> = (0..self.running.len()).collect();
         order.sort_by_key(|&i| {
             let seq = &self.running[i];
@@ -125,17 +167,20 @@ impl Scheduler {
                 continue;
             }
             let mut n = (known - done).min(budget);
-            if let Some((threshold, left)) = long.as_mut()
-                && seq.prompt.len().saturating_sub(done) > *threshold
+            if let Some(long) = long.as_mut()
+                && seq.prompt.len().saturating_sub(done) > long.threshold
             {
-                n = n.min(*left);
-                *left -= n;
+                n = n.min(long.left);
+                long.left -= n;
                 if n == 0 {
                     continue;
                 }
             }
-            let samples = seq.prompt.is_complete() && done + n == seq.prompt.len();
-            plan.push((i, seq.prompt.embeds(done, n)?, samples));
+            plan.push(Planned {
+                index: i,
+                embeds: seq.prompt.embeds(done, n)?,
+                samples: seq.prompt.is_complete() && done + n == seq.prompt.len(),
+            });
             budget -= n;
             prompt_tokens += n;
         }
@@ -212,7 +257,11 @@ impl Scheduler {
             if n == 0 || n > budget {
                 continue; // the batched step takes it
             }
-            plan.push((i, seq.prompt.embeds(done, n)?, true));
+            plan.push(Planned {
+                index: i,
+                embeds: seq.prompt.embeds(done, n)?,
+                samples: true,
+            });
             budget -= n;
             prompt_tokens += n;
         }
@@ -232,22 +281,29 @@ impl Scheduler {
             .filter(|&n| n > 0)
     }
 
-    /// Starts the forward pass of `plan`: (index into `running`, input embeddings, whether the
-    /// step samples a token).
+    /// Starts the forward pass of `plan`, its sequences in running order.
     fn start(
         &mut self,
-        plan: Vec<(usize, Tensor, bool)>,
+        plan: Vec<Planned>,
         prompt_tokens: usize,
     ) -> Result<StepInFlight, EngineError> {
-        let mut by_index: Vec<Option<(Tensor, bool)>> = vec![None; self.running.len()];
-        for (i, embeds, samples) in plan {
-            by_index[i] = Some((embeds, samples));
+        let mut by_index: Vec<Option<Planned>> = Vec::new();
+        by_index.resize_with(self.running.len(), || None);
+        for planned in plan {
+            let index = planned.index;
+            by_index[index] = Some(planned);
         }
         let mut steps = Vec::with_capacity(by_index.len());
         let mut stepped = Vec::with_capacity(by_index.len());
-        for (i, seq) in self.running.iter_mut().enumerate() {
-            if let Some((embeds, samples)) = by_index[i].take() {
-                stepped.push((seq.id, samples));
+        for (seq, planned) in self.running.iter_mut().zip(by_index) {
+            if let Some(Planned {
+                embeds, samples, ..
+            }) = planned
+            {
+                stepped.push(Stepped {
+                    id: seq.id,
+                    samples,
+                });
                 steps.push(SequenceStep {
                     embeds,
                     cache: &mut seq.cache,
@@ -266,7 +322,7 @@ impl Scheduler {
     /// are done and returns the events.
     fn settle(
         &mut self,
-        stepped: &[(u64, bool)],
+        stepped: &[Stepped],
         rows: &[Vec<f32>],
         prompt_tokens: usize,
     ) -> Vec<EngineEvent> {
@@ -274,9 +330,8 @@ impl Scheduler {
         let block_size = self.pool.config().block_size;
         let mut events = Vec::new();
         let mut generated = 0;
-        // (index into running, how it ended)
-        let mut ended: Vec<(usize, Result<StopReason, String>)> = Vec::new();
-        for (row, &(id, samples)) in rows.iter().zip(stepped) {
+        let mut ended: Vec<Ended> = Vec::new();
+        for (row, &Stepped { id, samples }) in rows.iter().zip(stepped) {
             let Some(i) = self.running.iter().position(|s| s.id == id) else {
                 continue;
             };
@@ -290,8 +345,8 @@ impl Scheduler {
                 seq.cache
                     .register_prefix(&seq.prompt.block_keys(block_size));
                 seq.clock.first_token = Some(end);
-                self.prompt_totals.0 += seq.prompt.len() as u64;
-                self.prompt_totals.1 += seq.cached_tokens as u64;
+                self.prompt_totals.prompt += seq.prompt.len() as u64;
+                self.prompt_totals.cached += seq.cached_tokens as u64;
             }
             match seq.continuation.next(row, seq.prompt.ids()) {
                 Ok(next) => {
@@ -301,22 +356,28 @@ impl Scheduler {
                         token: next.token,
                         text: next.text,
                     });
-                    if let Some(reason) = next.stop {
-                        ended.push((i, Ok(reason)));
-                    } else if seq.continuation.generated().len() >= seq.max_new_tokens {
-                        ended.push((i, Ok(StopReason::MaxTokens)));
+                    let reached_max = seq.continuation.generated().len() >= seq.max_new_tokens;
+                    if let Some(reason) = next.stop.or(reached_max.then_some(StopReason::MaxTokens))
+                    {
+                        ended.push(Ended {
+                            index: i,
+                            outcome: Ok(reason),
+                        });
                     }
                 }
-                Err(e) => ended.push((i, Err(e.to_string()))),
+                Err(e) => ended.push(Ended {
+                    index: i,
+                    outcome: Err(e),
+                }),
             }
         }
         self.meter.record(end, prompt_tokens, generated);
         // Remove ended sequences (highest index first keeps the others' indices valid).
-        ended.sort_by_key(|e| std::cmp::Reverse(e.0));
-        for (i, outcome) in ended {
-            let mut seq = self.running.remove(i);
+        ended.sort_by_key(|e| std::cmp::Reverse(e.index));
+        for Ended { index, outcome } in ended {
+            let mut seq = self.running.remove(index);
             let event = match outcome.and_then(|reason| {
-                let tail = seq.continuation.finish().map_err(|e| e.to_string())?;
+                let tail = seq.continuation.finish()?;
                 Ok((reason, tail))
             }) {
                 Ok((reason, text)) => EngineEvent::Finished {
@@ -329,10 +390,10 @@ impl Scheduler {
                     completion_tokens: seq.continuation.generated().len(),
                     timings: seq.clock.timings(end),
                 },
-                Err(message) => EngineEvent::Failed {
+                Err(e) => EngineEvent::Failed {
                     id: seq.id,
                     kind: FailureKind::Internal,
-                    message,
+                    message: e.to_string(),
                 },
             };
             events.push(event);
@@ -344,12 +405,12 @@ impl Scheduler {
 /// The caches of the sequences `stepped` names, in its order.
 fn caches_in_order<'a>(
     running: &'a mut [Sequence],
-    stepped: &[(u64, bool)],
+    stepped: &[Stepped],
 ) -> Result<Vec<&'a mut dyn SequenceCache>, EngineError> {
     let mut slots: Vec<Option<&'a mut dyn SequenceCache>> = Vec::new();
     slots.resize_with(stepped.len(), || None);
     for seq in running.iter_mut() {
-        if let Some(k) = stepped.iter().position(|&(id, _)| id == seq.id) {
+        if let Some(k) = stepped.iter().position(|s| s.id == seq.id) {
             slots[k] = Some(&mut seq.cache);
         }
     }

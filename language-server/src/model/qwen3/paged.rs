@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Result, Tensor};
 use dvd_nn::Norm;
 use dvd_nn::kernels::{
-    AttentionDims, DevicePagedTables, DeviceRowSlots, HeadView, IndexError, PagedBounds, PagedRow,
+    AttentionDims, DevicePagedTables, DeviceRowSlots, HeadView, PagedBounds, PagedRow,
     PagedTables, QkNormRope, RowSlot, RowSlotBounds, RowSlots, add_rms_norm, flash_attention,
     paged_attention, qk_norm_rope_cache, silu_mul, uninit_bf16,
 };
@@ -205,7 +205,7 @@ impl LanguageModel {
             rope_positions: cos_table.dim(0)?,
             pool_slots,
         };
-        let rows = RowSlots::new(&new_rows, row_bounds).map_err(index_error)?;
+        let rows = RowSlots::new(&new_rows, row_bounds)?;
         // Checked even without paged rows: every block id in the pool keeps the flash spans'
         // gathers inside it too.
         let blocks: Vec<&[u32]> = caches.iter().map(|c| c.block_ids()).collect();
@@ -214,7 +214,7 @@ impl LanguageModel {
             pool_slots,
         };
         let tables =
-            PagedTables::new(&blocks, block_size, &queries, bounds).map_err(index_error)?;
+            PagedTables::new(&blocks, block_size, &queries, bounds)?;
         let paged = if tables.is_empty() {
             None
         } else {
@@ -228,12 +228,6 @@ impl LanguageModel {
             paged,
         })
     }
-}
-
-/// A host-side index table that would send a kernel outside a buffer: the caches disagree with
-/// their pool.
-fn index_error(e: IndexError) -> ModelError {
-    ModelError::InvalidInput(format!("KV cache: {e}"))
 }
 
 /// `x + branch` (when there is a branch) and its RMSNorm, fused.

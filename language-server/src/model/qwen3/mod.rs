@@ -11,7 +11,7 @@ use super::attention::{Attention, Span};
 use super::config::LanguageConfig;
 use super::kv_cache::{KvCache, SequenceCache};
 use super::mlp::{FeedForward, Moe, SwiGlu};
-use super::names::LanguageLayout;
+use super::names::CheckpointLayout;
 use super::rope::Rope;
 use dvd_nn::ModelError;
 
@@ -56,7 +56,7 @@ impl PartialForward {
 #[derive(Debug)]
 pub struct LanguageModel {
     config: LanguageConfig,
-    layout: LanguageLayout,
+    layout: CheckpointLayout,
     options: LoadOptions,
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
@@ -86,7 +86,7 @@ impl LanguageModel {
         checkpoint: &Checkpoint,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let layout = LanguageLayout::detect(checkpoint)?;
+        let layout = CheckpointLayout::detect(checkpoint)?;
         let loader = Loader {
             checkpoint,
             dtype: options.dtype,
@@ -133,7 +133,7 @@ impl LanguageModel {
     }
 
     /// The tensor-naming layout of the checkpoint.
-    pub fn layout(&self) -> LanguageLayout {
+    pub fn layout(&self) -> CheckpointLayout {
         self.layout
     }
 
@@ -349,7 +349,7 @@ fn caches_of<'b>(batch: &'b mut [SequenceStep<'_>]) -> Vec<&'b mut dyn SequenceC
 
 fn load_layer(
     c: &LanguageConfig,
-    layout: LanguageLayout,
+    layout: CheckpointLayout,
     loader: &Loader,
     i: usize,
 ) -> Result<DecoderLayer, ModelError> {

@@ -4,7 +4,7 @@
 //! cap on the tokens long prompts take of a step keeps steps short while image prompts prefill,
 //! so a short request that arrives waits little for the step in flight.
 //!
-//! Prompts may still be waiting for image features ([`StreamingRequest`]): a sequence prefills
+//! Prompts may still be waiting for image features ([`FeatureStreamRequest`]): a sequence prefills
 //! every position known so far (the text before the first image, then each tile as it arrives)
 //! and stalls, without holding up the batch, while the next tile is on the wire.
 //!
@@ -16,16 +16,15 @@
 //! requests) may pass a large one that is waiting for blocks; a request that could never fit
 //! (longer than the pool or the model's context) is refused at once.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
-
-use super::kv::{KvError, KvPool, PagedSequence};
+use super::kv::{KvError, KvPool, PagedSequence, PoolState};
 use super::meter::ThroughputMeter;
 use super::prompt::{FeatureLimits, FeatureTile, PromptPiece, StreamingPrompt};
-use crate::generate::Continuation;
+use crate::generate::{Continuation, ImageFeatures};
 use crate::model::{LanguageModel, ModelError, SequenceCache};
 use crate::sampling::{SamplingParams, StopReason};
 use crate::text::{ImageTokenIds, Tokenizer};
@@ -73,25 +72,27 @@ impl Default for SchedulerConfig {
 }
 
 /// A request whose prompt is complete: ids with image placeholders already expanded and the
-/// features at hand.
+/// features at hand ([`Scheduler::add`]). Compare [`FeatureStreamRequest`], whose features are
+/// still arriving.
 #[derive(Debug, Clone)]
-pub struct EngineRequest {
+pub struct CompleteRequest {
     /// Caller's id, echoed in events.
     pub id: u64,
     /// Prompt token ids (image placeholders already expanded).
     pub prompt_ids: Vec<u32>,
-    /// Image features for the prompt's `<IMG_CONTEXT>` positions: the token id and `[n, hidden]`.
-    pub images: Option<(u32, Tensor)>,
+    /// Image features for the prompt's `<IMG_CONTEXT>` positions.
+    pub images: Option<ImageFeatures>,
     /// Where images sit in the prompt, with their content hashes (for the prefix cache).
     pub image_spans: Vec<ImageSpan>,
     /// Sampling and stopping.
     pub params: SamplingParams,
 }
 
-/// A request whose image features arrive later, tile by tile, through
-/// [`Scheduler::push_features`].
+/// A request whose prompt is text and image slots, the slots' features arriving later, tile by
+/// tile, through [`Scheduler::push_features`] ([`Scheduler::add_feature_stream`]). Compare
+/// [`CompleteRequest`].
 #[derive(Debug, Clone)]
-pub struct StreamingRequest {
+pub struct FeatureStreamRequest {
     /// Caller's id, echoed in events.
     pub id: u64,
     /// Text and images, in prompt order.
@@ -305,17 +306,53 @@ pub struct Scheduler {
     meter: ThroughputMeter,
     last_step_tokens: usize,
     /// Prompt tokens of every prefilled prompt, and how many of them came from the cache.
-    prompt_totals: (u64, u64),
-    /// The last count of blocks held by requests: when it was taken, the (free blocks, running,
-    /// waiting) it was taken at, and the count.
-    in_use: std::cell::Cell<InUseCount>,
+    prompt_totals: PromptTotals,
+    /// The last count of blocks held by requests, if one was taken.
+    in_use: Cell<Option<InUseCount>>,
 }
 
-type InUseCount = Option<(Instant, (usize, usize, usize), usize)>;
+/// Prompt tokens the engine prefilled over its life, for the prefix hit rate.
+#[derive(Debug, Clone, Copy, Default)]
+struct PromptTotals {
+    /// Positions of every prompt that finished prefilling.
+    prompt: u64,
+    /// Of those, positions served from the prefix cache.
+    cached: u64,
+}
+
+impl PromptTotals {
+    /// Fraction of prompt positions served from the prefix cache (0 before any prompt).
+    fn hit_rate(self) -> f64 {
+        if self.prompt == 0 {
+            0.0
+        } else {
+            self.cached as f64 / self.prompt as f64
+        }
+    }
+}
+
+/// What the blocks held by requests depend on: while none of it changes, a recent count stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InUseKey {
+    free_blocks: usize,
+    running: usize,
+    waiting: usize,
+}
+
+/// A count of the blocks held by requests ([`EngineStats::blocks_in_use`]).
+#[derive(Debug, Clone, Copy)]
+struct InUseCount {
+    /// When it was taken.
+    at: Instant,
+    /// What it was taken at.
+    key: InUseKey,
+    /// The count.
+    blocks: usize,
+}
 
 /// How stale [`EngineStats::blocks_in_use`] may be while the free blocks and the numbers of
 /// running and waiting requests stay the same (it is recounted at once when they change).
-pub const IN_USE_RECOUNT: std::time::Duration = std::time::Duration::from_millis(250);
+pub const IN_USE_RECOUNT: Duration = Duration::from_millis(250);
 
 impl Scheduler {
     /// An engine for `model` with cache `pool`; `eos` ends every request.
@@ -337,8 +374,8 @@ impl Scheduler {
             running: Vec::new(),
             meter: ThroughputMeter::new(THROUGHPUT_WINDOW),
             last_step_tokens: 0,
-            prompt_totals: (0, 0),
-            in_use: std::cell::Cell::new(None),
+            prompt_totals: PromptTotals::default(),
+            in_use: Cell::new(None),
         }
     }
 
@@ -349,18 +386,19 @@ impl Scheduler {
 
     /// Queues a request whose prompt is complete; refuses at once one that could never be
     /// served or whose features do not fit its prompt.
-    pub fn add(&mut self, request: EngineRequest) -> Result<(), EngineError> {
+    pub fn add(&mut self, request: CompleteRequest) -> Result<(), EngineError> {
         let id = request.id;
         let reject = |message: String| EngineError::Rejected { id, message };
         if request.prompt_ids.is_empty() {
             return Err(reject("empty prompt".into()));
         }
+        let images = request.images.as_ref();
         let embeds = self
             .model
             .embed(
                 &request.prompt_ids,
-                request.images.as_ref().map(|(t, _)| *t),
-                request.images.as_ref().map(|(_, f)| f),
+                images.map(|i| i.token_id),
+                images.map(|i| &i.features),
             )
             .map_err(|e| reject(e.to_string()))?;
         let prompt = StreamingPrompt::complete(request.prompt_ids, embeds, request.image_spans);
@@ -369,7 +407,7 @@ impl Scheduler {
 
     /// Queues a request whose image features will arrive through [`push_features`]
     /// (Self::push_features); text up to its first image can be prefilled at once.
-    pub fn add_streaming(&mut self, request: StreamingRequest) -> Result<(), EngineError> {
+    pub fn add_feature_stream(&mut self, request: FeatureStreamRequest) -> Result<(), EngineError> {
         let id = request.id;
         let prompt = StreamingPrompt::streaming(
             &self.model,
@@ -541,30 +579,36 @@ impl Scheduler {
             waiting: self.waiting.len(),
             waiting_for_features,
             blocks_used: state.allocator.total() - state.allocator.free(),
-            blocks_in_use: {
-                let key = (
-                    state.allocator.free(),
-                    self.running.len(),
-                    self.waiting.len(),
-                );
-                match self.in_use.get() {
-                    Some((at, k, n)) if k == key && at.elapsed() < IN_USE_RECOUNT => n,
-                    _ => {
-                        let n = state.allocator.total() - state.available();
-                        self.in_use.set(Some((Instant::now(), key, n)));
-                        n
-                    }
-                }
-            },
+            blocks_in_use: self.blocks_in_use(&state),
             blocks_total: state.allocator.total(),
             block_size: self.pool.config().block_size,
-            prefix_hit_rate: match self.prompt_totals {
-                (0, _) => 0.0,
-                (prompt, cached) => cached as f64 / prompt as f64,
-            },
+            prefix_hit_rate: self.prompt_totals.hit_rate(),
             outstanding_tokens: outstanding as u64,
             prompt_tokens_per_s: prompt_rate,
             generation_tokens_per_s: generation_rate,
+        }
+    }
+
+    /// Blocks held by requests: the last count while it is recent and the free blocks and the
+    /// numbers of running and waiting requests are unchanged, else a fresh one (it walks the
+    /// whole pool).
+    fn blocks_in_use(&self, state: &PoolState) -> usize {
+        let key = InUseKey {
+            free_blocks: state.allocator.free(),
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+        };
+        match self.in_use.get() {
+            Some(c) if c.key == key && c.at.elapsed() < IN_USE_RECOUNT => c.blocks,
+            _ => {
+                let blocks = state.allocator.total() - state.available();
+                self.in_use.set(Some(InUseCount {
+                    at: Instant::now(),
+                    key,
+                    blocks,
+                }));
+                blocks
+            }
         }
     }
 
