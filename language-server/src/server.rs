@@ -79,9 +79,14 @@ pub enum ServeError {
     /// The feature listener could not start.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// The settings do not work together.
-    #[error("{0}")]
-    Config(String),
+    /// The KV cache budget holds not one block.
+    #[error("a KV cache of {bytes} bytes holds no block of {block_size} positions")]
+    KvCacheTooSmall {
+        /// The budget.
+        bytes: usize,
+        /// Positions per block.
+        block_size: usize,
+    },
 }
 
 /// What a language server adds to the addresses every server has.
@@ -120,10 +125,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         dtype,
     );
     if pool_config.blocks == 0 {
-        return Err(ServeError::Config(format!(
-            "a KV cache of {} bytes holds no block of {} positions",
-            config.kv_cache_bytes, config.block_size
-        )));
+        return Err(ServeError::KvCacheTooSmall {
+            bytes: config.kv_cache_bytes,
+            block_size: config.block_size,
+        });
     }
     let pool = Arc::new(KvPool::new(pool_config, dtype, &config.device).map_err(ModelError::from)?);
     let mut eos = model.config().eos_token_ids.clone();

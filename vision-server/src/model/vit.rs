@@ -27,10 +27,19 @@ pub(crate) struct InternVit {
     /// `[g0*g0, D]` patch position embeddings in f32, for resizing to other grids.
     position_grid: Vec<f32>,
     position_cls: Tensor,
-    /// Position embedding for the configured tile size, `[1, 1 + g*g, D]`.
-    position_tile: (usize, Tensor),
+    /// Position embedding for the configured tile size.
+    position_tile: GridPositions,
     layers: Vec<EncoderLayer>,
     final_norm: Option<Norm>,
+}
+
+/// The position embedding of one patch grid.
+#[derive(Debug)]
+struct GridPositions {
+    /// Patches per side.
+    grid: usize,
+    /// `[1, 1 + grid*grid, D]`.
+    embedding: Tensor,
 }
 
 #[derive(Debug)]
@@ -94,19 +103,25 @@ impl InternVit {
             class_embedding,
             position_grid,
             position_cls,
-            position_tile: (g0, position),
+            position_tile: GridPositions {
+                grid: g0,
+                embedding: position,
+            },
             layers,
             final_norm,
         };
         let tile_grid = config.tiling.tile_size as usize / p;
-        model.position_tile = (tile_grid, model.position_embedding(tile_grid)?);
+        model.position_tile = GridPositions {
+            grid: tile_grid,
+            embedding: model.position_embedding(tile_grid)?,
+        };
         Ok(model)
     }
 
     /// `[1, 1 + g*g, D]` position embedding for a `g x g` patch grid.
     fn position_embedding(&self, grid: usize) -> CandleResult<Tensor> {
-        if grid == self.position_tile.0 {
-            return Ok(self.position_tile.1.clone());
+        if grid == self.position_tile.grid {
+            return Ok(self.position_tile.embedding.clone());
         }
         let d = self.config.hidden_size;
         let g0 = self.config.image_size / self.config.patch_size;
