@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use dvd_language_server::engine::kv::{KvPool, KvPoolConfig};
-use dvd_language_server::engine::{EngineEvent, EngineRequest, Scheduler, SchedulerConfig};
-use dvd_language_server::model::{LanguageModel, LoadOptions, SequenceStep, argmax_rows};
+use dvd_language_server::engine::{CompleteRequest, EngineEvent, Scheduler, SchedulerConfig};
+use dvd_language_server::model::{LanguageModel, SequenceStep, argmax_rows};
 use dvd_language_server::sampling::SamplingParams;
 use dvd_language_server::text::Tokenizer;
 use serde::Serialize;
 
+use crate::model::load_on_cpu;
 use crate::stats::{median, range};
 
 /// What to measure.
@@ -63,12 +64,28 @@ pub struct EngineBench {
 }
 
 impl EngineBench {
-    /// The defaults for `model`: decode sweep over 1, 2, 4, 8, 16, 32 requests of 32 prompt and
-    /// 32 new tokens, a 512-token prefill, 16 requests queued at once for the comparison, the
-    /// engine's default step budget, 16-position blocks, f32, 3 rounds, no baseline.
+    /// The defaults for `model`.
     pub fn new(model: impl Into<String>) -> Self {
         Self {
             model: model.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Runs the benchmark; see [`run`].
+    pub fn run(&self) -> Result<EngineReport> {
+        run(self)
+    }
+}
+
+/// `dvd bench engine`'s defaults: decode sweep over 1, 2, 4, 8, 16, 32 requests of 32 prompt and
+/// 32 new tokens, a 512-token prefill, 16 requests queued at once for the comparison, the
+/// engine's default step budget and block size, f32, 3 rounds, no baseline; `model` is empty
+/// (set it, or use [`EngineBench::new`]).
+impl Default for EngineBench {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
             tokenizer: None,
             dtype: DType::F32,
             batches: vec![1, 2, 4, 8, 16, 32],
@@ -78,15 +95,10 @@ impl EngineBench {
             requests: 16,
             arrival_interval_ms: 0.0,
             max_step_tokens: SchedulerConfig::default().max_step_tokens,
-            block_size: 16,
+            block_size: KvPoolConfig::DEFAULT_BLOCK_SIZE,
             baseline_batches: Vec::new(),
             rounds: 3,
         }
-    }
-
-    /// Runs the benchmark; see [`run`].
-    pub fn run(&self) -> Result<EngineReport> {
-        run(self)
     }
 }
 
@@ -225,17 +237,8 @@ pub fn run(bench: &EngineBench) -> Result<EngineReport> {
     if bench.batches.contains(&0) {
         bail!("batch sizes must be at least 1");
     }
-    let dir = dvd_checkpoint::resolve_model_dir(&bench.model)?;
-    let model = Arc::new(
-        LanguageModel::load(
-            &dir,
-            &LoadOptions {
-                dtype: bench.dtype,
-                device: Device::Cpu,
-            },
-        )
-        .with_context(|| format!("loading {}", dir.display()))?,
-    );
+    let (dir, model) = load_on_cpu(&bench.model, bench.dtype, LanguageModel::load)?;
+    let model = Arc::new(model);
     let tokenizer_dir = bench
         .tokenizer
         .as_ref()
@@ -464,13 +467,13 @@ impl Engine<'_> {
         prompt_tokens: usize,
         new_tokens: usize,
         interval_ms: f64,
-    ) -> Vec<(f64, EngineRequest)> {
+    ) -> Vec<(f64, CompleteRequest)> {
         let vocab = self.model.config().vocab_size;
         (0..n)
             .map(|i| {
                 let offset = self.next_offset;
                 self.next_offset = (self.next_offset + 1) % vocab.max(1);
-                let request = EngineRequest {
+                let request = CompleteRequest {
                     id: i as u64,
                     prompt_ids: request_prompt(prompt_tokens, vocab, offset),
                     images: None,
@@ -526,7 +529,7 @@ impl Engine<'_> {
     }
 
     /// [`drive_with`](Self::drive_with) with every request allowed to run at once.
-    fn drive(&mut self, requests: Vec<(f64, EngineRequest)>, concurrent: usize) -> Result<Trace> {
+    fn drive(&mut self, requests: Vec<(f64, CompleteRequest)>, concurrent: usize) -> Result<Trace> {
         self.drive_with(requests, concurrent, concurrent)
     }
 
@@ -534,7 +537,7 @@ impl Engine<'_> {
     /// `concurrent` of them at once, stepping until all are done.
     fn drive_with(
         &mut self,
-        requests: Vec<(f64, EngineRequest)>,
+        requests: Vec<(f64, CompleteRequest)>,
         concurrent: usize,
         max_running: usize,
     ) -> Result<Trace> {

@@ -33,6 +33,21 @@ pub struct GpuCheck {
     pub min_cosine: f64,
 }
 
+/// `dvd bench gpu-check`'s defaults: 3 tiles, a 70-row first chunk, cosine at least 0.99, on
+/// the CPU in f32; `model` is empty and the device is the CPU (set them).
+impl Default for GpuCheck {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            device: Device::Cpu,
+            dtype: DType::F32,
+            tiles: 3,
+            first_chunk: 70,
+            min_cosine: 0.99,
+        }
+    }
+}
+
 /// Agreement of one output.
 #[derive(Debug, Clone, Serialize)]
 pub struct Agreement {

@@ -5,11 +5,12 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
-use dvd_language_server::model::{LanguageModel, LoadOptions, SequenceStep, argmax_rows};
+use anyhow::{Result, bail};
+use candle_core::DType;
+use dvd_language_server::model::{LanguageModel, SequenceStep, argmax_rows};
 use serde::Serialize;
 
+use crate::model::load_on_cpu;
 use crate::stats::{median, range};
 
 /// What to measure.
@@ -27,6 +28,21 @@ pub struct LanguageBench {
     pub rounds: usize,
     /// Compute dtype.
     pub dtype: DType,
+}
+
+/// `dvd bench language`'s defaults: a 512-token prefill, 32 decode steps of one sequence, 3
+/// rounds, f32; `model` is empty (set it).
+impl Default for LanguageBench {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            prompt_tokens: 512,
+            decode_tokens: 32,
+            batch: 1,
+            rounds: 3,
+            dtype: DType::F32,
+        }
+    }
 }
 
 /// Medians (and ranges) of one run.
@@ -65,15 +81,7 @@ impl LanguageBench {
         if self.rounds == 0 || self.batch == 0 || self.prompt_tokens == 0 {
             bail!("rounds, batch and prompt tokens must be at least 1");
         }
-        let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
-        let model = LanguageModel::load(
-            &dir,
-            &LoadOptions {
-                dtype: self.dtype,
-                device: Device::Cpu,
-            },
-        )
-        .with_context(|| format!("loading {}", dir.display()))?;
+        let (_, model) = load_on_cpu(&self.model, self.dtype, LanguageModel::load)?;
         let ids = prompt_ids(self.prompt_tokens, model.config().vocab_size);
         let mut prefill_ms = Vec::new();
         let mut step_ms = Vec::new();

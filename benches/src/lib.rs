@@ -15,8 +15,13 @@
 //!   TTFT/TPOT/ITL/E2EL and goodput under `vllm bench serve`'s field names.
 //! - [`gpu`]: vision tiles/s, prefill and decode at InternVL3.5 shapes on one GPU
 //!   (`dvd bench gpu`), beside `tools/gpu/torch_baseline.py` for PyTorch.
-//! - [`world`]: the demo model's synthetic world: scenes of coloured shapes, their pictures, the
-//!   questions asked about them and how answers are scored (`dvd demo`).
+//! - [`gpu_check`]: a checkpoint on a device against the CPU in f32 (`dvd bench gpu-check`).
+//! - [`compare`]: coupled serving against DvD on this machine (`dvd bench compare`), and
+//!   [`plan`]: the capacity model fed by its reports (`dvd bench plan`).
+//! - [`process`]: serving child processes stopped with SIGTERM, then SIGKILL.
+//!
+//! Each `dvd bench` subcommand's options are in `cli/src/commands/bench/` under the same file
+//! name, with their defaults taken from the configurations here.
 
 pub mod compare;
 pub mod engine;
@@ -25,10 +30,11 @@ pub mod gpu_check;
 #[cfg(feature = "cuda")]
 pub mod gpu_kernels;
 pub mod language;
+pub mod model;
 pub mod pipeline;
 pub mod plan;
+pub mod process;
 pub mod serve;
 pub mod stats;
 pub mod transport;
 pub mod vision;
-pub mod world;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use dvd_transport::{
     Destination, FeatureSender, FeatureStream, Inbox, InboxConfig, InboxRegistry, ListenerConfig,
     RequestId, SenderConfig, Tile, TilePosition, TlsOptions, TransportKind,
@@ -38,13 +38,14 @@ use dvd_transport::{
 use dvd_vision_server::engine::{
     EncodeJob, EncoderConfig, EncoderHandle, EncoderOutput, EncoderStats,
 };
-use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
+use dvd_vision_server::model::{Routing, VisionModel};
 use dvd_vision_server::preprocess::preprocess;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::load_on_cpu;
 use crate::stats::{median, range};
 
 /// Longest one measured run may take before the benchmark gives up.
@@ -78,13 +79,24 @@ pub struct PipelineBench {
 }
 
 impl PipelineBench {
-    /// The default setup on `model`'s tiles of `image`: 8 requests x 2 tiles with and without
-    /// batching (8 tiles, 2 ms wait), a 7-tile request in chunks of 2 and whole, 3 rounds, f32,
-    /// two runtime workers.
+    /// The default setup on `model`'s tiles of `image`.
     pub fn new(model: impl Into<String>, image: impl Into<PathBuf>) -> Self {
         Self {
             model: model.into(),
             image: image.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// `dvd bench pipeline`'s defaults: 8 requests x 2 tiles with and without batching (8 tiles,
+/// 2 ms wait), a 7-tile request in chunks of 2 and whole, 3 rounds, f32, two runtime workers;
+/// `model` and `image` are empty (set them, or use [`PipelineBench::new`]).
+impl Default for PipelineBench {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            image: PathBuf::new(),
             dtype: DType::F32,
             rounds: 3,
             requests: 8,
@@ -291,15 +303,7 @@ impl PipelineBench {
     /// `rounds` timed rounds; `progress` gets one line per measured run.
     pub fn run(&self, mut progress: impl FnMut(&str)) -> Result<PipelineReport> {
         self.check()?;
-        let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
-        let model = VisionModel::load(
-            &dir,
-            &LoadOptions {
-                dtype: self.dtype,
-                device: Device::Cpu,
-            },
-        )
-        .with_context(|| format!("loading {}", dir.display()))?;
+        let (_, model) = load_on_cpu(&self.model, self.dtype, VisionModel::load)?;
         let model = Arc::new(model);
         let bytes = std::fs::read(&self.image)
             .with_context(|| format!("reading {}", self.image.display()))?;

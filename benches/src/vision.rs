@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Tensor};
-use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
+use candle_core::{DType, Tensor};
+use dvd_vision_server::model::{Routing, VisionModel};
 use dvd_vision_server::preprocess::preprocess;
 use serde::Serialize;
 
+use crate::model::load_on_cpu;
 use crate::stats::{median, range};
 
 /// What to measure.
@@ -28,6 +29,20 @@ pub struct VisionBench {
     pub rounds: usize,
     /// Compute dtype.
     pub dtype: DType,
+}
+
+/// `dvd bench vision`'s defaults: 4 tiles per batch, 5 rounds, f32; `model` and `image` are
+/// empty (set them).
+impl Default for VisionBench {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            image: PathBuf::new(),
+            tiles: 4,
+            rounds: 5,
+            dtype: DType::F32,
+        }
+    }
 }
 
 /// Medians (and ranges) of one run.
@@ -59,15 +74,7 @@ impl VisionBench {
         if self.rounds == 0 || self.tiles == 0 {
             bail!("rounds and tiles must be at least 1");
         }
-        let dir = dvd_checkpoint::resolve_model_dir(&self.model)?;
-        let model = VisionModel::load(
-            &dir,
-            &LoadOptions {
-                dtype: self.dtype,
-                device: Device::Cpu,
-            },
-        )
-        .with_context(|| format!("loading {}", dir.display()))?;
+        let (_, model) = load_on_cpu(&self.model, self.dtype, VisionModel::load)?;
         let bytes = std::fs::read(&self.image)
             .with_context(|| format!("reading {}", self.image.display()))?;
         let tiling = model.config().tiling.clone();

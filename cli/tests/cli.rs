@@ -1,42 +1,25 @@
 //! The `dvd` binary as users run it: real processes, real sockets.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-use std::process::{Command, Output};
-
-fn dvd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dvd"))
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::common::{assert_success, dvd, json_output, language_fixture, vision_fixture};
 
 #[test]
 fn bench_transport_prints_the_documented_json() {
-    let out = dvd()
-        .args([
-            "bench",
-            "transport",
-            "--json",
-            "--rounds",
-            "1",
-            "--tcp-frames",
-            "8",
-            "--quic-frames",
-            "8",
-            "--tokens",
-            "64",
-            "--hidden",
-            "256",
-        ])
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(dvd().args([
+        "bench",
+        "transport",
+        "--json",
+        "--rounds",
+        "1",
+        "--tcp-frames",
+        "8",
+        "--quic-frames",
+        "8",
+        "--tokens",
+        "64",
+        "--hidden",
+        "256",
+    ]));
     for key in ["raw_tcp_gbps", "tcp_gbps", "raw_quic_gbps", "quic_gbps"] {
         let v = report[key]
             .as_f64()
@@ -72,12 +55,6 @@ fn tls_self_signed_writes_usable_pem_files() {
     dvd_transport::quic::ClientTls::from_ca_file(&cert).unwrap();
 }
 
-fn model_fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../vision-server/tests/fixtures/model")
-        .join(name)
-}
-
 fn read_f32(file: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -101,7 +78,7 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(
-            model_fixture("flash-custom").join(file),
+            vision_fixture("flash-custom").join(file),
             snapshot.join(file),
         )
         .unwrap();
@@ -114,7 +91,7 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
             .args(["encode", "--model", "tiny/flash", "--vir", vir, "--out"])
             .arg(&out)
             .arg("--image")
-            .arg(model_fixture("image.png"))
+            .arg(vision_fixture("image.png"))
             .output()
             .unwrap()
     };
@@ -127,16 +104,12 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
 
     let (shape, features) = read_f32(&out, "features");
     let (ref_shape, reference) = read_f32(
-        &model_fixture("flash-custom/reference.safetensors"),
+        &vision_fixture("flash-custom/reference.safetensors"),
         "features",
     );
     assert_eq!(shape, ref_shape);
     assert_eq!(summary["tokens"], shape[0]);
-    let diff = features
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = max_diff(&features, &reference);
     assert!(diff <= 1e-4, "features differ by {diff}");
     let (pv_shape, _) = read_f32(&out, "pixel_values");
     assert_eq!(pv_shape, vec![7, 3, 56, 56]);
@@ -147,25 +120,23 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
     assert_eq!(shape, vec![28, 48]);
 
     // Tiling overrides: at most 2 tiles (a 2x1 grid for 150x100), no thumbnail.
-    let result = dvd()
-        .args([
-            "encode",
-            "--max-tiles",
-            "2",
-            "--no-thumbnail",
-            "--vir",
-            "off",
-            "--model",
-        ])
-        .arg(model_fixture("vit300m-hf"))
-        .arg("--image")
-        .arg(model_fixture("image.png"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_success(&result);
-    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let summary = json_output(
+        dvd()
+            .args([
+                "encode",
+                "--max-tiles",
+                "2",
+                "--no-thumbnail",
+                "--vir",
+                "off",
+                "--model",
+            ])
+            .arg(vision_fixture("vit300m-hf"))
+            .arg("--image")
+            .arg(vision_fixture("image.png"))
+            .arg("--out")
+            .arg(&out),
+    );
     assert_eq!(
         (summary["tiles"].as_u64(), summary["tokens"].as_u64()),
         (Some(2), Some(8))
@@ -178,12 +149,12 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
 fn encode_reports_bad_images_and_models_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("truncated.png");
-    let png = std::fs::read(model_fixture("image.png")).unwrap();
+    let png = std::fs::read(vision_fixture("image.png")).unwrap();
     std::fs::write(&bad, &png[..png.len() / 3]).unwrap();
     let out = dir.path().join("out.safetensors");
     let result = dvd()
         .args(["encode", "--model"])
-        .arg(model_fixture("vit300m-hf"))
+        .arg(vision_fixture("vit300m-hf"))
         .arg("--image")
         .arg(&bad)
         .arg("--out")
@@ -201,19 +172,13 @@ fn encode_reports_bad_images_and_models_clearly() {
     let result = dvd()
         .env("HF_HUB_CACHE", dir.path())
         .args(["encode", "--model", "nobody/nothing", "--image"])
-        .arg(model_fixture("image.png"))
+        .arg(vision_fixture("image.png"))
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("not found"));
-}
-
-fn language_fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../language-server/tests/fixtures/model")
-        .join(name)
 }
 
 fn read_i64(file: &std::path::Path, name: &str) -> Vec<i64> {
@@ -239,17 +204,15 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn generate_json(args: &[&str], model: &std::path::Path) -> (serde_json::Value, Vec<f32>) {
     let dir = tempfile::tempdir().unwrap();
     let logits = dir.path().join("logits.safetensors");
-    let out = dvd()
-        .arg("generate")
-        .arg("--model")
-        .arg(model)
-        .args(args)
-        .args(["--json", "--logits-out"])
-        .arg(&logits)
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(
+        dvd()
+            .arg("generate")
+            .arg("--model")
+            .arg(model)
+            .args(args)
+            .args(["--json", "--logits-out"])
+            .arg(&logits),
+    );
     (report, read_f32(&logits, "logits").1)
 }
 
@@ -258,7 +221,7 @@ fn generate_coupled_matches_transformers_with_an_image() {
     // GitHub-format MoE checkpoint: the InternVL conversation template with its default system
     // message, `<image>` expanded from the vision side's tokens per tile.
     let model = language_fixture("internvl-moe-custom-bf16");
-    let image = model_fixture("image.png");
+    let image = vision_fixture("image.png");
     let (report, logits) = generate_json(
         &[
             "--image",
@@ -286,7 +249,7 @@ fn generate_coupled_matches_transformers_with_an_image() {
 #[test]
 fn generate_renders_the_hf_chat_template_like_transformers() {
     let model = language_fixture("internvl-dense-hf");
-    let image = model_fixture("image.png");
+    let image = vision_fixture("image.png");
     let (report, logits) = generate_json(
         &[
             "--image",
@@ -378,7 +341,7 @@ fn generate_reports_bad_requests_clearly() {
         assert!(!out.status.success(), "{args:?} should fail");
         String::from_utf8_lossy(&out.stderr).to_string()
     };
-    let image = model_fixture("image.png");
+    let image = vision_fixture("image.png");
     // A text-only checkpoint has no vision tower.
     let err = run(&["--prompt", "x", "--image", image.to_str().unwrap()]);
     assert!(err.contains("InternViT") || err.contains("vision"), "{err}");
@@ -404,14 +367,12 @@ fn generate_reports_bad_requests_clearly() {
 fn gpu_check_compares_a_device_with_the_cpu() {
     // On the CPU build the "device" is the CPU in bf16: the command must run every stage and
     // report agreement (the GPU run uses the same code with --device cuda:0).
-    let out = dvd()
-        .args(["bench", "gpu-check", "--model"])
-        .arg(language_fixture("internvl-dense-hf"))
-        .args(["--dtype", "bf16", "--first-chunk", "20"])
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(
+        dvd()
+            .args(["bench", "gpu-check", "--model"])
+            .arg(language_fixture("internvl-dense-hf"))
+            .args(["--dtype", "bf16", "--first-chunk", "20"]),
+    );
     assert_eq!(report["pass"], true, "{report}");
     let stages: Vec<&str> = report["agreements"]
         .as_array()
@@ -440,38 +401,34 @@ fn gpu_check_compares_a_device_with_the_cpu() {
 
 #[test]
 fn benches_run_on_small_checkpoints() {
-    let out = dvd()
-        .args([
-            "bench",
-            "language",
-            "--prompt-tokens",
-            "16",
-            "--decode-tokens",
-            "4",
-            "--rounds",
-            "1",
-        ])
-        .args(["--batch", "2", "--json", "--model"])
-        .arg(language_fixture("qwen3-tied-f16"))
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(
+        dvd()
+            .args([
+                "bench",
+                "language",
+                "--prompt-tokens",
+                "16",
+                "--decode-tokens",
+                "4",
+                "--rounds",
+                "1",
+            ])
+            .args(["--batch", "2", "--json", "--model"])
+            .arg(language_fixture("qwen3-tied-f16")),
+    );
     assert!(report["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(report["batch"], 2);
 
-    let out = dvd()
-        .args([
-            "bench", "vision", "--tiles", "3", "--rounds", "1", "--json", "--model",
-        ])
-        .arg(model_fixture("vit300m-hf"))
-        .arg("--image")
-        .arg(model_fixture("image.png"))
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(
+        dvd()
+            .args([
+                "bench", "vision", "--tiles", "3", "--rounds", "1", "--json", "--model",
+            ])
+            .arg(vision_fixture("vit300m-hf"))
+            .arg("--image")
+            .arg(vision_fixture("image.png")),
+    );
     assert_eq!(report["image_tiles"], 7);
     assert!(report["tiles_per_s"].as_f64().unwrap() > 0.0);
 }
@@ -479,30 +436,28 @@ fn benches_run_on_small_checkpoints() {
 #[test]
 fn bench_engine_prints_the_documented_json() {
     let model = language_fixture("qwen3-tied-f16");
-    let out = dvd()
-        .args(["bench", "engine", "--model"])
-        .arg(&model)
-        .args([
-            "--batches",
-            "1,2",
-            "--prompt-tokens",
-            "8",
-            "--decode-tokens",
-            "4",
-        ])
-        .args([
-            "--prefill-tokens",
-            "16",
-            "--requests",
-            "3",
-            "--rounds",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(
+        dvd()
+            .args(["bench", "engine", "--model"])
+            .arg(&model)
+            .args([
+                "--batches",
+                "1,2",
+                "--prompt-tokens",
+                "8",
+                "--decode-tokens",
+                "4",
+            ])
+            .args([
+                "--prefill-tokens",
+                "16",
+                "--requests",
+                "3",
+                "--rounds",
+                "1",
+                "--json",
+            ]),
+    );
     let decode = report["decode"].as_array().unwrap();
     assert_eq!(decode.len(), 2);
     for point in decode {
@@ -527,32 +482,30 @@ fn bench_engine_prints_the_documented_json() {
 
 #[test]
 fn bench_pipeline_prints_the_documented_json() {
-    let out = dvd()
-        .args(["bench", "pipeline", "--model"])
-        .arg(model_fixture("vit300m-hf"))
-        .arg("--image")
-        .arg(model_fixture("image.png"))
-        .args([
-            "--rounds",
-            "1",
-            "--requests",
-            "2",
-            "--tiles-per-request",
-            "1",
-        ])
-        .args([
-            "--batch-tiles",
-            "2",
-            "--image-tiles",
-            "7",
-            "--chunk-tiles",
-            "5",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_output(
+        dvd()
+            .args(["bench", "pipeline", "--model"])
+            .arg(vision_fixture("vit300m-hf"))
+            .arg("--image")
+            .arg(vision_fixture("image.png"))
+            .args([
+                "--rounds",
+                "1",
+                "--requests",
+                "2",
+                "--tiles-per-request",
+                "1",
+            ])
+            .args([
+                "--batch-tiles",
+                "2",
+                "--image-tiles",
+                "7",
+                "--chunk-tiles",
+                "5",
+                "--json",
+            ]),
+    );
     let throughput = &report["throughput"];
     for mode in ["unbatched", "batched"] {
         assert!(

@@ -20,16 +20,9 @@ use tonic::Code;
 
 use crate::common;
 
-use common::{ServerProcess, free_port, http, image_generate_request, wait_healthy};
-
-/// A metric's value in Prometheus text (the first series whose name and labels start `series`).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l.as_bytes().get(series.len()) == Some(&b' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
+use common::{
+    ServerProcess, free_port, http, image_generate_request, metric, start_vision, wait_healthy,
+};
 
 fn language(listen: &str) -> ServerProcess {
     ServerProcess::start(&[
@@ -51,18 +44,11 @@ fn language(listen: &str) -> ServerProcess {
 }
 
 fn vision(listen: &str) -> ServerProcess {
-    ServerProcess::start(&[
-        "vision",
-        "serve",
-        "--model",
+    start_vision(
         "dvd-demo",
-        "--listen",
         listen,
-        "--ops-listen",
-        "127.0.0.1:0",
-        "--drain-timeout-s",
-        "30",
-    ])
+        &["--ops-listen", "127.0.0.1:0", "--drain-timeout-s", "30"],
+    )
 }
 
 #[test]
@@ -420,16 +406,11 @@ fn quic_image_request(dir: &Path, feature_tls_name: Option<&str>) -> common::Htt
         16,
         &common::quic_tls_args(cert.to_str().unwrap(), key.to_str().unwrap()),
     );
-    let vision_server = ServerProcess::start(&[
-        "vision",
-        "serve",
-        "--model",
+    let vision_server = start_vision(
         "dvd-demo",
-        "--listen",
         "127.0.0.1:0",
-        "--tls-ca",
-        cert.to_str().unwrap(),
-    ]);
+        &["--tls-ca", cert.to_str().unwrap()],
+    );
     let name = feature_tls_name
         .map(|n| format!("feature_tls_name = \"{n}\"\n"))
         .unwrap_or_default();

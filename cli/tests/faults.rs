@@ -18,7 +18,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::fault_proxy::FaultProxy;
-use crate::common::{HttpResponse, ServerProcess, ask_red_circle, free_port, http, wait_healthy};
+use crate::common::{
+    HttpResponse, ServerProcess, ask_red_circle, free_port, http, metric, start_vision,
+    wait_healthy,
+};
 
 /// The demo model's answer to the red-circle picture.
 const ANSWER: &str = "circle";
@@ -137,21 +140,12 @@ impl Cluster {
     fn start_vision(&mut self, i: usize) {
         let listen = format!("127.0.0.1:{}", self.vision_ports[i]);
         let ca = self.dir.path().join("tls/cert.pem");
-        let mut args = vec![
-            "vision",
-            "serve",
-            "--model",
-            "dvd-demo",
-            "--listen",
-            &listen,
-            "--ops-listen",
-            "127.0.0.1:0",
-        ];
         let ca = ca.to_str().unwrap().to_owned();
+        let mut extra = vec!["--ops-listen", "127.0.0.1:0"];
         if self.quic {
-            args.extend(["--tls-ca", &ca]);
+            extra.extend(["--tls-ca", &ca]);
         }
-        self.visions[i] = Some(ServerProcess::start(&args));
+        self.visions[i] = Some(start_vision("dvd-demo", &listen, &extra));
         // The gateway health-checks every 200 ms.
         let want = self.visions.iter().filter(|v| v.is_some()).count() as u64;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -184,18 +178,6 @@ fn answer(r: &HttpResponse) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-/// A gauge or counter from a Prometheus text page (labels ignored: the first sample).
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
 }
 
 /// Waits until `server`'s ops endpoint shows `name` at 0.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::{
     ServerProcess, Up, coupled_generate, dvd, free_port_pair, http, image, json_output,
-    language_fixture, start_language, wait_healthy,
+    language_fixture, start_language, start_vision, wait_healthy,
 };
 use serde_json::{Value, json};
 
@@ -154,34 +154,28 @@ fn same_answer_as_dvd_generate(up: &Up) {
 fn bench_serve_measures_a_live_deployment(up: &Up) {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("requests.csv");
-    let out = dvd()
-        .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
-        .args(["--num-prompts", "4", "--request-rate", "20", "--seed", "3"])
-        .args([
-            "--image-sizes",
-            "64,128",
-            "--output-len",
-            "4",
-            "--max-concurrency",
-            "2",
-        ])
-        .args([
-            "--probe-request-rate",
-            "50",
-            "--goodput",
-            "e2el:60000",
-            "--json",
-            "--csv",
-        ])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_output(
+        dvd()
+            .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+            .args(["--num-prompts", "4", "--request-rate", "20", "--seed", "3"])
+            .args([
+                "--image-sizes",
+                "64,128",
+                "--output-len",
+                "4",
+                "--max-concurrency",
+                "2",
+            ])
+            .args([
+                "--probe-request-rate",
+                "50",
+                "--goodput",
+                "e2el:60000",
+                "--json",
+                "--csv",
+            ])
+            .arg(&csv),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["completed"], 4, "{report}");
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["total_output_tokens"], 16, "{report}");
@@ -241,25 +235,19 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
     // The same load through the public gRPC API (the gateway's next port).
     let (host, port) = up.http.rsplit_once(':').unwrap();
     let grpc = format!("http://{host}:{}", port.parse::<u16>().unwrap() + 1);
-    let out = dvd()
-        .args(["bench", "serve", "--api", "grpc", "--url", &grpc])
-        .args([
-            "--num-prompts",
-            "3",
-            "--image-sizes",
-            "64",
-            "--output-len",
-            "4",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_output(
+        dvd()
+            .args(["bench", "serve", "--api", "grpc", "--url", &grpc])
+            .args([
+                "--num-prompts",
+                "3",
+                "--image-sizes",
+                "64",
+                "--output-len",
+                "4",
+                "--json",
+            ]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (report["completed"].as_u64(), report["failed"].as_u64()),
         (Some(3), Some(0)),
@@ -272,32 +260,26 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
     );
     assert!(report["mean_ttft_ms"].as_f64().unwrap() > 0.0, "{report}");
     // Nothing listens here: every request fails with a reason, and the command still reports.
-    let out = dvd()
-        .args([
-            "bench",
-            "serve",
-            "--url",
-            "http://127.0.0.1:9/v1",
-            "--model",
-            "m",
-        ])
-        .args([
-            "--num-prompts",
-            "2",
-            "--image-sizes",
-            "32",
-            "--json",
-            "--timeout-s",
-            "5",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_output(
+        dvd()
+            .args([
+                "bench",
+                "serve",
+                "--url",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "m",
+            ])
+            .args([
+                "--num-prompts",
+                "2",
+                "--image-sizes",
+                "32",
+                "--json",
+                "--timeout-s",
+                "5",
+            ]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (report["completed"].as_u64(), report["failed"].as_u64()),
         (Some(0), Some(2))
@@ -466,16 +448,7 @@ fn deployment_with(vision_servers: usize, limits: &str, language_by_dns: bool) -
     let language = start_language(&model_dir, 64, &[]);
     let model = model_dir.to_str().unwrap();
     let vision: Vec<ServerProcess> = (0..vision_servers)
-        .map(|_| {
-            ServerProcess::start(&[
-                "vision",
-                "serve",
-                "--model",
-                model,
-                "--listen",
-                "127.0.0.1:0",
-            ])
-        })
+        .map(|_| start_vision(model, "127.0.0.1:0", &[]))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port_pair();

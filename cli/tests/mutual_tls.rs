@@ -11,8 +11,11 @@ use dvd_proto::common::v1::ServingStatus;
 use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
 use dvd_proto::tls::GrpcTls;
 use tonic::Code;
+use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::common::{ServerProcess, ask_red_circle, dvd, start_language, wait_healthy};
+use crate::common::{
+    ServerProcess, ask_red_circle, dvd, language_args, start_language, start_vision, wait_healthy,
+};
 
 fn mutual(dir: &Path) {
     let made = dvd()
@@ -23,8 +26,21 @@ fn mutual(dir: &Path) {
     assert!(made.status.success(), "{made:?}");
 }
 
+/// A language server's mutual-TLS flags with the certificates `dvd tls mutual` wrote to `dir`.
+fn language_tls(dir: &Path) -> Vec<String> {
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    vec![
+        "--tls-cert".into(),
+        file("language.pem"),
+        "--tls-key".into(),
+        file("language-key.pem"),
+        "--tls-client-ca".into(),
+        file("ca.pem"),
+    ]
+}
+
 /// A TLS client config presenting `role`'s certificate from `dir`, verifying `server_name`.
-fn as_role(dir: &Path, role: &str, server_name: &str) -> tonic::transport::ClientTlsConfig {
+fn as_role(dir: &Path, role: &str, server_name: &str) -> ClientTlsConfig {
     GrpcTls::from_files(
         &dir.join("ca.pem"),
         &dir.join(format!("{role}.pem")),
@@ -34,11 +50,9 @@ fn as_role(dir: &Path, role: &str, server_name: &str) -> tonic::transport::Clien
     .client_config(server_name)
 }
 
-/// `Health` of the language server at `addr` over TLS as `tls`, or plaintext when `None`.
-async fn language_health(
-    addr: &str,
-    tls: Option<tonic::transport::ClientTlsConfig>,
-) -> Result<ServingStatus, Code> {
+/// A channel to `addr` over TLS as `tls`, or plaintext when `None`; `Unavailable` when it does
+/// not connect.
+async fn channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Code> {
     let endpoint = match tls {
         Some(tls) => tuned_endpoint(&format!("https://{addr}"))
             .unwrap()
@@ -46,24 +60,21 @@ async fn language_health(
             .unwrap(),
         None => tuned_endpoint(addr).unwrap(),
     };
-    let channel = endpoint.connect().await.map_err(|_| Code::Unavailable)?;
-    let answer = language_client(channel)
+    endpoint.connect().await.map_err(|_| Code::Unavailable)
+}
+
+/// `Health` of the language server at `addr` over TLS as `tls`, or plaintext when `None`.
+async fn language_health(addr: &str, tls: Option<ClientTlsConfig>) -> Result<ServingStatus, Code> {
+    let answer = language_client(channel(addr, tls).await?)
         .health(dvd_proto::language::v1::HealthRequest {})
         .await
         .map_err(|s| s.code())?;
     Ok(answer.into_inner().status())
 }
 
-async fn vision_health(
-    addr: &str,
-    tls: tonic::transport::ClientTlsConfig,
-) -> Result<ServingStatus, Code> {
-    let endpoint = tuned_endpoint(&format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap();
-    let channel = endpoint.connect().await.map_err(|_| Code::Unavailable)?;
-    let answer = vision_client(channel)
+/// `Health` of the vision server at `addr` over TLS as `tls`.
+async fn vision_health(addr: &str, tls: ClientTlsConfig) -> Result<ServingStatus, Code> {
+    let answer = vision_client(channel(addr, Some(tls)).await?)
         .health(dvd_proto::vision::v1::HealthRequest {})
         .await
         .map_err(|s| s.code())?;
@@ -76,36 +87,24 @@ fn the_gateway_and_servers_talk_only_over_mutual_tls() {
     let tls = dir.path().join("tls");
     mutual(&tls);
     let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
-    let language = start_language(
+    let language_tls = language_tls(&tls);
+    let mut quic = vec!["--transport", "quic"];
+    quic.extend(language_tls.iter().map(String::as_str));
+    let language = start_language("dvd-demo", 16, &quic);
+    let vision = start_vision(
         "dvd-demo",
-        16,
+        "127.0.0.1:0",
         &[
-            "--transport",
-            "quic",
+            "--tls-ca",
+            &file("ca.pem"),
             "--tls-cert",
-            &file("language.pem"),
+            &file("vision.pem"),
             "--tls-key",
-            &file("language-key.pem"),
+            &file("vision-key.pem"),
             "--tls-client-ca",
             &file("ca.pem"),
         ],
     );
-    let vision = ServerProcess::start(&[
-        "vision",
-        "serve",
-        "--model",
-        "dvd-demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-ca",
-        &file("ca.pem"),
-        "--tls-cert",
-        &file("vision.pem"),
-        "--tls-key",
-        &file("vision-key.pem"),
-        "--tls-client-ca",
-        &file("ca.pem"),
-    ]);
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
@@ -146,7 +145,7 @@ fn the_gateway_and_servers_talk_only_over_mutual_tls() {
             language_health(&language_addr, None).await.is_err(),
             "plaintext"
         );
-        let no_certificate = tonic::transport::ClientTlsConfig::new()
+        let no_certificate = ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(
                 std::fs::read(t.join("ca.pem")).unwrap(),
             ))
@@ -195,24 +194,9 @@ fn the_gateway_and_servers_talk_only_over_mutual_tls() {
 fn mutual_tls_on_the_tcp_feature_path_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     mutual(dir.path());
-    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let out = dvd()
-        .args([
-            "language",
-            "serve",
-            "--model",
-            "dvd-demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--feature-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &file("language.pem"),
-            "--tls-key",
-            &file("language-key.pem"),
-            "--tls-client-ca",
-            &file("ca.pem"),
-        ])
+        .args(language_args("dvd-demo"))
+        .args(language_tls(dir.path()))
         .output()
         .unwrap();
     assert!(!out.status.success());

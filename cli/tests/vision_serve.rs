@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ServerProcess, encoded_tiles, image, language_fixture, vision_fixture};
+use common::{ServerProcess, encoded_tiles, image, language_fixture, start_vision, vision_fixture};
 use dvd_proto::common::v1::{FinishReason, ServingStatus};
 use dvd_proto::feature::v1::{FeatureDestination, Transport};
 use dvd_proto::language::v1::generate_event;
@@ -36,16 +36,7 @@ struct Vision {
 
 impl Vision {
     fn start(model: &std::path::Path, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "vision",
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let process = ServerProcess::start(&args);
+        let process = start_vision(model, "127.0.0.1:0", extra);
         Self {
             grpc: process.field("grpc"),
             _process: process,

@@ -1,8 +1,9 @@
 """The demo model's synthetic world (issue 9): plain canvases with 1 to 3 coloured shapes, the
 questions asked about them and the answers expected.
 
-The same world is implemented in Rust (`dvd demo images`, benches/src/world/) so that anyone can
-generate fresh test images; both follow this specification:
+The same world is implemented in Rust (`dvd demo images`, the dvd-demo-world crate in demo-world/)
+so that anyone can generate fresh test images; demo-world/tests/python_twin.rs runs this file and
+fails when the two drift apart. Both follow this specification:
 
 - canvas: width and height uniform integers in [224, 1024] with width / height in [0.5, 2];
   background white (255, 255, 255) or light grey (230, 230, 230);
@@ -10,11 +11,12 @@ generate fresh test images; both follow this specification:
   triangle (pointing up), bounding-box side 25% to 60% of the shorter image side;
 - colours red (220, 40, 40), green (40, 170, 60), blue (40, 80, 220), yellow (230, 200, 30);
 - a pixel belongs to a shape when its centre (x + 0.5, y + 0.5) lies inside it (no antialiasing).
+
+Only `render` needs numpy: everything else is standard library, so the Rust twin's test can import
+this file with a bare python3.
 """
 
 import random
-
-import numpy as np
 
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = {
@@ -64,8 +66,10 @@ def disjoint(a, b):
     return ax + a_side <= bx or bx + b_side <= ax or ay + a_side <= by or by + b_side <= ay
 
 
-def render(scene) -> np.ndarray:
+def render(scene) -> "np.ndarray":
     """The scene as an RGB uint8 array [height, width, 3]."""
+    import numpy as np
+
     width, height, background, shapes = scene
     image = np.empty((height, width, 3), dtype=np.uint8)
     image[:] = background
@@ -101,8 +105,8 @@ def questions(scene):
     return pairs
 
 
-# A fixed scene whose picture the Rust twin must reproduce pixel for pixel
-# (benches/src/world/render.rs checks it against benches/tests/fixtures/world-scene.png).
+# A fixed scene whose picture the Rust twin must reproduce pixel for pixel (demo-world/src/render.rs
+# and demo-world/tests/python_twin.rs check it against demo-world/tests/fixtures/world-scene.png).
 FIXTURE_SCENE = (301, 203, (230, 230, 230), [
     ("circle", "red", 10, 20, 91), ("square", "blue", 120, 31, 70), ("triangle", "green", 200, 50, 95),
     ("triangle", "yellow", 2, 150, 40)])
@@ -113,7 +117,7 @@ if __name__ == "__main__":
 
     from PIL import Image
 
-    out = Path(__file__).resolve().parents[2] / "benches/tests/fixtures/world-scene.png"
+    out = Path(__file__).resolve().parents[2] / "demo-world/tests/fixtures/world-scene.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(render(FIXTURE_SCENE)).save(out)
     print(f"wrote {out}")

@@ -3,13 +3,14 @@
 //! (so `dvd up` stops its own children) when dropped.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+
+use crate::process;
 
 /// Where a started deployment listens.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,7 +56,7 @@ impl Deployment {
     }
 
     fn start_once(exe: &Path, model: &str, args: &[String]) -> Result<Self> {
-        let port = free_port_pair()?;
+        let port = process::free_port_pair()?;
         let log = tempfile::NamedTempFile::new().context("creating a file for dvd up's log")?;
         let mut child = Command::new(exe)
             .args(["up", "--ready-json", "--model", model, "--port"])
@@ -104,28 +105,6 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        process::stop(&mut self.child, Duration::from_secs(15));
     }
-}
-
-/// A port `p` with `p` and `p + 1` free (the gateway's HTTP and gRPC listeners).
-fn free_port_pair() -> Result<u16> {
-    for _ in 0..50 {
-        let first = TcpListener::bind("127.0.0.1:0")?;
-        let port = first.local_addr()?.port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free pair of adjacent ports on 127.0.0.1")
 }

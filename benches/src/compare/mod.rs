@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
+use dvd_language_server::engine::SchedulerConfig;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -76,6 +77,40 @@ pub struct CompareBench {
     pub rounds: usize,
     /// Limit of one request.
     pub timeout: Duration,
+}
+
+/// `dvd bench compare`'s defaults: 24 requests at once of one 448-px picture (the serve
+/// benchmark's synthetic request) generating 16 tokens, 2 probes/s (12 alone) of the serve
+/// benchmark's probe generating 4 tokens, vision on core 0 and language and gateway on core 1,
+/// the engine's default step budget, seed 0, one round, the serve benchmark's request limit;
+/// `exe` and `model` are empty (set them).
+impl Default for CompareBench {
+    fn default() -> Self {
+        let synthetic = Synthetic::default();
+        Self {
+            exe: PathBuf::new(),
+            model: String::new(),
+            requests: 24,
+            sizes: synthetic.sizes,
+            images_per_request: synthetic.images_per_request,
+            prompt: synthetic.prompt,
+            max_tokens: 16,
+            request_rate: None,
+            probe_rate: 2.0,
+            probe_requests: 12,
+            probe_prompt: Probes::DEFAULT_PROMPT.into(),
+            probe_max_tokens: 4,
+            vision_cpus: "0".into(),
+            language_cpus: "1".into(),
+            gateway_cpus: "1".into(),
+            max_step_tokens: SchedulerConfig::default().max_step_tokens,
+            long_prefill_tokens: None,
+            client_cpus: None,
+            seed: 0,
+            rounds: 1,
+            timeout: ServeBench::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// p99 TTFT of the probes, ms.
@@ -348,15 +383,14 @@ impl CompareBench {
             requests,
             arrivals: Arrivals {
                 rate: self.request_rate,
-                burstiness: 1.0,
-                ramp: None,
                 seed: self.seed,
+                ..Arrivals::default()
             },
             max_concurrency: None,
             probes: None,
             timeout: self.timeout,
             slos: Vec::new(),
-            percentiles: vec![50.0, 90.0, 99.0],
+            percentiles: ServeBench::DEFAULT_PERCENTILES.to_vec(),
             progress: false,
         })
     }
@@ -402,7 +436,7 @@ impl CompareBench {
             bail!(
                 "{} of {} image requests failed: {:?}",
                 loaded.failed,
-                loaded.num_prompts,
+                loaded.run.num_prompts,
                 loaded.errors
             );
         }
@@ -411,7 +445,7 @@ impl CompareBench {
             bail!(
                 "only {probes_done} probes answered during the image load ({:.1} s): raise \
                  --num-prompts or --probe-request-rate",
-                loaded.duration
+                loaded.run.duration
             );
         }
         let p99 = |r: &ServeReport| -> Result<f64> {

@@ -19,14 +19,37 @@ pub struct Arrivals {
     pub seed: u64,
 }
 
+/// Everything at once (no rate), Poisson gaps when a rate is set, seed 0.
+impl Default for Arrivals {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            burstiness: 1.0,
+            ramp: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a schedule cannot be drawn.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ArrivalsError {
+    /// The gamma shape is not a positive finite number.
+    #[error("burstiness must be positive, got {0}")]
+    Burstiness(f64),
+    /// A request rate (or a point of the ramp) is not a positive finite number.
+    #[error("request rates must be positive and finite, got {0}")]
+    Rate(f64),
+    /// The gap distribution rejected its parameters.
+    #[error("{0}")]
+    Gamma(#[from] rand_distr::GammaError),
+}
+
 impl Arrivals {
     /// Send times (seconds from the start) of `n` requests, non-decreasing.
-    pub fn schedule(&self, n: usize) -> Result<Vec<f64>, String> {
+    pub fn schedule(&self, n: usize) -> Result<Vec<f64>, ArrivalsError> {
         if !(self.burstiness > 0.0 && self.burstiness.is_finite()) {
-            return Err(format!(
-                "burstiness must be positive, got {}",
-                self.burstiness
-            ));
+            return Err(ArrivalsError::Burstiness(self.burstiness));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let mut at = 0.0;
@@ -48,13 +71,10 @@ impl Arrivals {
                 }
             };
             if !(rate > 0.0 && rate.is_finite()) {
-                return Err(format!(
-                    "request rates must be positive and finite, got {rate}"
-                ));
+                return Err(ArrivalsError::Rate(rate));
             }
             // Gaps of mean 1 / rate: Gamma(shape k, scale 1 / (k * rate)).
-            let gamma = Gamma::new(self.burstiness, 1.0 / (self.burstiness * rate))
-                .map_err(|e| e.to_string())?;
+            let gamma = Gamma::new(self.burstiness, 1.0 / (self.burstiness * rate))?;
             if i > 0 {
                 at += gamma.sample(&mut rng);
             }

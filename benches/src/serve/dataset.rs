@@ -51,6 +51,20 @@ pub struct Synthetic {
     pub seed: u64,
 }
 
+/// `dvd bench serve`'s synthetic requests unless told otherwise: one 448-px picture (one tile)
+/// with "Describe the image.", 64 tokens, seed 0.
+impl Default for Synthetic {
+    fn default() -> Self {
+        Self {
+            sizes: vec![448],
+            images_per_request: 1,
+            prompt: "Describe the image.".into(),
+            max_tokens: 64,
+            seed: 0,
+        }
+    }
+}
+
 impl Synthetic {
     /// `n` requests; request `i` uses size `sizes[i % len]` and pictures no other request has.
     pub fn requests(&self, n: usize) -> Result<Vec<RequestSpec>> {

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use arrivals::Arrivals;
 use client::{Endpoint, chat, first_model};
 use dataset::{Kind, RequestSpec};
-use report::{Outcome, RunInfo, ServeReport, Slo};
+use report::{Outcome, RequestError, RunInfo, ServeReport, Slo};
 
 /// Text-only probes sent beside the load.
 #[derive(Debug, Clone)]
@@ -43,6 +43,13 @@ pub struct Probes {
     pub prompt: String,
     /// Tokens each generates.
     pub max_tokens: u32,
+}
+
+impl Probes {
+    /// The probes' question unless told otherwise.
+    pub const DEFAULT_PROMPT: &'static str = "Say hello.";
+    /// Tokens each probe generates unless told otherwise.
+    pub const DEFAULT_MAX_TOKENS: u32 = 16;
 }
 
 /// Which of the gateway's APIs the requests use.
@@ -82,6 +89,11 @@ pub struct ServeBench {
 }
 
 impl ServeBench {
+    /// The limit of one request unless told otherwise.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+    /// The percentiles reported unless told otherwise.
+    pub const DEFAULT_PERCENTILES: [f64; 3] = [50.0, 90.0, 99.0];
+
     /// Runs the load (and probes) to completion; returns the summary and every outcome.
     pub async fn run(&self) -> Result<(ServeReport, Vec<Outcome>)> {
         if self.requests.is_empty() && self.probes.as_ref().and_then(|p| p.max_requests).is_none() {
@@ -92,10 +104,7 @@ impl ServeBench {
         {
             bail!("the probe rate must be positive and finite");
         }
-        let schedule = self
-            .arrivals
-            .schedule(self.requests.len())
-            .map_err(anyhow::Error::msg)?;
+        let schedule = self.arrivals.schedule(self.requests.len())?;
         let target = match self.api {
             Api::OpenAi => Target::OpenAi(self.endpoint.clone()),
             Api::Grpc => Target::Grpc(grpc::connect(&self.endpoint.authority).await?),
@@ -239,7 +248,7 @@ impl Request {
                     grpc::chat(client, &this.model, content, tokens, timeout).await
                 }
             }
-            .map_err(|e| format!("{e:#}"));
+            .map_err(RequestError::from);
             let _ = this.outcomes.send(Outcome {
                 kind: spec.kind,
                 sent_at,

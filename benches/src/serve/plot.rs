@@ -23,7 +23,7 @@ pub struct Run<'a> {
 
 impl Run<'_> {
     fn label(&self) -> String {
-        match self.report.request_rate {
+        match self.report.run.request_rate {
             Some(r) => format!("{r} req/s"),
             None => "all at once".into(),
         }
@@ -64,7 +64,7 @@ pub fn write_all(dir: &Path, runs: &[Run<'_>]) -> Result<Vec<PathBuf>> {
     }
     if runs
         .iter()
-        .filter(|r| r.report.request_rate.is_some())
+        .filter(|r| r.report.run.request_rate.is_some())
         .count()
         >= 2
     {
@@ -144,7 +144,7 @@ fn latency_cdf(path: &Path, runs: &[Run<'_>], latency: Latency) -> Result<()> {
 fn throughput_vs_rate(path: &Path, runs: &[Run<'_>]) -> Result<()> {
     let mut points: Vec<(f64, &ServeReport)> = runs
         .iter()
-        .filter_map(|r| r.report.request_rate.map(|rate| (rate, r.report)))
+        .filter_map(|r| r.report.run.request_rate.map(|rate| (rate, r.report)))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let max_rate = points.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-3);

@@ -20,7 +20,30 @@ pub struct Outcome {
     /// Images it carried.
     pub images: usize,
     /// Its timing, or why it failed.
-    pub result: Result<Timing, String>,
+    pub result: Result<Timing, RequestError>,
+}
+
+/// Why a request failed, as one line: its whole chain of causes (connecting, the HTTP status or
+/// gRPC code, a malformed stream, the time limit), which the report lists and the CSV quotes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    message: String,
+}
+
+impl RequestError {
+    /// A failure described by `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for RequestError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::new(format!("{error:#}"))
+    }
 }
 
 /// A service-level objective for goodput (milliseconds).
@@ -34,25 +57,42 @@ pub enum Slo {
     E2el(f64),
 }
 
+/// Why a `--goodput` SLO does not parse; each names the text it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SloError {
+    /// No `:` between name and milliseconds.
+    #[error("expected NAME:MS, got {0:?}")]
+    Syntax(String),
+    /// The milliseconds are not a number.
+    #[error("bad milliseconds in {0:?}")]
+    Milliseconds(String),
+    /// The milliseconds are not positive and finite.
+    #[error("SLOs must be positive, got {0:?}")]
+    NotPositive(String),
+    /// Not `ttft`, `tpot` or `e2el`.
+    #[error("unknown SLO {0:?}: ttft, tpot or e2el")]
+    UnknownName(String),
+}
+
 impl std::str::FromStr for Slo {
-    type Err = String;
+    type Err = SloError;
 
     /// `ttft:500`, `tpot:50` or `e2el:10000` (milliseconds).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SloError> {
         let (name, value) = s
             .split_once(':')
-            .ok_or_else(|| format!("expected NAME:MS, got {s:?}"))?;
+            .ok_or_else(|| SloError::Syntax(s.into()))?;
         let ms: f64 = value
             .parse()
-            .map_err(|_| format!("bad milliseconds in {s:?}"))?;
+            .map_err(|_| SloError::Milliseconds(s.into()))?;
         if !(ms > 0.0 && ms.is_finite()) {
-            return Err(format!("SLOs must be positive, got {s:?}"));
+            return Err(SloError::NotPositive(s.into()));
         }
         match name {
             "ttft" => Ok(Self::Ttft(ms)),
             "tpot" => Ok(Self::Tpot(ms)),
             "e2el" => Ok(Self::E2el(ms)),
-            _ => Err(format!("unknown SLO {name:?}: ttft, tpot or e2el")),
+            _ => Err(SloError::UnknownName(name.into())),
         }
     }
 }
@@ -62,18 +102,9 @@ impl std::str::FromStr for Slo {
 pub struct ServeReport {
     /// `openai-chat`.
     pub backend: String,
-    /// Model id requested.
-    pub model: String,
-    /// Requests per second asked for (`None`: all at once).
-    pub request_rate: Option<f64>,
-    /// Gamma shape of the arrival gaps.
-    pub burstiness: f64,
-    /// Most requests in flight (`None`: unbounded).
-    pub max_concurrency: Option<usize>,
-    /// Load requests sent.
-    pub num_prompts: usize,
-    /// Seconds from the first send to the last load answer.
-    pub duration: f64,
+    /// What was asked for, and how long the run took.
+    #[serde(flatten)]
+    pub run: RunInfo,
     /// Load requests answered.
     pub completed: usize,
     /// Load requests failed.
@@ -116,19 +147,19 @@ pub struct ProbeReport {
 }
 
 /// Run parameters that go into the report as they are.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
-    /// Model id.
+    /// Model id requested.
     pub model: String,
-    /// Request rate.
+    /// Requests per second asked for (`None`: all at once).
     pub request_rate: Option<f64>,
-    /// Burstiness.
+    /// Gamma shape of the arrival gaps.
     pub burstiness: f64,
-    /// Concurrency bound.
+    /// Most requests in flight (`None`: unbounded).
     pub max_concurrency: Option<usize>,
     /// Load requests sent.
     pub num_prompts: usize,
-    /// Seconds of the run.
+    /// Seconds from the first send to the last load answer.
     pub duration: f64,
 }
 
@@ -180,18 +211,14 @@ impl ServeReport {
         });
         let mut errors: Vec<String> = Vec::new();
         for e in outcomes.iter().filter_map(|o| o.result.as_ref().err()) {
-            if errors.len() < 10 && !errors.contains(e) {
-                errors.push(e.clone());
+            let message = e.to_string();
+            if errors.len() < 10 && !errors.contains(&message) {
+                errors.push(message);
             }
         }
         Self {
             backend: "openai-chat".into(),
-            model: info.model,
-            request_rate: info.request_rate,
-            burstiness: info.burstiness,
-            max_concurrency: info.max_concurrency,
-            num_prompts: info.num_prompts,
-            duration: info.duration,
+            run: info,
             completed: done.len(),
             failed: load.len() - done.len(),
             total_input_tokens: input,
@@ -235,7 +262,7 @@ pub fn csv(outcomes: &[Outcome]) -> String {
                 "{kind},{:.6},false,,,,,,,{},\"{}\"",
                 o.sent_at,
                 o.images,
-                e.replace('"', "'")
+                e.to_string().replace('"', "'")
             ),
         };
         out.push_str(&row);
@@ -249,6 +276,7 @@ pub fn sweep_csv(runs: &[(ServeReport, Vec<Outcome>)]) -> String {
     let mut out = String::new();
     for (i, (report, outcomes)) in runs.iter().enumerate() {
         let rate = report
+            .run
             .request_rate
             .map_or_else(|| "inf".to_string(), |r| r.to_string());
         for (j, line) in csv(outcomes).lines().enumerate() {
@@ -333,7 +361,11 @@ impl fmt::Display for ServeReport {
         writeln!(f, "============ Serving Benchmark Result ============")?;
         writeln!(f, "{:<40} {}", "Successful requests:", self.completed)?;
         writeln!(f, "{:<40} {}", "Failed requests:", self.failed)?;
-        writeln!(f, "{:<40} {:.2}", "Benchmark duration (s):", self.duration)?;
+        writeln!(
+            f,
+            "{:<40} {:.2}",
+            "Benchmark duration (s):", self.run.duration
+        )?;
         writeln!(
             f,
             "{:<40} {}",
@@ -461,7 +493,7 @@ mod tests {
                 kind: Kind::Load,
                 sent_at: 1.0,
                 images: 1,
-                result: Err("HTTP 429".into()),
+                result: Err(RequestError::new("HTTP 429")),
             },
             Outcome {
                 kind: Kind::Probe,

@@ -17,7 +17,7 @@ pub struct ChatArgs {
     /// The question.
     question: String,
     /// The gateway's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    #[arg(long, default_value_t = super::gateway::default_url())]
     url: String,
     /// Image to ask about; repeat for several.
     #[arg(long = "image")]

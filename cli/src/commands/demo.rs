@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use dvd_bench::serve::client::{Endpoint, stream_chat};
 use dvd_bench::serve::dataset::image_file_part;
-use dvd_bench::world::{Question, Scene, Tally, is_right, render};
+use dvd_demo_world::{Question, Scene, Tally, is_right, render};
 use dvd_language_server::generate::generate;
 use dvd_language_server::model::LanguageModel;
 use dvd_language_server::sampling::SamplingParams;
@@ -110,7 +110,7 @@ pub struct EvalArgs {
     /// Gateway to ask (the decoupled deployment).
     #[arg(
         long,
-        default_value = "http://127.0.0.1:8000",
+        default_value_t = super::gateway::default_url(),
         conflicts_with = "coupled"
     )]
     url: String,

@@ -6,26 +6,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use dvd_gateway::GatewayConfig;
+use dvd_gateway::config::ServerSection;
 use dvd_gateway::server::start;
 use dvd_serve::Drain;
 use serde_json::json;
 
-/// Gateway commands.
-#[derive(Debug, Subcommand)]
-pub enum GatewayCommand {
-    /// Serves HTTP and gRPC until SIGINT or SIGTERM.
-    Serve(ServeArgs),
-}
+use super::{ServeCommand, ServeRole};
 
-impl GatewayCommand {
-    /// Runs the command.
-    pub fn run(self) -> Result<()> {
-        match self {
-            Self::Serve(args) => args.run(),
-        }
-    }
+/// Gateway commands.
+pub type GatewayCommand = ServeCommand<ServeArgs>;
+
+/// The gateway's OpenAI API unless a config file moves it (`server.http`): where `dvd chat`,
+/// `dvd demo eval` and `dvd bench serve` send requests unless told otherwise.
+pub fn default_url() -> String {
+    format!("http://{}", ServerSection::default().http)
 }
 
 /// Options of `dvd gateway serve`.
@@ -47,17 +43,12 @@ pub struct ServeArgs {
     /// On SIGTERM, after the delay: the longest wait for responses in flight, seconds.
     #[arg(long, default_value_t = Drain::default().timeout.as_secs())]
     drain_timeout_s: u64,
-    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
-    #[arg(long)]
-    cpus: Option<String>,
 }
 
-impl ServeArgs {
-    /// Runs the gateway until SIGINT or SIGTERM.
-    pub fn run(self) -> Result<()> {
-        if let Some(cpus) = &self.cpus {
-            super::affinity::pin_process(cpus)?;
-        }
+impl ServeRole for ServeArgs {
+    const SERVE_ABOUT: &'static str = "Serves HTTP and gRPC until SIGINT or SIGTERM";
+
+    fn serve(self) -> Result<()> {
         let config = self.gateway_config()?;
         let drain = self.drain();
         super::serve_until_signal(
@@ -71,7 +62,9 @@ impl ServeArgs {
             |server| server.shutdown(),
         )
     }
+}
 
+impl ServeArgs {
     /// How the gateway drains on SIGTERM.
     pub fn drain(&self) -> Drain {
         Drain {

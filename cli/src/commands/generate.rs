@@ -57,16 +57,16 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// Nucleus sampling: keep the most likely tokens reaching this probability.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingParams::default().top_p)]
     top_p: f32,
     /// Keep only the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SamplingParams::default().top_k)]
     top_k: usize,
     /// Keep tokens at least this fraction as likely as the most likely one.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SamplingParams::default().min_p)]
     min_p: f32,
     /// transformers' repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingParams::default().repetition_penalty)]
     repetition_penalty: f32,
     /// Seed of the sampler.
     #[arg(long)]

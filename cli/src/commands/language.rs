@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
+use dvd_language_server::engine::kv::KvPoolConfig;
 use dvd_language_server::engine::{FeatureLimits, SchedulerConfig};
 use dvd_language_server::server::{ServeConfig, start};
 use dvd_language_server::service::RequestDefaults;
@@ -19,22 +20,10 @@ use serde_json::json;
 
 use super::device::ComputeArgs;
 use super::ops::OpsArgs;
+use super::{ServeCommand, ServeRole};
 
 /// Language server commands.
-#[derive(Debug, Subcommand)]
-pub enum LanguageCommand {
-    /// Serves `LanguageService` until SIGINT or SIGTERM.
-    Serve(ServeArgs),
-}
-
-impl LanguageCommand {
-    /// Runs the command.
-    pub fn run(self) -> Result<()> {
-        match self {
-            Self::Serve(args) => args.run(),
-        }
-    }
-}
+pub type LanguageCommand = ServeCommand<ServeArgs>;
 
 /// Options of `dvd language serve`.
 #[derive(Debug, Args)]
@@ -69,77 +58,103 @@ pub struct ServeArgs {
     tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     compute: ComputeArgs,
-    /// KV cache size in MiB.
-    #[arg(long, default_value_t = 1024)]
-    kv_cache_mib: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Token positions per KV block.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = KvPoolConfig::DEFAULT_BLOCK_SIZE)]
     block_size: usize,
     /// Most sequences in the running batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = SchedulerConfig::default().max_running)]
     max_running: usize,
-    /// Most tokens (decode + prefill chunks) per engine step.
-    #[arg(long, default_value_t = 512)]
-    max_step_tokens: usize,
+    /// Most feature tokens per tile (256 for InternVL3.5's 448-pixel tiles).
+    #[arg(long, default_value_t = FeatureLimits::default().max_tokens_per_tile)]
+    max_tokens_per_tile: usize,
+    /// Tiles per image when a request does not say (12 + thumbnail for InternVL3.5).
+    #[arg(long, default_value_t = RequestDefaults::default().max_tiles_per_image)]
+    max_tiles_per_image: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = RequestDefaults::default().max_images)]
+    max_images: usize,
+    /// How long a request waits for its features when it does not say, in milliseconds.
+    #[arg(long, default_value_t = RequestDefaults::default().feature_timeout.as_millis() as u64)]
+    feature_timeout_ms: u64,
+    #[command(flatten)]
+    ops: OpsArgs,
+}
+
+/// The engine's KV cache and step budget: the `dvd language serve` options `dvd up` passes on to
+/// every language server it starts.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// KV cache size in MiB (of each language server).
+    #[arg(long, default_value_t = KvPoolConfig::DEFAULT_BUDGET_BYTES >> 20)]
+    pub kv_cache_mib: usize,
+    /// Most tokens (decode + prefill chunks) per engine step: smaller steps bound how long a new
+    /// request waits behind long prefills.
+    #[arg(long, default_value_t = SchedulerConfig::default().max_step_tokens)]
+    pub max_step_tokens: usize,
     /// Cap on the tokens long prompts (more than this left to prefill) take of one step,
     /// together. Keeps steps short while image prompts prefill (default: no cap beyond
     /// --max-step-tokens).
     #[arg(long)]
-    long_prefill_tokens: Option<usize>,
+    pub long_prefill_tokens: Option<usize>,
     /// Prompts of at most this many tokens are short: they prefill whole in a step of their
     /// own, ahead of the batch, and one arriving mid-step pauses the step between two layers for
     /// it, so short requests wait little behind image prompts. 0 turns this off (default:
     /// --long-prefill-tokens, and off without it).
     #[arg(long)]
-    short_prompt_tokens: Option<usize>,
-    /// Most feature tokens per tile (256 for InternVL3.5's 448-pixel tiles).
-    #[arg(long, default_value_t = 256)]
-    max_tokens_per_tile: usize,
-    /// Tiles per image when a request does not say (12 + thumbnail for InternVL3.5).
-    #[arg(long, default_value_t = 13)]
-    max_tiles_per_image: usize,
-    /// Most images per request.
-    #[arg(long, default_value_t = 64)]
-    max_images: usize,
-    /// How long a request waits for its features when it does not say, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    feature_timeout_ms: u64,
-    #[command(flatten)]
-    ops: OpsArgs,
-    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
-    #[arg(long)]
-    cpus: Option<String>,
+    pub short_prompt_tokens: Option<usize>,
 }
 
-impl ServeArgs {
-    /// Runs the server until SIGINT or SIGTERM.
-    pub fn run(self) -> Result<()> {
-        if let Some(cpus) = &self.cpus {
-            super::affinity::pin_process(cpus)?;
+impl EngineArgs {
+    /// The flags that give a `dvd language serve` child process these settings.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--kv-cache-mib".to_string(),
+            self.kv_cache_mib.to_string(),
+            "--max-step-tokens".to_string(),
+            self.max_step_tokens.to_string(),
+        ];
+        if let Some(n) = self.long_prefill_tokens {
+            args.extend(["--long-prefill-tokens".into(), n.to_string()]);
         }
+        if let Some(n) = self.short_prompt_tokens {
+            args.extend(["--short-prompt-tokens".into(), n.to_string()]);
+        }
+        args
+    }
+}
+
+impl ServeRole for ServeArgs {
+    const SERVE_ABOUT: &'static str = "Serves `LanguageService` until SIGINT or SIGTERM";
+
+    fn serve(self) -> Result<()> {
         let config = self.config()?;
         super::serve_until_signal(
             async move { Ok(start(config).await?) },
             |server| {
-                json!({
-                    "grpc": server.grpc_addr.to_string(),
-                    "features": server.details.feature_addr.to_string(),
-                    "transport": self.transport.to_string(),
-                    "ops": server.ops_addr.map(|a| a.to_string()),
-                    "model_dir": server.details.model_dir.display().to_string(),
-                    "compute_threads": candle_core::utils::get_num_threads(),
-                })
+                let mut ready = super::server_ready(
+                    server.grpc_addr,
+                    server.ops_addr,
+                    &server.details.model_dir,
+                );
+                ready["features"] = json!(server.details.feature_addr.to_string());
+                ready["transport"] = json!(self.transport.to_string());
+                ready
             },
             |server| server.shutdown(),
         )
     }
+}
 
+impl ServeArgs {
     /// The server configuration these options describe (opens the device).
     pub fn config(&self) -> Result<ServeConfig> {
-        if self.block_size == 0 || self.max_running == 0 || self.max_step_tokens == 0 {
+        let engine = &self.engine;
+        if self.block_size == 0 || self.max_running == 0 || engine.max_step_tokens == 0 {
             bail!("--block-size, --max-running and --max-step-tokens must be at least 1");
         }
-        if self.long_prefill_tokens == Some(0) {
+        if engine.long_prefill_tokens == Some(0) {
             bail!("--long-prefill-tokens must be at least 1");
         }
         let mut tls = match (&self.tls_cert, &self.tls_key) {
@@ -176,12 +191,12 @@ impl ServeArgs {
             grpc_tls,
             dtype: self.compute.dtype(),
             device: self.compute.open()?,
-            kv_cache_bytes: self.kv_cache_mib << 20,
+            kv_cache_bytes: engine.kv_cache_mib << 20,
             block_size: self.block_size,
             scheduler: SchedulerConfig {
-                max_step_tokens: self.max_step_tokens,
-                long_prefill_tokens: self.long_prefill_tokens,
-                short_prompt_tokens: self.short_prompt_tokens,
+                max_step_tokens: engine.max_step_tokens,
+                long_prefill_tokens: engine.long_prefill_tokens,
+                short_prompt_tokens: engine.short_prompt_tokens,
                 max_running: self.max_running,
                 feature_limits: FeatureLimits {
                     max_tokens_per_tile: self.max_tokens_per_tile,

@@ -3,7 +3,6 @@
 pub mod affinity;
 pub mod bench;
 pub mod chat;
-pub mod compare;
 pub mod demo;
 pub mod demo_model;
 pub mod device;
@@ -12,14 +11,74 @@ pub mod gateway;
 pub mod generate;
 pub mod language;
 pub mod ops;
-pub mod plan;
 pub mod tls;
 pub mod up;
 pub mod vision;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+/// The one subcommand of each server role: `dvd vision serve`, `dvd language serve`, `dvd
+/// gateway serve`.
+#[derive(Debug, Subcommand)]
+pub enum ServeCommand<A: ServeRole> {
+    // Its help is the role's (a doc comment here would be the same for every role).
+    #[command(about = A::SERVE_ABOUT)]
+    Serve(Pinned<A>),
+}
+
+/// A server role's `serve` options.
+pub trait ServeRole: clap::Args {
+    /// What `serve` does, as `--help` says it.
+    const SERVE_ABOUT: &'static str;
+
+    /// Serves until SIGINT or SIGTERM.
+    fn serve(self) -> Result<()>;
+}
+
+/// A role's `serve` options and `--cpus`.
+#[derive(Debug, Args)]
+pub struct Pinned<A: ServeRole> {
+    #[command(flatten)]
+    serve: A,
+    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
+    #[arg(long)]
+    cpus: Option<String>,
+}
+
+impl<A: ServeRole> ServeCommand<A> {
+    /// Pins the process to `--cpus` (before it starts any thread), then serves.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Serve(Pinned { serve, cpus }) => {
+                if let Some(cpus) = &cpus {
+                    affinity::pin_process(cpus)?;
+                }
+                serve.serve()
+            }
+        }
+    }
+}
+
+/// The ready line every model server prints (more fields may be added to it): its gRPC and ops
+/// addresses, its model directory and the compute threads it runs on.
+pub fn server_ready(
+    grpc: SocketAddr,
+    ops: Option<SocketAddr>,
+    model_dir: &Path,
+) -> serde_json::Value {
+    serde_json::json!({
+        "grpc": grpc.to_string(),
+        "ops": ops.map(|a| a.to_string()),
+        "model_dir": model_dir.display().to_string(),
+        "compute_threads": candle_core::utils::get_num_threads(),
+    })
+}
+
 /// Parses a server subcommand's options (`args` without the command words), for a server
 /// started inside another process (`dvd up --coupled`) from the arguments a spawned one
 /// would get.

@@ -4,19 +4,23 @@
 //! process on Ctrl-C or SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::device::ComputeArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use dvd_bench::process;
+use dvd_gateway::config::ServerSection;
 use dvd_proto::common::v1::ServingStatus;
 use dvd_proto::limits::{inference_client, tuned_endpoint};
 use dvd_transport::TransportKind;
 use dvd_transport::quic::SelfSigned;
 use tokio::runtime::Runtime;
+
+use super::device::ComputeArgs;
+use super::language::EngineArgs;
 
 /// Options of `dvd up`.
 #[derive(Debug, Args)]
@@ -34,26 +38,14 @@ pub struct UpArgs {
     #[arg(long, default_value = "tcp")]
     transport: TransportKind,
     /// HTTP port of the gateway (its gRPC API listens on the next port).
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = ServerSection::default().http.port())]
     port: u16,
     /// Address the gateway listens on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    #[arg(long, default_value_t = ServerSection::default().http.ip())]
     host: IpAddr,
-    /// KV cache per language server, MiB.
-    #[arg(long, default_value_t = 1024)]
-    kv_cache_mib: usize,
-    /// Most tokens (decode + prefill chunks) per language engine step: smaller steps bound how
-    /// long a new request waits behind long prefills.
-    #[arg(long, default_value_t = 512)]
-    max_step_tokens: usize,
-    /// Cap on the step tokens long prompts take together (`language serve
-    /// --long-prefill-tokens`).
-    #[arg(long)]
-    long_prefill_tokens: Option<usize>,
-    /// Most tokens of a short prompt, which gets a first-token step of its own (`language serve
-    /// --short-prompt-tokens`).
-    #[arg(long)]
-    short_prompt_tokens: Option<usize>,
+    /// The language servers' KV cache and step budget.
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
     #[command(flatten)]
     compute: ComputeArgs,
@@ -220,22 +212,15 @@ impl Processes {
 
 impl Drop for Processes {
     fn drop(&mut self) {
+        // SIGTERM to all first: servers drain and close their listeners, together.
         for (_, child) in &self.children {
-            // SIGTERM first: servers drain and close their listeners.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            process::terminate(child);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for (name, child) in &mut self.children {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
+            if process::reap_by(child, deadline) {
+                eprintln!("{name} did not stop in time; killed it");
             }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{name} did not stop in time; killing it");
-                let _ = child.kill();
-            }
-            let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -307,19 +292,10 @@ impl UpArgs {
                 "127.0.0.1:0",
                 "--transport",
                 &self.transport.to_string(),
-                "--kv-cache-mib",
-                &self.kv_cache_mib.to_string(),
-                "--max-step-tokens",
-                &self.max_step_tokens.to_string(),
             ]
             .map(String::from)
             .to_vec();
-            if let Some(n) = self.long_prefill_tokens {
-                args.extend(["--long-prefill-tokens".into(), n.to_string()]);
-            }
-            if let Some(n) = self.short_prompt_tokens {
-                args.extend(["--short-prompt-tokens".into(), n.to_string()]);
-            }
+            args.extend(self.engine.to_args());
             args.extend(tls_language.iter().cloned());
             args.extend(self.compute.to_args());
             args.extend(cpus_args(&self.language_cpus));

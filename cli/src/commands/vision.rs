@@ -7,33 +7,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use dvd_proto::tls::GrpcTls;
 use dvd_transport::quic::ClientTls;
 use dvd_transport::{SenderConfig, TlsOptions};
-use dvd_vision_server::engine::EncoderConfig;
+use dvd_vision_server::engine::{EncoderConfig, FeatureCache};
 use dvd_vision_server::server::{ServeConfig, start};
 use dvd_vision_server::service::{Admission, RequestLimits};
-use serde_json::json;
 
 use super::device::ComputeArgs;
 use super::ops::OpsArgs;
+use super::{ServeCommand, ServeRole};
 
 /// Vision server commands.
-#[derive(Debug, Subcommand)]
-pub enum VisionCommand {
-    /// Serves `VisionService` until SIGINT or SIGTERM.
-    Serve(ServeArgs),
-}
+pub type VisionCommand = ServeCommand<ServeArgs>;
 
-impl VisionCommand {
-    /// Runs the command.
-    pub fn run(self) -> Result<()> {
-        match self {
-            Self::Serve(args) => args.run(),
-        }
-    }
-}
+/// Most tiles per encoder batch on the CPU unless told otherwise (`--max-batch-tiles`): one
+/// 448-px tile already fills the cores.
+const CPU_MAX_BATCH_TILES: usize = 1;
 
 /// Options of `dvd vision serve`.
 #[derive(Debug, Args)]
@@ -69,54 +60,46 @@ pub struct ServeArgs {
     #[arg(long)]
     max_batch_tiles: Option<usize>,
     /// How long a batch that is not full waits for more tiles, in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = EncoderConfig::default().batch_wait.as_millis() as u64)]
     batch_wait_ms: u64,
     /// Embedding cache size in MiB (0 disables it).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = FeatureCache::DEFAULT_CAPACITY >> 20)]
     cache_mib: u64,
     /// Most images per request.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = RequestLimits::default().max_images)]
     max_images: usize,
     /// Largest encoded image accepted, in MiB.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = RequestLimits::default().max_image_bytes >> 20)]
     max_image_mib: usize,
     /// Requests that may wait for preprocessing before new ones are refused.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = Admission::default().max_pending_requests)]
     max_pending_requests: usize,
     /// Images decoded and tiled at the same time (CPU workers).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = Admission::default().preprocess_workers)]
     preprocess_workers: usize,
     /// Tiles that may wait for the encoder before new requests are refused.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Admission::default().max_queued_tiles)]
     max_queued_tiles: usize,
     #[command(flatten)]
     ops: OpsArgs,
-    /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
-    #[arg(long)]
-    cpus: Option<String>,
 }
 
-impl ServeArgs {
-    /// Runs the server until SIGINT or SIGTERM.
-    pub fn run(self) -> Result<()> {
-        if let Some(cpus) = &self.cpus {
-            super::affinity::pin_process(cpus)?;
-        }
+impl ServeRole for ServeArgs {
+    const SERVE_ABOUT: &'static str = "Serves `VisionService` until SIGINT or SIGTERM";
+
+    fn serve(self) -> Result<()> {
         let config = self.config()?;
         super::serve_until_signal(
             async move { Ok(start(config).await?) },
             |server| {
-                json!({
-                    "grpc": server.grpc_addr.to_string(),
-                    "ops": server.ops_addr.map(|a| a.to_string()),
-                    "model_dir": server.details.model_dir.display().to_string(),
-                    "compute_threads": candle_core::utils::get_num_threads(),
-                })
+                super::server_ready(server.grpc_addr, server.ops_addr, &server.details.model_dir)
             },
             |server| server.shutdown(),
         )
     }
+}
 
+impl ServeArgs {
     /// The server configuration these options describe (opens the device).
     pub fn config(&self) -> Result<ServeConfig> {
         if self.max_batch_tiles == Some(0) || self.preprocess_workers == 0 {
@@ -146,8 +129,8 @@ impl ServeArgs {
             device: device.clone(),
             encoder: EncoderConfig {
                 max_batch_tiles: self.max_batch_tiles.unwrap_or(match device.is_cpu() {
-                    true => 1,
-                    false => 8,
+                    true => CPU_MAX_BATCH_TILES,
+                    false => EncoderConfig::default().max_batch_tiles,
                 }),
                 batch_wait: Duration::from_millis(self.batch_wait_ms),
             },

@@ -7,8 +7,10 @@ pub mod fault_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use dvd_bench::process;
 
 /// A checkpoint under `language-server/tests/fixtures/model` (both halves of InternVL).
 pub fn language_fixture(name: &str) -> PathBuf {
@@ -32,6 +34,15 @@ pub fn image() -> PathBuf {
 /// The `dvd` binary.
 pub fn dvd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dvd"))
+}
+
+/// Asserts a finished command succeeded, showing its standard error if not.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A `dvd <role> serve` process, killed on drop.
@@ -68,11 +79,7 @@ impl ServerProcess {
 
     /// Sends SIGTERM (a graceful drain).
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(process::terminate(&self.child));
     }
 
     /// Whether the process is still running.
@@ -163,13 +170,20 @@ pub fn free_port() -> u16 {
 
 /// A free TCP port on 127.0.0.1 (and, for `dvd up`, the next one), found by binding port 0.
 pub fn free_port_pair() -> u16 {
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
+    process::free_port_pair().unwrap()
+}
+
+/// A sample's value on a Prometheus text page: the first line of `series`, a metric name (its
+/// first sample, labelled or not) or a name with its labels.
+pub fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
 }
 
 /// An HTTP/1.1 response: status, lower-cased headers, de-chunked body.
@@ -319,11 +333,7 @@ pub fn coupled_generate(
 /// Runs `cmd`, asserts it succeeded (showing its stderr if not) and parses its stdout as JSON.
 pub fn json_output(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -336,17 +346,36 @@ pub fn quic_tls_args<'a>(cert: &'a str, key: &'a str) -> [&'a str; 6] {
 /// and `extra` arguments.
 pub fn start_language(model: impl AsRef<Path>, kv_cache_mib: u32, extra: &[&str]) -> ServerProcess {
     let kv = kv_cache_mib.to_string();
-    let mut args = vec![
+    let mut args = language_args(model.as_ref().to_str().unwrap());
+    args.extend(["--kv-cache-mib", &kv]);
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+/// `dvd language serve` arguments for `model` with its gRPC and feature listeners on ports
+/// chosen at run time.
+pub fn language_args(model: &str) -> Vec<&str> {
+    vec![
         "language",
         "serve",
         "--model",
-        model.as_ref().to_str().unwrap(),
+        model,
         "--listen",
         "127.0.0.1:0",
         "--feature-listen",
         "127.0.0.1:0",
-        "--kv-cache-mib",
-        &kv,
+    ]
+}
+
+/// `dvd vision serve` of `model` listening on `listen`, with `extra` arguments.
+pub fn start_vision(model: impl AsRef<Path>, listen: &str, extra: &[&str]) -> ServerProcess {
+    let mut args = vec![
+        "vision",
+        "serve",
+        "--model",
+        model.as_ref().to_str().unwrap(),
+        "--listen",
+        listen,
     ];
     args.extend_from_slice(extra);
     ServerProcess::start(&args)
@@ -382,15 +411,7 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::stop(&mut self.child, Duration::from_secs(15));
     }
 }
 

@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Result, Tensor};
 use dvd_nn::Norm;
 use dvd_nn::kernels::{
-    AttentionDims, DevicePagedTables, DeviceRowSlots, HeadView, PagedBounds, PagedRow,
-    PagedTables, QkNormRope, RowSlot, RowSlotBounds, RowSlots, add_rms_norm, flash_attention,
-    paged_attention, qk_norm_rope_cache, silu_mul, uninit_bf16,
+    AttentionDims, DevicePagedTables, DeviceRowSlots, HeadView, PagedBounds, PagedRow, PagedTables,
+    QkNormRope, RowSlot, RowSlotBounds, RowSlots, add_rms_norm, flash_attention, paged_attention,
+    qk_norm_rope_cache, silu_mul, uninit_bf16,
 };
 
 use super::super::attention::{Attention, Span};
@@ -213,8 +213,7 @@ impl LanguageModel {
             rows: tokens,
             pool_slots,
         };
-        let tables =
-            PagedTables::new(&blocks, block_size, &queries, bounds)?;
+        let tables = PagedTables::new(&blocks, block_size, &queries, bounds)?;
         let paged = if tables.is_empty() {
             None
         } else {

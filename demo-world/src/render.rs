@@ -34,7 +34,7 @@ pub fn render(scene: &Scene) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::world::{BACKGROUNDS, Colour, Shape};
+    use crate::{BACKGROUNDS, Colour, Shape};
 
     fn one(kind: ShapeKind) -> RgbImage {
         let shape = Shape {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dvd_bench::compare::CompareBench;
 
-use super::bench::{SizeList, parse_request_rate};
+use super::{SizeList, parse_request_rate, request_rate_flag};
 
 /// Options of `dvd bench compare`.
 #[derive(Debug, Args)]
@@ -17,47 +17,47 @@ pub struct CompareArgs {
     #[arg(long)]
     model: Option<String>,
     /// Image requests in each loaded run.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = CompareBench::default().requests)]
     num_prompts: usize,
     /// Image requests per second, or `inf` to send them all at once (saturating).
-    #[arg(long, default_value = "inf")]
+    #[arg(long, default_value_t = request_rate_flag(CompareBench::default().request_rate))]
     request_rate: String,
     /// Square image sides, used in turn (e.g. 448,896).
-    #[arg(long, default_value = "448")]
+    #[arg(long, default_value_t = SizeList::of_sides(&CompareBench::default().sizes))]
     image_sizes: SizeList,
     /// Images per request.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = CompareBench::default().images_per_request)]
     images_per_request: usize,
     /// The question asked with the images.
-    #[arg(long, default_value = "Describe the image.")]
+    #[arg(long, default_value_t = CompareBench::default().prompt)]
     prompt: String,
     /// Tokens each image request generates.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = CompareBench::default().max_tokens)]
     output_len: u32,
     /// Text-only probes per second beside the image load.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = CompareBench::default().probe_rate)]
     probe_request_rate: f64,
     /// Probes in each unloaded run.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = CompareBench::default().probe_requests)]
     probe_requests: usize,
     /// The probes' question.
-    #[arg(long, default_value = "Say hello.")]
+    #[arg(long, default_value_t = CompareBench::default().probe_prompt)]
     probe_prompt: String,
     /// Tokens each probe generates.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = CompareBench::default().probe_max_tokens)]
     probe_output_len: u32,
     /// Cores of DvD's vision server.
-    #[arg(long, default_value = "0")]
+    #[arg(long, default_value_t = CompareBench::default().vision_cpus)]
     vision_cpus: String,
     /// Cores of DvD's language server.
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value_t = CompareBench::default().language_cpus)]
     language_cpus: String,
     /// Cores of DvD's gateway (default: the language server's, which waits on vision most of
     /// the time).
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value_t = CompareBench::default().gateway_cpus)]
     gateway_cpus: String,
     /// The language engine's step budget, in both deployments.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = CompareBench::default().max_step_tokens)]
     max_step_tokens: usize,
     /// Cap on the step tokens of long prompts, in both deployments (`dvd up
     /// --long-prefill-tokens`; default: none).
@@ -69,14 +69,18 @@ pub struct CompareArgs {
     #[arg(long)]
     client_cpus: Option<String>,
     /// Seed of the images and arrivals (round r uses seed + r).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = CompareBench::default().seed)]
     seed: u64,
     /// Times each measurement runs (loaded runs, probes, stages alone), each round with fresh
     /// pictures; every figure is the median over rounds, which steadies it on a noisy machine.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        default_value_t = CompareBench::default().rounds as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     rounds: u64,
     /// Limit of one request, seconds.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = CompareBench::default().timeout.as_secs_f64())]
     timeout_s: f64,
     /// Print the JSON report instead of the table.
     #[arg(long)]
@@ -91,7 +95,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the dvd binary")?;
     let model = match args.model {
         Some(model) => model,
-        None => super::demo_model::path()?.display().to_string(),
+        None => crate::commands::demo_model::path()?.display().to_string(),
     };
     let request_rate = parse_request_rate(&args.request_rate)?;
     let sizes = args
@@ -102,7 +106,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let client_cpus = match args.client_cpus.as_deref().unwrap_or(&args.gateway_cpus) {
         "all" => None,
-        list => Some(super::affinity::parse_cpus(list)?),
+        list => Some(crate::commands::affinity::parse_cpus(list)?),
     };
     let bench = CompareBench {
         exe,
