@@ -460,7 +460,7 @@ fn spawn_encode(gw: &Gateway, server: Arc<Member<Vision>>, request: EncodeReques
     let cancel = token.clone().drop_guard();
     let metrics = gw.metrics.clone();
     let encoding_server = server.clone();
-    gw.tasks.spawn(async move {
+    gw.lifecycle.tasks().spawn(async move {
         let guard = InflightGuard::new(server.clone());
         let result = tokio::select! {
             () = token.cancelled() => Err(Status::cancelled("request ended")),

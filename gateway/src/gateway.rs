@@ -2,16 +2,14 @@
 //! ([`crate::chat`]) behind both front doors.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use dvd_proto::api::v1::{ChatRequest, HealthResponse, Model};
 use dvd_proto::common::v1::ServingStatus;
-use dvd_serve::{Service, StopTaking};
+use dvd_serve::{Lifecycle, Service, StopTaking};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::{ApiKeyError, ApiKeys};
 use crate::backend::{ChatBackend, ChatStream, GatewayError};
@@ -45,10 +43,9 @@ pub struct Gateway {
     pub(crate) language_policy: Box<dyn Policy<LanguageLoad>>,
     pub(crate) admission: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Encode calls running beside their requests.
-    pub(crate) tasks: TaskTracker,
-    /// Set on SIGTERM: `/health/ready` turns 503 so load balancers stop sending new clients.
-    draining: AtomicBool,
+    /// Draining from SIGTERM on (`/health/ready` turns 503 so load balancers stop sending new
+    /// clients), and the Encode calls running beside their requests.
+    pub(crate) lifecycle: Lifecycle,
     /// Fetches `https` image URLs under `[images]`' policy.
     pub(crate) fetcher: Fetcher,
     /// The API keys of `[auth]`; `None`: open endpoints.
@@ -97,8 +94,7 @@ impl Gateway {
             vision_policy,
             language_policy,
             metrics: Arc::new(Metrics::default()),
-            tasks: TaskTracker::new(),
-            draining: AtomicBool::new(false),
+            lifecycle: Lifecycle::new(),
             auth,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -157,7 +153,7 @@ impl Service for Gateway {
     /// Reports `DRAINING` from now on (requests are still served: the gateway is stateless and
     /// finishes whatever reaches it until its listeners close).
     fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.lifecycle.drain();
     }
 
     /// Admitted requests whose answer has not ended.
@@ -167,8 +163,7 @@ impl Service for Gateway {
 
     /// Waits for every Encode call still running beside a request.
     async fn close(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.lifecycle.close().await;
     }
 }
 
@@ -200,7 +195,7 @@ impl ChatBackend for Gateway {
         // gateway still serves.
         let vision_ok = vision > 0 || self.config.vision.targets().next().is_none();
         HealthResponse {
-            status: if self.draining.load(Ordering::Acquire) {
+            status: if self.lifecycle.is_draining() {
                 ServingStatus::Draining
             } else if language > 0 && vision_ok {
                 ServingStatus::Serving

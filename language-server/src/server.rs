@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use dvd_proto::limits::language_server;
-use dvd_proto::tls::GrpcTls;
-use dvd_serve::{Drain, Harness, Running, StartError, load_blocking};
+use dvd_serve::{Harness, Running, ServerSettings, StartError, load_blocking};
 use dvd_transport::{
     InboxConfig, InboxRegistry, ListenerConfig, TlsOptions, TransportError, TransportKind,
 };
@@ -27,8 +26,8 @@ use crate::text::{PromptFormat, TextError, Tokenizer};
 pub struct ServeConfig {
     /// Model directory, or a hub id in the local Hugging Face cache.
     pub model: String,
-    /// gRPC listen address.
-    pub listen: SocketAddr,
+    /// The gRPC listener, ops endpoint and drain every server has.
+    pub server: ServerSettings,
     /// Feature listen address.
     pub feature_listen: SocketAddr,
     /// Address vision servers should use to reach the feature listener (what `Health`
@@ -52,13 +51,6 @@ pub struct ServeConfig {
     pub requests: RequestDefaults,
     /// Limits of the feature inbox.
     pub inbox: InboxConfig,
-    /// Mutual TLS on the gRPC listener: present this identity, admit only the gateway's
-    /// certificate from the CA. Plaintext when `None`.
-    pub grpc_tls: Option<GrpcTls>,
-    /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
-    pub ops_listen: Option<SocketAddr>,
-    /// How [`Running::shutdown`] drains.
-    pub drain: Drain,
 }
 
 /// What can stop a language server from starting.
@@ -172,15 +164,19 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         identity,
     ));
     let ops_addr = harness
-        .serve_ops(config.ops_listen, service.clone())
+        .serve_ops(config.server.ops_listen, service.clone())
         .await?;
     let grpc_addr = harness
-        .serve_grpc(config.listen, config.grpc_tls.as_ref(), |peer| {
-            Routes::new(InterceptedService::new(
-                language_server(LanguageServer::clone(&service)),
-                peer,
-            ))
-        })
+        .serve_grpc(
+            config.server.listen,
+            config.server.grpc_tls.as_ref(),
+            |peer| {
+                Routes::new(InterceptedService::new(
+                    language_server(LanguageServer::clone(&service)),
+                    peer,
+                ))
+            },
+        )
         .await?;
     tracing::info!(%grpc_addr, %feature_addr, transport = %config.transport, "language server ready");
     Ok(harness.running(
@@ -191,6 +187,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             feature_addr,
             model_dir: dir,
         },
-        config.drain,
+        config.server.drain,
     ))
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dvd_proto::tls::GrpcTls;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,20 @@ impl Default for Drain {
             timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// What every server's gRPC listener, ops endpoint and drain are, whatever its role.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Mutual TLS on the gRPC listener: present this identity, admit only the gateway's
+    /// certificate from the CA. Plaintext when `None`.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
+    pub ops_listen: Option<SocketAddr>,
+    /// How [`Running::shutdown`] drains.
+    pub drain: Drain,
 }
 
 /// How a service stops taking new work once its drain delay is over.

@@ -2,14 +2,12 @@
 //! gRPC `VisionService` and the ops endpoint, and stops them together, draining the requests in
 //! flight first.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use dvd_proto::limits::vision_server;
-use dvd_proto::tls::GrpcTls;
-use dvd_serve::{Drain, Harness, Running, StartError, load_blocking};
+use dvd_serve::{Harness, Running, ServerSettings, StartError, load_blocking};
 use dvd_transport::{SenderConfig, TlsOptions, TransportError, TransportKind};
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
@@ -23,8 +21,8 @@ use crate::service::{Admission, RequestLimits, Senders, VisionServer};
 pub struct ServeConfig {
     /// Model directory, or a hub id in the local Hugging Face cache.
     pub model: String,
-    /// gRPC listen address.
-    pub listen: SocketAddr,
+    /// The gRPC listener, ops endpoint and drain every server has.
+    pub server: ServerSettings,
     /// Trust anchors for QUIC destinations (`client`); without them only TCP is offered.
     pub tls: TlsOptions,
     /// Compute dtype.
@@ -41,13 +39,6 @@ pub struct ServeConfig {
     pub admission: Admission,
     /// Feature sender settings.
     pub sender: SenderConfig,
-    /// Mutual TLS on the gRPC listener: present this identity, admit only the gateway's
-    /// certificate from the CA. Plaintext when `None`.
-    pub grpc_tls: Option<GrpcTls>,
-    /// Ops endpoint (`/metrics`, `/health/live`, `/health/ready`); none when `None`.
-    pub ops_listen: Option<SocketAddr>,
-    /// How [`Running::shutdown`] drains.
-    pub drain: Drain,
 }
 
 /// What can stop a vision server from starting.
@@ -112,15 +103,19 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     ));
     let mut harness = Harness::new();
     let grpc_addr = harness
-        .serve_grpc(config.listen, config.grpc_tls.as_ref(), |peer| {
-            Routes::new(InterceptedService::new(
-                vision_server(VisionServer::clone(&service)),
-                peer,
-            ))
-        })
+        .serve_grpc(
+            config.server.listen,
+            config.server.grpc_tls.as_ref(),
+            |peer| {
+                Routes::new(InterceptedService::new(
+                    vision_server(VisionServer::clone(&service)),
+                    peer,
+                ))
+            },
+        )
         .await?;
     let ops_addr = harness
-        .serve_ops(config.ops_listen, service.clone())
+        .serve_ops(config.server.ops_listen, service.clone())
         .await?;
     tracing::info!(%grpc_addr, "vision server ready");
     Ok(harness.running(
@@ -128,6 +123,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         grpc_addr,
         ops_addr,
         VisionDetails { model_dir: dir },
-        config.drain,
+        config.server.drain,
     ))
 }

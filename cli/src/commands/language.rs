@@ -183,12 +183,11 @@ impl ServeArgs {
         }
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
-            listen: self.listen,
+            server: self.ops.server(self.listen, grpc_tls),
             feature_listen: self.feature_listen,
             feature_advertise: self.feature_advertise.clone(),
             transport: self.transport,
             tls,
-            grpc_tls,
             dtype: self.compute.dtype(),
             device: self.compute.open()?,
             kv_cache_bytes: engine.kv_cache_mib << 20,
@@ -208,8 +207,6 @@ impl ServeArgs {
                 max_images: self.max_images,
             },
             inbox: InboxConfig::default(),
-            ops_listen: self.ops.ops_listen,
-            drain: self.ops.drain(),
         };
         Ok(config)
     }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use dvd_serve::Drain;
+use dvd_proto::tls::GrpcTls;
+use dvd_serve::{Drain, ServerSettings};
 
 /// `--ops-listen` and `--drain-timeout-s`.
 #[derive(Debug, Clone, Args)]
@@ -19,11 +20,17 @@ pub struct OpsArgs {
 }
 
 impl OpsArgs {
-    /// How the server drains on SIGTERM.
-    pub fn drain(&self) -> Drain {
-        Drain {
-            timeout: Duration::from_secs(self.drain_timeout_s),
-            ..Drain::default()
+    /// A server's gRPC listener on `listen` (mutual TLS with `grpc_tls`), with these options'
+    /// ops endpoint and drain.
+    pub fn server(&self, listen: SocketAddr, grpc_tls: Option<GrpcTls>) -> ServerSettings {
+        ServerSettings {
+            listen,
+            grpc_tls,
+            ops_listen: self.ops_listen,
+            drain: Drain {
+                timeout: Duration::from_secs(self.drain_timeout_s),
+                ..Drain::default()
+            },
         }
     }
 }

@@ -122,9 +122,8 @@ impl ServeArgs {
         let device = self.compute.open()?;
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
-            listen: self.listen,
+            server: self.ops.server(self.listen, grpc_tls),
             tls,
-            grpc_tls,
             dtype: self.compute.dtype(),
             device: device.clone(),
             encoder: EncoderConfig {
@@ -145,8 +144,6 @@ impl ServeArgs {
                 max_queued_tiles: self.max_queued_tiles,
             },
             sender: SenderConfig::default(),
-            ops_listen: self.ops.ops_listen,
-            drain: self.ops.drain(),
         };
         Ok(config)
     }

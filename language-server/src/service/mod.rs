@@ -11,7 +11,7 @@ mod request;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -23,11 +23,10 @@ use dvd_proto::language::v1::{
     StatsRequest, StatsResponse,
 };
 use dvd_serve::ops::{OpsSource, Readiness};
-use dvd_serve::{Exposition, Histogram, Outcome, Outcomes, Service, StopTaking};
+use dvd_serve::{Exposition, Histogram, Lifecycle, Outcome, Outcomes, Service, StopTaking};
 use dvd_transport::{InboxRegistry, RequestId, TransportKind};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 pub use request::RequestDefaults;
@@ -64,9 +63,8 @@ struct Inner {
     /// Requests with a live `Generate` stream.
     active: Mutex<HashMap<RequestId, ActiveRequest>>,
     next_id: AtomicU64,
-    draining: AtomicBool,
-    /// Feature forwarding tasks.
-    tasks: TaskTracker,
+    /// The drain flag and the feature forwarding tasks.
+    lifecycle: Lifecycle,
     /// `Generate` arrival to its first token, as this server saw it.
     ttft: Histogram,
     outcomes: Outcomes,
@@ -103,8 +101,7 @@ impl LanguageServer {
                 identity,
                 active: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                draining: AtomicBool::new(false),
-                tasks: TaskTracker::new(),
+                lifecycle: Lifecycle::new(),
                 ttft: Histogram::default(),
                 outcomes: Outcomes::default(),
             }),
@@ -117,7 +114,7 @@ impl Service for LanguageServer {
 
     /// Refuses new requests from now on (in-flight ones finish); `Health` reports `DRAINING`.
     fn drain(&self) {
-        self.inner.draining.store(true, Ordering::Release);
+        self.inner.lifecycle.drain();
     }
 
     /// Requests with a live `Generate` stream.
@@ -127,9 +124,7 @@ impl Service for LanguageServer {
 
     /// Refuses new requests and waits until every feature forwarding task has ended.
     async fn close(&self) {
-        self.drain();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        self.inner.lifecycle.close().await;
     }
 }
 
@@ -140,7 +135,7 @@ impl OpsSource for LanguageServer {
     }
 
     fn readiness(&self) -> Readiness {
-        Readiness::of(self.live(), self.inner.draining.load(Ordering::Acquire))
+        self.inner.lifecycle.readiness(self.live())
     }
 
     /// The engine's gauges (the signals a language pool scales on) and the service's request
@@ -212,7 +207,7 @@ impl OpsSource for LanguageServer {
         .gauge(
             "dvd_language_draining",
             "1 while the server finishes its requests before stopping.",
-            f64::from(u8::from(self.inner.draining.load(Ordering::Acquire))),
+            f64::from(u8::from(self.inner.lifecycle.is_draining())),
         );
         e.histogram(
             "dvd_language_ttft_seconds",
@@ -326,7 +321,7 @@ impl LanguageService for LanguageServer {
             inner.outcomes.count(Outcome::Refused);
             status
         };
-        if inner.draining.load(Ordering::Acquire) {
+        if inner.lifecycle.is_draining() {
             return Err(refuse(Status::unavailable("the server is draining")));
         }
         let prepared = inner.converter.prepare(request.get_ref()).map_err(refuse)?;
@@ -385,7 +380,7 @@ impl LanguageService for LanguageServer {
         guard.finished = false;
         guard.admitted = true;
         if let Some(inbox) = inbox {
-            inner.tasks.spawn(features::forward_features(
+            inner.lifecycle.tasks().spawn(features::forward_features(
                 inbox,
                 id,
                 inner.engine.clone(),

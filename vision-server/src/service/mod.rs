@@ -11,7 +11,7 @@ mod pipeline;
 mod request;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -21,12 +21,11 @@ use dvd_proto::vision::v1::{
     EncodeEvent, EncodeRequest, HealthRequest, HealthResponse, StatsRequest, StatsResponse,
 };
 use dvd_serve::ops::{OpsSource, Readiness};
-use dvd_serve::{Exposition, Histogram, Outcome, Outcomes, Service, StopTaking};
+use dvd_serve::{Exposition, Histogram, Lifecycle, Outcome, Outcomes, Service, StopTaking};
 use dvd_transport::{FeatureSender, TransportKind};
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 pub use request::RequestLimits;
@@ -85,8 +84,8 @@ struct Inner {
     pending: AtomicUsize,
     preprocess_slots: Semaphore,
     queued_requests: AtomicUsize,
-    tasks: TaskTracker,
-    draining: AtomicBool,
+    /// The drain flag and the tasks sending requests' features.
+    lifecycle: Lifecycle,
     /// `Encode` arrival to its last feature handed to the transport.
     encode_latency: Histogram,
     outcomes: Outcomes,
@@ -125,8 +124,7 @@ impl VisionServer {
                 admission,
                 pending: AtomicUsize::new(0),
                 queued_requests: AtomicUsize::new(0),
-                tasks: TaskTracker::new(),
-                draining: AtomicBool::new(false),
+                lifecycle: Lifecycle::new(),
                 encode_latency: Histogram::default(),
                 outcomes: Outcomes::default(),
             }),
@@ -139,7 +137,7 @@ impl Service for VisionServer {
 
     /// Refuses new requests from now on; `Health` reports `DRAINING`.
     fn drain(&self) {
-        self.inner.draining.store(true, Ordering::Release);
+        self.inner.lifecycle.drain();
     }
 
     /// Requests admitted and not yet done: waiting for or in preprocessing, or encoding and
@@ -151,9 +149,7 @@ impl Service for VisionServer {
 
     /// Refuses new requests and waits for every request in flight to end.
     async fn close(&self) {
-        self.drain();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        self.inner.lifecycle.close().await;
     }
 }
 
@@ -164,7 +160,7 @@ impl OpsSource for VisionServer {
     }
 
     fn readiness(&self) -> Readiness {
-        Readiness::of(self.live(), self.inner.draining.load(Ordering::Acquire))
+        self.inner.lifecycle.readiness(self.live())
     }
 
     /// The encoder's queue (the signal a vision pool scales on), the embedding cache and the
@@ -232,7 +228,7 @@ impl OpsSource for VisionServer {
         .gauge(
             "dvd_vision_draining",
             "1 while the server finishes its requests before stopping.",
-            f64::from(u8::from(inner.draining.load(Ordering::Acquire))),
+            f64::from(u8::from(inner.lifecycle.is_draining())),
         );
         e.histogram(
             "dvd_vision_encode_latency_seconds",
@@ -269,7 +265,7 @@ impl VisionServer {
     ) -> Result<Response<EncodeStream>, Status> {
         let arrived = Instant::now();
         let inner = &self.inner;
-        if inner.draining.load(Ordering::Acquire) {
+        if inner.lifecycle.is_draining() {
             return Err(Status::unavailable("the server is draining"));
         }
         let prepared = request::prepare(
@@ -369,7 +365,7 @@ impl VisionServer {
         // Counted as queued now, so the request is in flight without a gap (drain waits on it).
         drop(pending);
         let this = self.inner.clone();
-        inner.tasks.spawn(async move {
+        inner.lifecycle.tasks().spawn(async move {
             let outcome = pipeline::run(transfer, events).await;
             this.encode_latency.observe(arrived.elapsed());
             this.outcomes.count(outcome);
