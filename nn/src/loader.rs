@@ -18,6 +18,26 @@ pub struct Loader<'a> {
     pub batch_invariant: bool,
 }
 
+impl<'a> Loader<'a> {
+    /// Reads `checkpoint` in `options`' dtype onto its device.
+    pub fn new(checkpoint: &'a Checkpoint, options: &'a LoadOptions) -> Self {
+        Self {
+            checkpoint,
+            dtype: options.dtype,
+            device: &options.device,
+            batch_invariant: false,
+        }
+    }
+
+    /// The same loader building [`Linear::batch_invariant`] layers.
+    pub fn batch_invariant(self) -> Self {
+        Self {
+            batch_invariant: true,
+            ..self
+        }
+    }
+}
+
 impl Loader<'_> {
     /// The tensor `name`, which must have shape `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, CheckpointError> {

@@ -130,12 +130,7 @@ impl VisionModel {
     ) -> Result<Self, ModelError> {
         let layout = CheckpointLayout::detect(checkpoint)?;
         // Batch invariant: a tile's features must not depend on which tiles share its batch.
-        let loader = Loader {
-            checkpoint,
-            dtype: options.dtype,
-            device: &options.device,
-            batch_invariant: true,
-        };
+        let loader = Loader::new(checkpoint, options).batch_invariant();
         let vit = InternVit::load(&config, layout, &loader)?;
         let shuffled = config.vit.hidden_size * config.shuffle_factor().pow(2);
         let h = config.llm_hidden_size;

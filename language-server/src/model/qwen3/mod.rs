@@ -87,12 +87,7 @@ impl LanguageModel {
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
         let layout = CheckpointLayout::detect(checkpoint)?;
-        let loader = Loader {
-            checkpoint,
-            dtype: options.dtype,
-            device: &options.device,
-            batch_invariant: false,
-        };
+        let loader = Loader::new(checkpoint, options);
         let c = &config;
         let embed_tokens = loader.tensor(&layout.embed_tokens(), &[c.vocab_size, c.hidden_size])?;
         // Prefer a stored lm_head (InternVL3.5 ships one even for tied base models).
