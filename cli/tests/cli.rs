@@ -1,7 +1,10 @@
 //! The `dvd` binary as users run it: real processes, real sockets.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
-use crate::common::{assert_success, dvd, json_output, language_fixture, vision_fixture};
+use crate::common::{
+    REFERENCE_FEATURES_TOLERANCE, REFERENCE_LOGITS_TOLERANCE, assert_success, dvd, json_output,
+    language_fixture, vision_fixture,
+};
 
 #[test]
 fn bench_transport_prints_the_documented_json() {
@@ -110,7 +113,10 @@ fn encode_writes_reference_features_from_a_hub_cache_id() {
     assert_eq!(shape, ref_shape);
     assert_eq!(summary["tokens"], shape[0]);
     let diff = max_diff(&features, &reference);
-    assert!(diff <= 1e-4, "features differ by {diff}");
+    assert!(
+        diff <= REFERENCE_FEATURES_TOLERANCE,
+        "features differ by {diff}"
+    );
     let (pv_shape, _) = read_f32(&out, "pixel_values");
     assert_eq!(pv_shape, vec![7, 3, 56, 56]);
 
@@ -243,7 +249,10 @@ fn generate_coupled_matches_transformers_with_an_image() {
     assert_eq!(report["image_tokens"], serde_json::json!([28]));
     assert_eq!(report["finish_reason"], "length");
     let diff = max_diff(&logits, &read_f32(&reference, "image_logits").1);
-    assert!(diff <= 1e-3, "prefill logits differ by {diff}");
+    assert!(
+        diff <= REFERENCE_LOGITS_TOLERANCE,
+        "prefill logits differ by {diff}"
+    );
 }
 
 #[test]
@@ -267,7 +276,10 @@ fn generate_renders_the_hf_chat_template_like_transformers() {
         read_i64(&reference, "chat_ids").len()
     );
     let diff = max_diff(&logits, &read_f32(&reference, "chat_logits").1);
-    assert!(diff <= 1e-3, "prefill logits differ by {diff}");
+    assert!(
+        diff <= REFERENCE_LOGITS_TOLERANCE,
+        "prefill logits differ by {diff}"
+    );
 }
 
 #[test]
@@ -285,7 +297,11 @@ fn generate_text_only_and_raw_prompts() {
     );
     let tokens: Vec<i64> = serde_json::from_value(report["token_ids"].clone()).unwrap();
     assert_eq!(tokens, read_i64(&reference, "text_greedy"));
-    assert!(max_diff(&logits, &read_f32(&reference, "text_logits").1) <= 1e-3);
+    let diff = max_diff(&logits, &read_f32(&reference, "text_logits").1);
+    assert!(
+        diff <= REFERENCE_LOGITS_TOLERANCE,
+        "logits differ by {diff}"
+    );
 
     // --raw: the prompt is used verbatim.
     let (report, _) = generate_json(
