@@ -163,30 +163,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         config.requests,
         identity,
     ));
-    let ops_addr = harness
-        .serve_ops(config.server.ops_listen, service.clone())
-        .await?;
-    let grpc_addr = harness
-        .serve_grpc(
-            config.server.listen,
-            config.server.grpc_tls.as_ref(),
+    let running = harness
+        .serve(
+            &config.server,
+            service.clone(),
             |peer| {
                 Routes::new(InterceptedService::new(
                     language_server(LanguageServer::clone(&service)),
                     peer,
                 ))
             },
+            LanguageDetails {
+                feature_addr,
+                model_dir: dir,
+            },
         )
         .await?;
-    tracing::info!(%grpc_addr, %feature_addr, transport = %config.transport, "language server ready");
-    Ok(harness.running(
-        service,
-        grpc_addr,
-        ops_addr,
-        LanguageDetails {
-            feature_addr,
-            model_dir: dir,
-        },
-        config.server.drain,
-    ))
+    tracing::info!(grpc_addr = %running.grpc_addr, %feature_addr, transport = %config.transport, "language server ready");
+    Ok(running)
 }

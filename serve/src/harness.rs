@@ -16,7 +16,7 @@ use tonic::service::Routes;
 
 use crate::error::StartError;
 use crate::ops::{OpsListener, OpsSource};
-use crate::running::{Drain, Running};
+use crate::running::{Drain, Running, ServerSettings, Service};
 
 /// The listeners and tasks of a server being started.
 #[derive(Debug, Default)]
@@ -85,9 +85,26 @@ impl Harness {
         Ok(bound)
     }
 
+    /// Serves `service` as a vision or language server does, as `settings` say: the ops
+    /// endpoint over it and the gRPC routes `routes` builds around the peer check; the running
+    /// server.
+    pub async fn serve<S: Service + OpsSource, D>(
+        mut self,
+        settings: &ServerSettings,
+        service: Arc<S>,
+        routes: impl FnOnce(RequirePeer) -> Routes,
+        details: D,
+    ) -> Result<Running<S, D>, StartError> {
+        let ops_addr = self.serve_ops(settings.ops_listen, service.clone()).await?;
+        let grpc_addr = self
+            .serve_grpc(settings.listen, settings.grpc_tls.as_ref(), routes)
+            .await?;
+        Ok(self.running(service, grpc_addr, ops_addr, details, settings.drain))
+    }
+
     /// Binds `addr` (when given) and serves the ops endpoint (`/metrics`, `/health/live`,
     /// `/health/ready`) over `source` until the stop token is cancelled; the bound address.
-    pub async fn serve_ops(
+    async fn serve_ops(
         &mut self,
         addr: Option<SocketAddr>,
         source: Arc<dyn OpsSource>,

@@ -101,28 +101,19 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         config.limits,
         config.admission,
     ));
-    let mut harness = Harness::new();
-    let grpc_addr = harness
-        .serve_grpc(
-            config.server.listen,
-            config.server.grpc_tls.as_ref(),
+    let running = Harness::new()
+        .serve(
+            &config.server,
+            service.clone(),
             |peer| {
                 Routes::new(InterceptedService::new(
                     vision_server(VisionServer::clone(&service)),
                     peer,
                 ))
             },
+            VisionDetails { model_dir: dir },
         )
         .await?;
-    let ops_addr = harness
-        .serve_ops(config.server.ops_listen, service.clone())
-        .await?;
-    tracing::info!(%grpc_addr, "vision server ready");
-    Ok(harness.running(
-        service,
-        grpc_addr,
-        ops_addr,
-        VisionDetails { model_dir: dir },
-        config.server.drain,
-    ))
+    tracing::info!(grpc_addr = %running.grpc_addr, "vision server ready");
+    Ok(running)
 }
