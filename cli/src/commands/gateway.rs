@@ -59,7 +59,6 @@ impl ServeRole for ServeArgs {
                     "grpc": server.grpc_addr.to_string(),
                 })
             },
-            |server| server.shutdown(),
         )
     }
 }

@@ -130,20 +130,13 @@ impl ServeRole for ServeArgs {
 
     fn serve(self) -> Result<()> {
         let config = self.config()?;
-        super::serve_until_signal(
-            async move { Ok(start(config).await?) },
-            |server| {
-                let mut ready = super::server_ready(
-                    server.grpc_addr,
-                    server.ops_addr,
-                    &server.details.model_dir,
-                );
-                ready["features"] = json!(server.details.feature_addr.to_string());
-                ready["transport"] = json!(self.transport.to_string());
-                ready
-            },
-            |server| server.shutdown(),
-        )
+        super::serve_until_signal(async move { Ok(start(config).await?) }, |server| {
+            let mut ready =
+                super::server_ready(server.grpc_addr, server.ops_addr, &server.details.model_dir);
+            ready["features"] = json!(server.details.feature_addr.to_string());
+            ready["transport"] = json!(self.transport.to_string());
+            ready
+        })
     }
 }
 

@@ -21,6 +21,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use dvd_serve::{Running, Service};
 
 /// The one subcommand of each server role: `dvd vision serve`, `dvd language serve`, `dvd
 /// gateway serve`.
@@ -112,15 +113,11 @@ pub async fn wait_for_signal() -> Result<()> {
 
 /// Runs a server for its whole life: starts it on a multi-threaded runtime, prints its ready line
 /// (one JSON object on stdout, for scripts and tests), serves until SIGINT or SIGTERM, then shuts
-/// it down.
-pub fn serve_until_signal<S, Stopped>(
-    start: impl Future<Output = Result<S>>,
-    ready: impl FnOnce(&S) -> serde_json::Value,
-    stop: impl FnOnce(S) -> Stopped,
-) -> Result<()>
-where
-    Stopped: Future<Output = ()>,
-{
+/// it down (draining first).
+pub fn serve_until_signal<S: Service, D>(
+    start: impl Future<Output = Result<Running<S, D>>>,
+    ready: impl FnOnce(&Running<S, D>) -> serde_json::Value,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,7 +127,7 @@ where
         println!("{}", ready(&server));
         wait_for_signal().await?;
         tracing::info!("shutting down");
-        stop(server).await;
+        server.shutdown().await;
         Ok(())
     })
 }

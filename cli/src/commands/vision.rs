@@ -89,13 +89,9 @@ impl ServeRole for ServeArgs {
 
     fn serve(self) -> Result<()> {
         let config = self.config()?;
-        super::serve_until_signal(
-            async move { Ok(start(config).await?) },
-            |server| {
-                super::server_ready(server.grpc_addr, server.ops_addr, &server.details.model_dir)
-            },
-            |server| server.shutdown(),
-        )
+        super::serve_until_signal(async move { Ok(start(config).await?) }, |server| {
+            super::server_ready(server.grpc_addr, server.ops_addr, &server.details.model_dir)
+        })
     }
 }
 
