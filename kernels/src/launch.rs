@@ -39,7 +39,7 @@ pub(crate) fn check_bf16(t: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_u32(t: &Tensor, what: &str) -> Result<()> {
+pub(crate) fn check_u32(t: &Tensor, what: &str) -> Result<()> {
     if t.dtype() != DType::U32 || !t.is_contiguous() {
         bail!("dvd-kernels: {what} must be a contiguous u32 tensor");
     }
