@@ -1,0 +1,127 @@
+//! Mixture-of-experts blocks (Qwen3-MoE): one implementation for every device, with no per-expert
+//! loop and nothing copied to the host.
+//!
+//! A block routes each token to `top_k` experts ([`route`]: softmax in f32, transformers' top-k
+//! order, optional renormalisation), sorts the (token, choice) pairs by expert once ([`group`],
+//! [`permute`]) so each expert's rows are contiguous, runs the experts as two grouped GEMMs over
+//! those row ranges ([`grouped_matmul`]; an expert without rows is never read), and sums each
+//! token's rows back with their weights ([`combine`]). On the CPU every step is ours (a tile
+//! kernel over weights packed in panels at load, summing each output the same way whatever its
+//! batch, so the block is batch invariant); on CUDA every step is a `dvd-kernels` kernel reading the per-expert row offsets
+//! from device memory, so a step never waits for the host.
+
+mod combine;
+mod element;
+mod experts;
+mod grouped;
+mod grouping;
+mod matrices;
+mod routing;
+mod tile;
+
+pub use combine::combine;
+pub use experts::Experts;
+pub use grouping::{Grouping, group, permute};
+pub use matrices::Matrices;
+pub use routing::{Routing, route};
+
+use candle_core::{Device, Result, Tensor, bail};
+
+use crate::host::with_values;
+use crate::{Linear, fused};
+use grouped::{Group, grouped_matmul_cpu, matmul_cpu};
+
+/// A routed SwiGLU mixture of experts.
+#[derive(Debug, Clone)]
+pub struct Moe {
+    router: Linear,
+    /// The router in the CPU kernel's layout, when the block runs there without a router bias.
+    router_panels: Option<Matrices>,
+    experts: Experts,
+    top_k: usize,
+    renormalise: bool,
+}
+
+impl Moe {
+    /// A block from its `[experts, hidden]` router and its experts; each token goes to `top_k`
+    /// experts, whose weights are renormalised to sum to one when `renormalise`.
+    pub fn new(router: Linear, experts: Experts, top_k: usize, renormalise: bool) -> Result<Self> {
+        let (count, hidden) = router.weight().dims2()?;
+        if count != experts.count() || hidden != experts.hidden() {
+            bail!(
+                "moe: router [{count}, {hidden}] for {} experts of width {}",
+                experts.count(),
+                experts.hidden()
+            );
+        }
+        if top_k == 0 || top_k > count {
+            bail!("moe: top_k {top_k} with {count} experts");
+        }
+        let router_panels = match (router.weight().device().is_cpu(), router.bias()) {
+            (true, None) => Some(Matrices::new(&router.weight().unsqueeze(0)?)?),
+            _ => None,
+        };
+        Ok(Self {
+            router,
+            router_panels,
+            experts,
+            top_k,
+            renormalise,
+        })
+    }
+
+    /// The experts.
+    pub fn experts(&self) -> &Experts {
+        &self.experts
+    }
+
+    /// Experts per token.
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// The router's weight, `[experts, hidden]`.
+    pub fn router_weight(&self) -> &Tensor {
+        self.router.weight()
+    }
+
+    /// Each token's experts and weights for `x [tokens, hidden]`.
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let logits = match &self.router_panels {
+            // The tile kernel, so routing does not depend on the batch either.
+            Some(panels) if x.device().is_cpu() => matmul_cpu(&x.contiguous()?, panels)?,
+            _ => self.router.forward(x)?,
+        };
+        route(&logits, self.top_k, self.renormalise)
+    }
+
+    /// Applies the block to `x [tokens, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let routing = self.route(x)?;
+        let grouping = group(&routing.experts, self.experts.count())?;
+        let rows = permute(x, &grouping)?;
+        let gate_up = grouped_matmul(&rows, self.experts.gate_up(), &grouping.offsets)?;
+        let hidden = grouped_matmul(
+            &fused::silu_mul(&gate_up)?,
+            self.experts.down(),
+            &grouping.offsets,
+        )?;
+        combine(&hidden, &grouping, &routing)
+    }
+}
+
+/// `x [rows, k]` times the transposed `[n, k]` matrices of `weights`, rows
+/// `offsets[e]..offsets[e + 1]` (`offsets [experts + 1]` u32, on `x`'s device) by matrix `e`;
+/// `[rows, n]`, accumulated in f32.
+pub fn grouped_matmul(x: &Tensor, weights: &Matrices, offsets: &Tensor) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => {
+            let groups = with_values::<u32, _>(offsets, |o| Ok(Group::from_offsets(o)))?;
+            grouped_matmul_cpu(&x.contiguous()?, weights, &groups)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => dvd_kernels::grouped_gemm(&x.contiguous()?, weights.data(), offsets),
+        #[allow(unreachable_patterns)]
+        other => bail!("grouped matmul: no MoE kernels for {other:?}"),
+    }
+}
