@@ -17,17 +17,24 @@ Writes into language-server/tests/fixtures/model/:
                               language_model.lm_head.weight, vision_model.*, mlp1.*), bf16 in
                               2 shards + index, llm_config
   qwen3-tied-f16/             plain Qwen3ForCausalLM, tied embeddings (no lm_head tensor), f16
+  qwen3-moe-fused-f32/        plain Qwen3MoeForCausalLM (2 layers, both MoE: 8 experts, top-2,
+                              norm_topk_prob false), f32, written by model.save_pretrained with
+                              save_original_format=False: the fused expert tensors
+                              mlp.experts.gate_up_proj [E, 2I, H] / mlp.experts.down_proj [E, H, I]
+                              and the config as transformers 5 writes it (num_local_experts)
   */reference.safetensors     text_ids, text_logits, text_greedy[, image_ids, image_logits,
                               image_greedy] (ids i64, logits f32); internvl-dense-hf also
                               chat_ids (apply_chat_template with its template, image expanded)
                               and chat_logits
 Every checkpoint directory also gets tokenizer.json, tokenizer_config.json and
-generation_config.json (eos = <|im_end|>).
+generation_config.json (eos = <|im_end|>). The references come from the model as built
+(transformers' default experts implementation, grouped_mm, for the MoE checkpoints).
 
 Usage:  .venv/bin/pip install -r tools/requirements-vision.txt
-        .venv/bin/python tools/make_language_fixtures.py
+        .venv/bin/python tools/make_language_fixtures.py [--only NAME ...]
 """
 
+import argparse
 import json
 import shutil
 import sys
@@ -45,6 +52,7 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,6 +117,23 @@ def qwen3_tied(seed):
     model = Qwen3ForCausalLM._from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
     rerandomise(model, seed)
     model.tie_weights()
+    return model
+
+
+def qwen3_moe_fused(seed):
+    """Qwen3-MoE, 2 layers, both sparse: 8 experts, top-2, no renormalisation of the top-k weights."""
+    cfg = text_config(True)
+    cfg.num_hidden_layers, cfg.layer_types, cfg.mlp_only_layers = 2, ["full_attention"] * 2, []
+    cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob = 8, 2, False
+    model = Qwen3MoeForCausalLM._from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
+    rerandomise(model, seed)
+    # rerandomise's fan_in is p[0].numel(), i.e. N * K for the stacked [experts, N, K] expert
+    # tensors; draw those with fan_in K so the experts weigh in the logits like a dense MLP.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".mlp.experts." in name:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
     return model
 
 
@@ -190,12 +215,8 @@ def fresh(name):
     return d
 
 
-def main():
-    tok = build_tokenizer()
-    pixel_values = load_file(str(PIXELS))["pixel_values"]
-    report = {}
-
-    # InternVL + Qwen3 dense, HF layout, f32.
+def write_internvl_dense_hf(tok, pixel_values):
+    """InternVL + Qwen3 dense, HF layout, f32."""
     model, refs, seed, margin = with_margin(lambda s: internvl(False, s), tok, pixel_values)
     out = fresh("internvl-dense-hf")
     sd = to_hf(original_names(model))
@@ -219,9 +240,11 @@ def main():
     with torch.no_grad():
         refs["chat_logits"] = model(input_ids=refs["chat_ids"][None], pixel_values=pixel_values).logits[0, -1].clone()
     save_file(refs, str(out / "reference.safetensors"))
-    report["internvl-dense-hf"] = (seed, margin)
+    return seed, margin
 
-    # InternVL + Qwen3-MoE, GitHub layout, bf16 shards.
+
+def write_internvl_moe_custom_bf16(tok, pixel_values):
+    """InternVL + Qwen3-MoE, GitHub layout, bf16 shards."""
     def build_moe(s):
         m = internvl(True, s)
         round_to(m, torch.bfloat16)
@@ -253,9 +276,11 @@ def main():
     (out / "config.json").write_text(json.dumps(config, indent=1))
     write_text_files(out, tok)
     save_file(refs, str(out / "reference.safetensors"))
-    report["internvl-moe-custom-bf16"] = (seed, margin)
+    return seed, margin
 
-    # Plain Qwen3, tied embeddings, f16.
+
+def write_qwen3_tied_f16(tok, pixel_values):
+    """Plain Qwen3, tied embeddings, f16."""
     def build_tied(s):
         m = qwen3_tied(s)
         round_to(m, torch.float16)
@@ -267,8 +292,39 @@ def main():
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     write_text_files(out, tok)
     save_file(refs, str(out / "reference.safetensors"))
-    report["qwen3-tied-f16"] = (seed, margin)
+    return seed, margin
 
+
+def write_qwen3_moe_fused_f32(tok, pixel_values):
+    """Plain Qwen3-MoE as transformers 5 keeps it in memory (fused experts), f32."""
+    model, refs, seed, margin = with_margin(qwen3_moe_fused, tok)
+    out = fresh("qwen3-moe-fused-f32")
+    # save_original_format=True (the default) would revert to per-expert tensors.
+    model.save_pretrained(out, save_original_format=False)
+    names = load_file(str(out / "model.safetensors"))
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names and "model.layers.0.mlp.experts.0.up_proj.weight" \
+        not in names, sorted(names)
+    assert "num_local_experts" in json.loads((out / "config.json").read_text())
+    write_text_files(out, tok)
+    save_file(refs, str(out / "reference.safetensors"))
+    return seed, margin
+
+
+FIXTURES = {
+    "internvl-dense-hf": write_internvl_dense_hf,
+    "internvl-moe-custom-bf16": write_internvl_moe_custom_bf16,
+    "qwen3-tied-f16": write_qwen3_tied_f16,
+    "qwen3-moe-fused-f32": write_qwen3_moe_fused_f32,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", choices=sorted(FIXTURES), help="write only these fixtures (default: all)")
+    args = ap.parse_args()
+    tok = build_tokenizer()
+    pixel_values = load_file(str(PIXELS))["pixel_values"]
+    report = {name: FIXTURES[name](tok, pixel_values) for name in FIXTURES if not args.only or name in args.only}
     sizes = {str(p.relative_to(OUT)): p.stat().st_size for p in sorted(OUT.rglob("*")) if p.is_file()}
     print(json.dumps({"seed_and_min_margin": report, "bytes": sum(sizes.values())}, indent=1))
 

@@ -6,6 +6,7 @@
 
 mod common;
 mod model_reference;
+mod moe_layouts;
 mod paged_kv;
 mod sampling_logits;
 mod sampling_sampler;

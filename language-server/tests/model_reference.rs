@@ -12,14 +12,14 @@ use dvd_language_server::model::{
 };
 
 use crate::common::{
-    IMG_CONTEXT, fixture, greedy_tokens, ids, image_features, load, load_as, max_abs_diff,
-    reference,
+    IMG_CONTEXT, StoredTensor, fixture, greedy_tokens, ids, image_features, load, load_as,
+    max_abs_diff, reference, write_safetensors,
 };
 
 /// Bound on the f32 prefill logits' largest absolute difference from transformers'. Measured
-/// on an x86-64 CPU over the five fixture prompts (three checkpoints, text and image): 1.8e-6
-/// to 2.7e-6 (`qwen3-tied-f16` text the largest); the bound is three times the largest, so a
-/// hundredfold regression fails.
+/// on an x86-64 CPU over the six fixture prompts (four checkpoints, text and image): 1.6e-6
+/// to 3.3e-6 (`qwen3-moe-fused-f32` text the largest); the bound is 2.4 times the largest, so
+/// a hundredfold regression fails.
 const REFERENCE_LOGITS_TOLERANCE: f32 = 8e-6;
 
 /// Bound on how far a sequence's logits in a mixed batch (a prefill beside other prompts, or a
@@ -87,6 +87,12 @@ fn moe_custom_layout_bf16_shards_match_transformers() {
 }
 
 #[test]
+fn moe_saved_by_transformers_5_matches_transformers() {
+    // Fused expert tensors and `num_local_experts`, as `save_pretrained` writes them today.
+    check("qwen3-moe-fused-f32", false);
+}
+
+#[test]
 fn plain_qwen3_with_tied_embeddings_f16_matches_transformers() {
     check("qwen3-tied-f16", false);
 }
@@ -105,6 +111,11 @@ fn layouts_and_configs_are_detected() {
     assert_eq!(c.rope_theta, 1e6);
     assert!(c.is_moe_layer(0) && !c.is_moe_layer(1) && c.is_moe_layer(2));
     assert!(c.moe.as_ref().unwrap().norm_topk_prob);
+    let fused = load("qwen3-moe-fused-f32");
+    assert_eq!(fused.layout(), CheckpointLayout::Plain);
+    let m = fused.config().moe.clone().unwrap();
+    assert_eq!((m.num_experts, m.experts_per_token), (8, 2));
+    assert!(!m.norm_topk_prob);
     let tied = load("qwen3-tied-f16");
     assert_eq!(tied.layout(), CheckpointLayout::Plain);
     assert!(tied.tied_embeddings());
@@ -245,23 +256,6 @@ fn bf16_compute_keeps_the_greedy_start() {
         diff <= BF16_RELATIVE_TOLERANCE * scale,
         "bf16 logits differ by {diff} (scale {scale})"
     );
-}
-
-/// One tensor of a safetensors file: name, dtype, shape, bytes.
-type StoredTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
-
-/// Writes `tensors` as the safetensors file `file`.
-fn write_safetensors(file: &Path, tensors: &[StoredTensor]) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 #[test]

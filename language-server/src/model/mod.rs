@@ -4,6 +4,7 @@
 
 mod attention;
 mod config;
+mod experts;
 mod kv_cache;
 mod mlp;
 mod names;

@@ -228,3 +228,20 @@ pub fn json_ids(v: &Value) -> Vec<u32> {
         .map(|x| u32::try_from(x.as_u64().unwrap()).unwrap())
         .collect()
 }
+
+/// One tensor of a safetensors file: name, dtype, shape, bytes.
+pub type StoredTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Writes `tensors` as the safetensors file `file`.
+pub fn write_safetensors(file: &Path, tensors: &[StoredTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
+}

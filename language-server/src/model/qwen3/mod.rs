@@ -5,12 +5,14 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use dvd_checkpoint::Checkpoint;
+use dvd_nn::moe::Moe;
 use dvd_nn::{Linear, LoadOptions, Loader, Norm, matmul_wt};
 
 use super::attention::{Attention, Span};
 use super::config::LanguageConfig;
+use super::experts::{ExpertShape, load_experts};
 use super::kv_cache::{KvCache, SequenceCache};
-use super::mlp::{FeedForward, Moe, SwiGlu};
+use super::mlp::{FeedForward, SwiGlu};
 use super::names::CheckpointLayout;
 use super::rope::Rope;
 use dvd_nn::ModelError;
@@ -369,18 +371,22 @@ fn load_layer(
         Ok(SwiGlu {
             gate_up: Linear::fuse(&[&gate, &up])?,
             down: loader.linear(&format!("{prefix}.down_proj"), h, width, false)?,
-            width,
         })
     };
     let feed_forward = match &c.moe {
-        Some(m) if c.is_moe_layer(i) => FeedForward::Moe(Moe {
-            router: loader.linear(&format!("{p}.mlp.gate"), m.num_experts, h, false)?,
-            experts: (0..m.num_experts)
-                .map(|e| swiglu(&format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size))
-                .collect::<Result<_, _>>()?,
-            top_k: m.experts_per_token,
-            norm_topk_prob: m.norm_topk_prob,
-        }),
+        Some(m) if c.is_moe_layer(i) => {
+            let shape = ExpertShape {
+                count: m.num_experts,
+                width: m.moe_intermediate_size,
+                hidden: h,
+            };
+            FeedForward::Moe(Box::new(Moe::new(
+                loader.linear(&format!("{p}.mlp.gate"), m.num_experts, h, false)?,
+                load_experts(loader, &format!("{p}.mlp.experts"), shape)?,
+                m.experts_per_token,
+                m.norm_topk_prob,
+            )?))
+        }
         _ => FeedForward::Dense(swiglu(&format!("{p}.mlp"), c.intermediate_size)?),
     };
     Ok(DecoderLayer {

@@ -12,12 +12,11 @@ use dvd_nn::Norm;
 use dvd_nn::kernels::{
     AttentionDims, DevicePagedTables, DeviceRowSlots, HeadView, PagedBounds, PagedRow, PagedTables,
     QkNormRope, RowSlot, RowSlotBounds, RowSlots, add_rms_norm, flash_attention, paged_attention,
-    qk_norm_rope_cache, silu_mul, uninit_bf16,
+    qk_norm_rope_cache, uninit_bf16,
 };
 
 use super::super::attention::{Attention, Span};
 use super::super::kv_cache::PagedCache;
-use super::super::mlp::FeedForward;
 use super::super::rope::Rope;
 use super::LanguageModel;
 use crate::model::ModelError;
@@ -110,12 +109,7 @@ impl LanguageModel {
             let attended = attend(&layer.attention, &normed, &batch, pool_k, pool_v)?;
             let normed;
             (x, normed) = add_norm(&x, Some(attended), &layer.post_attention_norm)?;
-            pending = Some(match &layer.feed_forward {
-                FeedForward::Dense(mlp) => mlp
-                    .down
-                    .forward(&silu_mul(&mlp.gate_up.forward(&normed)?)?)?,
-                moe => moe.forward(&normed)?,
-            });
+            pending = Some(layer.feed_forward.forward(&normed)?);
         }
         if let Some(branch) = pending {
             x = (x + branch)?;
