@@ -296,7 +296,7 @@ fn decode_weight_bytes(model: &LanguageModel) -> u64 {
 
 /// Device-to-device copy bandwidth, GB/s counting bytes read and written: on CUDA the driver's
 /// copy of 1 GiB (median of 10), elsewhere a tensor copy into a preallocated tensor.
-fn copy_bandwidth(device: &Device) -> Result<f64> {
+pub(crate) fn copy_bandwidth(device: &Device) -> Result<f64> {
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
         return Ok(dvd_kernels::copy_bandwidth_gbps(device, 1 << 30, 10)?);

@@ -13,6 +13,8 @@
 //! - [`serve`]: a load generator for a deployment's OpenAI API (`dvd bench serve`): Poisson or
 //!   gamma arrivals, concurrency bounds, synthetic image or JSONL requests, text-only probes,
 //!   TTFT/TPOT/ITL/E2EL and goodput under `vllm bench serve`'s field names.
+//! - [`moe`]: one mixture-of-experts block against the memory-read bound of the weights it
+//!   touches (`dvd bench moe`), beside `tools/bench_moe_torch.py` for PyTorch.
 //! - [`gpu`]: vision tiles/s, prefill and decode at InternVL3.5 shapes on one GPU
 //!   (`dvd bench gpu`), beside `tools/gpu/torch_baseline.py` for PyTorch.
 //! - [`gpu_check`]: a checkpoint on a device against the CPU in f32 (`dvd bench gpu-check`).
@@ -31,6 +33,7 @@ pub mod gpu_check;
 pub mod gpu_kernels;
 pub mod language;
 pub mod model;
+pub mod moe;
 pub mod pipeline;
 pub mod plan;
 pub mod process;

@@ -6,6 +6,7 @@ mod engine;
 mod gpu;
 mod gpu_check;
 mod language;
+mod moe;
 mod pipeline;
 mod plan;
 mod serve;
@@ -26,6 +27,9 @@ pub enum BenchCommand {
     Vision(vision::VisionArgs),
     /// Prefill and decode tokens/s of a checkpoint's language model on the CPU.
     Language(language::LanguageArgs),
+    /// One mixture-of-experts block (router and experts) on random weights: time per call
+    /// against the memory-read bound of the weights it touches.
+    Moe(moe::MoeArgs),
     /// The continuous-batching engine: decode tokens/s against batch size, prefill tokens/s,
     /// and continuous batching against one request at a time.
     Engine(engine::EngineArgs),
@@ -59,6 +63,7 @@ impl BenchCommand {
             Self::Transport(args) => transport::run(args),
             Self::Vision(args) => vision::run(args),
             Self::Language(args) => language::run(args),
+            Self::Moe(args) => moe::run(args),
             Self::Engine(args) => engine::run(args),
             Self::Pipeline(args) => pipeline::run(args),
             Self::Serve(args) => serve::run(*args),
