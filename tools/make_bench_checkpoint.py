@@ -9,13 +9,23 @@ MLP 1536; pixel shuffle 0.5 and the projector; Qwen3 512 wide, 8 layers, 8 heads
 of 64, MLP 1536. The tokenizer, chat template and generation config are copied from the
 project's small fixture (language-server/tests/fixtures/model/internvl-dense-hf; 512 ids).
 
+--moe: the language model is Qwen3-MoE with Qwen3-30B-A3B's layer shape (InternVL3.5-30B-A3B):
+2048 wide, 32 heads / 4 KV heads of 128, 128 experts, top-8, moe_intermediate_size 768,
+norm_topk_prob true, every layer sparse (intermediate_size 6144 in the config, unused, as the
+real model has it), 2 layers unless --layers; about 1.2 GB of experts per layer. text_config has
+model_type "qwen3_moe" and the expert count as `num_experts` (the published spelling;
+transformers 5 writes `num_local_experts`); the experts are per-expert tensors as published
+checkpoints have them: model.language_model.layers.{i}.mlp.gate.weight [128, 2048] (router) and
+mlp.experts.{e}.{gate_proj,up_proj}.weight [768, 2048], mlp.experts.{e}.down_proj.weight
+[2048, 768].
+
 Values: matrices N(0, 0.02), biases N(0, 0.02), norm weights 1 + N(0, 0.02), layer scales
 0.1 + N(0, 0.01), drawn with `random.Random(seed)` into a pool of bf16 values that each tensor
 reads from its own pseudo-random offset (a benchmark needs realistic magnitudes, not
 independent draws). Deterministic for a seed.
 
 Usage: python3 tools/make_bench_checkpoint.py --out /tmp/dvd-bench-ivl [--vision-layers 6]
-       [--layers 8] [--seed 0]
+       [--layers 8] [--seed 0] [--moe]
 """
 
 import argparse
@@ -83,30 +93,53 @@ def tensors(c: dict) -> list[tuple[str, list[int], str]]:
             (f"{pre}self_attn.o_proj.weight", [dt, h * hd], "w"),
             (f"{pre}self_attn.q_norm.weight", [hd], "n"),
             (f"{pre}self_attn.k_norm.weight", [hd], "n"),
-            (f"{pre}mlp.gate_proj.weight", [it, dt], "w"),
-            (f"{pre}mlp.up_proj.weight", [it, dt], "w"),
-            (f"{pre}mlp.down_proj.weight", [dt, it], "w"),
         ]
+        if t["model_type"] == "qwen3_moe":
+            experts, mi = t["num_experts"], t["moe_intermediate_size"]
+            out.append((f"{pre}mlp.gate.weight", [experts, dt], "w"))
+            for e in range(experts):
+                out += [(f"{pre}mlp.experts.{e}.gate_proj.weight", [mi, dt], "w"),
+                        (f"{pre}mlp.experts.{e}.up_proj.weight", [mi, dt], "w"),
+                        (f"{pre}mlp.experts.{e}.down_proj.weight", [dt, mi], "w")]
+        else:
+            out += [(f"{pre}mlp.gate_proj.weight", [it, dt], "w"),
+                    (f"{pre}mlp.up_proj.weight", [it, dt], "w"),
+                    (f"{pre}mlp.down_proj.weight", [dt, it], "w")]
     out += [("model.language_model.norm.weight", [dt], "n"), ("lm_head.weight", [vocab, dt], "w")]
     return out
+
+
+def moe_text_config(t: dict, layers: int) -> None:
+    """Turns the fixture's Qwen3 text_config into Qwen3-30B-A3B's (keys as a Qwen3MoeConfig has them)."""
+    for key in ("layer_types", "max_window_layers"):  # Qwen3Config only
+        t.pop(key, None)
+    t.update(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_attention_heads=32,
+             num_key_value_heads=4, head_dim=128, num_hidden_layers=layers, dtype="bfloat16",
+             moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+             decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False,
+             router_aux_loss_coef=0.001)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--vision-layers", type=int, default=6)
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--layers", type=int, help="language model layers (default: 8, with --moe 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--moe", action="store_true", help="Qwen3-30B-A3B-shaped MoE language model")
     args = ap.parse_args()
+    layers = args.layers if args.layers is not None else (2 if args.moe else 8)
     config = json.loads((FIXTURE / "config.json").read_text())
     config["dtype"] = "bfloat16"
     config["image_seq_length"] = 256
     v, t = config["vision_config"], config["text_config"]
     v.update(hidden_size=384, intermediate_size=1536, num_attention_heads=6,
              num_hidden_layers=args.vision_layers, image_size=[448, 448], dtype="bfloat16")
-    t.update(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4,
-             head_dim=64, num_hidden_layers=args.layers, dtype="bfloat16",
-             layer_types=["full_attention"] * args.layers)
+    if args.moe:
+        moe_text_config(t, layers)
+    else:
+        t.update(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4,
+                 head_dim=64, num_hidden_layers=layers, dtype="bfloat16", layer_types=["full_attention"] * layers)
     rng = random.Random(args.seed)
     pools = {"w": bf16_pool(rng, 0.0, 0.02), "b": bf16_pool(rng, 0.0, 0.02),
              "n": bf16_pool(rng, 1.0, 0.02), "s": bf16_pool(rng, 0.1, 0.01)}
@@ -141,7 +174,7 @@ def main() -> None:
     for name in COPIED:
         shutil.copy(FIXTURE / name, args.out / name)
     params = offset // 2
-    print(f"wrote {args.out}: {len(specs)} tensors, {params / 1e6:.1f} M parameters")
+    print(f"wrote {args.out}: {len(specs)} tensors, {params / 1e6:.1f} M parameters, {offset / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ Presets (dims from the InternVL3.5 notes internvl35_spec.md: §2.1 InternViT-300
                    MLP 3072)                  1.061 B params, 2.12 GB in bf16, one file
   internvl3_5-8b   InternViT-300M + Qwen3-8B (4096 wide, 36 layers, 32/8 heads, head_dim 128,
                    MLP 12288)                 8.528 B params, 17.06 GB in bf16, 5 shards
+  internvl3_5-30b-a3b
+                   InternViT-300M + Qwen3-30B-A3B (2048 wide, 48 layers, 32/4 heads, head_dim
+                   128, 128 experts, top-8, moe_intermediate 768, norm_topk_prob true; the dense
+                   intermediate_size 6144 is in the config, unused)
+                                              30.849 B params, 61.70 GB in bf16, 17 shards
+The MoE preset's experts are written in the fused layout transformers 5 keeps in memory (and
+saves with save_original_format=False): model.language_model.layers.{i}.mlp.experts.gate_up_proj
+[128, 1536, 2048], mlp.experts.down_proj [128, 2048, 768], router mlp.gate.weight [128, 2048];
+its text_config, written by Qwen3MoeConfig, spells the expert count `num_local_experts`.
 
 The tokenizer, chat template and generation config are copied from the project's small test
 fixture (language-server/tests/fixtures/model/internvl-dense-hf: 512-token vocabulary, all ids
@@ -42,6 +51,7 @@ from transformers import (
     InternVLForConditionalGeneration,
     InternVLVisionConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +79,11 @@ PRESETS = {
     "internvl3_5-8b": dict(  # Qwen3-8B
         hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
         intermediate_size=12288, rope_theta=1e6),
+    "internvl3_5-30b-a3b": dict(  # Qwen3-30B-A3B (spec §6.1: the dense intermediate_size is unused)
+        hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+        intermediate_size=6144, rope_theta=1e6, moe=dict(
+            moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+            decoder_sparse_step=1, mlp_only_layers=[])),
 }
 
 
@@ -84,16 +99,20 @@ def special_ids(tokenizer_json: Path):
 def build_config(preset, layers, vision_layers, dtype, ids):
     llm = dict(PRESETS[preset])
     theta = llm.pop("rope_theta")
+    moe = llm.pop("moe", None)
     if layers is not None:
         llm["num_hidden_layers"] = layers
     vit = dict(VIT_300M)
     if vision_layers is not None:
         vit["num_hidden_layers"] = vision_layers
-    text = Qwen3Config(
-        **QWEN3_COMMON, **llm, rope_parameters={"rope_type": "default", "rope_theta": theta},
-        max_window_layers=llm["num_hidden_layers"], bos_token_id=None,
+    common = dict(
+        **QWEN3_COMMON, **llm, rope_parameters={"rope_type": "default", "rope_theta": theta}, bos_token_id=None,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
+    if moe:
+        text = Qwen3MoeConfig(**common, **moe)
+    else:
+        text = Qwen3Config(**common, max_window_layers=llm["num_hidden_layers"])
     tile_tokens = (vit["image_size"] // vit["patch_size"]) ** 2 // 4  # 256 after pixel shuffle 0.5
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(**vit), text_config=text,

@@ -14,11 +14,19 @@
 #      tiles/s at batches 1/8/32, prefill of 1900 rows, decode ms/step at batch 1 and 32 over
 #      2048 cached positions;
 #   4. runs one request end to end through `dvd up --device cuda:0` (gateway, vision server,
-#      language server, features over TCP) on the 8B checkpoint.
+#      language server, features over TCP) on the 8B checkpoint;
+#   5. (moe) checks the MoE kernels: GPU-bf16 and GPU-f32 against CPU-f32 on a 2-layer random
+#      InternVL3.5-30B-A3B checkpoint in transformers 5's fused expert layout (`dvd bench
+#      gpu-check`: the long prefill takes the tensor-core grouped GEMM in bf16 and the FMA tiles
+#      in f32, the short chunks and decode steps the weight-streaming one), then times one MoE
+#      block of Qwen3-30B-A3B's layer (2048 wide, 128 experts, top-8, 768) in bf16 at 1, 32 and
+#      512 tokens with `dvd bench moe` and with PyTorch's Qwen3MoeSparseMoeBlock
+#      (tools/bench_moe_torch.py, every experts implementation that runs here).
 # Everything lands in OUT_DIR (default $OUT, else /tmp/dvd-gpu): checks.jsonl (one gpu-check report
-# per line), dvd_bench.json, torch_baseline.json, up_request.json, up.log, log.txt and summary.md
+# per line), dvd_bench.json, torch_baseline.json, up_request.json, up.log, moe_bench.jsonl and
+# moe_torch.jsonl (one JSON line per measurement), log.txt and summary.md
 # (tools/gpu/summarize.py: the dvd-vs-PyTorch table).
-# Set STEPS to a subset of "check ckpt bench torch up" to run fewer ("check-real" checks only
+# Set STEPS to a subset of "check ckpt bench torch up moe" to run fewer ("check-real" checks only
 # the small checkpoints of real widths).
 set -uo pipefail
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}" PYTHONUNBUFFERED=1
@@ -26,7 +34,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 packed="${1:-$root/.gpu/dvd.xz}"
 out="${2:-${OUT:-/tmp/dvd-gpu}}"
-steps="${STEPS:-check ckpt bench torch up}"
+steps="${STEPS:-check ckpt bench torch up moe}"
 mkdir -p "$out"
 work="${DVD_GPU_WORK:-/tmp/dvd-gpu-work}"
 mkdir -p "$work"
@@ -41,6 +49,12 @@ report["name"] = sys.argv[2]
 open(sys.argv[3], "a").write(json.dumps(report) + "\n")
 print(" ".join("%s=%.5f" % (a["what"].split(" (")[0].replace(" ", "_"), a["cosine"]) for a in report["agreements"]))
 PY
+}
+# Prints the headline of one `dvd bench moe --json` line read from stdin.
+moe_headline() {
+    python3 -c 'import json, sys
+r = json.loads(sys.stdin.read())
+print("%.3f ms (bound %.3f ms at %.0f GB/s, %d experts touched)" % (r["ms_per_call"], r["bound_ms"], r["read_gbps"], r.get("active_experts", -1)))' 2>/dev/null
 }
 
 bin="$work/dvd"
@@ -98,6 +112,28 @@ fi
 if has torch; then
     log "PyTorch baseline (8B shapes)"
     timeout 240 python3 "$here/torch_baseline.py" --checkpoint "$full_8b" --out "$out/torch_baseline.json" >> "$out/log.txt" 2>&1
+    log "  exit $?"
+fi
+if has moe; then
+    moe_ckpt="$work/ivl30b-a3b-2layers"
+    log "MoE: GPU vs CPU-f32 on a 2-layer random InternVL3.5-30B-A3B checkpoint (fused experts)"
+    if [ ! -f "$moe_ckpt/config.json" ]; then
+        python3 "$here/make_random_checkpoint.py" --preset internvl3_5-30b-a3b --layers 2 --vision-layers 1 --out "$moe_ckpt" >> "$out/log.txt" 2>&1 || log "  checkpoint failed"
+    fi
+    for dtype in bf16 f32; do
+        name="$(basename "$moe_ckpt")-$dtype"
+        timeout 300 "$bin" bench gpu-check --model "$moe_ckpt" --device cuda:0 --dtype "$dtype" --tiles 1 --first-chunk 300 > "$work/check-$name.json" 2>> "$out/log.txt"
+        log "  $name: exit $? $(summarise "$work/check-$name.json" "$name")"
+    done
+    log "dvd bench moe (Qwen3-30B-A3B layer, bf16)"
+    for t in 1 32 512; do
+        line="$(timeout 120 "$bin" bench moe --device cuda:0 --dtype bf16 --json --tokens "$t" 2>> "$out/log.txt")"
+        rc=$?
+        [ -n "$line" ] && echo "$line" >> "$out/moe_bench.jsonl"
+        log "  $t tokens: exit $rc $(moe_headline <<< "$line")"
+    done
+    log "PyTorch Qwen3MoeSparseMoeBlock (same shapes, bf16)"
+    timeout 300 python3 "$root/tools/bench_moe_torch.py" --device cuda --dtype bf16 --json --tokens 1 32 512 >> "$out/moe_torch.jsonl" 2>> "$out/log.txt"
     log "  exit $?"
 fi
 if has up; then
