@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Prints the dvd-vs-PyTorch table of one GPU run (Markdown), from the files
+"""Prints the dvd-vs-PyTorch tables of one GPU run (Markdown), from the files
 tools/gpu/run_gpu_checks.sh writes: dvd_bench.json (`dvd bench gpu`), torch_baseline.json
-(tools/gpu/torch_baseline.py) and checks.jsonl (`dvd bench gpu-check`).
+(tools/gpu/torch_baseline.py), checks.jsonl (`dvd bench gpu-check`), and moe_bench.jsonl /
+moe_torch.jsonl (`dvd bench moe`, tools/bench_moe_torch.py). Each table needs only its files.
 
 The decode bound is the bytes a batch-1 step reads (dvd's decode_weight_bytes) over the copy
 bandwidth PyTorch measured in the same run (bytes read + written per second).
@@ -16,6 +17,14 @@ from pathlib import Path
 
 def main() -> None:
     out = Path(sys.argv[1])
+    if (out / "dvd_bench.json").exists() and (out / "torch_baseline.json").exists():
+        models(out)
+    checks(out)
+    moe(out)
+
+
+def models(out: Path) -> None:
+    """dvd bench gpu against torch_baseline.py: vision, prefill, decode, kernels."""
     dvd = json.loads((out / "dvd_bench.json").read_text())
     torch = json.loads((out / "torch_baseline.json").read_text())
     rows = ["| workload | dvd | PyTorch | dvd / PyTorch |", "|---|---|---|---|"]
@@ -53,6 +62,10 @@ def main() -> None:
         print("\n\n| kernel | ms | rate |\n|---|---|---|")
         for k in dvd["kernels"]:
             print(f"| {k['what']} | {k['ms']:.4f} | {k['rate']:.0f} {k['unit']} |")
+
+
+def checks(out: Path) -> None:
+    """One row per gpu-check report."""
     checks = out / "checks.jsonl"
     if checks.exists():
         print("\n| gpu-check | lowest cosine | argmax agree | pass |\n|---|---|---|---|")
@@ -63,6 +76,28 @@ def main() -> None:
             same = sum(a[0] for a in agree)
             total = sum(a[1] for a in agree)
             print(f"| {report['name']} | {cosine:.5f} | {same}/{total} | {report['pass']} |")
+
+
+def moe(out: Path) -> None:
+    """One MoE block: dvd against its read bound and against PyTorch's fastest implementation."""
+    ours, theirs = out / "moe_bench.jsonl", out / "moe_torch.jsonl"
+    if not ours.exists():
+        return
+    fastest = {}
+    if theirs.exists():
+        for line in theirs.read_text().splitlines():
+            r = json.loads(line)
+            if r["tokens"] not in fastest or r["ms_per_call"] < fastest[r["tokens"]]["ms_per_call"]:
+                fastest[r["tokens"]] = r
+    print("\n| MoE block, tokens | dvd ms | bound ms (GB/s) | dvd / bound | PyTorch fastest ms | "
+          "PyTorch / dvd |\n|---|---|---|---|---|---|")
+    for line in ours.read_text().splitlines():
+        r = json.loads(line)
+        peer = fastest.get(r["tokens"])
+        peer_cells = (f"{peer['ms_per_call']:.3f} ({peer['impl']}) | {peer['ms_per_call'] / r['ms_per_call']:.2f}x"
+                      if peer else "- | -")
+        print(f"| {r['tokens']} ({r['dtype']}) | {r['ms_per_call']:.3f} | {r['bound_ms']:.3f} "
+              f"({r['read_gbps']:.0f}) | {r['ratio_to_bound']:.2f}x | {peer_cells} |")
 
 
 if __name__ == "__main__":
