@@ -1,10 +1,12 @@
 //! Launches of the kernels in `src/cuda/`: argument checks, grid shapes, output allocation.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Result, Shape, Storage, StorageRef, Tensor, bail};
-use half::bf16;
+use half::{bf16, f16};
 
 use crate::tables::{DevicePagedTables, DeviceRowSlots};
 
@@ -58,10 +60,34 @@ pub unsafe fn uninit_bf16(device: &Device, shape: impl Into<Shape>) -> Result<Te
     let Device::Cuda(dev) = device else {
         bail!("dvd-kernels: uninit_bf16 needs a CUDA device");
     };
-    let shape = shape.into();
     // SAFETY: the caller writes every element before any read (this function's contract).
-    let slice = unsafe { dev.alloc::<bf16>(shape.elem_count().max(1)) }?;
-    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+    unsafe { uninit(dev, DType::BF16, shape) }
+}
+
+/// A contiguous tensor of `dtype` (bf16, f16, f32 or u32) and `shape` on `dev`, its contents
+/// left uninitialised.
+///
+/// # Safety
+///
+/// As for [`uninit_bf16`]: every element must be written before anything reads it.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn uninit(
+    dev: &CudaDevice,
+    dtype: DType,
+    shape: impl Into<Shape>,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    let len = shape.elem_count().max(1);
+    // SAFETY: the caller writes every element before any read (this function's contract).
+    let storage = unsafe {
+        match dtype {
+            DType::BF16 => wrap(dev.alloc::<bf16>(len)?, dev),
+            DType::F16 => wrap(dev.alloc::<f16>(len)?, dev),
+            DType::F32 => wrap(dev.alloc::<f32>(len)?, dev),
+            DType::U32 => wrap(dev.alloc::<u32>(len)?, dev),
+            other => bail!("dvd-kernels: no uninitialised buffers of {other:?}"),
+        }
+    };
     Ok(Tensor::from_storage(
         Storage::Cuda(storage),
         shape,
@@ -70,22 +96,8 @@ pub unsafe fn uninit_bf16(device: &Device, shape: impl Into<Shape>) -> Result<Te
     ))
 }
 
-/// An f32 workspace of `len` values, its contents left uninitialised.
-///
-/// # Safety
-///
-/// As for [`uninit_bf16`]: every value must be written before it is read.
-#[allow(unsafe_code)]
-unsafe fn uninit_f32(dev: &CudaDevice, len: usize) -> Result<Tensor> {
-    // SAFETY: the caller writes every value before any read (this function's contract).
-    let slice = unsafe { dev.alloc::<f32>(len.max(1)) }?;
-    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
-    Ok(Tensor::from_storage(
-        Storage::Cuda(storage),
-        len.max(1),
-        BackpropOp::none(),
-        false,
-    ))
+fn wrap<T: CudaDType + DeviceRepr>(slice: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(slice, dev.clone())
 }
 
 /// A tensor's storage, held (read-locked) while a kernel is launched on it, and where the
@@ -376,11 +388,11 @@ pub fn paged_attention(
     let (ws_acc, ws_ml) = unsafe {
         if splits > 1 {
             (
-                uninit_f32(&dev, heads_total * splits * d)?,
-                uninit_f32(&dev, heads_total * splits * 2)?,
+                uninit(&dev, DType::F32, heads_total * splits * d)?,
+                uninit(&dev, DType::F32, heads_total * splits * 2)?,
             )
         } else {
-            (uninit_f32(&dev, 1)?, uninit_f32(&dev, 1)?)
+            (uninit(&dev, DType::F32, 1)?, uninit(&dev, DType::F32, 1)?)
         }
     };
     let cfg = LaunchConfig {

@@ -4,15 +4,14 @@
 //! every data-dependent size (each expert's rows) stays on the device, and grids are sized from
 //! upper bounds known on the host, so a whole MoE block is enqueued without a sync.
 
+use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
-use candle_core::op::BackpropOp;
-use candle_core::{DType, Result, Shape, Storage, Tensor, bail};
+use candle_core::{DType, Result, Tensor, bail};
 use half::{bf16, f16};
 
-use crate::launch::{Operand, check_u32, cuda_device};
+use crate::launch::{Operand, check_u32, cuda_device, uninit};
 
 const MOE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/moe.ptx"));
 const MOE_MODULE: &str = "dvd_moe";
@@ -454,39 +453,4 @@ fn int(v: usize, what: &str) -> Result<i32> {
         Ok(v) => Ok(v),
         Err(_) => bail!("dvd-kernels: {v} {what} do not fit the MoE kernels' 32-bit indices"),
     }
-}
-
-/// A contiguous tensor of `dtype` (bf16, f16, f32 or u32) and `shape` on `dev`, its contents
-/// left uninitialised.
-///
-/// # Safety
-///
-/// As for [`crate::uninit_bf16`]: every element must be written before anything reads it.
-#[allow(unsafe_code)]
-unsafe fn uninit(dev: &CudaDevice, dtype: DType, shape: impl Into<Shape>) -> Result<Tensor> {
-    let shape = shape.into();
-    let len = shape.elem_count().max(1);
-    // SAFETY: the caller writes every element before any read (this function's contract).
-    let storage = unsafe {
-        match dtype {
-            DType::BF16 => wrap(dev.alloc::<bf16>(len)?, dev),
-            DType::F16 => wrap(dev.alloc::<f16>(len)?, dev),
-            DType::F32 => wrap(dev.alloc::<f32>(len)?, dev),
-            DType::U32 => wrap(dev.alloc::<u32>(len)?, dev),
-            other => bail!("dvd-kernels: no MoE buffers of {other:?}"),
-        }
-    };
-    Ok(Tensor::from_storage(
-        Storage::Cuda(storage),
-        shape,
-        BackpropOp::none(),
-        false,
-    ))
-}
-
-fn wrap<T: CudaDType + DeviceRepr>(
-    slice: candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
-    dev: &CudaDevice,
-) -> CudaStorage {
-    CudaStorage::wrap_cuda_slice(slice, dev.clone())
 }
