@@ -12,8 +12,8 @@ use dvd_language_server::model::{
 };
 
 use crate::common::{
-    IMG_CONTEXT, StoredTensor, fixture, greedy_tokens, ids, image_features, load, load_as,
-    max_abs_diff, reference, write_safetensors,
+    IMG_CONTEXT, greedy_tokens, ids, image_features, load, load_as, max_abs_diff, reference,
+    unpack_fixture, write_safetensors,
 };
 
 /// Bound on the f32 prefill logits' largest absolute difference from transformers'. Measured
@@ -261,20 +261,8 @@ fn bf16_compute_keeps_the_greedy_start() {
 #[test]
 fn vision_tensors_are_never_read() {
     // A vision tensor in a dtype dvd cannot read: loading the language half must not touch it.
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("internvl-dense-hf");
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    let (dir, mut entries) = unpack_fixture("internvl-dense-hf");
     let file = dir.path().join("model.safetensors");
-    let bytes = std::fs::read(&file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<StoredTensor> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
     let victim = entries
         .iter_mut()
         .find(|e| e.0 == "model.vision_tower.embeddings.cls_token")

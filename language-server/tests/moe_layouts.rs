@@ -6,32 +6,10 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use dvd_language_server::model::{LanguageModel, LoadOptions};
-use tempfile::TempDir;
 
-use crate::common::{StoredTensor, fixture, greedy_tokens, ids, max_abs_diff, write_safetensors};
-
-/// A fixture's other files copied into a scratch directory, and all its tensors (every shard).
-fn unpack(name: &str) -> (TempDir, Vec<StoredTensor>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut tensors = Vec::new();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        let file = path.file_name().unwrap().to_str().unwrap().to_string();
-        if file.ends_with(".safetensors") && file != "reference.safetensors" {
-            let bytes = std::fs::read(&path).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            tensors.extend(
-                st.tensors()
-                    .into_iter()
-                    .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())),
-            );
-        } else if !file.ends_with(".index.json") {
-            std::fs::copy(&path, dir.path().join(&file)).unwrap();
-        }
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    (dir, tensors)
-}
+use crate::common::{
+    StoredTensor, fixture, greedy_tokens, ids, max_abs_diff, unpack_fixture, write_safetensors,
+};
 
 /// Writes `tensors` as the directory's one `model.safetensors` and loads it.
 fn load_written(dir: &Path, tensors: &[StoredTensor]) -> Result<LanguageModel, String> {
@@ -155,7 +133,7 @@ fn per_expert_and_fused_layouts_give_the_same_model() {
         ("qwen3-moe-fused-f32", split),
     ] {
         let original = LanguageModel::load(&fixture(name), &LoadOptions::default()).unwrap();
-        let (dir, tensors) = unpack(name);
+        let (dir, tensors) = unpack_fixture(name);
         let before = tensors.len();
         let rewritten = rewrite(tensors);
         assert_ne!(rewritten.len(), before, "{name}: nothing was rewritten");
@@ -170,7 +148,7 @@ fn per_expert_and_fused_layouts_give_the_same_model() {
 
 #[test]
 fn broken_per_expert_tensors_fail_at_load_naming_the_tensor() {
-    let (dir, tensors) = unpack("internvl-moe-custom-bf16");
+    let (dir, tensors) = unpack_fixture("internvl-moe-custom-bf16");
     let prefix = "language_model.model.layers.2.mlp.experts";
     // A missing projection.
     let victim = format!("{prefix}.1.up_proj.weight");
@@ -207,7 +185,7 @@ fn broken_per_expert_tensors_fail_at_load_naming_the_tensor() {
 
 #[test]
 fn broken_fused_tensors_fail_at_load_naming_the_tensor() {
-    let (dir, tensors) = unpack("qwen3-moe-fused-f32");
+    let (dir, tensors) = unpack_fixture("qwen3-moe-fused-f32");
     let gate_up = "model.layers.1.mlp.experts.gate_up_proj";
     let down = "model.layers.0.mlp.experts.down_proj";
     // One expert fewer than the config's 8.

@@ -59,7 +59,7 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
 
 /// The block in f64, token by token: softmax, top-k (ties to the lower index), experts, sum.
 fn reference(moe: &Moe, x: &Tensor, renormalise: bool) -> Vec<Vec<f64>> {
-    let router = rows(moe.router_weight());
+    let router = rows(&moe.router_weight().unwrap());
     let gate_up = moe
         .experts()
         .gate_up()
@@ -273,7 +273,7 @@ fn half_precision_blocks_follow_f32() {
         )
         .unwrap();
         let half = Moe::new(
-            Linear::new(cast(moe.router_weight()), None),
+            Linear::new(cast(&moe.router_weight().unwrap()), None),
             experts,
             4,
             true,
@@ -281,7 +281,7 @@ fn half_precision_blocks_follow_f32() {
         .unwrap();
         // The reference runs on the same rounded weights and inputs.
         let rounded = Moe::new(
-            Linear::new(widen(moe.router_weight()), None),
+            Linear::new(widen(&moe.router_weight().unwrap()), None),
             Experts::new(
                 &widen(&moe.experts().gate_up().stacked().unwrap()),
                 &widen(&moe.experts().down().stacked().unwrap()),

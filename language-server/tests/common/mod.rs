@@ -245,3 +245,28 @@ pub fn write_safetensors(file: &Path, tensors: &[StoredTensor]) {
         .collect();
     std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
 }
+
+/// A fixture's files other than its weights (and the reference outputs) copied into a scratch
+/// directory, and all its tensors (every shard), sorted by name: to rewrite as a
+/// `model.safetensors` with [`write_safetensors`].
+pub fn unpack_fixture(name: &str) -> (tempfile::TempDir, Vec<StoredTensor>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = Vec::new();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_string();
+        if file.ends_with(".safetensors") && file != "reference.safetensors" {
+            let bytes = std::fs::read(&path).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            tensors.extend(
+                st.tensors()
+                    .into_iter()
+                    .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())),
+            );
+        } else if !file.ends_with(".index.json") {
+            std::fs::copy(&path, dir.path().join(&file)).unwrap();
+        }
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    (dir, tensors)
+}

@@ -7,8 +7,8 @@
 //! those row ranges ([`grouped_matmul`]; an expert without rows is never read), and sums each
 //! token's rows back with their weights ([`combine`]). On the CPU every step is ours (a tile
 //! kernel over weights packed in panels at load, summing each output the same way whatever its
-//! batch, so the block is batch invariant); on CUDA every step is a `dvd-kernels` kernel reading the per-expert row offsets
-//! from device memory, so a step never waits for the host.
+//! batch, so the block is batch invariant); on CUDA every step is a `dvd-kernels` kernel reading
+//! the per-expert row offsets from device memory, so a step never waits for the host.
 
 mod combine;
 mod element;
@@ -34,9 +34,7 @@ use grouped::{Group, grouped_matmul_cpu, matmul_cpu};
 /// A routed SwiGLU mixture of experts.
 #[derive(Debug, Clone)]
 pub struct Moe {
-    router: Linear,
-    /// The router in the CPU kernel's layout, when the block runs there without a router bias.
-    router_panels: Option<Matrices>,
+    router: Router,
     experts: Experts,
     top_k: usize,
     renormalise: bool,
@@ -57,13 +55,12 @@ impl Moe {
         if top_k == 0 || top_k > count {
             bail!("moe: top_k {top_k} with {count} experts");
         }
-        let router_panels = match (router.weight().device().is_cpu(), router.bias()) {
-            (true, None) => Some(Matrices::new(&router.weight().unsqueeze(0)?)?),
-            _ => None,
+        let router = match (router.weight().device().is_cpu(), router.bias()) {
+            (true, None) => Router::Panels(Matrices::new(&router.weight().unsqueeze(0)?)?),
+            _ => Router::Linear(router),
         };
         Ok(Self {
             router,
-            router_panels,
             experts,
             top_k,
             renormalise,
@@ -80,17 +77,19 @@ impl Moe {
         self.top_k
     }
 
-    /// The router's weight, `[experts, hidden]`.
-    pub fn router_weight(&self) -> &Tensor {
-        self.router.weight()
+    /// The router's weight, `[experts, hidden]` (a copy on the CPU, where it is kept in panels).
+    pub fn router_weight(&self) -> Result<Tensor> {
+        match &self.router {
+            Router::Panels(panels) => panels.stacked()?.squeeze(0),
+            Router::Linear(linear) => Ok(linear.weight().clone()),
+        }
     }
 
     /// Each token's experts and weights for `x [tokens, hidden]`.
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
-        let logits = match &self.router_panels {
-            // The tile kernel, so routing does not depend on the batch either.
-            Some(panels) if x.device().is_cpu() => matmul_cpu(&x.contiguous()?, panels)?,
-            _ => self.router.forward(x)?,
+        let logits = match &self.router {
+            Router::Panels(panels) => matmul_cpu(&x.contiguous()?, panels)?,
+            Router::Linear(linear) => linear.forward(x)?,
         };
         route(&logits, self.top_k, self.renormalise)
     }
@@ -108,6 +107,16 @@ impl Moe {
         )?;
         combine(&hidden, &grouping, &routing)
     }
+}
+
+/// The router's `[experts, hidden]` layer, kept in the form the block's device multiplies.
+#[derive(Debug, Clone)]
+enum Router {
+    /// On the CPU without a bias: in the tile kernel's panels, so routing does not depend on
+    /// the batch either.
+    Panels(Matrices),
+    /// Elsewhere: the layer itself.
+    Linear(Linear),
 }
 
 /// `x [rows, k]` times the transposed `[n, k]` matrices of `weights`, rows
