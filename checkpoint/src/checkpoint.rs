@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -127,6 +129,57 @@ impl Checkpoint {
             .map_err(tensor_err)
     }
 
+    /// The block `ranges` (one range per dimension) of `name`, which must have shape `shape`,
+    /// converted to `dtype` on `device`. Only the block's bytes are read from the file (one read
+    /// per contiguous run), so a rank of a sharded model never holds the whole tensor.
+    pub fn load_block(
+        &self,
+        name: &str,
+        shape: &[usize],
+        ranges: &[Range<usize>],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, CheckpointError> {
+        self.check_shape(name, shape)?;
+        let (file, entry) = self
+            .entry(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                name: name.to_string(),
+            })?;
+        let stored =
+            candle_dtype(entry.dtype).ok_or_else(|| CheckpointError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", entry.dtype),
+            })?;
+        let bad_block = ranges.len() != shape.len()
+            || ranges
+                .iter()
+                .zip(shape)
+                .any(|(r, &dim)| r.start > r.end || r.end > dim);
+        if bad_block {
+            return Err(CheckpointError::BadBlock {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                block: ranges.iter().map(|r| (r.start, r.end)).collect(),
+            });
+        }
+        let bytes = read_block(
+            &file.path,
+            entry.offset,
+            shape,
+            ranges,
+            stored.size_in_bytes(),
+        )?;
+        let block_shape: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+        Tensor::from_raw_buffer(&bytes, stored, &block_shape, &Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(device))
+            .map_err(|source| CheckpointError::Tensor {
+                name: name.to_string(),
+                source,
+            })
+    }
+
     /// Like [`Checkpoint::load`], and fails with [`CheckpointError::ShapeMismatch`] unless the
     /// stored shape is `shape`.
     pub fn load_shaped(
@@ -223,6 +276,58 @@ fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, Checkpoin
     Ok(bytes)
 }
 
+/// The bytes of block `ranges` of a row-major tensor of `shape` stored at `offset`, elements of
+/// `element` bytes: the dimensions after the last partial one are whole, so each block row is one
+/// contiguous run.
+fn read_block(
+    path: &Path,
+    offset: u64,
+    shape: &[usize],
+    ranges: &[Range<usize>],
+    element: usize,
+) -> Result<Vec<u8>, CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Dimensions `split..` form one run; the outer ones are walked.
+    let split = (0..shape.len())
+        .rev()
+        .find(|&d| ranges[d].len() != shape[d])
+        .unwrap_or(0);
+    let inner: usize = shape.get(split + 1..).map_or(1, |s| s.iter().product());
+    let run = ranges.get(split).map_or(1, |r| r.len()) * inner * element;
+    let runs: usize = ranges[..split].iter().map(|r| r.len()).product();
+    let mut bytes = vec![0u8; run * runs];
+    if bytes.is_empty() {
+        return Ok(bytes);
+    }
+    let file = File::open(path).map_err(io)?;
+    let strides: Vec<usize> = (0..shape.len())
+        .map(|d| shape[d + 1..].iter().product())
+        .collect();
+    let mut index: Vec<usize> = ranges[..split].iter().map(|r| r.start).collect();
+    for chunk in bytes.chunks_mut(run) {
+        let start: usize = index
+            .iter()
+            .zip(&strides)
+            .map(|(i, s)| i * s)
+            .sum::<usize>()
+            + ranges.get(split).map_or(0, |r| r.start) * strides.get(split).copied().unwrap_or(1);
+        file.read_exact_at(chunk, offset + (start * element) as u64)
+            .map_err(io)?;
+        // The next index of the outer dimensions, last one fastest.
+        for d in (0..split).rev() {
+            index[d] += 1;
+            if index[d] < ranges[d].end {
+                break;
+            }
+            index[d] = ranges[d].start;
+        }
+    }
+    Ok(bytes)
+}
+
 fn candle_dtype(dtype: safetensors::Dtype) -> Option<DType> {
     use safetensors::Dtype as S;
     Some(match dtype {
@@ -235,4 +340,50 @@ fn candle_dtype(dtype: safetensors::Dtype) -> Option<DType> {
         S::U8 => DType::U8,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_read_only_their_elements_and_match_the_whole_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..3 * 4 * 5).map(|v| v as f32).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 4, 5], &bytes)
+                .unwrap();
+        safetensors::serialize_to_file([("t", view)], None, &dir.path().join(SINGLE_FILE)).unwrap();
+        let checkpoint = Checkpoint::open(dir.path()).unwrap();
+        let whole = checkpoint.load("t", DType::F32, &Device::Cpu).unwrap();
+        let blocks: [[Range<usize>; 3]; 5] = [
+            [0..3, 0..4, 0..5],
+            [1..3, 0..4, 0..5],
+            [0..3, 1..3, 0..5],
+            [0..3, 0..4, 2..4],
+            [2..3, 1..4, 0..0],
+        ];
+        for block in blocks {
+            let got = checkpoint
+                .load_block("t", &[3, 4, 5], &block, DType::F32, &Device::Cpu)
+                .unwrap();
+            let mut want = whole.clone();
+            for (d, r) in block.iter().enumerate() {
+                want = want.narrow(d, r.start, r.len()).unwrap();
+            }
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "block {block:?}"
+            );
+        }
+        let outside = [0..3, 0..5, 0..5];
+        assert!(matches!(
+            checkpoint.load_block("t", &[3, 4, 5], &outside, DType::F32, &Device::Cpu),
+            Err(CheckpointError::BadBlock { .. })
+        ));
+    }
 }

@@ -61,6 +61,16 @@ pub enum CheckpointError {
         /// Shape stored in the checkpoint.
         found: Vec<usize>,
     },
+    /// A block asked of a tensor lies outside it.
+    #[error("block {block:?} of tensor {name:?} lies outside its shape {shape:?}")]
+    BadBlock {
+        /// The tensor's name in the checkpoint.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The block, `(start, end)` per dimension.
+        block: Vec<(usize, usize)>,
+    },
     /// A tensor is stored in a dtype dvd does not read.
     #[error("tensor {name:?} is stored as {dtype}, which is not supported")]
     UnsupportedDtype {

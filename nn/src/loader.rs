@@ -1,6 +1,8 @@
 //! Loading weights: [`Loader`] reads a checkpoint's tensors with the shapes a config implies;
 //! [`LoadOptions`] says where and in which precision a model runs.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 use dvd_checkpoint::{Checkpoint, CheckpointError};
 
@@ -72,6 +74,18 @@ impl Loader<'_> {
             })
     }
 
+    /// Block `ranges` (one range per dimension) of the tensor `name`, which must have shape
+    /// `shape`; only the block's bytes are read.
+    pub fn block(
+        &self,
+        name: &str,
+        shape: &[usize],
+        ranges: &[Range<usize>],
+    ) -> Result<Tensor, CheckpointError> {
+        self.checkpoint
+            .load_block(name, shape, ranges, self.dtype, self.device)
+    }
+
     /// `prefix.weight` `[out, in]` and, when `bias`, `prefix.bias` `[out]`.
     pub fn linear(
         &self,
@@ -80,7 +94,47 @@ impl Loader<'_> {
         input: usize,
         bias: bool,
     ) -> Result<Linear, CheckpointError> {
-        let weight = self.tensor(&format!("{prefix}.weight"), &[out, input])?;
+        self.linear_rows(prefix, out, input, 0..out, bias)
+    }
+
+    /// A column-parallel slice of `prefix` (`weight [out, in]`, `bias [out]` when `bias`): its
+    /// output rows `rows`.
+    pub fn linear_rows(
+        &self,
+        prefix: &str,
+        out: usize,
+        input: usize,
+        rows: Range<usize>,
+        bias: bool,
+    ) -> Result<Linear, CheckpointError> {
+        let weight = self.block(
+            &format!("{prefix}.weight"),
+            &[out, input],
+            &[rows.clone(), 0..input],
+        )?;
+        let bias = if bias {
+            Some(self.block(&format!("{prefix}.bias"), &[out], &[rows])?)
+        } else {
+            None
+        };
+        Ok(self.layer(weight, bias))
+    }
+
+    /// A row-parallel slice of `prefix` (`weight [out, in]`): its input columns `columns`, and
+    /// the whole `bias [out]` when `bias` (one rank of a group adds it).
+    pub fn linear_columns(
+        &self,
+        prefix: &str,
+        out: usize,
+        input: usize,
+        columns: Range<usize>,
+        bias: bool,
+    ) -> Result<Linear, CheckpointError> {
+        let weight = self.block(
+            &format!("{prefix}.weight"),
+            &[out, input],
+            &[0..out, columns],
+        )?;
         let bias = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
         } else {
