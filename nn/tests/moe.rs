@@ -323,3 +323,52 @@ fn mismatched_experts_and_routers_are_refused() {
     assert!(Moe::new(Linear::new(z(&[4, 6]), None), experts.clone(), 5, false).is_err());
     assert!(Moe::new(Linear::new(z(&[4, 6]), None), experts, 4, false).is_ok());
 }
+
+#[test]
+fn expert_parallel_shares_add_up_to_the_whole_block() {
+    let s = Shape {
+        hidden: 16,
+        experts: 7,
+        width: 8,
+        top_k: 3,
+    };
+    let whole = random_block(&s, true, 61);
+    let x = Tensor::from_vec(values(9 * 16, 62, 1.0), (9, 16), &Device::Cpu).unwrap();
+    let want = whole.forward(&x).unwrap();
+    let router = Linear::new(whole.router_weight().unwrap(), None);
+    let gate_up = whole.experts().gate_up().stacked().unwrap();
+    let down = whole.experts().down().stacked().unwrap();
+    // Uneven shares, as `--expert-parallel` gives 7 experts over 3 ranks.
+    let mut sum: Option<Tensor> = None;
+    for range in [0..3, 3..5, 5..7] {
+        let experts = Experts::new(
+            &gate_up.narrow(0, range.start, range.len()).unwrap(),
+            &down.narrow(0, range.start, range.len()).unwrap(),
+        )
+        .unwrap();
+        let share = Moe::holding(router.clone(), experts, range.start, s.top_k, true)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        sum = Some(match sum {
+            Some(total) => (total + share).unwrap(),
+            None => share,
+        });
+    }
+    let diff = (sum.unwrap() - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 1e-6, "{diff}");
+    // A share past the router's experts, or of no experts, is refused.
+    let two = Experts::new(
+        &gate_up.narrow(0, 0, 2).unwrap(),
+        &down.narrow(0, 0, 2).unwrap(),
+    )
+    .unwrap();
+    assert!(Moe::holding(router, two, 6, s.top_k, true).is_err());
+}

@@ -36,6 +36,11 @@ use grouped::{Group, grouped_matmul_cpu, matmul_cpu};
 pub struct Moe {
     router: Router,
     experts: Experts,
+    /// The first expert `experts` holds: nonzero, or `experts` holding fewer than the router
+    /// routes to, on a rank of an expert-parallel group.
+    first_expert: usize,
+    /// Experts the router routes to.
+    routed: usize,
     top_k: usize,
     renormalise: bool,
 }
@@ -45,10 +50,34 @@ impl Moe {
     /// experts, whose weights are renormalised to sum to one when `renormalise`.
     pub fn new(router: Linear, experts: Experts, top_k: usize, renormalise: bool) -> Result<Self> {
         let (count, hidden) = router.weight().dims2()?;
-        if count != experts.count() || hidden != experts.hidden() {
+        if count != experts.count() {
             bail!(
-                "moe: router [{count}, {hidden}] for {} experts of width {}",
-                experts.count(),
+                "moe: router [{count}, {hidden}] for {} experts",
+                experts.count()
+            );
+        }
+        Self::holding(router, experts, 0, top_k, renormalise)
+    }
+
+    /// The part of a block an expert-parallel rank computes: the whole router, and the experts
+    /// `first_expert..first_expert + experts.count()`. Its output is the held experts' share of
+    /// each token's sum (zero for a token routed elsewhere only); the ranks' shares add up to the
+    /// block's output.
+    pub fn holding(
+        router: Linear,
+        experts: Experts,
+        first_expert: usize,
+        top_k: usize,
+        renormalise: bool,
+    ) -> Result<Self> {
+        let (count, hidden) = router.weight().dims2()?;
+        if experts.count() == 0
+            || first_expert + experts.count() > count
+            || hidden != experts.hidden()
+        {
+            bail!(
+                "moe: router [{count}, {hidden}] for experts {first_expert}..{} of width {}",
+                first_expert + experts.count(),
                 experts.hidden()
             );
         }
@@ -62,6 +91,8 @@ impl Moe {
         Ok(Self {
             router,
             experts,
+            first_expert,
+            routed: count,
             top_k,
             renormalise,
         })
@@ -97,15 +128,42 @@ impl Moe {
     /// Applies the block to `x [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let routing = self.route(x)?;
-        let grouping = group(&routing.experts, self.experts.count())?;
-        let rows = permute(x, &grouping)?;
-        let gate_up = grouped_matmul(&rows, self.experts.gate_up(), &grouping.offsets)?;
-        let hidden = grouped_matmul(
-            &fused::silu_mul(&gate_up)?,
-            self.experts.down(),
-            &grouping.offsets,
-        )?;
-        combine(&hidden, &grouping, &routing)
+        let held = self.experts.count();
+        if held == self.routed {
+            let grouping = group(&routing.experts, held)?;
+            let rows = permute(x, &grouping)?;
+            return combine(
+                &self.experts_on(&rows, &grouping.offsets)?,
+                &grouping,
+                &routing,
+            );
+        }
+        // Choices of experts held elsewhere go to a last group this rank never computes; their
+        // rows are zero and so are their weights.
+        let routing = routing.held_by(self.first_expert, held)?;
+        let grouping = group(&routing.experts, held + 1)?;
+        let offsets = grouping.offsets.narrow(0, 0, held + 1)?;
+        let held_rows = offsets.get(held)?.to_scalar::<u32>()? as usize;
+        let pairs = grouping.sources.dim(0)?;
+        let mut y = Vec::with_capacity(2);
+        if held_rows > 0 {
+            let rows = permute(x, &grouping)?.narrow(0, 0, held_rows)?;
+            y.push(self.experts_on(&rows, &offsets)?);
+        }
+        if held_rows < pairs {
+            y.push(Tensor::zeros(
+                (pairs - held_rows, x.dim(1)?),
+                x.dtype(),
+                x.device(),
+            )?);
+        }
+        combine(&Tensor::cat(&y, 0)?, &grouping, &routing)
+    }
+
+    /// The held experts on `rows` grouped by `offsets` (`[held + 1]`).
+    fn experts_on(&self, rows: &Tensor, offsets: &Tensor) -> Result<Tensor> {
+        let gate_up = grouped_matmul(rows, self.experts.gate_up(), offsets)?;
+        grouped_matmul(&fused::silu_mul(&gate_up)?, self.experts.down(), offsets)
     }
 }
 

@@ -14,6 +14,42 @@ pub struct Routing {
     pub experts: Tensor,
 }
 
+impl Routing {
+    /// The routing as a rank holding experts `first..first + count` sees it (expert
+    /// parallelism): those experts renumbered `0..count`, every other choice sent to expert
+    /// `count` (held elsewhere) with weight zero. Read on the host: a few values per token.
+    pub fn held_by(&self, first: usize, count: usize) -> Result<Routing> {
+        let (tokens, top_k) = self.experts.dims2()?;
+        let device = self.experts.device();
+        let experts = self.experts.flatten_all()?.to_vec1::<u32>()?;
+        let weights = self
+            .weights
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let held = |e: u32| (first..first + count).contains(&(e as usize));
+        let local: Vec<u32> = experts
+            .iter()
+            .map(|&e| {
+                if held(e) {
+                    e - first as u32
+                } else {
+                    count as u32
+                }
+            })
+            .collect();
+        let weights: Vec<f32> = experts
+            .iter()
+            .zip(weights)
+            .map(|(&e, w)| if held(e) { w } else { 0.0 })
+            .collect();
+        Ok(Routing {
+            weights: Tensor::from_vec(weights, (tokens, top_k), device)?,
+            experts: Tensor::from_vec(local, (tokens, top_k), device)?,
+        })
+    }
+}
+
 /// Softmax in f32 over `logits [tokens, experts]`, the `top_k` most probable experts in
 /// transformers' order (higher probability first, lower expert index first on ties), their
 /// probabilities divided by their sum when `renormalise`.
