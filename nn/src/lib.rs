@@ -11,6 +11,7 @@ mod linear;
 mod loader;
 pub mod moe;
 mod norm;
+pub mod parallel;
 
 /// dvd's CUDA kernels (`dvd-kernels`), for models' GPU paths.
 pub use dvd_kernels as kernels;
