@@ -31,6 +31,10 @@ mod lt;
 #[cfg(feature = "cuda")]
 pub use lt::{Epilogue, linear_epilogue};
 #[cfg(feature = "cuda")]
+mod memory;
+#[cfg(feature = "cuda")]
+pub use memory::device_memory;
+#[cfg(feature = "cuda")]
 mod moe;
 #[cfg(feature = "cuda")]
 pub use moe::{grouped_gemm, moe_combine, moe_group, moe_permute, moe_route};
