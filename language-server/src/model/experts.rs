@@ -2,7 +2,10 @@
 //! layout: one tensor per expert and projection (`mlp.experts.{e}.gate_proj.weight`, ... as
 //! published checkpoints have them) or the fused tensors transformers 5 saves by default
 //! (`mlp.experts.gate_up_proj [experts, 2 * width, hidden]`, `mlp.experts.down_proj
-//! [experts, hidden, width]`). Every tensor is checked against the config when the model loads.
+//! [experts, hidden, width]`). Every tensor is checked against the config when the model loads,
+//! and a rank of a sharded model reads only its experts and its slice of their width.
+
+use std::ops::Range;
 
 use candle_core::Tensor;
 use dvd_nn::moe::Experts;
@@ -19,15 +22,37 @@ pub struct ExpertShape {
     pub hidden: usize,
 }
 
-/// The experts under `prefix` (`...layers.{i}.mlp.experts`), fused or per expert.
-pub fn load_experts(loader: &Loader, prefix: &str, s: ExpertShape) -> Result<Experts, ModelError> {
+/// The part of a layer's experts one rank holds.
+#[derive(Debug, Clone)]
+pub struct ExpertSlice {
+    /// Experts held.
+    pub experts: Range<usize>,
+    /// Columns of each held expert's gate and up projections (rows of its down projection's
+    /// input).
+    pub width: Range<usize>,
+}
+
+/// The experts under `prefix` (`...layers.{i}.mlp.experts`), fused or per expert, `slice` of
+/// them.
+pub fn load_experts(
+    loader: &Loader,
+    prefix: &str,
+    s: ExpertShape,
+    slice: &ExpertSlice,
+) -> Result<Experts, ModelError> {
     let fused = format!("{prefix}.gate_up_proj");
+    let (e, w) = (slice.experts.clone(), slice.width.clone());
     let (gate_up, down) = if loader.checkpoint.contains(&fused) {
+        let shape = [s.count, 2 * s.width, s.hidden];
+        let gate = loader.block(&fused, &shape, &[e.clone(), w.clone(), 0..s.hidden])?;
+        let up_rows = s.width + w.start..s.width + w.end;
+        let up = loader.block(&fused, &shape, &[e.clone(), up_rows, 0..s.hidden])?;
         (
-            loader.tensor(&fused, &[s.count, 2 * s.width, s.hidden])?,
-            loader.tensor(
+            Tensor::cat(&[gate, up], 1)?,
+            loader.block(
                 &format!("{prefix}.down_proj"),
                 &[s.count, s.hidden, s.width],
+                &[e, 0..s.hidden, w],
             )?,
         )
     } else {
@@ -41,16 +66,21 @@ pub fn load_experts(loader: &Loader, prefix: &str, s: ExpertShape) -> Result<Exp
                 ),
             });
         }
-        let mut gate_ups = Vec::with_capacity(s.count);
-        let mut downs = Vec::with_capacity(s.count);
-        for e in 0..s.count {
-            let tensor = |name: &str, shape: &[usize]| {
-                loader.tensor(&format!("{prefix}.{e}.{name}.weight"), shape)
+        let mut gate_ups = Vec::with_capacity(e.len());
+        let mut downs = Vec::with_capacity(e.len());
+        for expert in e {
+            let block = |name: &str, shape: &[usize], ranges: &[Range<usize>]| {
+                loader.block(&format!("{prefix}.{expert}.{name}.weight"), shape, ranges)
             };
-            let gate = tensor("gate_proj", &[s.width, s.hidden])?;
-            let up = tensor("up_proj", &[s.width, s.hidden])?;
+            let rows = [w.clone(), 0..s.hidden];
+            let gate = block("gate_proj", &[s.width, s.hidden], &rows)?;
+            let up = block("up_proj", &[s.width, s.hidden], &rows)?;
             gate_ups.push(Tensor::cat(&[gate, up], 0)?);
-            downs.push(tensor("down_proj", &[s.hidden, s.width])?);
+            downs.push(block(
+                "down_proj",
+                &[s.hidden, s.width],
+                &[0..s.hidden, w.clone()],
+            )?);
         }
         (Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?)
     };

@@ -24,6 +24,20 @@ pub trait SequenceCache {
     fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
         None
     }
+
+    /// For a model over `ranks` tensor-parallel ranks: one cache per rank over the same
+    /// positions, each holding its rank's KV heads, for one call of the model; `None` when this
+    /// cache holds a single rank's. The parts' lengths are not this cache's: once a step's last
+    /// layer has run, the model calls [`SequenceCache::advance_ranks`].
+    fn rank_caches(&mut self, ranks: usize) -> Option<Vec<&mut (dyn SequenceCache + Send)>> {
+        let _ = ranks;
+        None
+    }
+
+    /// Records `n` positions written through [`SequenceCache::rank_caches`] into every layer.
+    fn advance_ranks(&mut self, n: usize) {
+        let _ = n;
+    }
 }
 
 /// A sequence cache kept in blocks of a pool (`[kv_heads, blocks * block_size, head_dim]` per
@@ -58,14 +72,26 @@ struct LayerCache {
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
     len: usize,
+    /// Each rank's cache, for a model over several ranks (`layers` then stays empty).
+    ranks: Vec<KvCache>,
 }
 
 impl KvCache {
     /// An empty cache for a model with `layers` layers.
     pub fn new(layers: usize) -> Self {
+        Self::for_ranks(layers, 1)
+    }
+
+    /// An empty cache for a model with `layers` layers over `ranks` tensor-parallel ranks.
+    pub fn for_ranks(layers: usize, ranks: usize) -> Self {
+        let (own, parts) = match ranks {
+            0 | 1 => (layers, Vec::new()),
+            n => (0, (0..n).map(|_| Self::new(layers)).collect()),
+        };
         Self {
-            layers: (0..layers).map(|_| None).collect(),
+            layers: (0..own).map(|_| None).collect(),
             len: 0,
+            ranks: parts,
         }
     }
 }
@@ -75,10 +101,31 @@ impl SequenceCache for KvCache {
         self.len
     }
 
+    fn rank_caches(&mut self, ranks: usize) -> Option<Vec<&mut (dyn SequenceCache + Send)>> {
+        if self.ranks.len() != ranks || ranks < 2 {
+            return None;
+        }
+        Some(
+            self.ranks
+                .iter_mut()
+                .map(|c| c as &mut (dyn SequenceCache + Send))
+                .collect(),
+        )
+    }
+
+    fn advance_ranks(&mut self, n: usize) {
+        self.len += n;
+    }
+
     fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = keys.dim(1)?;
         let needed = self.len + n;
-        let slot = &mut self.layers[layer];
+        let layers = self.layers.len();
+        let Some(slot) = self.layers.get_mut(layer) else {
+            candle_core::bail!(
+                "kv cache: layer {layer} of {layers} (a cache split over ranks is written through its parts)"
+            );
+        };
         let grow = match slot {
             Some(c) => c.keys.dim(1)? < needed,
             None => true,
@@ -100,7 +147,7 @@ impl SequenceCache for KvCache {
             }
             *slot = Some(fresh);
         }
-        let Some(cache) = slot.as_ref() else {
+        let Some(cache) = self.layers[layer].as_ref() else {
             candle_core::bail!("kv cache layer {layer} missing");
         };
         cache.keys.slice_set(&keys.contiguous()?, 1, self.len)?;
@@ -109,7 +156,7 @@ impl SequenceCache for KvCache {
             cache.keys.narrow(1, 0, needed)?,
             cache.values.narrow(1, 0, needed)?,
         );
-        if layer + 1 == self.layers.len() {
+        if layer + 1 == layers {
             self.len = needed;
         }
         Ok(out)

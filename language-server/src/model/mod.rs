@@ -8,6 +8,7 @@ mod experts;
 mod kv_cache;
 mod mlp;
 mod names;
+mod parallel;
 mod qwen3;
 mod rope;
 
@@ -16,5 +17,9 @@ pub use config::{LanguageConfig, MoeConfig};
 pub use dvd_nn::{LoadOptions, ModelError};
 pub use kv_cache::{KvCache, PagedCache, SequenceCache};
 pub use names::CheckpointLayout;
+pub use parallel::{
+    KvFit, MemoryPlan, ParallelError, Parallelism, Partition, RankShard, communicators,
+    rank_devices,
+};
 pub use qwen3::{LanguageModel, PartialForward, SequenceStep};
 pub use rope::Rope;

@@ -10,11 +10,13 @@
 //! runs out of memory halfway; a sequence's blocks return to the pool when it is dropped.
 
 mod allocator;
+mod fit;
 mod pool;
 mod prefix;
 mod sequence;
 
 pub use allocator::BlockAllocator;
+pub use fit::{FitError, KvBudget, check_weights_fit, kv_bytes_per_rank};
 pub use pool::{KvPool, KvPoolConfig, PoolState};
 pub use prefix::{BlockKey, ImageSpan, PrefixCache, block_keys};
 pub use sequence::{KvError, PagedSequence};

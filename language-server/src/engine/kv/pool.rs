@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::allocator::BlockAllocator;
 use super::prefix::PrefixCache;
-use crate::model::LanguageConfig;
+use crate::model::{LanguageConfig, LanguageModel, MemoryPlan};
 
 /// Shape and size of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,25 +45,69 @@ impl KvPoolConfig {
         budget_bytes: usize,
         dtype: DType,
     ) -> Self {
-        let per_block = Self::bytes_per_block(model, block_size, dtype).max(1);
+        let per_block = Self::bytes_per_block(model, block_size, dtype);
+        Self::with_heads(
+            model,
+            model.num_kv_heads,
+            block_size,
+            budget_bytes,
+            per_block,
+        )
+    }
+
+    /// The pool of `model` over its ranks: each rank's KV heads, as many blocks as fit in
+    /// `budget_bytes_per_rank` on every rank.
+    pub fn for_model(
+        model: &LanguageModel,
+        block_size: usize,
+        budget_bytes_per_rank: usize,
+    ) -> Self {
+        let plan = MemoryPlan::new(
+            model.config(),
+            model.partition(),
+            model.options().dtype.size_in_bytes(),
+        );
+        Self::with_heads(
+            model.config(),
+            model.partition().kv_heads_per_rank(),
+            block_size,
+            budget_bytes_per_rank,
+            plan.kv_bytes_per_block(block_size) as usize,
+        )
+    }
+
+    fn with_heads(
+        model: &LanguageConfig,
+        kv_heads: usize,
+        block_size: usize,
+        budget_bytes: usize,
+        bytes_per_block: usize,
+    ) -> Self {
         Self {
             layers: model.num_layers,
-            kv_heads: model.num_kv_heads,
+            kv_heads,
             head_dim: model.head_dim,
             block_size,
-            blocks: budget_bytes / per_block,
+            blocks: budget_bytes / bytes_per_block.max(1),
         }
     }
 }
 
-/// Key/value storage for every block, `[kv_heads, blocks * block_size, head_dim]` per layer,
-/// and the allocator that hands the blocks out.
+/// Key/value storage for every block, `[kv_heads, blocks * block_size, head_dim]` per layer on
+/// each rank of the model (its KV heads, on its device), and the allocator that hands the blocks
+/// out: block tables are shared by the ranks.
 #[derive(Debug)]
 pub struct KvPool {
     config: KvPoolConfig,
+    ranks: Vec<RankStorage>,
+    state: Mutex<PoolState>,
+}
+
+/// One rank's tensors, per layer.
+#[derive(Debug)]
+struct RankStorage {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
-    state: Mutex<PoolState>,
 }
 
 /// The pool's bookkeeping, behind one lock.
@@ -98,7 +142,13 @@ impl PoolState {
 impl KvPool {
     /// Allocates the whole pool up front (memory never grows afterwards).
     pub fn new(config: KvPoolConfig, dtype: DType, device: &Device) -> Result<Self> {
-        if config.block_size == 0 || config.blocks == 0 {
+        Self::for_ranks(config, dtype, std::slice::from_ref(device))
+    }
+
+    /// The pool of a model over ranks on `devices` (one per rank), each holding `config`'s
+    /// heads; allocated up front.
+    pub fn for_ranks(config: KvPoolConfig, dtype: DType, devices: &[Device]) -> Result<Self> {
+        if config.block_size == 0 || config.blocks == 0 || devices.is_empty() {
             candle_core::bail!("a KV pool needs at least one block of at least one position");
         }
         let shape = (
@@ -106,16 +156,19 @@ impl KvPool {
             config.blocks * config.block_size,
             config.head_dim,
         );
-        let mut keys = Vec::with_capacity(config.layers);
-        let mut values = Vec::with_capacity(config.layers);
-        for _ in 0..config.layers {
-            keys.push(Tensor::zeros(shape, dtype, device)?);
-            values.push(Tensor::zeros(shape, dtype, device)?);
+        let mut ranks = Vec::with_capacity(devices.len());
+        for device in devices {
+            let mut keys = Vec::with_capacity(config.layers);
+            let mut values = Vec::with_capacity(config.layers);
+            for _ in 0..config.layers {
+                keys.push(Tensor::zeros(shape, dtype, device)?);
+                values.push(Tensor::zeros(shape, dtype, device)?);
+            }
+            ranks.push(RankStorage { keys, values });
         }
         Ok(Self {
             config,
-            keys,
-            values,
+            ranks,
             state: Mutex::new(PoolState {
                 allocator: BlockAllocator::new(config.blocks),
                 prefix: PrefixCache::default(),
@@ -144,7 +197,14 @@ impl KvPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        Some((self.keys.get(layer)?, self.values.get(layer)?))
+    /// Ranks the pool holds heads for.
+    pub fn ranks(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// Rank `rank`'s key and value tensors of `layer`.
+    pub(super) fn layer(&self, rank: usize, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        let storage = self.ranks.get(rank)?;
+        Some((storage.keys.get(layer)?, storage.values.get(layer)?))
     }
 }

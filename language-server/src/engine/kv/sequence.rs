@@ -47,6 +47,19 @@ pub struct PagedSequence {
     /// Pool slots of the cached positions as an index tensor, built by the first layer of a
     /// step and reused by the others.
     slots: Option<SlotIndex>,
+    /// The ranks' views of the latest call of a model over several ranks.
+    views: Vec<RankView>,
+}
+
+/// One rank's view of a [`PagedSequence`] for one call of a model over several ranks: the
+/// sequence's block table over that rank's pool tensors.
+#[derive(Debug)]
+struct RankView {
+    pool: Arc<KvPool>,
+    rank: usize,
+    blocks: Vec<u32>,
+    len: usize,
+    slots: Option<SlotIndex>,
 }
 
 impl PagedSequence {
@@ -57,6 +70,7 @@ impl PagedSequence {
             blocks: Vec::new(),
             len: 0,
             slots: None,
+            views: Vec::new(),
         }
     }
 
@@ -127,6 +141,7 @@ impl PagedSequence {
             blocks,
             len,
             slots: None,
+            views: Vec::new(),
         }
     }
 
@@ -166,22 +181,30 @@ impl PagedSequence {
         let PoolState { allocator, prefix } = &mut *state;
         prefix.insert(&keys[..full], &self.blocks[..full], allocator);
     }
+}
 
+/// Where one rank's part of a sequence lives: the pool, the rank, the block table, the cached
+/// length and the memoised slot index.
+struct Placed<'a> {
+    pool: &'a KvPool,
+    rank: usize,
+    blocks: &'a [u32],
+    len: &'a mut usize,
+    slots: &'a mut Option<SlotIndex>,
+}
+
+impl Placed<'_> {
     /// Pool slot of position `p`.
     fn slot(&self, p: usize) -> usize {
         let size = self.pool.config().block_size;
         self.blocks[p / size] as usize * size + p % size
     }
-}
 
-impl SequenceCache for PagedSequence {
-    fn len(&self) -> usize {
-        self.len
-    }
-
+    /// [`SequenceCache::append`] on this rank's pool tensors.
     fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = keys.dim(1)?;
-        let end = self.len + n;
+        let len = *self.len;
+        let end = len + n;
         let size = self.pool.config().block_size;
         if end > self.blocks.len() * size {
             candle_core::bail!(
@@ -189,25 +212,25 @@ impl SequenceCache for PagedSequence {
                 self.blocks.len() * size
             );
         }
-        let Some((pool_keys, pool_values)) = self.pool.layer(layer) else {
-            candle_core::bail!("KV cache has no layer {layer}");
+        let Some((pool_keys, pool_values)) = self.pool.layer(self.rank, layer) else {
+            candle_core::bail!("KV cache has no layer {layer} on rank {}", self.rank);
         };
         // Write each run of new positions that falls in one block.
-        let mut p = self.len;
+        let mut p = len;
         while p < end {
             let run = (size - p % size).min(end - p);
             let slot = self.slot(p);
-            let from = p - self.len;
+            let from = p - len;
             pool_keys.slice_set(&keys.narrow(1, from, run)?.contiguous()?, 1, slot)?;
             pool_values.slice_set(&values.narrow(1, from, run)?.contiguous()?, 1, slot)?;
             p += run;
         }
-        let index = match &self.slots {
+        let index = match &*self.slots {
             Some(slots) if slots.positions == end => slots.index.clone(),
             _ => {
                 let slots: Vec<u32> = (0..end).map(|p| self.slot(p) as u32).collect();
                 let index = Tensor::from_vec(slots, end, keys.device())?;
-                self.slots = Some(SlotIndex {
+                *self.slots = Some(SlotIndex {
                     positions: end,
                     index: index.clone(),
                 });
@@ -219,13 +242,64 @@ impl SequenceCache for PagedSequence {
             pool_values.index_select(&index, 1)?,
         );
         if layer + 1 == self.pool.config().layers {
-            self.len = end;
+            *self.len = end;
         }
         Ok(out)
+    }
+}
+
+impl SequenceCache for PagedSequence {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
+        Placed {
+            pool: &self.pool,
+            rank: 0,
+            blocks: &self.blocks,
+            len: &mut self.len,
+            slots: &mut self.slots,
+        }
+        .append(layer, keys, values)
     }
 
     fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
         Some(self)
+    }
+
+    fn rank_caches(&mut self, ranks: usize) -> Option<Vec<&mut (dyn SequenceCache + Send)>> {
+        if ranks < 2 || self.pool.ranks() != ranks {
+            return None;
+        }
+        let reuse = self.views.len() == ranks
+            && self
+                .views
+                .iter()
+                .all(|v| v.len == self.len && v.blocks == self.blocks);
+        if !reuse {
+            self.views = (0..ranks)
+                .map(|rank| RankView {
+                    pool: self.pool.clone(),
+                    rank,
+                    blocks: self.blocks.clone(),
+                    len: self.len,
+                    slots: None,
+                })
+                .collect();
+        }
+        Some(
+            self.views
+                .iter_mut()
+                .map(|v| v as &mut (dyn SequenceCache + Send))
+                .collect(),
+        )
+    }
+
+    fn advance_ranks(&mut self, n: usize) {
+        self.len += n;
+        self.slots = None;
+        self.views.clear();
     }
 }
 
@@ -243,7 +317,51 @@ impl PagedCache for PagedSequence {
     }
 
     fn pool_layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        self.pool.layer(layer)
+        self.pool.layer(0, layer)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.len += n;
+        self.slots = None;
+    }
+}
+
+impl SequenceCache for RankView {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
+        Placed {
+            pool: &self.pool,
+            rank: self.rank,
+            blocks: &self.blocks,
+            len: &mut self.len,
+            slots: &mut self.slots,
+        }
+        .append(layer, keys, values)
+    }
+
+    fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
+        Some(self)
+    }
+}
+
+impl PagedCache for RankView {
+    fn cached(&self) -> usize {
+        self.len
+    }
+
+    fn block_size(&self) -> usize {
+        self.pool.config().block_size
+    }
+
+    fn block_ids(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    fn pool_layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        self.pool.layer(self.rank, layer)
     }
 
     fn advance(&mut self, n: usize) {

@@ -1,29 +1,23 @@
 //! The Qwen3 (dense or MoE) decoder: loading from any published layout and a batched forward
-//! pass over sequences of different lengths, each with its own KV cache.
+//! pass over sequences of different lengths, each with its own KV cache, on one device or over
+//! the ranks of a tensor-parallel group ([`Parallelism`]): one [`ModelShard`] per rank, driven in
+//! lockstep by a [`RankGroup`] (a thread per rank), behind the same interface.
+
+mod shard;
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
-use candle_core::{DType, Tensor};
+use candle_core::{Device, Tensor};
 use dvd_checkpoint::Checkpoint;
-use dvd_nn::moe::Moe;
-use dvd_nn::{Linear, LoadOptions, Loader, Norm, matmul_wt};
+use dvd_nn::parallel::{RankFailure, RankGroup};
+use dvd_nn::{LoadOptions, ModelError};
 
-use super::attention::{Attention, Span};
 use super::config::LanguageConfig;
-use super::experts::{ExpertShape, load_experts};
 use super::kv_cache::{KvCache, SequenceCache};
-use super::mlp::{FeedForward, SwiGlu};
 use super::names::CheckpointLayout;
-use super::rope::Rope;
-use dvd_nn::ModelError;
-
-#[derive(Debug)]
-struct DecoderLayer {
-    input_norm: Norm,
-    attention: Attention,
-    post_attention_norm: Norm,
-    feed_forward: FeedForward,
-}
+use super::parallel::{Parallelism, Partition, communicators};
+use shard::{ModelShard, ShardStep};
 
 /// One sequence's part of a batched forward step.
 pub struct SequenceStep<'a> {
@@ -37,10 +31,10 @@ pub struct SequenceStep<'a> {
 /// [`LanguageModel::start_forward`]).
 #[derive(Debug)]
 pub struct PartialForward {
-    /// Hidden states of every new token, packed.
-    x: Tensor,
-    /// Where each sequence's tokens sit in `x`.
-    spans: Vec<Span>,
+    /// Each rank's part.
+    steps: Vec<Mutex<ShardStep>>,
+    /// Positions each sequence adds.
+    lens: Vec<usize>,
     /// The layer to run next.
     next_layer: usize,
     /// The model's depth.
@@ -54,32 +48,39 @@ impl PartialForward {
     }
 }
 
-/// Qwen3 / Qwen3-MoE, language tensors only.
+/// Qwen3 / Qwen3-MoE, language tensors only, on one device or sharded over several ranks.
 #[derive(Debug)]
 pub struct LanguageModel {
     config: LanguageConfig,
     layout: CheckpointLayout,
     options: LoadOptions,
-    embed_tokens: Tensor,
-    layers: Vec<DecoderLayer>,
-    norm: Norm,
-    lm_head: Tensor,
     tied: bool,
-    rope: Rope,
-    /// RoPE angles for every position, on the device (GPU path).
-    #[cfg(feature = "cuda")]
-    rope_table: paged::RopeTable,
+    partition: Partition,
+    /// One per rank, in rank order.
+    shards: Vec<ModelShard>,
+    /// The ranks' threads and collectives (none with one rank).
+    group: Option<RankGroup>,
 }
-
-#[cfg(feature = "cuda")]
-mod paged;
 
 impl LanguageModel {
     /// Loads the language tensors of the checkpoint in `dir`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
+        Self::load_parallel(dir, options, Parallelism::default(), &[])
+    }
+
+    /// Loads the checkpoint in `dir` split over `parallelism`'s ranks, rank `r` on `devices[r]`
+    /// (empty: every rank on the CPU when `options.device` is the CPU, else on consecutive
+    /// devices from `options.device`). A split the model's shapes do not allow is refused
+    /// before any weight is read.
+    pub fn load_parallel(
+        dir: &Path,
+        options: &LoadOptions,
+        parallelism: Parallelism,
+        devices: &[Device],
+    ) -> Result<Self, ModelError> {
         let config = LanguageConfig::from_dir(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        Self::from_checkpoint(config, &checkpoint, options)
+        Self::from_checkpoint_parallel(config, &checkpoint, options, parallelism, devices)
     }
 
     /// Loads the language tensors of an opened checkpoint described by `config`.
@@ -88,39 +89,74 @@ impl LanguageModel {
         checkpoint: &Checkpoint,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        Self::from_checkpoint_parallel(config, checkpoint, options, Parallelism::default(), &[])
+    }
+
+    /// [`LanguageModel::load_parallel`] of an opened checkpoint described by `config`.
+    pub fn from_checkpoint_parallel(
+        config: LanguageConfig,
+        checkpoint: &Checkpoint,
+        options: &LoadOptions,
+        parallelism: Parallelism,
+        devices: &[Device],
+    ) -> Result<Self, ModelError> {
+        let partition = Partition::new(&config, parallelism)
+            .map_err(|e| ModelError::Unsupported(e.to_string()))?;
+        let devices = super::parallel::rank_devices(&options.device, devices, partition.ranks())?;
         let layout = CheckpointLayout::detect(checkpoint)?;
-        let loader = Loader::new(checkpoint, options);
-        let c = &config;
-        let embed_tokens = loader.tensor(&layout.embed_tokens(), &[c.vocab_size, c.hidden_size])?;
         // Prefer a stored lm_head (InternVL3.5 ships one even for tied base models).
-        let (lm_head, tied) = if checkpoint.contains(&layout.lm_head()) {
-            (
-                loader.tensor(&layout.lm_head(), &[c.vocab_size, c.hidden_size])?,
-                false,
-            )
-        } else if c.tie_word_embeddings {
-            (embed_tokens.clone(), true)
+        let tied = if checkpoint.contains(&layout.lm_head()) {
+            false
+        } else if config.tie_word_embeddings {
+            true
         } else {
             return Err(dvd_checkpoint::CheckpointError::MissingTensor {
                 name: layout.lm_head(),
             }
             .into());
         };
-        let layers = (0..c.num_layers)
-            .map(|i| load_layer(c, layout, &loader, i))
+        let comms = communicators(&devices)?;
+        // Ranks load one after the other: host memory holds one rank's share at a time (plus
+        // the tensor being sliced), whatever the group's size.
+        let shards = partition
+            .shards()
+            .into_iter()
+            .zip(&devices)
+            .zip(&comms)
+            .map(|((shard, device), comm)| {
+                let options = LoadOptions {
+                    dtype: options.dtype,
+                    device: device.clone(),
+                };
+                ModelShard::load(
+                    &config,
+                    checkpoint,
+                    layout,
+                    tied,
+                    shard,
+                    comm.clone(),
+                    &options,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        let group = if partition.ranks() > 1 {
+            Some(RankGroup::new(comms).map_err(|e| {
+                ModelError::Unsupported(format!("could not start the rank threads: {e}"))
+            })?)
+        } else {
+            None
+        };
         Ok(Self {
-            norm: loader.rms_norm(&layout.final_norm(), c.hidden_size, c.rms_norm_eps)?,
-            rope: Rope::new(c.rope_theta, c.head_dim),
             config,
             layout,
-            options: options.clone(),
-            embed_tokens,
-            layers,
-            lm_head,
+            options: LoadOptions {
+                dtype: options.dtype,
+                device: devices[0].clone(),
+            },
             tied,
-            #[cfg(feature = "cuda")]
-            rope_table: Default::default(),
+            partition,
+            shards,
+            group,
         })
     }
 
@@ -139,19 +175,36 @@ impl LanguageModel {
         self.tied
     }
 
-    /// Compute dtype and device.
+    /// Compute dtype, and the device of rank 0 (where embeddings and logits are returned).
     pub fn options(&self) -> &LoadOptions {
         &self.options
     }
 
-    /// A fresh cache for one sequence.
+    /// How the model is split over its ranks.
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// Each rank's device, in rank order.
+    pub fn rank_devices(&self) -> Vec<Device> {
+        self.shards.iter().map(|s| s.device().clone()).collect()
+    }
+
+    /// Bytes of weights the most loaded rank holds.
+    pub fn weight_bytes_per_rank(&self) -> u64 {
+        let elements = self.shards.iter().map(ModelShard::weight_elements).max();
+        (elements.unwrap_or(0) * self.options.dtype.size_in_bytes()) as u64
+    }
+
+    /// A fresh cache for one sequence (one part per rank).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers)
+        KvCache::for_ranks(self.config.num_layers, self.shards.len())
     }
 
     /// Text embeddings of `ids`, with `image_features` (`[n, hidden]`, any dtype) written into
     /// the positions holding `image_token_id`, in order. The number of such positions must equal
     /// `n`: the prompt's `<IMG_CONTEXT>` runs are built from the vision side's tokens per tile.
+    /// On rank 0's device.
     pub fn embed(
         &self,
         ids: &[u32],
@@ -164,49 +217,9 @@ impl LanguageModel {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let device = &self.options.device;
-        let index = Tensor::from_vec(ids.to_vec(), ids.len(), device)?;
-        let text = self.embed_tokens.index_select(&index, 0)?;
-        let slots: Vec<usize> = match image_token_id {
-            Some(image) => ids
-                .iter()
-                .enumerate()
-                .filter(|&(_, &t)| t == image)
-                .map(|(i, _)| i)
-                .collect(),
-            None => Vec::new(),
-        };
-        let provided = match image_features {
-            Some(f) => f.dim(0)?,
-            None => 0,
-        };
-        if slots.len() != provided {
-            return Err(ModelError::InvalidInput(format!(
-                "the prompt has {} image-token positions but {provided} image features",
-                slots.len()
-            )));
-        }
-        let Some(features) = image_features.filter(|_| !slots.is_empty()) else {
-            return Ok(text);
-        };
-        let (_, width) = features.dims2()?;
-        if width != self.config.hidden_size {
-            return Err(ModelError::InvalidInput(format!(
-                "image features are {width} wide, the model {}",
-                self.config.hidden_size
-            )));
-        }
-        // Rows 0..len are text, len.. are features; pick per position.
-        let mut pick: Vec<u32> = (0..ids.len() as u32).collect();
-        for (k, &slot) in slots.iter().enumerate() {
-            pick[slot] = (ids.len() + k) as u32;
-        }
-        let table = Tensor::cat(
-            &[&text, &features.to_dtype(text.dtype())?.to_device(device)?],
-            0,
-        )?;
-        let pick = Tensor::from_vec(pick, ids.len(), device)?;
-        Ok(table.index_select(&pick, 0)?)
+        let mut embeds =
+            self.on_ranks(|shard, _| shard.embed(ids, image_token_id, image_features))?;
+        Ok(embeds.swap_remove(0))
     }
 
     /// Runs one step for every sequence in `batch` (prefill chunks and decode tokens alike):
@@ -233,8 +246,7 @@ impl LanguageModel {
         if batch.is_empty() {
             return Err(ModelError::InvalidInput("empty batch".into()));
         }
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut start = 0;
+        let mut lens = Vec::with_capacity(batch.len());
         for step in batch.iter() {
             let (len, width) = step.embeds.dims2()?;
             if len == 0 || width != self.config.hidden_size {
@@ -250,33 +262,24 @@ impl LanguageModel {
                     self.config.max_position_embeddings
                 )));
             }
-            spans.push(Span { start, len });
-            start += len;
+            lens.push(len);
         }
-        let embeds: Vec<Tensor> = batch
-            .iter()
-            .map(|s| s.embeds.to_dtype(self.options.dtype))
-            .collect::<Result<_, _>>()?;
-        let x = Tensor::cat(&embeds, 0)?;
-        #[cfg(feature = "cuda")]
-        {
-            let mut caches = caches_of(batch);
-            if self.paged_ok(&x, &mut caches) {
-                let x = self.forward_paged(x, &spans, &mut caches)?;
-                return Ok(PartialForward {
-                    x,
-                    spans,
-                    next_layer: self.layers.len(),
-                    layers: self.layers.len(),
-                });
-            }
+        let embeds: Vec<Tensor> = batch.iter().map(|s| s.embeds.clone()).collect();
+        let mut caches = caches_of(batch);
+        let steps = self.with_rank_caches(&mut caches, |shard, _, caches| {
+            shard.start_forward(&embeds, caches)
+        })?;
+        let layers = self.config.num_layers;
+        let mut step = PartialForward {
+            next_layer: if steps[0].is_done() { layers } else { 0 },
+            steps: steps.into_iter().map(Mutex::new).collect(),
+            lens,
+            layers,
+        };
+        if step.is_done() {
+            self.advance_rank_caches(&mut step, &mut caches);
         }
-        Ok(PartialForward {
-            x,
-            spans,
-            next_layer: 0,
-            layers: self.layers.len(),
-        })
+        Ok(step)
     }
 
     /// Runs the next decoder layer of `step` over `caches`: those of the sequences
@@ -287,30 +290,25 @@ impl LanguageModel {
         step: &mut PartialForward,
         caches: &mut [&mut dyn SequenceCache],
     ) -> Result<(), ModelError> {
-        let Some(layer) = self.layers.get(step.next_layer) else {
+        if step.is_done() {
             return Ok(());
-        };
-        if caches.len() != step.spans.len() {
+        }
+        if caches.len() != step.lens.len() {
             return Err(ModelError::InvalidInput(format!(
                 "a step started with {} sequences continued with {}",
-                step.spans.len(),
+                step.lens.len(),
                 caches.len()
             )));
         }
-        let x = &step.x;
-        let attended = layer.attention.forward(
-            &layer.input_norm.forward(x)?,
-            &step.spans,
-            caches,
-            step.next_layer,
-            &self.rope,
-        )?;
-        let x = (x + attended)?;
-        let ff = layer
-            .feed_forward
-            .forward(&layer.post_attention_norm.forward(&x)?)?;
-        step.x = (x + ff)?;
+        let steps = &step.steps;
+        self.with_rank_caches(caches, |shard, rank, caches| {
+            let mut own = steps[rank].lock().unwrap_or_else(PoisonError::into_inner);
+            shard.forward_layer(&mut own, caches)
+        })?;
         step.next_layer += 1;
+        if step.is_done() {
+            self.advance_rank_caches(step, caches);
+        }
         Ok(())
     }
 
@@ -320,20 +318,114 @@ impl LanguageModel {
         if !step.is_done() {
             return Err(ModelError::InvalidInput(format!(
                 "the step stopped at layer {} of {}",
-                step.next_layer,
-                self.layers.len()
+                step.next_layer, step.layers
             )));
         }
-        self.last_logits(&step.x, &step.spans)
+        let mut logits = self.on_ranks(|shard, rank| {
+            let own = step.steps[rank]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shard.finish_forward(&own)
+        })?;
+        Ok(logits.swap_remove(0))
     }
 
-    /// f32 logits `[spans, vocab]` of each span's last row of the final hidden states `x`.
-    fn last_logits(&self, x: &Tensor, spans: &[Span]) -> Result<Tensor, ModelError> {
-        let last: Vec<u32> = spans.iter().map(|s| (s.start + s.len - 1) as u32).collect();
-        let last = Tensor::from_vec(last, spans.len(), x.device())?;
-        let hidden = self.norm.forward(&x.index_select(&last, 0)?)?;
-        Ok(matmul_wt(&hidden, &self.lm_head)?.to_dtype(DType::F32)?)
+    /// `f(shard, rank)` on every rank at once; the results in rank order.
+    fn on_ranks<R: Send>(
+        &self,
+        f: impl Fn(&ModelShard, usize) -> Result<R, ModelError> + Sync,
+    ) -> Result<Vec<R>, ModelError> {
+        match &self.group {
+            None => Ok(vec![f(&self.shards[0], 0)?]),
+            Some(group) => collect(group.run(|rank| f(&self.shards[rank], rank))),
+        }
     }
+
+    /// `f(shard, caches)` on every rank, each with its own part of every cache in `caches`.
+    fn with_rank_caches<R: Send>(
+        &self,
+        caches: &mut [&mut dyn SequenceCache],
+        f: impl Fn(&ModelShard, usize, &mut [&mut dyn SequenceCache]) -> Result<R, ModelError> + Sync,
+    ) -> Result<Vec<R>, ModelError> {
+        let ranks = self.shards.len();
+        let Some(group) = &self.group else {
+            return Ok(vec![f(&self.shards[0], 0, caches)?]);
+        };
+        let mut per_rank: Vec<Vec<&mut (dyn SequenceCache + Send)>> = (0..ranks)
+            .map(|_| Vec::with_capacity(caches.len()))
+            .collect();
+        for cache in caches.iter_mut() {
+            let parts = cache.rank_caches(ranks).ok_or_else(|| {
+                ModelError::InvalidInput(format!(
+                    "a cache holding one rank's heads was given to a model over {ranks} ranks"
+                ))
+            })?;
+            if parts.len() != ranks {
+                return Err(ModelError::InvalidInput(format!(
+                    "a cache of {} ranks was given to a model over {ranks} ranks",
+                    parts.len()
+                )));
+            }
+            for (rank, part) in parts.into_iter().enumerate() {
+                per_rank[rank].push(part);
+            }
+        }
+        let per_rank: Vec<Mutex<Vec<&mut (dyn SequenceCache + Send)>>> =
+            per_rank.into_iter().map(Mutex::new).collect();
+        collect(group.run(|rank| {
+            let mut own = per_rank[rank]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut caches: Vec<&mut dyn SequenceCache> = own
+                .iter_mut()
+                .map(|c| &mut **c as &mut dyn SequenceCache)
+                .collect();
+            f(&self.shards[rank], rank, &mut caches)
+        }))
+    }
+
+    /// Records a finished step's positions in caches split over ranks (a single rank's cache
+    /// advanced itself).
+    fn advance_rank_caches(
+        &self,
+        step: &mut PartialForward,
+        caches: &mut [&mut dyn SequenceCache],
+    ) {
+        if self.group.is_none() {
+            return;
+        }
+        for (cache, &len) in caches.iter_mut().zip(&step.lens) {
+            cache.advance_ranks(len);
+        }
+    }
+}
+
+/// The ranks' results, or the first rank's error (in rank order; a rank that panicked counts
+/// after every rank that failed with an error).
+fn collect<R>(results: Vec<Result<R, RankFailure<ModelError>>>) -> Result<Vec<R>, ModelError> {
+    let mut panicked = None;
+    let mut out = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(r) => out.push(r),
+            Err(RankFailure::Failed { error, .. }) => {
+                first_error.get_or_insert(error);
+            }
+            Err(RankFailure::Panicked { rank }) => {
+                panicked.get_or_insert(rank);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    if let Some(rank) = panicked {
+        return Err(ModelError::Tensor(candle_core::Error::Msg(format!(
+            "rank {rank} of the model panicked"
+        ))));
+    }
+    Ok(out)
 }
 
 /// The caches of `batch`, in order.
@@ -342,61 +434,4 @@ fn caches_of<'b>(batch: &'b mut [SequenceStep<'_>]) -> Vec<&'b mut dyn SequenceC
         .iter_mut()
         .map(|s| &mut *s.cache as &mut dyn SequenceCache)
         .collect()
-}
-
-fn load_layer(
-    c: &LanguageConfig,
-    layout: CheckpointLayout,
-    loader: &Loader,
-    i: usize,
-) -> Result<DecoderLayer, ModelError> {
-    let p = layout.layer(i);
-    let (h, d, kv) = (c.hidden_size, c.head_dim, c.num_kv_heads);
-    let bias = c.attention_bias;
-    let q = loader.linear(&format!("{p}.self_attn.q_proj"), c.num_heads * d, h, bias)?;
-    let k = loader.linear(&format!("{p}.self_attn.k_proj"), kv * d, h, bias)?;
-    let v = loader.linear(&format!("{p}.self_attn.v_proj"), kv * d, h, bias)?;
-    let attention = Attention {
-        qkv: Linear::fuse(&[&q, &k, &v])?,
-        o: loader.linear(&format!("{p}.self_attn.o_proj"), h, c.num_heads * d, bias)?,
-        q_norm: loader.rms_norm(&format!("{p}.self_attn.q_norm"), d, c.rms_norm_eps)?,
-        k_norm: loader.rms_norm(&format!("{p}.self_attn.k_norm"), d, c.rms_norm_eps)?,
-        heads: c.num_heads,
-        kv_heads: kv,
-        head_dim: d,
-    };
-    let swiglu = |prefix: &str, width: usize| -> Result<SwiGlu, ModelError> {
-        let gate = loader.linear(&format!("{prefix}.gate_proj"), width, h, false)?;
-        let up = loader.linear(&format!("{prefix}.up_proj"), width, h, false)?;
-        Ok(SwiGlu {
-            gate_up: Linear::fuse(&[&gate, &up])?,
-            down: loader.linear(&format!("{prefix}.down_proj"), h, width, false)?,
-        })
-    };
-    let feed_forward = match &c.moe {
-        Some(m) if c.is_moe_layer(i) => {
-            let shape = ExpertShape {
-                count: m.num_experts,
-                width: m.moe_intermediate_size,
-                hidden: h,
-            };
-            FeedForward::Moe(Box::new(Moe::new(
-                loader.linear(&format!("{p}.mlp.gate"), m.num_experts, h, false)?,
-                load_experts(loader, &format!("{p}.mlp.experts"), shape)?,
-                m.experts_per_token,
-                m.norm_topk_prob,
-            )?))
-        }
-        _ => FeedForward::Dense(swiglu(&format!("{p}.mlp"), c.intermediate_size)?),
-    };
-    Ok(DecoderLayer {
-        input_norm: loader.rms_norm(&format!("{p}.input_layernorm"), h, c.rms_norm_eps)?,
-        attention,
-        post_attention_norm: loader.rms_norm(
-            &format!("{p}.post_attention_layernorm"),
-            h,
-            c.rms_norm_eps,
-        )?,
-        feed_forward,
-    })
 }

@@ -15,11 +15,11 @@ use dvd_nn::kernels::{
     qk_norm_rope_cache, uninit_bf16,
 };
 
-use super::super::attention::{Attention, Span};
-use super::super::kv_cache::PagedCache;
-use super::super::rope::Rope;
-use super::LanguageModel;
+use super::ModelShard;
 use crate::model::ModelError;
+use crate::model::attention::{Attention, Span};
+use crate::model::kv_cache::{PagedCache, SequenceCache};
+use crate::model::rope::Rope;
 
 /// Chunks of at least this many rows use flash attention; shorter ones the paged kernel.
 const FLASH_MIN_ROWS: usize = 16;
@@ -66,14 +66,10 @@ impl RopeTable {
     }
 }
 
-impl LanguageModel {
+impl ModelShard {
     /// Whether the batch can take the paged GPU path: bf16 on CUDA, every cache paged, head
     /// widths and grouping the kernels support.
-    pub(super) fn paged_ok(
-        &self,
-        x: &Tensor,
-        caches: &mut [&mut dyn super::SequenceCache],
-    ) -> bool {
+    pub(super) fn paged_ok(&self, x: &Tensor, caches: &mut [&mut dyn SequenceCache]) -> bool {
         let c = &self.config;
         let group = c.num_heads / c.num_kv_heads.max(1);
         dvd_nn::kernels::fused_ok(x)
@@ -89,7 +85,7 @@ impl LanguageModel {
         &self,
         mut x: Tensor,
         spans: &[Span],
-        caches: &mut [&mut dyn super::SequenceCache],
+        caches: &mut [&mut dyn SequenceCache],
     ) -> std::result::Result<Tensor, ModelError> {
         let mut paged: Vec<&mut dyn PagedCache> =
             caches.iter_mut().filter_map(|c| c.as_paged()).collect();
@@ -106,10 +102,11 @@ impl LanguageModel {
                 .ok_or_else(|| ModelError::InvalidInput(format!("KV pool has no layer {i}")))?;
             let normed;
             (x, normed) = add_norm(&x, pending.take(), &layer.input_norm)?;
-            let attended = attend(&layer.attention, &normed, &batch, pool_k, pool_v)?;
+            let attended =
+                self.all_reduce(attend(&layer.attention, &normed, &batch, pool_k, pool_v)?)?;
             let normed;
             (x, normed) = add_norm(&x, Some(attended), &layer.post_attention_norm)?;
-            pending = Some(layer.feed_forward.forward(&normed)?);
+            pending = Some(self.all_reduce(layer.feed_forward.forward(&normed)?)?);
         }
         if let Some(branch) = pending {
             x = (x + branch)?;
