@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use dvd_language_server::engine::kv::{KvPool, KvPoolConfig};
 use dvd_language_server::engine::{CompleteRequest, EngineEvent, Scheduler, SchedulerConfig};
-use dvd_language_server::model::{LanguageModel, SequenceStep, argmax_rows};
+use dvd_language_server::model::{LanguageModel, Parallelism, SequenceStep, argmax_rows};
 use dvd_language_server::sampling::SamplingParams;
 use dvd_language_server::text::Tokenizer;
 use serde::Serialize;
@@ -61,6 +61,8 @@ pub struct EngineBench {
     pub baseline_batches: Vec<usize>,
     /// Timed rounds of each measurement; medians are reported. One untimed warm-up runs first.
     pub rounds: usize,
+    /// Ranks the model is split over (on the CPU).
+    pub parallelism: Parallelism,
 }
 
 impl EngineBench {
@@ -98,6 +100,7 @@ impl Default for EngineBench {
             block_size: KvPoolConfig::DEFAULT_BLOCK_SIZE,
             baseline_batches: Vec::new(),
             rounds: 3,
+            parallelism: Parallelism::default(),
         }
     }
 }
@@ -107,6 +110,10 @@ impl Default for EngineBench {
 pub struct EngineReport {
     /// Compute dtype.
     pub dtype: String,
+    /// Ranks the model was split over.
+    pub tensor_parallel_size: usize,
+    /// Whether whole experts were placed per rank.
+    pub expert_parallel: bool,
     /// The engine's per-step token budget.
     pub max_step_tokens: usize,
     /// Token positions per KV block.
@@ -237,7 +244,10 @@ pub fn run(bench: &EngineBench) -> Result<EngineReport> {
     if bench.batches.contains(&0) {
         bail!("batch sizes must be at least 1");
     }
-    let (dir, model) = load_on_cpu(&bench.model, bench.dtype, LanguageModel::load)?;
+    let parallelism = bench.parallelism;
+    let (dir, model) = load_on_cpu(&bench.model, bench.dtype, |dir, options| {
+        LanguageModel::load_parallel(dir, options, parallelism, &[])
+    })?;
     let model = Arc::new(model);
     let tokenizer_dir = bench
         .tokenizer
@@ -405,6 +415,8 @@ pub fn run(bench: &EngineBench) -> Result<EngineReport> {
 
     Ok(EngineReport {
         dtype: format!("{:?}", bench.dtype).to_lowercase(),
+        tensor_parallel_size: parallelism.tensor_parallel_size,
+        expert_parallel: parallelism.expert_parallel,
         max_step_tokens: bench.max_step_tokens,
         block_size: bench.block_size,
         rounds: bench.rounds,
@@ -547,16 +559,16 @@ impl Engine<'_> {
             .max()
             .unwrap_or(1);
         let c = self.model.config();
-        let pool = KvPool::new(
+        let pool = KvPool::for_ranks(
             KvPoolConfig {
                 layers: c.num_layers,
-                kv_heads: c.num_kv_heads,
+                kv_heads: self.model.partition().kv_heads_per_rank(),
                 head_dim: c.head_dim,
                 block_size: self.bench.block_size,
                 blocks: concurrent.max(1) * longest.div_ceil(self.bench.block_size),
             },
             self.bench.dtype,
-            &Device::Cpu,
+            &self.model.rank_devices(),
         )?;
         let mut scheduler = Scheduler::new(
             self.model.clone(),
@@ -727,8 +739,18 @@ impl fmt::Display for EngineReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "engine ({}, step budget {} tokens, {}-position blocks; medians of {} rounds)",
-            self.dtype, self.max_step_tokens, self.block_size, self.rounds
+            "engine ({}, {} rank(s){}, step budget {} tokens, {}-position blocks; medians of {} \
+             rounds)",
+            self.dtype,
+            self.tensor_parallel_size,
+            if self.expert_parallel {
+                " with whole experts"
+            } else {
+                ""
+            },
+            self.max_step_tokens,
+            self.block_size,
+            self.rounds
         )?;
         if let Some(first) = self.decode.first() {
             writeln!(

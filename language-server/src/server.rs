@@ -15,9 +15,14 @@ use dvd_transport::{
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::engine::kv::{KvPool, KvPoolConfig};
+use crate::engine::kv::{
+    FitError, KvBudget, KvPool, KvPoolConfig, check_weights_fit, kv_bytes_per_rank,
+};
 use crate::engine::{EngineHandle, Scheduler, SchedulerConfig};
-use crate::model::{LanguageModel, LoadOptions, ModelError};
+use crate::model::{
+    LanguageConfig, LanguageModel, LoadOptions, MemoryPlan, ModelError, Parallelism, Partition,
+    rank_devices,
+};
 use crate::service::{LanguageServer, RequestDefaults, ServerIdentity};
 use crate::text::{PromptFormat, TextError, Tokenizer};
 
@@ -39,10 +44,14 @@ pub struct ServeConfig {
     pub tls: TlsOptions,
     /// Compute dtype.
     pub dtype: DType,
-    /// Device the model runs on.
+    /// Device the model runs on (its first rank, when `devices` is empty).
     pub device: Device,
-    /// Bytes of KV cache.
-    pub kv_cache_bytes: usize,
+    /// Each rank's device, when given explicitly (see [`LanguageModel::load_parallel`]).
+    pub devices: Vec<Device>,
+    /// How the model is split over ranks.
+    pub parallelism: Parallelism,
+    /// What bounds the KV cache of each rank.
+    pub kv_budget: KvBudget,
     /// Positions per KV block.
     pub block_size: usize,
     /// Batching settings.
@@ -72,13 +81,16 @@ pub enum ServeError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// The KV cache budget holds not one block.
-    #[error("a KV cache of {bytes} bytes holds no block of {block_size} positions")]
+    #[error("a KV cache of {bytes} bytes per rank holds no block of {block_size} positions")]
     KvCacheTooSmall {
         /// The budget.
         bytes: usize,
         /// Positions per block.
         block_size: usize,
     },
+    /// The model or its KV cache does not fit the devices.
+    #[error(transparent)]
+    Fit(#[from] FitError),
 }
 
 /// What a language server adds to the addresses every server has.
@@ -88,6 +100,25 @@ pub struct LanguageDetails {
     pub feature_addr: SocketAddr,
     /// The model directory that was loaded.
     pub model_dir: PathBuf,
+    /// Where the model's memory went.
+    pub memory: MemoryReport,
+}
+
+/// The model's ranks, and what their weights and KV pool take (the ready line reports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Ranks the model is split over.
+    pub tensor_parallel_size: usize,
+    /// Whether experts are placed whole.
+    pub expert_parallel: bool,
+    /// Weight bytes of the most loaded rank.
+    pub weight_bytes_per_rank: u64,
+    /// KV pool bytes on each rank.
+    pub kv_bytes_per_rank: u64,
+    /// KV blocks (shared by the ranks' block tables).
+    pub kv_blocks: usize,
+    /// Token positions the KV pool holds.
+    pub kv_tokens: usize,
 }
 
 /// A running language server.
@@ -97,32 +128,50 @@ pub type RunningServer = Running<LanguageServer, LanguageDetails>;
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let dir = dvd_checkpoint::resolve_model_dir(&config.model)?;
     let load_dir = dir.clone();
-    let dtype = config.dtype;
-    let device = config.device.clone();
-    let (model, tokenizer, format) = load_blocking("loading the language model", move || {
-        let options = LoadOptions { dtype, device };
-        let model = LanguageModel::load(&load_dir, &options)?;
+    let load = config.clone();
+    let (model, tokenizer, format, pool) = load_blocking("loading the language model", move || {
+        let options = LoadOptions {
+            dtype: load.dtype,
+            device: load.device.clone(),
+        };
+        let language = LanguageConfig::from_dir(&load_dir)?;
+        let partition = Partition::new(&language, load.parallelism)
+            .map_err(|e| ModelError::Unsupported(e.to_string()))?;
+        let devices = rank_devices(&load.device, &load.devices, partition.ranks())?;
+        check_weights_fit(&language, &partition, load.dtype, &devices, load.kv_budget)?;
+        let model = LanguageModel::load_parallel(&load_dir, &options, load.parallelism, &devices)?;
         let tokenizer = Tokenizer::from_dir(&load_dir)?;
         let json = dvd_checkpoint::read_json(&load_dir.join("config.json"))?;
         let format = PromptFormat::for_checkpoint(&json, &tokenizer)?;
-        Ok::<_, ServeError>((model, tokenizer, format))
+        let bytes = kv_bytes_per_rank(load.kv_budget, &model.rank_devices())?;
+        let pool_config = KvPoolConfig::for_model(&model, load.block_size, bytes);
+        if pool_config.blocks == 0 {
+            return Err(ServeError::KvCacheTooSmall {
+                bytes,
+                block_size: load.block_size,
+            });
+        }
+        let pool = KvPool::for_ranks(pool_config, load.dtype, &model.rank_devices())
+            .map_err(ModelError::from)?;
+        Ok::<_, ServeError>((model, tokenizer, format, pool))
     })
     .await?;
+    let memory = MemoryReport {
+        tensor_parallel_size: model.partition().ranks(),
+        expert_parallel: model.partition().expert_parallel(),
+        weight_bytes_per_rank: model.weight_bytes_per_rank(),
+        kv_bytes_per_rank: MemoryPlan::new(
+            model.config(),
+            model.partition(),
+            config.dtype.size_in_bytes(),
+        )
+        .kv_bytes_per_block(config.block_size)
+            * pool.total_blocks() as u64,
+        kv_blocks: pool.total_blocks(),
+        kv_tokens: pool.total_blocks() * config.block_size,
+    };
     let model = Arc::new(model);
-
-    let pool_config = KvPoolConfig::from_budget(
-        model.config(),
-        config.block_size,
-        config.kv_cache_bytes,
-        dtype,
-    );
-    if pool_config.blocks == 0 {
-        return Err(ServeError::KvCacheTooSmall {
-            bytes: config.kv_cache_bytes,
-            block_size: config.block_size,
-        });
-    }
-    let pool = Arc::new(KvPool::new(pool_config, dtype, &config.device).map_err(ModelError::from)?);
+    let pool = Arc::new(pool);
     let mut eos = model.config().eos_token_ids.clone();
     eos.extend(tokenizer.eos_token_id());
     eos.extend(tokenizer.token_id("<|im_end|>"));
@@ -176,9 +225,18 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             LanguageDetails {
                 feature_addr,
                 model_dir: dir,
+                memory,
             },
         )
         .await?;
-    tracing::info!(grpc_addr = %running.grpc_addr, %feature_addr, transport = %config.transport, "language server ready");
+    tracing::info!(
+        grpc_addr = %running.grpc_addr,
+        %feature_addr,
+        transport = %config.transport,
+        tensor_parallel_size = memory.tensor_parallel_size,
+        weight_bytes_per_rank = memory.weight_bytes_per_rank,
+        kv_tokens = memory.kv_tokens,
+        "language server ready"
+    );
     Ok(running)
 }

@@ -63,7 +63,12 @@ impl ComputeArgs {
 
     /// The compute dtype: `--dtype`, else f32 on the CPU and bf16 on a GPU.
     pub fn dtype(&self) -> DType {
-        match (self.dtype, self.device) {
+        self.dtype_for(self.device)
+    }
+
+    /// The compute dtype on `device`: `--dtype`, else f32 on the CPU and bf16 on a GPU.
+    pub fn dtype_for(&self, device: DeviceSpec) -> DType {
+        match (self.dtype, device) {
             (Some(p), _) => p.dtype(),
             (None, DeviceSpec::Cpu) => DType::F32,
             (None, DeviceSpec::Cuda(_)) => DType::BF16,

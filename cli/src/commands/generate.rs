@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::device::ComputeArgs;
 use super::encode::{Switch, tile_images};
+use super::parallel::ParallelArgs;
 
 /// Options of `dvd generate`.
 #[derive(Debug, Args)]
@@ -76,6 +77,8 @@ pub struct GenerateArgs {
     stop: Vec<String>,
     #[command(flatten)]
     compute: ComputeArgs,
+    #[command(flatten)]
+    parallel: ParallelArgs,
     /// Round image features to BF16, as vision servers send them, so the output equals a
     /// decoupled deployment's token for token.
     #[arg(long)]
@@ -93,9 +96,13 @@ impl GenerateArgs {
     pub fn run(self) -> Result<()> {
         let total = Instant::now();
         let dir = super::demo_model::or_default(self.model.as_deref())?;
+        let devices = self.parallel.open_devices(&self.compute)?;
         let options = LoadOptions {
-            dtype: self.compute.dtype(),
-            device: self.compute.open()?,
+            dtype: self.parallel.dtype(&self.compute),
+            device: match devices.first() {
+                Some(first) => first.clone(),
+                None => self.compute.open()?,
+            },
         };
         let params = SamplingParams {
             temperature: self.temperature,
@@ -111,8 +118,9 @@ impl GenerateArgs {
         params.validate()?;
         let started = Instant::now();
         let tokenizer = Tokenizer::from_dir(&dir)?;
-        let model = LanguageModel::load(&dir, &options)
-            .with_context(|| format!("loading the language model from {}", dir.display()))?;
+        let model =
+            LanguageModel::load_parallel(&dir, &options, self.parallel.parallelism(), &devices)
+                .with_context(|| format!("loading the language model from {}", dir.display()))?;
         let load_ms = ms(started);
 
         let started = Instant::now();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use dvd_language_server::engine::kv::KvPoolConfig;
+use dvd_language_server::engine::kv::{KvBudget, KvPoolConfig};
 use dvd_language_server::engine::{FeatureLimits, SchedulerConfig};
 use dvd_language_server::server::{ServeConfig, start};
 use dvd_language_server::service::RequestDefaults;
@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::device::ComputeArgs;
 use super::ops::OpsArgs;
+use super::parallel::ParallelArgs;
 use super::{ServeCommand, ServeRole};
 
 /// Language server commands.
@@ -59,6 +60,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     compute: ComputeArgs,
     #[command(flatten)]
+    parallel: ParallelArgs,
+    #[command(flatten)]
     engine: EngineArgs,
     /// Token positions per KV block.
     #[arg(long, default_value_t = KvPoolConfig::DEFAULT_BLOCK_SIZE)]
@@ -86,9 +89,15 @@ pub struct ServeArgs {
 /// every language server it starts.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// KV cache size in MiB (of each language server).
-    #[arg(long, default_value_t = KvPoolConfig::DEFAULT_BUDGET_BYTES >> 20)]
-    pub kv_cache_mib: usize,
+    /// KV cache size in MiB (of each rank of each language server). Default: on GPUs, what the
+    /// weights leave of --gpu-memory-utilization; on the CPU, 1024.
+    #[arg(long)]
+    pub kv_cache_mib: Option<usize>,
+    /// Fraction of each GPU's memory a language server may use for weights, activations and
+    /// the KV cache together (vLLM's name); the KV cache gets what is left. An explicit
+    /// --kv-cache-mib wins.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// Most tokens (decode + prefill chunks) per engine step: smaller steps bound how long a new
     /// request waits behind long prefills.
     #[arg(long, default_value_t = SchedulerConfig::default().max_step_tokens)]
@@ -107,14 +116,31 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// What bounds each rank's KV cache.
+    pub fn kv_budget(&self) -> Result<KvBudget> {
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            bail!(
+                "--gpu-memory-utilization must be in (0, 1], got {}",
+                self.gpu_memory_utilization
+            );
+        }
+        Ok(match self.kv_cache_mib {
+            Some(mib) => KvBudget::Bytes(mib << 20),
+            None => KvBudget::Utilization(self.gpu_memory_utilization),
+        })
+    }
+
     /// The flags that give a `dvd language serve` child process these settings.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec![
-            "--kv-cache-mib".to_string(),
-            self.kv_cache_mib.to_string(),
+            "--gpu-memory-utilization".to_string(),
+            self.gpu_memory_utilization.to_string(),
             "--max-step-tokens".to_string(),
             self.max_step_tokens.to_string(),
         ];
+        if let Some(mib) = self.kv_cache_mib {
+            args.extend(["--kv-cache-mib".into(), mib.to_string()]);
+        }
         if let Some(n) = self.long_prefill_tokens {
             args.extend(["--long-prefill-tokens".into(), n.to_string()]);
         }
@@ -135,6 +161,13 @@ impl ServeRole for ServeArgs {
                 super::server_ready(server.grpc_addr, server.ops_addr, &server.details.model_dir);
             ready["features"] = json!(server.details.feature_addr.to_string());
             ready["transport"] = json!(self.transport.to_string());
+            let memory = server.details.memory;
+            ready["tensor_parallel_size"] = json!(memory.tensor_parallel_size);
+            ready["expert_parallel"] = json!(memory.expert_parallel);
+            ready["weight_bytes_per_rank"] = json!(memory.weight_bytes_per_rank);
+            ready["kv_bytes_per_rank"] = json!(memory.kv_bytes_per_rank);
+            ready["kv_blocks"] = json!(memory.kv_blocks);
+            ready["kv_tokens"] = json!(memory.kv_tokens);
             ready
         })
     }
@@ -174,6 +207,7 @@ impl ServeArgs {
                 .transpose()?;
             grpc_tls = Some(GrpcTls::from_files(ca, cert, key)?);
         }
+        let devices = self.parallel.open_devices(&self.compute)?;
         let config = ServeConfig {
             model: super::demo_model::resolve_name(&self.model)?,
             server: self.ops.server(self.listen, grpc_tls),
@@ -181,9 +215,14 @@ impl ServeArgs {
             feature_advertise: self.feature_advertise.clone(),
             transport: self.transport,
             tls,
-            dtype: self.compute.dtype(),
-            device: self.compute.open()?,
-            kv_cache_bytes: engine.kv_cache_mib << 20,
+            dtype: self.parallel.dtype(&self.compute),
+            device: match devices.first() {
+                Some(first) => first.clone(),
+                None => self.compute.open()?,
+            },
+            devices,
+            parallelism: self.parallel.parallelism(),
+            kv_budget: engine.kv_budget()?,
             block_size: self.block_size,
             scheduler: SchedulerConfig {
                 max_step_tokens: engine.max_step_tokens,

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod generate;
 pub mod language;
 pub mod ops;
+pub mod parallel;
 pub mod tls;
 pub mod up;
 pub mod vision;

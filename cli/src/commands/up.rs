@@ -19,8 +19,9 @@ use dvd_transport::TransportKind;
 use dvd_transport::quic::SelfSigned;
 use tokio::runtime::Runtime;
 
-use super::device::ComputeArgs;
+use super::device::{ComputeArgs, DeviceSpec};
 use super::language::EngineArgs;
+use super::parallel::ParallelArgs;
 
 /// Options of `dvd up`.
 #[derive(Debug, Args)]
@@ -49,6 +50,9 @@ pub struct UpArgs {
     /// Device and precision of every server (all on one GPU with `--device cuda:0`).
     #[command(flatten)]
     compute: ComputeArgs,
+    /// How each language server splits its model over ranks.
+    #[command(flatten)]
+    parallel: ParallelArgs,
     /// The coupled baseline: the vision servers, language servers and gateway in this one
     /// process, sharing its cores and its compute thread pool (instead of separate processes).
     #[arg(long, conflicts_with_all = ["vision_cpus", "language_cpus", "gateway_cpus"])]
@@ -262,6 +266,20 @@ impl UpArgs {
         result
     }
 
+    /// Device and precision of language server `i`: with several GPU ranks each and no
+    /// --devices, server `i` takes the `i`-th run of --tensor-parallel-size GPUs from --device.
+    fn language_compute(&self, i: usize) -> ComputeArgs {
+        let mut compute = self.compute.clone();
+        let ranks = self.parallel.tensor_parallel_size;
+        if let DeviceSpec::Cuda(first) = compute.device
+            && ranks > 1
+            && self.parallel.devices.is_empty()
+        {
+            compute.device = DeviceSpec::Cuda(first + i * ranks);
+        }
+        compute
+    }
+
     /// Starts the language servers, the vision servers and the gateway (configured with their
     /// addresses), waits until the gateway is healthy and prints where it listens.
     fn start_all(&self, rt: &Runtime, launch: &mut Launch, model: &str, dir: &Path) -> Result<()> {
@@ -296,8 +314,9 @@ impl UpArgs {
             .map(String::from)
             .to_vec();
             args.extend(self.engine.to_args());
+            args.extend(self.parallel.to_args());
             args.extend(tls_language.iter().cloned());
-            args.extend(self.compute.to_args());
+            args.extend(self.language_compute(i).to_args());
             args.extend(cpus_args(&self.language_cpus));
             language.push(launch.language(rt, format!("language server {i}"), &args)?);
         }

@@ -7,6 +7,7 @@ use dvd_bench::engine::EngineBench;
 
 use super::{CPU_PRECISION, SizeList};
 use crate::commands::encode::Precision;
+use crate::commands::parallel::ParallelArgs;
 
 /// Options of `dvd bench engine`.
 #[derive(Debug, Args)]
@@ -51,6 +52,8 @@ pub struct EngineArgs {
     /// Timed rounds of each measurement (after one warm-up); medians are reported.
     #[arg(long, default_value_t = EngineBench::default().rounds)]
     rounds: usize,
+    #[command(flatten)]
+    parallel: ParallelArgs,
     /// Print the JSON report on stdout (the tables go to stderr).
     #[arg(long)]
     json: bool,
@@ -71,6 +74,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
         block_size: args.block_size,
         baseline_batches: args.baseline_batches.0,
         rounds: args.rounds,
+        parallelism: args.parallel.cpu_parallelism()?,
         ..EngineBench::new(args.model)
     };
     let report = bench.run()?;

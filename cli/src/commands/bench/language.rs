@@ -7,6 +7,7 @@ use dvd_bench::language::LanguageBench;
 
 use super::{CPU_PRECISION, median_line, print_report};
 use crate::commands::encode::Precision;
+use crate::commands::parallel::ParallelArgs;
 
 /// Options of `dvd bench language`.
 #[derive(Debug, Args)]
@@ -29,6 +30,8 @@ pub struct LanguageArgs {
     /// Compute precision.
     #[arg(long, value_enum, default_value_t = CPU_PRECISION)]
     dtype: Precision,
+    #[command(flatten)]
+    parallel: ParallelArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -43,11 +46,12 @@ pub fn run(args: LanguageArgs) -> Result<()> {
         batch: args.batch,
         rounds: args.rounds,
         dtype: args.dtype.dtype(),
+        parallelism: args.parallel.cpu_parallelism()?,
     };
     print_report(args.json, &bench.run()?, |r| {
         format!(
             "prefill {} tokens ({}): {} = {:.1} tokens/s\n\
-             decode {} steps x {} sequences: {} = {:.1} tokens/s\n",
+             decode {} steps x {} sequences: {} = {:.1} tokens/s\n{}",
             r.prompt_tokens,
             r.dtype,
             median_line(r.prefill_ms, r.prefill_range_ms, "ms", 1),
@@ -55,7 +59,20 @@ pub fn run(args: LanguageArgs) -> Result<()> {
             r.decode_tokens,
             r.batch,
             median_line(r.decode_ms_per_step, r.decode_range_ms, "ms/step", 2),
-            r.decode_tokens_per_s
+            r.decode_tokens_per_s,
+            match &r.single_rank {
+                Some(one) => format!(
+                    "one rank, same rounds: prefill {:.1} ms, decode {:.2} ms/step; {} ranks cost \
+                     {:+.2} ms/step ({} collectives/step, one all-reduce {:.1} us)\n",
+                    one.prefill_ms,
+                    one.decode_ms_per_step,
+                    r.tensor_parallel_size,
+                    one.split_overhead_ms_per_step,
+                    one.collectives_per_step,
+                    one.all_reduce_us
+                ),
+                None => String::new(),
+            }
         )
     })
 }
