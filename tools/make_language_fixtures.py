@@ -22,6 +22,14 @@ Writes into language-server/tests/fixtures/model/:
                               save_original_format=False: the fused expert tensors
                               mlp.experts.gate_up_proj [E, 2I, H] / mlp.experts.down_proj [E, H, I]
                               and the config as transformers 5 writes it (num_local_experts)
+  qwen3-odd-vocab-f32/        plain Qwen3ForCausalLM, vocab_size 509 (odd: tensor-parallel vocab
+                              padding to a multiple of 2 and 4; the tokenizer's 512 ids exceed it,
+                              every prompt, eos and greedy id is below 509), 4 query / 2 KV heads,
+                              untied lm_head, f32
+  qwen3-moe-kv1-f32/          plain Qwen3MoeForCausalLM, 4 query heads and one KV head (replicated
+                              across tensor-parallel ranks), 3 layers with mlp_only_layers [1],
+                              6 experts (uneven over 4 ranks), top-2, norm_topk_prob, f32, fused
+                              expert tensors like qwen3-moe-fused-f32
   */reference.safetensors     text_ids, text_logits, text_greedy[, image_ids, image_logits,
                               image_greedy] (ids i64, logits f32); internvl-dense-hf also
                               chat_ids (apply_chat_template with its template, image expanded)
@@ -69,6 +77,7 @@ MIN_MARGIN = 0.03
 SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 IM_END = special_id("<|im_end|>")
 IMG_CONTEXT = special_id("<IMG_CONTEXT>")
+ODD_VOCAB = 509  # qwen3-odd-vocab-f32: odd, and above <|endoftext|>, <|im_start|> and <|im_end|>
 
 # transformers' InternVL HF chat template (as its conversion script writes it, image placeholder
 # <IMG_CONTEXT> followed by a newline).
@@ -120,11 +129,17 @@ def qwen3_tied(seed):
     return model
 
 
-def qwen3_moe_fused(seed):
-    """Qwen3-MoE, 2 layers, both sparse: 8 experts, top-2, no renormalisation of the top-k weights."""
-    cfg = text_config(True)
-    cfg.num_hidden_layers, cfg.layer_types, cfg.mlp_only_layers = 2, ["full_attention"] * 2, []
-    cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob = 8, 2, False
+def qwen3_odd_vocab(seed):
+    """Plain Qwen3 dense with an odd vocabulary of 509 (below the tokenizer's specials' end)."""
+    cfg = text_config(False)
+    cfg.vocab_size = ODD_VOCAB
+    model = Qwen3ForCausalLM._from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
+    rerandomise(model, seed)
+    return model
+
+
+def rerandomise_moe(cfg, seed):
+    """A Qwen3-MoE model of `cfg`, every parameter random, the fused expert tensors at fan_in K."""
     model = Qwen3MoeForCausalLM._from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
     rerandomise(model, seed)
     # rerandomise's fan_in is p[0].numel(), i.e. N * K for the stacked [experts, N, K] expert
@@ -135,6 +150,22 @@ def qwen3_moe_fused(seed):
             if ".mlp.experts." in name:
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
     return model
+
+
+def qwen3_moe_fused(seed):
+    """Qwen3-MoE, 2 layers, both sparse: 8 experts, top-2, no renormalisation of the top-k weights."""
+    cfg = text_config(True)
+    cfg.num_hidden_layers, cfg.layer_types, cfg.mlp_only_layers = 2, ["full_attention"] * 2, []
+    cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob = 8, 2, False
+    return rerandomise_moe(cfg, seed)
+
+
+def qwen3_moe_kv1(seed):
+    """Qwen3-MoE, 3 layers (layer 1 dense), one KV head, 6 experts, top-2, renormalised top-k weights."""
+    cfg = text_config(True)
+    cfg.num_key_value_heads, cfg.num_experts = 1, 6
+    assert cfg.mlp_only_layers == [1] and cfg.num_experts_per_tok == 2 and cfg.norm_topk_prob
+    return rerandomise_moe(cfg, seed)
 
 
 def prompt_ids(tok, question, image_tiles=0):
@@ -295,10 +326,25 @@ def write_qwen3_tied_f16(tok, pixel_values):
     return seed, margin
 
 
-def write_qwen3_moe_fused_f32(tok, pixel_values):
-    """Plain Qwen3-MoE as transformers 5 keeps it in memory (fused experts), f32."""
-    model, refs, seed, margin = with_margin(qwen3_moe_fused, tok)
-    out = fresh("qwen3-moe-fused-f32")
+def write_qwen3_odd_vocab_f32(tok, pixel_values):
+    """Plain Qwen3 dense, vocab 509, untied, f32."""
+    model, refs, seed, margin = with_margin(qwen3_odd_vocab, tok)
+    ids = torch.cat([refs["text_ids"], refs["text_greedy"]])
+    assert int(ids.max()) < ODD_VOCAB and IM_END < ODD_VOCAB, ids.max()
+    out = fresh("qwen3-odd-vocab-f32")
+    model.config.save_pretrained(out)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert sd["lm_head.weight"].shape == sd["model.embed_tokens.weight"].shape == (ODD_VOCAB, 64)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_text_files(out, tok)
+    save_file(refs, str(out / "reference.safetensors"))
+    return seed, margin
+
+
+def write_fused_moe(name, build, tok):
+    """A plain Qwen3-MoE as transformers 5 keeps it in memory (fused experts), f32."""
+    model, refs, seed, margin = with_margin(build, tok)
+    out = fresh(name)
     # save_original_format=True (the default) would revert to per-expert tensors.
     model.save_pretrained(out, save_original_format=False)
     names = load_file(str(out / "model.safetensors"))
@@ -310,11 +356,23 @@ def write_qwen3_moe_fused_f32(tok, pixel_values):
     return seed, margin
 
 
+def write_qwen3_moe_fused_f32(tok, pixel_values):
+    """Plain Qwen3-MoE, both layers sparse, 8 experts, f32."""
+    return write_fused_moe("qwen3-moe-fused-f32", qwen3_moe_fused, tok)
+
+
+def write_qwen3_moe_kv1_f32(tok, pixel_values):
+    """Plain Qwen3-MoE, one KV head, 6 experts, layer 1 dense, f32."""
+    return write_fused_moe("qwen3-moe-kv1-f32", qwen3_moe_kv1, tok)
+
+
 FIXTURES = {
     "internvl-dense-hf": write_internvl_dense_hf,
     "internvl-moe-custom-bf16": write_internvl_moe_custom_bf16,
     "qwen3-tied-f16": write_qwen3_tied_f16,
     "qwen3-moe-fused-f32": write_qwen3_moe_fused_f32,
+    "qwen3-odd-vocab-f32": write_qwen3_odd_vocab_f32,
+    "qwen3-moe-kv1-f32": write_qwen3_moe_kv1_f32,
 }
 
 

@@ -1,5 +1,6 @@
-//! The gateway as clients use it: `dvd up` (every role as its own process) over TCP and QUIC
-//! answers the OpenAI-compatible API exactly as the coupled `dvd generate` does; a hand-built
+//! The gateway as clients use it: `dvd up` (every role as its own process) over TCP and QUIC,
+//! its language servers on one device or split over two ranks, answers the OpenAI-compatible API
+//! exactly as the coupled `dvd generate` does; a hand-built
 //! deployment shows retries when a vision server dies, prompt errors when the language server
 //! dies, admission control, clear 4xx errors for bad input, and image URLs fetched under the
 //! gateway's policy.
@@ -332,6 +333,14 @@ fn dvd_up_answers_like_dvd_generate_over_tcp() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("404"));
+}
+
+#[test]
+fn dvd_up_over_two_ranks_answers_like_dvd_generate() {
+    // Each language server splits the MoE model over two CPU ranks: every expert's width, then
+    // whole experts per rank.
+    same_answer_as_dvd_generate(&up(&["--tensor-parallel-size", "2"]));
+    same_answer_as_dvd_generate(&up(&["--tensor-parallel-size", "2", "--expert-parallel"]));
 }
 
 #[test]

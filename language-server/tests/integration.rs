@@ -13,6 +13,7 @@ mod sampling_sampler;
 mod sampling_stop;
 mod scheduler;
 mod streaming_features;
+mod tensor_parallel;
 mod text_chat_template;
 mod text_incremental;
 mod text_placeholder;

@@ -93,6 +93,14 @@ fn moe_saved_by_transformers_5_matches_transformers() {
 }
 
 #[test]
+fn an_odd_vocabulary_and_a_single_kv_head_match_transformers() {
+    // The tensor-parallel fixtures: vocabulary 509 (padded when split); one KV head and six
+    // experts (replicated and unevenly shared when split).
+    check("qwen3-odd-vocab-f32", false);
+    check("qwen3-moe-kv1-f32", false);
+}
+
+#[test]
 fn plain_qwen3_with_tied_embeddings_f16_matches_transformers() {
     check("qwen3-tied-f16", false);
 }

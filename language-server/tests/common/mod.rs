@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use dvd_checkpoint::Checkpoint;
 use dvd_language_server::engine::kv::{KvPool, KvPoolConfig};
 use dvd_language_server::engine::{EngineEvent, Scheduler, SchedulerConfig};
-use dvd_language_server::model::{LanguageModel, SequenceCache, SequenceStep, argmax_rows};
+use dvd_language_server::model::{
+    LanguageModel, Parallelism, SequenceCache, SequenceStep, argmax_rows,
+};
 use dvd_language_server::sampling::SamplingParams;
 use dvd_language_server::text::{Result as TextResult, Tokenizer};
 use dvd_vision_server::model::{LoadOptions, Routing, VisionModel};
@@ -134,20 +136,31 @@ pub fn greedy(max_new_tokens: usize) -> SamplingParams {
     }
 }
 
-/// An f32 pool of `blocks` blocks of `block_size` positions for `model`.
+/// A fixture checkpoint's language model in f32 on the CPU over `ranks` tensor-parallel ranks,
+/// whole experts per rank when `expert_parallel`.
+pub fn load_parallel(name: &str, ranks: usize, expert_parallel: bool) -> LanguageModel {
+    let parallelism = Parallelism {
+        tensor_parallel_size: ranks,
+        expert_parallel,
+    };
+    LanguageModel::load_parallel(&fixture(name), &LoadOptions::default(), parallelism, &[]).unwrap()
+}
+
+/// An f32 pool of `blocks` blocks of `block_size` positions for `model` (each rank's heads on
+/// its device).
 pub fn pool(model: &LanguageModel, block_size: usize, blocks: usize) -> Arc<KvPool> {
     let c = model.config();
     Arc::new(
-        KvPool::new(
+        KvPool::for_ranks(
             KvPoolConfig {
                 layers: c.num_layers,
-                kv_heads: c.num_kv_heads,
+                kv_heads: model.partition().kv_heads_per_rank(),
                 head_dim: c.head_dim,
                 block_size,
                 blocks,
             },
             DType::F32,
-            &Device::Cpu,
+            &model.rank_devices(),
         )
         .unwrap(),
     )
