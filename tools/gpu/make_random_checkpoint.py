@@ -12,8 +12,10 @@ InternVL3.5 ships it). No model is materialised: each shard's tensors are drawn 
 N(0, 0.01)), written, and freed, so memory stays at about one shard. Files: model.safetensors
 (one shard) or model-0000i-of-0000N.safetensors + model.safetensors.index.json.
 
-Presets (dims from the InternVL3.5 notes internvl35_spec.md: §2.1 InternViT-300M-448px-V2_5,
-§3 pixel shuffle 0.5 + mlp1, §6.1 Qwen3 table and "Qwen3 common" values, §6.2 untied lm_head):
+Presets (dims from the InternVL3.5 notes internvl35_spec.md: §2.1 InternViT-300M-448px-V2_5 and
+InternViT-6B-448px-V2_5 (45 layers, 3200 wide, 25 heads, MLP 12800, RMSNorm, QK-norm, no qkv
+bias), §3 pixel shuffle 0.5 + mlp1, §6.1 Qwen3 table and "Qwen3 common" values, §6.2 untied
+lm_head):
   internvl3_5-1b   InternViT-300M + Qwen3-0.6B (1024 wide, 28 layers, 16/8 heads, head_dim 128,
                    MLP 3072)                  1.061 B params, 2.12 GB in bf16, one file
   internvl3_5-8b   InternViT-300M + Qwen3-8B (4096 wide, 36 layers, 32/8 heads, head_dim 128,
@@ -23,10 +25,22 @@ Presets (dims from the InternVL3.5 notes internvl35_spec.md: §2.1 InternViT-300
                    128, 128 experts, top-8, moe_intermediate 768, norm_topk_prob true; the dense
                    intermediate_size 6144 is in the config, unused)
                                               30.849 B params, 61.70 GB in bf16, 17 shards
-The MoE preset's experts are written in the fused layout transformers 5 keeps in memory (and
-saves with save_original_format=False): model.language_model.layers.{i}.mlp.experts.gate_up_proj
-[128, 1536, 2048], mlp.experts.down_proj [128, 2048, 768], router mlp.gate.weight [128, 2048];
-its text_config, written by Qwen3MoeConfig, spells the expert count `num_local_experts`.
+  internvl3_5-38b  InternViT-6B + Qwen3-32B (5120 wide, 64 layers, 64/8 heads, head_dim 128,
+                   MLP 25600)                 38.390 B params, 76.78 GB in bf16, 20 shards
+  internvl3_5-241b-a28b
+                   InternViT-6B + Qwen3-235B-A22B (4096 wide, 94 layers, 64/4 heads, head_dim
+                   128, 128 experts, top-8, moe_intermediate 1536, norm_topk_prob true; the dense
+                   intermediate_size 12288 is in the config, unused)
+                                              240.699 B params, 481.40 GB in bf16, 192 shards
+(InternViT-6B: 5.536 B of those params.) The MoE presets' experts are written in the fused layout
+transformers 5 keeps in memory (and saves with save_original_format=False):
+model.language_model.layers.{i}.mlp.experts.gate_up_proj [E, 2 * moe_intermediate, hidden],
+mlp.experts.down_proj [E, hidden, moe_intermediate], router mlp.gate.weight [E, hidden] (30B-A3B:
+[128, 1536, 2048], [128, 2048, 768], [128, 2048]); their text_config, written by Qwen3MoeConfig,
+spells the expert count `num_local_experts`. InternViT-6B's QK-norm weights are
+model.vision_tower.encoder.layer.{i}.attention.{q_norm,k_norm}.weight [3200] and its norms have no
+bias; mlp1 takes 4 x 3200 = 12800 inputs. `--layers 2 --vision-layers 1` keeps a few GB (38B:
+5.5 GB, 241B-A28B: 12.8 GB in bf16; the two vocab matrices alone are 3.1 / 2.5 GB).
 
 The tokenizer, chat template and generation config are copied from the project's small test
 fixture (language-server/tests/fixtures/model/internvl-dense-hf: 512-token vocabulary, all ids
@@ -66,23 +80,38 @@ VIT_300M = dict(
     attention_bias=True, use_qk_norm=False, layer_scale_init_value=0.1,
     use_absolute_position_embeddings=True, use_mean_pooling=True, use_mask_token=False,
 )
+# InternViT-6B-448px-V2_5 (spec §2.1: 48 blocks less the last 3; RMSNorm, QK-norm over the full
+# width, no qkv bias; head_dim 128).
+VIT_6B = dict(
+    VIT_300M, hidden_size=3200, num_hidden_layers=45, num_attention_heads=25, intermediate_size=12800,
+    norm_type="rms_norm", attention_bias=False, use_qk_norm=True,
+)
 # Qwen3 language models (spec §6.1; common: silu, rms_norm_eps 1e-6, no attention bias,
 # rope_theta 1e6, max_position_embeddings 40960, no sliding window).
 QWEN3_COMMON = dict(
     vocab_size=151936, head_dim=128, hidden_act="silu", rms_norm_eps=1e-6, attention_bias=False,
     max_position_embeddings=40960, use_sliding_window=False, tie_word_embeddings=False,
 )
+# Each preset: its ViT (`vit`) and its Qwen3 LLM's fields (`moe` for the sparse ones).
 PRESETS = {
     "internvl3_5-1b": dict(  # Qwen3-0.6B
-        hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+        vit=VIT_300M, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
         intermediate_size=3072, rope_theta=1e6),
     "internvl3_5-8b": dict(  # Qwen3-8B
-        hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+        vit=VIT_300M, hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
         intermediate_size=12288, rope_theta=1e6),
     "internvl3_5-30b-a3b": dict(  # Qwen3-30B-A3B (spec §6.1: the dense intermediate_size is unused)
-        hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+        vit=VIT_300M, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
         intermediate_size=6144, rope_theta=1e6, moe=dict(
             moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+            decoder_sparse_step=1, mlp_only_layers=[])),
+    "internvl3_5-38b": dict(  # Qwen3-32B
+        vit=VIT_6B, hidden_size=5120, num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8,
+        intermediate_size=25600, rope_theta=1e6),
+    "internvl3_5-241b-a28b": dict(  # Qwen3-235B-A22B (the dense intermediate_size is unused)
+        vit=VIT_6B, hidden_size=4096, num_hidden_layers=94, num_attention_heads=64, num_key_value_heads=4,
+        intermediate_size=12288, rope_theta=1e6, moe=dict(
+            moe_intermediate_size=1536, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
             decoder_sparse_step=1, mlp_only_layers=[])),
 }
 
@@ -100,9 +129,9 @@ def build_config(preset, layers, vision_layers, dtype, ids):
     llm = dict(PRESETS[preset])
     theta = llm.pop("rope_theta")
     moe = llm.pop("moe", None)
+    vit = dict(llm.pop("vit"))
     if layers is not None:
         llm["num_hidden_layers"] = layers
-    vit = dict(VIT_300M)
     if vision_layers is not None:
         vit["num_hidden_layers"] = vision_layers
     common = dict(
@@ -169,7 +198,7 @@ def main():
     ap.add_argument("--preset", choices=sorted(PRESETS), default="internvl3_5-8b")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--layers", type=int, help="language model layers (default: the preset's)")
-    ap.add_argument("--vision-layers", type=int, help="ViT layers (default: 24)")
+    ap.add_argument("--vision-layers", type=int, help="ViT layers (default: the preset's, 24 or 45)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
