@@ -8,6 +8,11 @@
 //! Capacities come from a [`Profile`]: either a `dvd bench compare` report (stage capacities
 //! measured alone on this machine) or per-unit GPU rates (`dvd bench gpu`: vision tiles/s,
 //! prefill tokens/s, decode steps/s at a batch size) together with the workload's shape.
+//!
+//! [`memory`] is the other mode: what one language server of a model takes per GPU, from its
+//! config alone (`dvd bench plan --model`).
+
+pub mod memory;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};

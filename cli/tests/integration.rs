@@ -4,6 +4,7 @@
 //! file. Run a group with `cargo test -p <crate> --test integration <module>::`.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
+mod bench_plan_memory;
 mod cli;
 mod common;
 mod compare;
@@ -14,5 +15,6 @@ mod fuzz_corpus;
 mod gateway;
 mod language_serve;
 mod mutual_tls;
+mod parallel;
 mod security;
 mod vision_serve;

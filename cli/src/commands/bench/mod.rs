@@ -52,7 +52,8 @@ pub enum BenchCommand {
     Compare(Box<compare::CompareArgs>),
     /// Capacity model: predicted throughput of V vision + L language servers and the best
     /// V:L split of a GPU budget, from measured stage capacities (a compare report or GPU
-    /// rates).
+    /// rates); or, with --model, what one language server of a checkpoint takes on each GPU
+    /// (weights and KV cache per rank, from its config alone).
     Plan(plan::PlanArgs),
 }
 

@@ -1,5 +1,8 @@
 //! `dvd bench plan`: predicted throughput of a decoupled deployment, and the best V:L split
-//! of a GPU budget, from measured stage capacities (see `dvd_bench::plan`).
+//! of a GPU budget, from measured stage capacities (see `dvd_bench::plan`); with `--model`
+//! instead of `--profile`, what one language server takes per GPU (`plan/memory.rs`).
+
+mod memory;
 
 use std::path::PathBuf;
 
@@ -12,8 +15,8 @@ use dvd_bench::plan::{Plan, Profile};
 pub struct PlanArgs {
     /// Profile: a `dvd bench compare --result-file` report, or {"rates": {...}, "workload":
     /// {...}, "efficiency": ...} with GPU rates (docs/performance.md, "Capacity planning").
-    #[arg(long)]
-    profile: PathBuf,
+    #[arg(long, required_unless_present = "model")]
+    profile: Option<PathBuf>,
     /// Vision servers of the deployment to predict.
     #[arg(long, default_value_t = 1)]
     vision_servers: usize,
@@ -37,16 +40,21 @@ pub struct PlanArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    memory: memory::MemoryArgs,
 }
 
-/// Runs the model and prints the predictions.
+/// Runs the capacity model and prints its predictions, or with `--model` the memory mode.
 pub fn run(args: PlanArgs) -> Result<()> {
+    let Some(profile) = &args.profile else {
+        return memory::run(args.memory, args.json);
+    };
     let read = |path: &PathBuf| -> Result<serde_json::Value> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     };
-    let mut profile = Profile::from_json(&read(&args.profile)?)?;
+    let mut profile = Profile::from_json(&read(profile)?)?;
     if let Some(e) = args.efficiency {
         anyhow::ensure!(e > 0.0 && e <= 1.0, "--efficiency must be in (0, 1]");
         profile.efficiency = e;
