@@ -10,9 +10,10 @@
 # warnings denied (what CI runs: it compiles the PTX kernels, candle's and ours, with nvcc, but
 # links nothing, so candle's statically linked GGUF/MoE kernels are left out).
 #
-# At run time the binary needs the NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime
-# libraries (libcudart, libcublas, libcublasLt, libcurand): a CUDA 13 toolkit, or the nvidia-*
-# wheels that PyTorch cu130 installs (tools/gpu/run_gpu_checks.sh finds those).
+# At run time the binary needs the NVIDIA driver (libcuda.so.1), the CUDA 13 runtime libraries
+# (libcudart, libcublas, libcublasLt, libcurand) and NCCL (libnccl.so.2): a CUDA 13 toolkit and
+# NCCL, or the nvidia-* wheels that PyTorch cu130 installs (tools/gpu/run_gpu_checks.sh finds
+# those).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 toolkit="${DVD_CUDA_TOOLKIT:-$root/target/cuda-toolkit}"

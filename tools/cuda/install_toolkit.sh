@@ -5,10 +5,11 @@
 #   tools/cuda/install_toolkit.sh [PREFIX]      (default: target/cuda-toolkit)
 #
 # Afterwards PREFIX/cuda holds bin/nvcc, include/, lib/ (with the unversioned .so links the
-# linker needs) and lib/stubs/libcuda.so, a driver stub to link against. The stub is for
-# linking only: at run time the real driver's libcuda.so.1 must be found instead (never put
-# lib/stubs on LD_LIBRARY_PATH on a GPU machine). Every stub entry point answers
-# CUDA_ERROR_NO_DEVICE, so a binary run against it behaves as on a machine without a GPU.
+# linker needs, NCCL's libnccl.so.2 and nccl.h linked in from its own wheel) and
+# lib/stubs/libcuda.so, a driver stub to link against. The stub is for linking only: at run
+# time the real driver's libcuda.so.1 must be found instead (never put lib/stubs on
+# LD_LIBRARY_PATH on a GPU machine). Every stub entry point answers CUDA_ERROR_NO_DEVICE, so a
+# binary run against it behaves as on a machine without a GPU.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -36,6 +37,19 @@ for lib in libcudart libcublas libcublasLt libnvrtc libcurand; do
     if [ -n "$versioned" ]; then
         ln -sf "$versioned" "$lib.so"
     fi
+done
+
+# NCCL's wheel installs beside the toolkit (nvidia/nccl); link its library and headers into the
+# toolkit's lib/ and include/, so one -L and one -I find it, and libnccl.so for the linker.
+nccl="$site/nvidia/nccl"
+if [ ! -f "$nccl/lib/libnccl.so.2" ]; then
+    echo "libnccl.so.2 not found under $nccl after installing the wheels" >&2
+    exit 1
+fi
+ln -sf "../../nccl/lib/libnccl.so.2" "$cu/lib/libnccl.so.2"
+ln -sf libnccl.so.2 "$cu/lib/libnccl.so"
+for header in nccl.h nccl_device.h nccl_device; do
+    ln -sfn "../../nccl/include/$header" "$cu/include/$header"
 done
 
 # A driver stub: every cu* entry point cudarc knows, each returning CUDA_ERROR_NO_DEVICE.

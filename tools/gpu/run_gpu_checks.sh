@@ -67,12 +67,15 @@ if [ ! -x "$bin" ]; then
     chmod +x "$bin"
 fi
 
-# The CUDA 13 runtime libraries PyTorch's wheels ship (cudart, cublas, cublasLt, curand).
+# The CUDA 13 runtime libraries PyTorch's wheels ship (cudart, cublas, cublasLt, curand, nvrtc)
+# and NCCL (nvidia-nccl-cu13, under nvidia/nccl/lib; tools/cuda/requirements-toolkit.txt pins the
+# version PyTorch does).
 libdirs="$(python3 - <<'PY'
 import glob, os, site, sys
 dirs = set()
 for base in site.getsitepackages() + [site.getusersitepackages()]:
-    for name in ("libcublas.so.13", "libcudart.so.13", "libcurand.so.10", "libcublasLt.so.13", "libnvrtc.so.13"):
+    for name in ("libcublas.so.13", "libcudart.so.13", "libcurand.so.10", "libcublasLt.so.13", "libnvrtc.so.13",
+                 "libnccl.so.2"):
         for path in glob.glob(os.path.join(base, "nvidia", "**", name), recursive=True):
             dirs.add(os.path.dirname(path))
 print(":".join(sorted(dirs)))
