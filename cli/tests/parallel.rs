@@ -81,17 +81,6 @@ fn splits_that_cannot_work_are_refused_with_the_numbers() {
         message.contains("--expert-parallel needs a mixture-of-experts"),
         "{message}"
     );
-    let message = refused(&[
-        "bench",
-        "language",
-        "--model",
-        model,
-        "--tensor-parallel-size",
-        "2",
-        "--devices",
-        "cuda:0,cuda:1",
-    ]);
-    assert!(message.contains("--devices is for GPU ranks"), "{message}");
     let message = refused(&["up", "--model", model, "--tensor-parallel-size", "3"]);
     assert!(
         message.contains("4 query heads do not split over 3 ranks"),

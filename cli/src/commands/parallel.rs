@@ -8,9 +8,9 @@ use dvd_language_server::model::Parallelism;
 
 use super::device::{ComputeArgs, DeviceSpec, open_device};
 
-/// How the language model is split over ranks.
+/// How the language model is split over ranks (the CPU benchmarks take only this).
 #[derive(Debug, Clone, Args)]
-pub struct ParallelArgs {
+pub struct SplitArgs {
     /// Ranks the language model is split over (Megatron-style tensor parallelism, one thread
     /// per rank): consecutive GPUs from --device cuda:K, the list in --devices, or N ranks on
     /// the CPU with --device cpu.
@@ -20,6 +20,23 @@ pub struct ParallelArgs {
     /// (mixture-of-experts models).
     #[arg(long)]
     pub expert_parallel: bool,
+}
+
+impl SplitArgs {
+    /// The split.
+    pub fn parallelism(&self) -> Parallelism {
+        Parallelism {
+            tensor_parallel_size: self.tensor_parallel_size,
+            expert_parallel: self.expert_parallel,
+        }
+    }
+}
+
+/// How the language model is split over ranks, and on which devices.
+#[derive(Debug, Clone, Args)]
+pub struct ParallelArgs {
+    #[command(flatten)]
+    pub split: SplitArgs,
     /// The ranks' GPUs, e.g. cuda:2,cuda:3 (one per rank; default: consecutive from --device).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<DeviceSpec>,
@@ -28,18 +45,7 @@ pub struct ParallelArgs {
 impl ParallelArgs {
     /// The split.
     pub fn parallelism(&self) -> Parallelism {
-        Parallelism {
-            tensor_parallel_size: self.tensor_parallel_size,
-            expert_parallel: self.expert_parallel,
-        }
-    }
-
-    /// The split of a CPU benchmark (which has no --device): --devices is refused.
-    pub fn cpu_parallelism(&self) -> Result<Parallelism> {
-        if !self.devices.is_empty() {
-            bail!("this benchmark runs on the CPU: --devices is for GPU ranks");
-        }
-        Ok(self.parallelism())
+        self.split.parallelism()
     }
 
     /// The ranks' devices when --devices lists them (opened), else none: the model places its
@@ -48,11 +54,11 @@ impl ParallelArgs {
         if self.devices.is_empty() {
             return Ok(Vec::new());
         }
-        if self.devices.len() != self.tensor_parallel_size {
+        if self.devices.len() != self.split.tensor_parallel_size {
             bail!(
                 "--devices lists {} devices for --tensor-parallel-size {}",
                 self.devices.len(),
-                self.tensor_parallel_size
+                self.split.tensor_parallel_size
             );
         }
         if compute.device != DeviceSpec::Cpu && compute.device != self.devices[0] {
@@ -74,9 +80,9 @@ impl ParallelArgs {
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec![
             "--tensor-parallel-size".to_string(),
-            self.tensor_parallel_size.to_string(),
+            self.split.tensor_parallel_size.to_string(),
         ];
-        if self.expert_parallel {
+        if self.split.expert_parallel {
             args.push("--expert-parallel".to_string());
         }
         if !self.devices.is_empty() {

@@ -270,7 +270,7 @@ impl UpArgs {
     /// --devices, server `i` takes the `i`-th run of --tensor-parallel-size GPUs from --device.
     fn language_compute(&self, i: usize) -> ComputeArgs {
         let mut compute = self.compute.clone();
-        let ranks = self.parallel.tensor_parallel_size;
+        let ranks = self.parallel.split.tensor_parallel_size;
         if let DeviceSpec::Cuda(first) = compute.device
             && ranks > 1
             && self.parallel.devices.is_empty()

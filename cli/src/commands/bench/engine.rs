@@ -7,7 +7,7 @@ use dvd_bench::engine::EngineBench;
 
 use super::{CPU_PRECISION, SizeList};
 use crate::commands::encode::Precision;
-use crate::commands::parallel::ParallelArgs;
+use crate::commands::parallel::SplitArgs;
 
 /// Options of `dvd bench engine`.
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = EngineBench::default().rounds)]
     rounds: usize,
     #[command(flatten)]
-    parallel: ParallelArgs,
+    split: SplitArgs,
     /// Print the JSON report on stdout (the tables go to stderr).
     #[arg(long)]
     json: bool,
@@ -74,7 +74,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
         block_size: args.block_size,
         baseline_batches: args.baseline_batches.0,
         rounds: args.rounds,
-        parallelism: args.parallel.cpu_parallelism()?,
+        parallelism: args.split.parallelism(),
         ..EngineBench::new(args.model)
     };
     let report = bench.run()?;

@@ -7,7 +7,7 @@ use dvd_bench::language::LanguageBench;
 
 use super::{CPU_PRECISION, median_line, print_report};
 use crate::commands::encode::Precision;
-use crate::commands::parallel::ParallelArgs;
+use crate::commands::parallel::SplitArgs;
 
 /// Options of `dvd bench language`.
 #[derive(Debug, Args)]
@@ -31,7 +31,7 @@ pub struct LanguageArgs {
     #[arg(long, value_enum, default_value_t = CPU_PRECISION)]
     dtype: Precision,
     #[command(flatten)]
-    parallel: ParallelArgs,
+    split: SplitArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -46,7 +46,7 @@ pub fn run(args: LanguageArgs) -> Result<()> {
         batch: args.batch,
         rounds: args.rounds,
         dtype: args.dtype.dtype(),
-        parallelism: args.parallel.cpu_parallelism()?,
+        parallelism: args.split.parallelism(),
     };
     print_report(args.json, &bench.run()?, |r| {
         format!(
