@@ -68,14 +68,14 @@ impl RopeTable {
 
 impl ModelShard {
     /// Whether the batch can take the paged GPU path: bf16 on CUDA, every cache paged, head
-    /// widths and grouping the kernels support.
+    /// widths and grouping (of this rank's heads) the kernels support.
     pub(super) fn paged_ok(&self, x: &Tensor, caches: &mut [&mut dyn SequenceCache]) -> bool {
-        let c = &self.config;
-        let group = c.num_heads / c.num_kv_heads.max(1);
+        let (heads, kv_heads) = (self.shard.heads.len(), self.shard.kv_heads.len().max(1));
+        let group = heads / kv_heads;
         dvd_nn::kernels::fused_ok(x)
-            && matches!(c.head_dim, 64 | 128)
+            && matches!(self.config.head_dim, 64 | 128)
             && matches!(group, 1 | 2 | 4 | 8)
-            && c.num_heads.is_multiple_of(c.num_kv_heads.max(1))
+            && heads.is_multiple_of(kv_heads)
             && caches.iter_mut().all(|cache| cache.as_paged().is_some())
     }
 
