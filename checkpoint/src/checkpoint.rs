@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -108,25 +107,13 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor, CheckpointError> {
-        let (file, entry) = self
+        let (_, entry) = self
             .entry(name)
             .ok_or_else(|| CheckpointError::MissingTensor {
                 name: name.to_string(),
             })?;
-        let stored =
-            candle_dtype(entry.dtype).ok_or_else(|| CheckpointError::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: format!("{:?}", entry.dtype),
-            })?;
-        let bytes = read_range(&file.path, entry.offset, entry.len)?;
-        let tensor_err = |source| CheckpointError::Tensor {
-            name: name.to_string(),
-            source,
-        };
-        Tensor::from_raw_buffer(&bytes, stored, &entry.shape, &Device::Cpu)
-            .and_then(|t| t.to_dtype(dtype))
-            .and_then(|t| t.to_device(device))
-            .map_err(tensor_err)
+        let whole: Vec<Range<usize>> = entry.shape.iter().map(|&d| 0..d).collect();
+        self.load_block(name, &entry.shape, &whole, dtype, device)
     }
 
     /// The block `ranges` (one range per dimension) of `name`, which must have shape `shape`,
@@ -262,18 +249,6 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         });
     }
     Ok(paths)
-}
-
-fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(io)?;
-    file.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut bytes = vec![0u8; len];
-    file.read_exact(&mut bytes).map_err(io)?;
-    Ok(bytes)
 }
 
 /// The bytes of block `ranges` of a row-major tensor of `shape` stored at `offset`, elements of

@@ -19,7 +19,6 @@ pub(crate) struct Entry {
     pub shape: Vec<usize>,
     /// Absolute byte offset of the data in the file.
     pub offset: u64,
-    pub len: usize,
 }
 
 /// The tensors of one safetensors file.
@@ -86,7 +85,6 @@ impl FileHeader {
                     dtype: info.dtype,
                     shape: info.shape.clone(),
                     offset: data_start + begin as u64,
-                    len: end - begin,
                 },
             );
         }

@@ -47,60 +47,35 @@ fn refused(args: &[&str]) -> String {
 fn splits_that_cannot_work_are_refused_with_the_numbers() {
     let model = language_fixture("internvl-dense-hf");
     let model = model.to_str().unwrap();
+    let generate = |split: &[&str]| {
+        let mut args = vec!["generate", "--model", model, "--prompt", "hi"];
+        args.extend_from_slice(split);
+        refused(&args)
+    };
     let mut serve = language_args(model);
     serve.extend(["--tensor-parallel-size", "3"]);
-    let message = refused(&serve);
-    assert!(
-        message.contains("4 query heads do not split over 3 ranks"),
-        "{message}"
-    );
-    let message = refused(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "hi",
-        "--tensor-parallel-size",
-        "8",
-    ]);
-    assert!(
-        message.contains("4 query heads do not split over 8 ranks"),
-        "{message}"
-    );
-    let message = refused(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "hi",
-        "--tensor-parallel-size",
-        "2",
-        "--expert-parallel",
-    ]);
-    assert!(
-        message.contains("--expert-parallel needs a mixture-of-experts"),
-        "{message}"
-    );
-    let message = refused(&["up", "--model", model, "--tensor-parallel-size", "3"]);
-    assert!(
-        message.contains("4 query heads do not split over 3 ranks"),
-        "{message}"
-    );
-    let message = refused(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "hi",
-        "--tensor-parallel-size",
-        "2",
-        "--devices",
-        "cpu",
-    ]);
-    assert!(
-        message.contains("--devices lists 1 devices for --tensor-parallel-size 2"),
-        "{message}"
-    );
+    let cases = [
+        (refused(&serve), "4 query heads do not split over 3 ranks"),
+        (
+            generate(&["--tensor-parallel-size", "8"]),
+            "4 query heads do not split over 8 ranks",
+        ),
+        (
+            generate(&["--tensor-parallel-size", "2", "--expert-parallel"]),
+            "--expert-parallel needs a mixture-of-experts",
+        ),
+        (
+            generate(&["--tensor-parallel-size", "2", "--devices", "cpu"]),
+            "--devices lists 1 devices for --tensor-parallel-size 2",
+        ),
+        (
+            refused(&["up", "--model", model, "--tensor-parallel-size", "3"]),
+            "4 query heads do not split over 3 ranks",
+        ),
+    ];
+    for (message, want) in cases {
+        assert!(message.contains(want), "{message}");
+    }
 }
 
 #[test]

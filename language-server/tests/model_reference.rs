@@ -12,8 +12,8 @@ use dvd_language_server::model::{
 };
 
 use crate::common::{
-    IMG_CONTEXT, greedy_tokens, ids, image_features, load, load_as, max_abs_diff, reference,
-    unpack_fixture, write_safetensors,
+    IMG_CONTEXT, greedy_tokens, ids, image_features, load, load_as, max_abs, max_abs_diff,
+    reference, unpack_fixture, write_safetensors,
 };
 
 /// Bound on the f32 prefill logits' largest absolute difference from transformers'. Measured
@@ -252,13 +252,7 @@ fn bf16_compute_keeps_the_greedy_start() {
     let prompt = ids(name, "text_ids");
     let (logits, _) = generate(&model, embed(&model, &prompt, None), 1);
     let reference = reference(name, "text_logits");
-    let scale = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(&reference);
     let diff = max_abs_diff(&logits, &reference);
     assert!(
         diff <= BF16_RELATIVE_TOLERANCE * scale,

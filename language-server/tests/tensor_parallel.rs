@@ -17,7 +17,7 @@ use dvd_language_server::text::Tokenizer;
 
 use crate::common::{
     IMG_CONTEXT, collect_events, engine, fixture, greedy, greedy_tokens, ids, load_parallel,
-    max_abs_diff,
+    max_abs, max_abs_diff,
 };
 
 /// The bound on `max |logits_N - logits_1| / max |logits_1|` (the issue's). Measured on an
@@ -49,14 +49,7 @@ fn splits(model: &LanguageModel) -> Vec<(usize, bool)> {
 }
 
 fn relative(got: &Tensor, want: &Tensor) -> f32 {
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    max_abs_diff(got, want) / scale
+    max_abs_diff(got, want) / max_abs(want)
 }
 
 /// Prefill logits and 8 greedy tokens of the fixture's text prompt (and of its image prompt,

@@ -86,6 +86,16 @@ pub fn image_features(name: &str) -> (Tensor, Vec<usize>) {
     (encoded.features, encoded.tokens_per_tile)
 }
 
+/// Largest absolute value of a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)

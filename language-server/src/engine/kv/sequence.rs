@@ -41,24 +41,22 @@ struct SlotIndex {
 /// A sequence's cached positions: a table of pool blocks, filled in order.
 #[derive(Debug)]
 pub struct PagedSequence {
-    pool: Arc<KvPool>,
-    blocks: Vec<u32>,
-    len: usize,
-    /// Pool slots of the cached positions as an index tensor, built by the first layer of a
-    /// step and reused by the others.
-    slots: Option<SlotIndex>,
-    /// The ranks' views of the latest call of a model over several ranks.
-    views: Vec<RankView>,
+    /// The table, over rank 0's pool tensors.
+    table: BlockTable,
+    /// The table over each rank's pool tensors, for the latest call of a model over several
+    /// ranks.
+    views: Vec<BlockTable>,
 }
 
-/// One rank's view of a [`PagedSequence`] for one call of a model over several ranks: the
-/// sequence's block table over that rank's pool tensors.
+/// A block table over one rank's pool tensors: what the model writes through.
 #[derive(Debug)]
-struct RankView {
+struct BlockTable {
     pool: Arc<KvPool>,
     rank: usize,
     blocks: Vec<u32>,
     len: usize,
+    /// Pool slots of the cached positions as an index tensor, built by the first layer of a
+    /// step and reused by the others.
     slots: Option<SlotIndex>,
 }
 
@@ -66,25 +64,28 @@ impl PagedSequence {
     /// An empty sequence on `pool`.
     pub fn new(pool: Arc<KvPool>) -> Self {
         Self {
-            pool,
-            blocks: Vec::new(),
-            len: 0,
-            slots: None,
+            table: BlockTable {
+                pool,
+                rank: 0,
+                blocks: Vec::new(),
+                len: 0,
+                slots: None,
+            },
             views: Vec::new(),
         }
     }
 
     /// The sequence's block table.
     pub fn blocks(&self) -> &[u32] {
-        &self.blocks
+        &self.table.blocks
     }
 
     /// Blocks still to allocate before `tokens` more positions fit.
     pub fn blocks_needed(&self, tokens: usize) -> usize {
-        let size = self.pool.config().block_size;
-        (self.len + tokens)
+        let size = self.table.pool.config().block_size;
+        (self.table.len + tokens)
             .div_ceil(size)
-            .saturating_sub(self.blocks.len())
+            .saturating_sub(self.table.blocks.len())
     }
 
     /// Makes room for `tokens` more positions: all the blocks or none.
@@ -93,18 +94,18 @@ impl PagedSequence {
         if needed == 0 {
             return Ok(());
         }
-        let total_needed = self.blocks.len() + needed;
-        if total_needed > self.pool.total_blocks() {
+        let total_needed = self.table.blocks.len() + needed;
+        if total_needed > self.table.pool.total_blocks() {
             return Err(KvError::TooLong {
-                positions: self.len + tokens,
+                positions: self.table.len + tokens,
                 needed: total_needed,
-                total: self.pool.total_blocks(),
+                total: self.table.pool.total_blocks(),
             });
         }
-        let mut state = self.pool.state();
+        let mut state = self.table.pool.state();
         match state.allocate(needed) {
             Some(blocks) => {
-                self.blocks.extend(blocks);
+                self.table.blocks.extend(blocks);
                 Ok(())
             }
             None => Err(KvError::OutOfBlocks {
@@ -118,11 +119,11 @@ impl PagedSequence {
     /// computed positions) to the pool.
     pub fn release_unused(&mut self, positions: usize) {
         let keep = positions
-            .max(self.len)
-            .div_ceil(self.pool.config().block_size);
-        if keep < self.blocks.len() {
-            let surplus = self.blocks.split_off(keep);
-            self.pool.state().allocator.release(&surplus);
+            .max(self.table.len)
+            .div_ceil(self.table.pool.config().block_size);
+        if keep < self.table.blocks.len() {
+            let surplus = self.table.blocks.split_off(keep);
+            self.table.pool.state().allocator.release(&surplus);
         }
     }
 
@@ -137,10 +138,13 @@ impl PagedSequence {
         };
         let len = blocks.len() * pool.config().block_size;
         Self {
-            pool,
-            blocks,
-            len,
-            slots: None,
+            table: BlockTable {
+                pool,
+                rank: 0,
+                blocks,
+                len,
+                slots: None,
+            },
             views: Vec::new(),
         }
     }
@@ -150,61 +154,66 @@ impl PagedSequence {
     /// positions with blocks the prefix cache holds, those replace the sequence's own reserved,
     /// unwritten blocks. Returns the positions gained.
     pub fn adopt_prefix(&mut self, keys: &[BlockKey]) -> usize {
-        let size = self.pool.config().block_size;
-        let first = self.len / size;
-        if !self.len.is_multiple_of(size) || keys.len() <= first {
+        let size = self.table.pool.config().block_size;
+        let first = self.table.len / size;
+        if !self.table.len.is_multiple_of(size) || keys.len() <= first {
             return 0;
         }
-        let last = keys.len().min(self.blocks.len());
+        let last = keys.len().min(self.table.blocks.len());
         if last <= first {
             return 0;
         }
-        let mut state = self.pool.state();
+        let mut state = self.table.pool.state();
         let PoolState { allocator, prefix } = &mut *state;
         let found = prefix.lookup(&keys[first..last], allocator);
         for (i, &block) in found.iter().enumerate() {
-            let own = std::mem::replace(&mut self.blocks[first + i], block);
+            let own = std::mem::replace(&mut self.table.blocks[first + i], block);
             allocator.release(&[own]);
         }
         drop(state);
         let gained = found.len() * size;
-        self.len += gained;
-        self.slots = None;
+        self.table.len += gained;
+        self.table.slots = None;
         gained
     }
 
     /// Offers this sequence's first `keys.len()` blocks to the prefix cache (call once they
     /// hold the computed positions `keys` describe).
     pub fn register_prefix(&self, keys: &[BlockKey]) {
-        let full = (self.len / self.pool.config().block_size).min(keys.len());
-        let mut state = self.pool.state();
+        let full = (self.table.len / self.table.pool.config().block_size).min(keys.len());
+        let mut state = self.table.pool.state();
         let PoolState { allocator, prefix } = &mut *state;
-        prefix.insert(&keys[..full], &self.blocks[..full], allocator);
+        prefix.insert(&keys[..full], &self.table.blocks[..full], allocator);
     }
 }
 
-/// Where one rank's part of a sequence lives: the pool, the rank, the block table, the cached
-/// length and the memoised slot index.
-struct Placed<'a> {
-    pool: &'a KvPool,
-    rank: usize,
-    blocks: &'a [u32],
-    len: &'a mut usize,
-    slots: &'a mut Option<SlotIndex>,
-}
-
-impl Placed<'_> {
+impl BlockTable {
     /// Pool slot of position `p`.
     fn slot(&self, p: usize) -> usize {
         let size = self.pool.config().block_size;
         self.blocks[p / size] as usize * size + p % size
     }
 
-    /// [`SequenceCache::append`] on this rank's pool tensors.
+    /// The same table over rank `rank`'s pool tensors.
+    fn on_rank(&self, rank: usize) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            rank,
+            blocks: self.blocks.clone(),
+            len: self.len,
+            slots: None,
+        }
+    }
+}
+
+impl SequenceCache for BlockTable {
+    fn len(&self) -> usize {
+        self.len
+    }
+
     fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = keys.dim(1)?;
-        let len = *self.len;
-        let end = len + n;
+        let end = self.len + n;
         let size = self.pool.config().block_size;
         if end > self.blocks.len() * size {
             candle_core::bail!(
@@ -216,21 +225,21 @@ impl Placed<'_> {
             candle_core::bail!("KV cache has no layer {layer} on rank {}", self.rank);
         };
         // Write each run of new positions that falls in one block.
-        let mut p = len;
+        let mut p = self.len;
         while p < end {
             let run = (size - p % size).min(end - p);
             let slot = self.slot(p);
-            let from = p - len;
+            let from = p - self.len;
             pool_keys.slice_set(&keys.narrow(1, from, run)?.contiguous()?, 1, slot)?;
             pool_values.slice_set(&values.narrow(1, from, run)?.contiguous()?, 1, slot)?;
             p += run;
         }
-        let index = match &*self.slots {
+        let index = match &self.slots {
             Some(slots) if slots.positions == end => slots.index.clone(),
             _ => {
                 let slots: Vec<u32> = (0..end).map(|p| self.slot(p) as u32).collect();
                 let index = Tensor::from_vec(slots, end, keys.device())?;
-                *self.slots = Some(SlotIndex {
+                self.slots = Some(SlotIndex {
                     positions: end,
                     index: index.clone(),
                 });
@@ -242,112 +251,17 @@ impl Placed<'_> {
             pool_values.index_select(&index, 1)?,
         );
         if layer + 1 == self.pool.config().layers {
-            *self.len = end;
+            self.len = end;
         }
         Ok(out)
     }
-}
-
-impl SequenceCache for PagedSequence {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
-        Placed {
-            pool: &self.pool,
-            rank: 0,
-            blocks: &self.blocks,
-            len: &mut self.len,
-            slots: &mut self.slots,
-        }
-        .append(layer, keys, values)
-    }
-
-    fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
-        Some(self)
-    }
-
-    fn rank_caches(&mut self, ranks: usize) -> Option<Vec<&mut (dyn SequenceCache + Send)>> {
-        if ranks < 2 || self.pool.ranks() != ranks {
-            return None;
-        }
-        let reuse = self.views.len() == ranks
-            && self
-                .views
-                .iter()
-                .all(|v| v.len == self.len && v.blocks == self.blocks);
-        if !reuse {
-            self.views = (0..ranks)
-                .map(|rank| RankView {
-                    pool: self.pool.clone(),
-                    rank,
-                    blocks: self.blocks.clone(),
-                    len: self.len,
-                    slots: None,
-                })
-                .collect();
-        }
-        Some(
-            self.views
-                .iter_mut()
-                .map(|v| v as &mut (dyn SequenceCache + Send))
-                .collect(),
-        )
-    }
-
-    fn advance_ranks(&mut self, n: usize) {
-        self.len += n;
-        self.slots = None;
-        self.views.clear();
-    }
-}
-
-impl PagedCache for PagedSequence {
-    fn cached(&self) -> usize {
-        self.len
-    }
-
-    fn block_size(&self) -> usize {
-        self.pool.config().block_size
-    }
-
-    fn block_ids(&self) -> &[u32] {
-        &self.blocks
-    }
-
-    fn pool_layer(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        self.pool.layer(0, layer)
-    }
-
-    fn advance(&mut self, n: usize) {
-        self.len += n;
-        self.slots = None;
-    }
-}
-
-impl SequenceCache for RankView {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
-        Placed {
-            pool: &self.pool,
-            rank: self.rank,
-            blocks: &self.blocks,
-            len: &mut self.len,
-            slots: &mut self.slots,
-        }
-        .append(layer, keys, values)
-    }
 
     fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
         Some(self)
     }
 }
 
-impl PagedCache for RankView {
+impl PagedCache for BlockTable {
     fn cached(&self) -> usize {
         self.len
     }
@@ -370,8 +284,52 @@ impl PagedCache for RankView {
     }
 }
 
+impl SequenceCache for PagedSequence {
+    fn len(&self) -> usize {
+        self.table.len
+    }
+
+    fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.table.append(layer, keys, values)
+    }
+
+    fn as_paged(&mut self) -> Option<&mut dyn PagedCache> {
+        Some(&mut self.table)
+    }
+
+    fn rank_caches(&mut self, ranks: usize) -> Option<Vec<&mut (dyn SequenceCache + Send)>> {
+        if ranks < 2 || self.table.pool.ranks() != ranks {
+            return None;
+        }
+        // Views built for an earlier layer of the same step keep their slot indices.
+        let current = self.views.len() == ranks
+            && self
+                .views
+                .iter()
+                .all(|v| v.len == self.table.len && v.blocks == self.table.blocks);
+        if !current {
+            self.views = (0..ranks).map(|rank| self.table.on_rank(rank)).collect();
+        }
+        Some(
+            self.views
+                .iter_mut()
+                .map(|v| v as &mut (dyn SequenceCache + Send))
+                .collect(),
+        )
+    }
+
+    fn advance_ranks(&mut self, n: usize) {
+        self.table.advance(n);
+        self.views.clear();
+    }
+}
+
 impl Drop for PagedSequence {
     fn drop(&mut self) {
-        self.pool.state().allocator.release(&self.blocks);
+        self.table
+            .pool
+            .state()
+            .allocator
+            .release(&self.table.blocks);
     }
 }

@@ -242,8 +242,8 @@ impl ModelShard {
         })
     }
 
-    /// Runs the next decoder layer of `step` over `caches` (the step's sequences, in order).
-    /// Does nothing once every layer has run.
+    /// Runs the next decoder layer of `step` over `caches` (the step's sequences, in order, as
+    /// `LanguageModel::forward_layer` checked). Does nothing once every layer has run.
     pub(super) fn forward_layer(
         &self,
         step: &mut ShardStep,
@@ -252,13 +252,6 @@ impl ModelShard {
         let Some(layer) = self.layers.get(step.next_layer) else {
             return Ok(());
         };
-        if caches.len() != step.spans.len() {
-            return Err(ModelError::InvalidInput(format!(
-                "a step started with {} sequences continued with {}",
-                step.spans.len(),
-                caches.len()
-            )));
-        }
         let x = &step.x;
         let attended = layer.attention.forward(
             &layer.input_norm.forward(x)?,
