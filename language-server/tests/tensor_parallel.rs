@@ -12,7 +12,7 @@ use dvd_language_server::engine::{
     PromptPiece, SchedulerConfig,
 };
 use dvd_language_server::generate::ImageFeatures;
-use dvd_language_server::model::{LanguageModel, LoadOptions, Parallelism};
+use dvd_language_server::model::{LanguageModel, LoadOptions, MemoryPlan, Parallelism};
 use dvd_language_server::text::Tokenizer;
 
 use crate::common::{
@@ -71,14 +71,28 @@ fn outputs(name: &str, model: &LanguageModel) -> Vec<(Tensor, Vec<u32>)> {
         .collect()
 }
 
+/// What the planner says from the config alone (`dvd bench plan --model`) is what the ranks
+/// of `model` hold (f32: 4 bytes an element).
+fn planned_is_held(name: &str, model: &LanguageModel) {
+    let plan = MemoryPlan::new(model.config(), model.partition(), 4);
+    assert_eq!(
+        plan.weight_bytes_per_rank,
+        model.weight_bytes_per_rank(),
+        "{name} over {:?}",
+        model.partition()
+    );
+}
+
 #[test]
 fn every_split_gives_one_ranks_tokens_and_logits() {
     for name in FIXTURES {
         let one = load_parallel(name, 1, false);
+        planned_is_held(name, &one);
         let want = outputs(name, &one);
         for (ranks, expert_parallel) in splits(&one) {
             let model = load_parallel(name, ranks, expert_parallel);
             assert_eq!(model.partition().ranks(), ranks);
+            planned_is_held(name, &model);
             for (i, ((logits, tokens), (want_logits, want_tokens))) in
                 outputs(name, &model).iter().zip(&want).enumerate()
             {

@@ -116,6 +116,16 @@ impl Moe {
         }
     }
 
+    /// Elements of the router's weight (and bias).
+    pub fn router_elements(&self) -> usize {
+        match &self.router {
+            Router::Panels(panels) => panels.count() * panels.n() * panels.k(),
+            Router::Linear(linear) => {
+                linear.weight().elem_count() + linear.bias().map_or(0, Tensor::elem_count)
+            }
+        }
+    }
+
     /// Each token's experts and weights for `x [tokens, hidden]`.
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
         let logits = match &self.router {

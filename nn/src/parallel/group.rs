@@ -4,8 +4,8 @@
 //! call.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use super::communicator::Communicator;
@@ -39,6 +39,9 @@ pub struct RankGroup {
     /// Job queues of ranks 1.. (rank 0 runs on the caller's thread).
     workers: Vec<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// Held through each [`RankGroup::run`]: two callers' jobs never interleave on the ranks
+    /// (their collectives would pair up wrongly).
+    calls: Mutex<()>,
 }
 
 impl RankGroup {
@@ -64,6 +67,7 @@ impl RankGroup {
             comms,
             workers,
             threads,
+            calls: Mutex::new(()),
         })
     }
 
@@ -80,12 +84,14 @@ impl RankGroup {
     /// Runs `f(rank)` on every rank at once and returns the results in rank order once every
     /// rank is done. A rank whose closure fails or panics aborts its communicator, so the others
     /// fail out of their collectives instead of waiting; the group is recovered before returning.
+    /// Calls from several threads take turns. `f` must not call `run` itself.
     pub fn run<R, E, F>(&self, f: F) -> Vec<Result<R, RankFailure<E>>>
     where
         R: Send,
         E: Send,
         F: Fn(usize) -> Result<R, E> + Sync,
     {
+        let _turn = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
         let one = |rank: usize| -> Result<R, RankFailure<E>> {
             let outcome = catch_unwind(AssertUnwindSafe(|| f(rank)));
             let result = match outcome {
@@ -173,6 +179,27 @@ mod tests {
         for sum in sums {
             assert_eq!(sum.unwrap(), [7.0]);
         }
+    }
+
+    #[test]
+    fn callers_on_several_threads_take_turns() {
+        let group = RankGroup::new(LocalGroup::communicators(2)).unwrap();
+        std::thread::scope(|s| {
+            for caller in 0..4u8 {
+                let group = &group;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        let x = Tensor::new(&[f32::from(caller)], &Device::Cpu).unwrap();
+                        for sum in group.run(|rank| group.communicator(rank).all_reduce_sum(&x)) {
+                            assert_eq!(
+                                sum.unwrap().to_vec1::<f32>().unwrap(),
+                                [2.0 * f32::from(caller)]
+                            );
+                        }
+                    }
+                });
+            }
+        });
     }
 
     #[test]

@@ -66,8 +66,9 @@ impl KvFit {
     }
 }
 
-/// Elements of every tensor rank `s` loads (what `LanguageModel` reads for that rank).
-pub(in crate::model) fn rank_weight_elements(config: &LanguageConfig, s: &RankShard) -> usize {
+/// Elements of every tensor rank `s` loads (what `LanguageModel` reads for that rank; the
+/// tensor-parallel tests check the two agree).
+fn rank_weight_elements(config: &LanguageConfig, s: &RankShard) -> usize {
     let c = config;
     let h = c.hidden_size;
     let d = c.head_dim;

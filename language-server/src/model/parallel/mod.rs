@@ -9,7 +9,6 @@ mod memory;
 mod partition;
 mod placement;
 
-pub(in crate::model) use memory::rank_weight_elements;
 pub use memory::{KvFit, MemoryPlan};
 pub use partition::{ParallelError, Parallelism, Partition, RankShard};
 pub use placement::{communicators, rank_devices};

@@ -65,6 +65,8 @@ pub(super) struct ModelShard {
     norm: Norm,
     /// Rows `shard.vocab` of `lm_head` (padding rows zero).
     lm_head: Tensor,
+    /// Whether `lm_head` is `embed_tokens`.
+    tied: bool,
     rope: Rope,
     /// RoPE angles for every position, on the device (GPU path).
     #[cfg(feature = "cuda")]
@@ -104,6 +106,7 @@ impl ModelShard {
             embed_tokens,
             layers,
             lm_head,
+            tied,
             #[cfg(feature = "cuda")]
             rope_table: Default::default(),
         })
@@ -114,9 +117,44 @@ impl ModelShard {
         &self.options.device
     }
 
-    /// Elements of the weights this rank holds.
+    /// Elements of the weights this rank holds, counted from its tensors (a tied `lm_head`
+    /// once; the experts as stored, whatever their layout on the device).
     pub(super) fn weight_elements(&self) -> usize {
-        super::super::parallel::rank_weight_elements(&self.config, &self.shard)
+        let linear =
+            |l: &dvd_nn::Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
+        let norm = |n: &Norm| match n {
+            Norm::Rms { weight, .. } => weight.elem_count(),
+            Norm::Layer { weight, bias, .. } => weight.elem_count() + bias.elem_count(),
+        };
+        let matrices = |m: &dvd_nn::moe::Matrices| m.count() * m.n() * m.k();
+        let lm_head = if self.tied {
+            0
+        } else {
+            self.lm_head.elem_count()
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attention;
+                let ff = match &l.feed_forward {
+                    FeedForward::Dense(m) => linear(&m.gate_up) + linear(&m.down),
+                    FeedForward::Moe(m) => {
+                        m.router_elements()
+                            + matrices(m.experts().gate_up())
+                            + matrices(m.experts().down())
+                    }
+                };
+                norm(&l.input_norm)
+                    + norm(&l.post_attention_norm)
+                    + linear(&a.qkv)
+                    + linear(&a.o)
+                    + norm(&a.q_norm)
+                    + norm(&a.k_norm)
+                    + ff
+            })
+            .sum();
+        self.embed_tokens.elem_count() + lm_head + norm(&self.norm) + layers
     }
 
     /// Sums this rank's partial `x` with the other ranks' (nothing to do alone).
