@@ -151,7 +151,8 @@ fn same_answer_as_dvd_generate(up: &Up) {
 }
 
 /// `dvd bench serve` against a live deployment: image load on a Poisson schedule with probes,
-/// every request answered and timed, the summary under vLLM's names, one CSV row per request.
+/// every request answered and timed, the summary under vLLM's names, one CSV row per request;
+/// the random-mm workload.
 fn bench_serve_measures_a_live_deployment(up: &Up) {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("requests.csv");
@@ -164,6 +165,7 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
                 "64,128",
                 "--output-len",
                 "4",
+                "--ignore-eos",
                 "--max-concurrency",
                 "2",
             ])
@@ -204,6 +206,38 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
         "{rows}"
     );
     assert!(rows.lines().skip(1).all(|l| l.contains(",true,")), "{rows}");
+    // vLLM's random-mm workload: 0 to 2 images of random sizes and a random prompt per request.
+    let mixed = json_output(
+        dvd()
+            .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+            .args(["--dataset", "random-mm", "--images-per-request", "0:2"])
+            .args(["--image-sizes", "64,128", "--random-input-len", "6"])
+            .args([
+                "--num-prompts",
+                "6",
+                "--output-len",
+                "2",
+                "--ignore-eos",
+                "--json",
+            ]),
+    );
+    assert_eq!(
+        (mixed["completed"].as_u64(), mixed["failed"].as_u64()),
+        (Some(6), Some(0)),
+        "{mixed}"
+    );
+    assert_eq!(mixed["total_output_tokens"], 12, "{mixed}");
+    let out = dvd()
+        .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+        .args(["--images-per-request", "1:2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a range needs --dataset random-mm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A sweep over two rates: one report per rate, and the plots.
     let plots = dir.path().join("plots");
     let sweep = json_output(
@@ -217,7 +251,7 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
                 "--image-sizes",
                 "64",
             ])
-            .args(["--output-len", "2", "--json", "--plot-dir"])
+            .args(["--output-len", "2", "--ignore-eos", "--json", "--plot-dir"])
             .arg(&plots),
     );
     let runs = sweep.as_array().unwrap();
@@ -246,6 +280,7 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
                 "64",
                 "--output-len",
                 "4",
+                "--ignore-eos",
                 "--json",
             ]),
     );

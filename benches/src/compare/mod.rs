@@ -392,6 +392,8 @@ impl CompareBench {
             slos: Vec::new(),
             percentiles: ServeBench::DEFAULT_PERCENTILES.to_vec(),
             progress: false,
+            // Both sides are dvd: every request generates exactly its tokens.
+            ignore_eos: true,
         })
     }
 

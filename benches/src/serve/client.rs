@@ -64,27 +64,46 @@ pub struct Timing {
     pub text: String,
 }
 
-/// Sends one streamed chat completion of `max_tokens` (greedy, EOS ignored, usage reported) and
-/// times it; `timeout` bounds the whole exchange.
-pub async fn chat(
-    endpoint: &Endpoint,
-    model: &str,
-    content: &Value,
-    max_tokens: u32,
-    timeout: Duration,
-) -> Result<Timing> {
-    let body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": true,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    tokio::time::timeout(timeout, stream_chat(endpoint, &body, |_| Ok(())))
+/// One chat request as the load generator sends it, whichever the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Model id.
+    pub model: &'a str,
+    /// The user message's `content`.
+    pub content: &'a Value,
+    /// Tokens to generate at most.
+    pub max_tokens: u32,
+    /// Ask the server to ignore end-of-sequence (vLLM's `ignore_eos` extension).
+    pub ignore_eos: bool,
+    /// Limit of the whole exchange.
+    pub timeout: Duration,
+}
+
+impl Ask<'_> {
+    /// The chat completion request: streamed, greedy, usage reported; `ignore_eos` only when
+    /// asked (an extension other servers refuse).
+    pub fn body(&self) -> Value {
+        let mut body = json!({
+            "model": self.model,
+            "messages": [{"role": "user", "content": self.content}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if self.ignore_eos {
+            body["ignore_eos"] = json!(true);
+        }
+        body
+    }
+}
+
+/// Sends one streamed, greedy chat completion (usage reported; `ignore_eos` only when asked)
+/// and times it.
+pub async fn chat(endpoint: &Endpoint, ask: &Ask<'_>) -> Result<Timing> {
+    tokio::time::timeout(ask.timeout, stream_chat(endpoint, &ask.body(), |_| Ok(())))
         .await
-        .map_err(|_| anyhow::anyhow!("no complete answer within {} s", timeout.as_secs_f64()))?
+        .map_err(|_| anyhow::anyhow!("no complete answer within {} s", ask.timeout.as_secs_f64()))?
 }
 
 /// Posts `body` (a chat completion request with `"stream": true`) and reads the event stream,
@@ -286,5 +305,22 @@ mod tests {
         let e = Endpoint::parse("http://gw/api/v1/").unwrap();
         assert_eq!((e.authority.as_str(), e.prefix.as_str()), ("gw:80", "/api"));
         assert!(Endpoint::parse("https://x").is_err());
+    }
+
+    #[test]
+    fn vendor_extensions_are_sent_only_when_asked() {
+        let content = json!("hi");
+        let mut ask = Ask {
+            model: "m",
+            content: &content,
+            max_tokens: 4,
+            ignore_eos: false,
+            timeout: Duration::from_secs(1),
+        };
+        let plain = ask.body();
+        assert!(plain.get("ignore_eos").is_none(), "{plain}");
+        assert_eq!(plain["max_tokens"], 4);
+        ask.ignore_eos = true;
+        assert_eq!(ask.body()["ignore_eos"], true);
     }
 }

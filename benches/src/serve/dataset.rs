@@ -91,6 +91,65 @@ impl Synthetic {
     }
 }
 
+/// vLLM's `random-mm` workload: a random text prompt of `input_words` words and a random number
+/// of images (`images.0..=images.1`) per request, each picture's side drawn from the buckets in
+/// `sizes`; every picture is fresh, so no cache hides the encoder.
+#[derive(Debug, Clone)]
+pub struct RandomMm {
+    /// Square image sides to draw from, uniformly (the size buckets).
+    pub sizes: Vec<u32>,
+    /// Fewest and most images per request (inclusive).
+    pub images: (usize, usize),
+    /// Words of the random prompt.
+    pub input_words: usize,
+    /// Tokens to generate.
+    pub max_tokens: u32,
+    /// Seed of the prompts, counts, sizes and pictures.
+    pub seed: u64,
+}
+
+/// The words random prompts are drawn from.
+const WORDS: [&str; 32] = [
+    "the", "image", "shows", "a", "red", "blue", "green", "circle", "square", "on", "left",
+    "right", "of", "what", "is", "how", "many", "shapes", "describe", "colour", "small", "large",
+    "above", "below", "next", "to", "count", "every", "one", "and", "where", "picture",
+];
+
+impl RandomMm {
+    /// `n` requests.
+    pub fn requests(&self, n: usize) -> Result<Vec<RequestSpec>> {
+        if self.sizes.is_empty() || self.sizes.contains(&0) {
+            bail!("image sizes must be a non-empty list of positive sides");
+        }
+        let (fewest, most) = self.images;
+        if fewest > most {
+            bail!("images per request {fewest}:{most}: the first must not exceed the second");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        (0..n)
+            .map(|_| {
+                let count = rng.random_range(fewest..=most);
+                let mut parts = Vec::with_capacity(count + 1);
+                for _ in 0..count {
+                    let side = self.sizes[rng.random_range(0..self.sizes.len())];
+                    parts.push(image_part(&picture(side, side, &mut rng)?, "image/jpeg"));
+                }
+                // At least one word: a request without images still asks something.
+                let words: Vec<&str> = (0..self.input_words.max(1))
+                    .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+                    .collect();
+                parts.push(json!({"type": "text", "text": words.join(" ")}));
+                Ok(RequestSpec {
+                    kind: Kind::Load,
+                    content: Value::Array(parts),
+                    max_tokens: self.max_tokens,
+                    images: count,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A text-only probe request.
 pub fn probe(prompt: &str, max_tokens: u32) -> RequestSpec {
     RequestSpec {
@@ -101,9 +160,11 @@ pub fn probe(prompt: &str, max_tokens: u32) -> RequestSpec {
     }
 }
 
-/// Requests from a JSONL file: one object per line with `prompt`, optional `images` (paths,
-/// relative to the file) and optional `max_tokens`. Lines are used in order, cycling when
-/// `n` is larger than the file.
+/// Requests from a JSONL file: one object per line with `prompt`, or VisionArena's
+/// `conversation` (a list of `{"role", "content"}` turns, or of such lists; the first user
+/// turn's text is the prompt, as `vllm bench serve` takes it), optional `images` (paths,
+/// relative to the file) and optional `max_tokens`. Lines are used in order, cycling when `n`
+/// is larger than the file.
 pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<RequestSpec>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -118,7 +179,14 @@ pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<
             .with_context(|| format!("{}:{}: not JSON", path.display(), line_no + 1))?;
         let prompt = value["prompt"]
             .as_str()
-            .with_context(|| format!("{}:{}: no \"prompt\" string", path.display(), line_no + 1))?;
+            .or_else(|| first_user_turn(&value["conversation"]))
+            .with_context(|| {
+                format!(
+                    "{}:{}: no \"prompt\" string, nor a \"conversation\" with a user turn",
+                    path.display(),
+                    line_no + 1
+                )
+            })?;
         let images: Vec<PathBuf> = match &value["images"] {
             Value::Null => Vec::new(),
             Value::Array(list) => list
@@ -157,6 +225,21 @@ pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<
         bail!("{} holds no requests", path.display());
     }
     Ok((0..n).map(|i| entries[i % entries.len()].clone()).collect())
+}
+
+/// The text of the first user turn of a VisionArena `conversation`: a list of turns, or a list
+/// of lists of turns.
+fn first_user_turn(conversation: &Value) -> Option<&str> {
+    let turns = conversation.as_array()?;
+    let turns = match turns.first()? {
+        Value::Array(inner) => inner,
+        _ => turns,
+    };
+    turns
+        .iter()
+        .find(|t| t["role"] == "user")?
+        .get("content")?
+        .as_str()
 }
 
 /// A message part carrying the image file at `path` as a `data:` URL (PNG, WebP, else JPEG by
@@ -239,6 +322,55 @@ mod tests {
     }
 
     #[test]
+    fn random_mm_draws_counts_and_sizes_in_their_ranges_and_never_repeats_a_picture() {
+        let random = RandomMm {
+            sizes: vec![64, 128],
+            images: (0, 3),
+            input_words: 5,
+            max_tokens: 8,
+            seed: 2,
+        };
+        let requests = random.requests(40).unwrap();
+        let counts: Vec<usize> = requests.iter().map(|r| r.images).collect();
+        assert!(counts.iter().all(|&c| c <= 3));
+        for c in 0..=3 {
+            assert!(counts.contains(&c), "{counts:?}");
+        }
+        let urls: Vec<&str> = requests
+            .iter()
+            .flat_map(|r| r.content.as_array().unwrap().iter())
+            .filter_map(|p| p["image_url"]["url"].as_str())
+            .collect();
+        assert_eq!(urls.len(), counts.iter().sum::<usize>());
+        let unique: std::collections::HashSet<_> = urls.iter().collect();
+        assert_eq!(unique.len(), urls.len());
+        let sides: std::collections::HashSet<u32> = urls
+            .iter()
+            .map(|url| {
+                let b64 = url.split_once(",").unwrap().1;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap();
+                image::load_from_memory(&bytes).unwrap().width()
+            })
+            .collect();
+        assert_eq!(sides, [64, 128].into());
+        for r in &requests {
+            let text = r.content.as_array().unwrap().last().unwrap()["text"]
+                .as_str()
+                .unwrap();
+            assert_eq!(text.split(' ').count(), 5, "{text}");
+        }
+        // The same seed gives the same requests.
+        assert_eq!(random.requests(3).unwrap()[2].content, requests[2].content);
+        let backwards = RandomMm {
+            images: (2, 1),
+            ..random
+        };
+        assert!(backwards.requests(1).is_err());
+    }
+
+    #[test]
     fn jsonl_prompts_with_images_and_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let mut png = Cursor::new(Vec::new());
@@ -259,6 +391,22 @@ mod tests {
         );
         assert_eq!(requests[1].max_tokens, 3);
         assert_eq!(requests[0].max_tokens, 16);
+        // VisionArena rows: the first user turn, nested or not.
+        std::fs::write(
+            &file,
+            "{\"conversation\": [[{\"role\": \"user\", \"content\": \"what is it\"}, {\"role\": \"assistant\", \"content\": \"a\"}]], \"images\": [\"a.png\"]}\n\
+             {\"conversation\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"count\"}]}\n",
+        )
+        .unwrap();
+        let arena = from_jsonl(&file, 2, 16).unwrap();
+        let text = |r: &RequestSpec| {
+            r.content.as_array().unwrap().last().unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!((text(&arena[0]), arena[0].images), ("what is it".into(), 1));
+        assert_eq!((text(&arena[1]), arena[1].images), ("count".into(), 0));
         std::fs::write(&file, "{\"images\": []}\n").unwrap();
         assert!(
             from_jsonl(&file, 1, 16)

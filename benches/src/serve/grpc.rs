@@ -2,7 +2,7 @@
 //! `InferenceService.Chat`): images travel as their `data:` URLs, usage comes from the `Done`
 //! event.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use dvd_proto::api::v1::inference_service_client::InferenceServiceClient;
@@ -14,7 +14,7 @@ use dvd_proto::limits::{inference_client, tuned_endpoint};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use super::client::Timing;
+use super::client::{Ask, Timing};
 
 /// A client of the gateway's gRPC API (`host:port` of its gRPC listener).
 pub async fn connect(authority: &str) -> Result<InferenceServiceClient<Channel>> {
@@ -65,23 +65,18 @@ fn parts(content: &Value) -> Result<Vec<ContentPart>> {
     }
 }
 
-/// Sends one streamed `Chat` of `max_tokens` (greedy, EOS ignored) and times it.
-pub async fn chat(
-    client: &InferenceServiceClient<Channel>,
-    model: &str,
-    content: &Value,
-    max_tokens: u32,
-    timeout: Duration,
-) -> Result<Timing> {
+/// Sends one streamed, greedy `Chat` (EOS ignored only when asked) and times it.
+pub async fn chat(client: &InferenceServiceClient<Channel>, ask: &Ask<'_>) -> Result<Timing> {
+    let timeout = ask.timeout;
     let request = ChatRequest {
-        model: model.to_string(),
+        model: ask.model.to_string(),
         messages: vec![Message {
             role: "user".into(),
-            content: parts(content)?,
+            content: parts(ask.content)?,
         }],
         sampling: Some(SamplingParams {
-            max_tokens,
-            ignore_eos: true,
+            max_tokens: ask.max_tokens,
+            ignore_eos: ask.ignore_eos,
             ..Default::default()
         }),
         ..Default::default()

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use arrivals::Arrivals;
-use client::{Endpoint, chat, first_model};
+use client::{Ask, Endpoint, chat, first_model};
 use dataset::{Kind, RequestSpec};
 use report::{Outcome, RequestError, RunInfo, ServeReport, Slo};
 
@@ -86,6 +86,9 @@ pub struct ServeBench {
     pub percentiles: Vec<f64>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Send vLLM's `ignore_eos` (dvd and vLLM take it; other servers refuse the field), so
+    /// every request generates exactly its `max_tokens`. Off: the field is not sent.
+    pub ignore_eos: bool,
 }
 
 impl ServeBench {
@@ -126,6 +129,7 @@ impl ServeBench {
             outcomes: tx,
             start,
             timeout: self.timeout,
+            ignore_eos: self.ignore_eos,
         };
         if let Some(probes) = self.probes.clone() {
             let (request, done) = (request.clone(), load_done.clone());
@@ -230,6 +234,7 @@ struct Request {
     outcomes: mpsc::UnboundedSender<Outcome>,
     start: Instant,
     timeout: Duration,
+    ignore_eos: bool,
 }
 
 impl Request {
@@ -239,14 +244,16 @@ impl Request {
         let this = self.clone();
         self.tracker.spawn(async move {
             let sent_at = this.start.elapsed().as_secs_f64();
-            let (content, tokens, timeout) = (&spec.content, spec.max_tokens, this.timeout);
+            let ask = Ask {
+                model: &this.model,
+                content: &spec.content,
+                max_tokens: spec.max_tokens,
+                ignore_eos: this.ignore_eos,
+                timeout: this.timeout,
+            };
             let result = match &this.target {
-                Target::OpenAi(endpoint) => {
-                    chat(endpoint, &this.model, content, tokens, timeout).await
-                }
-                Target::Grpc(client) => {
-                    grpc::chat(client, &this.model, content, tokens, timeout).await
-                }
+                Target::OpenAi(endpoint) => chat(endpoint, &ask).await,
+                Target::Grpc(client) => grpc::chat(client, &ask).await,
             }
             .map_err(RequestError::from);
             let _ = this.outcomes.send(Outcome {

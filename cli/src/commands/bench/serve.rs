@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use dvd_bench::serve::arrivals::Arrivals;
 use dvd_bench::serve::client::Endpoint;
-use dvd_bench::serve::dataset::{self, Synthetic};
+use dvd_bench::serve::dataset::{self, RandomMm, Synthetic};
 use dvd_bench::serve::report::{self, ServeReport, Slo};
 use dvd_bench::serve::{Api, Probes, ServeBench, plot};
 
@@ -48,24 +48,35 @@ pub struct ServeArgs {
     /// Seed of the arrivals and synthetic images.
     #[arg(long, default_value_t = Arrivals::default().seed)]
     seed: u64,
-    /// `synthetic` (fresh images of --image-sizes) or `jsonl` (--dataset-path).
+    /// `synthetic` (fresh images of --image-sizes in turn, the same question), `random-mm`
+    /// (vLLM's: random prompts of --random-input-len words, MIN:MAX images per request, each
+    /// side drawn from --image-sizes) or `jsonl` (--dataset-path).
     #[arg(long, default_value = "synthetic")]
     dataset: String,
-    /// JSONL file: {"prompt": ..., "images": [paths], "max_tokens": n} per line.
+    /// JSONL file: {"prompt": ..., "images": [paths], "max_tokens": n} per line, or
+    /// VisionArena-style rows ({"conversation": [turns], "images": [paths]}: the first user turn).
     #[arg(long)]
     dataset_path: Option<PathBuf>,
-    /// Square image sides, used in turn (e.g. 448,896,1344).
+    /// Square image sides (e.g. 448,896,1344): used in turn by `synthetic`, drawn at random by
+    /// `random-mm`.
     #[arg(long, default_value_t = SizeList::of_sides(&Synthetic::default().sizes))]
     image_sizes: SizeList,
-    /// Images per synthetic request.
-    #[arg(long, default_value_t = Synthetic::default().images_per_request)]
-    images_per_request: usize,
+    /// Images per request: N, or MIN:MAX for `random-mm` (drawn uniformly, both included).
+    #[arg(long, default_value_t = ImagesPerRequest(Synthetic::default().images_per_request, Synthetic::default().images_per_request))]
+    images_per_request: ImagesPerRequest,
+    /// Words of each `random-mm` prompt.
+    #[arg(long, default_value_t = 32)]
+    random_input_len: usize,
     /// The question of synthetic requests.
     #[arg(long, default_value_t = Synthetic::default().prompt)]
     prompt: String,
-    /// Tokens each load request generates (EOS ignored).
+    /// Tokens each load request generates at most (exactly, with --ignore-eos).
     #[arg(long, default_value_t = Synthetic::default().max_tokens)]
     output_len: u32,
+    /// Send vLLM's `ignore_eos` extension so every request generates exactly --output-len
+    /// tokens (dvd and vLLM take it; servers without it refuse the request).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Text-only probes per second beside the load.
     #[arg(long)]
     probe_request_rate: Option<f64>,
@@ -152,6 +163,35 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--images-per-request`: `N`, or `MIN:MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ImagesPerRequest(usize, usize);
+
+impl std::str::FromStr for ImagesPerRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let count = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?}: expected N or MIN:MAX (whole numbers)"))
+        };
+        match s.split_once(':') {
+            Some((lo, hi)) => Ok(Self(count(lo)?, count(hi)?)),
+            None => count(s).map(|n| Self(n, n)),
+        }
+    }
+}
+
+impl std::fmt::Display for ImagesPerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self(lo, hi) if lo == hi => write!(f, "{lo}"),
+            Self(lo, hi) => write!(f, "{lo}:{hi}"),
+        }
+    }
+}
+
 /// `--percentiles` as it is written: comma-separated.
 fn percentiles_flag(percentiles: &[f64]) -> String {
     let text: Vec<String> = percentiles.iter().map(f64::to_string).collect();
@@ -161,11 +201,28 @@ fn percentiles_flag(percentiles: &[f64]) -> String {
 impl ServeArgs {
     /// The benchmark of one run at `rate`, its synthetic images from `seed`.
     fn bench(&self, rate: Option<f64>, seed: u64) -> Result<ServeBench> {
+        let sizes: Vec<u32> = self.image_sizes.0.iter().map(|&s| s as u32).collect();
+        let ImagesPerRequest(fewest, most) = self.images_per_request;
         let requests = match self.dataset.as_str() {
-            "synthetic" => Synthetic {
-                sizes: self.image_sizes.0.iter().map(|&s| s as u32).collect(),
-                images_per_request: self.images_per_request,
-                prompt: self.prompt.clone(),
+            "synthetic" => {
+                if fewest != most {
+                    bail!(
+                        "--images-per-request {fewest}:{most}: a range needs --dataset random-mm"
+                    );
+                }
+                Synthetic {
+                    sizes,
+                    images_per_request: most,
+                    prompt: self.prompt.clone(),
+                    max_tokens: self.output_len,
+                    seed,
+                }
+                .requests(self.num_prompts)?
+            }
+            "random-mm" => RandomMm {
+                sizes,
+                images: (fewest, most),
+                input_words: self.random_input_len,
                 max_tokens: self.output_len,
                 seed,
             }
@@ -176,7 +233,7 @@ impl ServeArgs {
                 };
                 dataset::from_jsonl(path, self.num_prompts, self.output_len)?
             }
-            other => bail!("unknown --dataset {other:?}: synthetic or jsonl"),
+            other => bail!("unknown --dataset {other:?}: synthetic, random-mm or jsonl"),
         };
         let percentiles = self
             .percentiles
@@ -219,6 +276,7 @@ impl ServeArgs {
             slos: self.goodput.clone(),
             percentiles,
             progress: !self.json,
+            ignore_eos: self.ignore_eos,
         })
     }
 }
