@@ -125,9 +125,12 @@ pub struct ServeReport {
     pub total_token_throughput: f64,
     /// Image tokens per second (vision work done).
     pub image_token_throughput: f64,
-    /// `mean_/median_/std_/pNN_{ttft,tpot,itl,e2el}_ms` of the load requests.
+    /// `mean_/median_/std_/max_/pNN_{ttft,tpot,itl,e2el}_ms` of the load requests.
     #[serde(flatten)]
     pub latencies: BTreeMap<String, f64>,
+    /// Values behind each latency (`ttft`, `tpot`, `itl`, `e2el`): a `pNN` from fewer than
+    /// `100 / (100 - NN)` of them is no more than their maximum, and the table says so.
+    pub samples: BTreeMap<String, usize>,
     /// The text-only probes, when there were any.
     pub probes: Option<ProbeReport>,
     /// Up to 10 distinct failure messages.
@@ -141,9 +144,11 @@ pub struct ProbeReport {
     pub completed: usize,
     /// Probes failed.
     pub failed: usize,
-    /// `mean_/median_/std_/pNN_{ttft,e2el}_ms` of the probes.
+    /// `mean_/median_/std_/max_/pNN_{ttft,e2el}_ms` of the probes.
     #[serde(flatten)]
     pub latencies: BTreeMap<String, f64>,
+    /// Values behind each latency (see [`ServeReport::samples`]).
+    pub samples: BTreeMap<String, usize>,
 }
 
 /// Run parameters that go into the report as they are.
@@ -180,6 +185,7 @@ impl ServeReport {
             .collect();
         let e2el: Vec<f64> = done.iter().map(|t| ms(t.e2el)).collect();
         let mut latencies = BTreeMap::new();
+        let mut samples = BTreeMap::new();
         for (name, values) in [
             ("ttft", &ttft),
             ("tpot", &tpot),
@@ -187,6 +193,7 @@ impl ServeReport {
             ("e2el", &e2el),
         ] {
             describe(&mut latencies, name, values, percentiles);
+            samples.insert(name.to_string(), values.len());
         }
         let request_goodput = (!slos.is_empty()).then(|| {
             let good = done.iter().filter(|t| meets(t, slos)).count();
@@ -203,10 +210,15 @@ impl ServeReport {
             let e2el: Vec<f64> = ok.iter().map(|t| ms(t.e2el)).collect();
             describe(&mut latencies, "ttft", &ttft, percentiles);
             describe(&mut latencies, "e2el", &e2el, percentiles);
+            let samples = [("ttft", ttft.len()), ("e2el", e2el.len())]
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect();
             ProbeReport {
                 completed: ok.len(),
                 failed: probes.len() - ok.len(),
                 latencies,
+                samples,
             }
         });
         let mut errors: Vec<String> = Vec::new();
@@ -230,6 +242,7 @@ impl ServeReport {
             total_token_throughput: (input + output) as f64 / duration,
             image_token_throughput: images as f64 / duration,
             latencies,
+            samples,
             probes,
             errors,
         }
@@ -326,6 +339,10 @@ fn describe(into: &mut BTreeMap<String, f64>, name: &str, values: &[f64], percen
     into.insert(format!("mean_{name}_ms"), mean);
     into.insert(format!("median_{name}_ms"), percentile(&sorted, 50.0));
     into.insert(format!("std_{name}_ms"), std);
+    into.insert(
+        format!("max_{name}_ms"),
+        sorted.last().copied().unwrap_or(0.0),
+    );
     for &p in percentiles {
         into.insert(
             format!("p{}_{name}_ms", format_percentile(p)),
@@ -339,6 +356,21 @@ fn format_percentile(p: f64) -> String {
         format!("{}", p as u64)
     } else {
         format!("{p}")
+    }
+}
+
+/// The table row of percentile `p` (as written in the key) of `name` from `n` values: `PNN`
+/// when `n` can resolve it (at least `100 / (100 - NN)` values), else the maximum, said as such.
+fn percentile_row(p: &str, name: &str, n: usize, value: f64, max: f64) -> (String, f64) {
+    let pct: f64 = p.parse().unwrap_or(0.0);
+    let needed = if pct >= 100.0 {
+        usize::MAX
+    } else {
+        (100.0 / (100.0 - pct)).ceil() as usize
+    };
+    match n >= needed || pct <= 50.0 {
+        true => (format!("P{p} {} (ms):", name.to_uppercase()), value),
+        false => (format!("Max of {n} {} (ms):", name.to_uppercase()), max),
     }
 }
 
@@ -418,17 +450,16 @@ impl fmt::Display for ServeReport {
                 format!("Median {} (ms):", name.to_uppercase()),
                 get(&format!("median_{name}_ms"))
             )?;
+            let n = self.samples.get(name).copied().unwrap_or(0);
             for (key, value) in self
                 .latencies
                 .iter()
                 .filter(|(k, _)| k.starts_with('p') && k.ends_with(&format!("_{name}_ms")))
             {
                 let p = key.trim_start_matches('p').split('_').next().unwrap_or("");
-                writeln!(
-                    f,
-                    "{:<40} {value:.2}",
-                    format!("P{p} {} (ms):", name.to_uppercase())
-                )?;
+                let (label, value) =
+                    percentile_row(p, name, n, *value, get(&format!("max_{name}_ms")));
+                writeln!(f, "{label:<40} {value:.2}")?;
             }
         }
         if let Some(p) = &self.probes {
@@ -439,7 +470,21 @@ impl fmt::Display for ServeReport {
                 "Probes answered:", p.completed, p.failed
             )?;
             for (key, value) in &p.latencies {
-                writeln!(f, "{:<40} {value:.2}", format!("{key}:"))?;
+                let pct = key
+                    .strip_prefix('p')
+                    .and_then(|rest| rest.split_once('_'))
+                    .filter(|(pct, _)| pct.parse::<f64>().is_ok());
+                match pct {
+                    Some((pct, rest)) => {
+                        let name = rest.trim_end_matches("_ms");
+                        let n = p.samples.get(name).copied().unwrap_or(0);
+                        let max = p.latencies.get(&format!("max_{name}_ms")).copied();
+                        let (label, value) =
+                            percentile_row(pct, name, n, *value, max.unwrap_or(0.0));
+                        writeln!(f, "{label:<40} {value:.2}")?;
+                    }
+                    None => writeln!(f, "{:<40} {value:.2}", format!("{key}:"))?,
+                }
             }
         }
         write!(f, "==================================================")
@@ -472,6 +517,32 @@ mod tests {
             num_prompts: 3,
             duration: 2.0,
         }
+    }
+
+    #[test]
+    fn a_p99_from_fewer_than_100_values_is_shown_as_their_maximum() {
+        let load = |n: usize| -> Vec<Outcome> {
+            (0..n)
+                .map(|i| Outcome {
+                    kind: Kind::Load,
+                    sent_at: i as f64,
+                    images: 1,
+                    result: Ok(timing(0.1 + i as f64 * 1e-3, 1.0, 2)),
+                })
+                .collect()
+        };
+        let few = ServeReport::new(info(), &load(24), &[], &[50.0, 90.0, 99.0]);
+        assert_eq!(few.samples["ttft"], 24);
+        let table = few.to_string();
+        assert!(table.contains("Max of 24 TTFT (ms):"), "{table}");
+        assert!(!table.contains("P99 TTFT"), "{table}");
+        // 24 values resolve a p90 (10 needed).
+        assert!(table.contains("P90 TTFT (ms):"), "{table}");
+        assert!((few.latencies["max_ttft_ms"] - 123.0).abs() < 1e-6);
+        let many = ServeReport::new(info(), &load(100), &[], &[99.0]);
+        let table = many.to_string();
+        assert!(table.contains("P99 TTFT (ms):"), "{table}");
+        assert!(!table.contains("Max of"), "{table}");
     }
 
     #[test]
