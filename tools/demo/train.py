@@ -2,8 +2,10 @@
 """Trains dvd's embedded demo model (issue 9): a small InternVL3.5-architecture model (InternViT
 encoder, pixel shuffle, mlp1 projector, Qwen3 language model) that answers questions about the
 synthetic world of tools/demo/world.py. Writes the HF-layout checkpoint to models/dvd-demo/
-(bf16 safetensors, config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json,
-chat_template.jinja, generation_config.json) and prints held-out accuracy per question kind.
+(bf16 safetensors, config.json, preprocessor_config.json, processor_config.json, tokenizer.json,
+tokenizer_config.json, chat_template.jinja, generation_config.json), as transformers'
+InternVLProcessor loads it (tools/demo/check_hf.py checks that), and prints held-out accuracy per
+question kind.
 
 Usage:  python3 -m venv .venv && .venv/bin/pip install -r tools/demo/requirements.txt
         .venv/bin/python tools/demo/train.py            # ~26-30 min on 2 CPU cores
@@ -44,8 +46,10 @@ IMAGES_PER_STEP = 32
 STEPS = 1500
 EVAL_SEED = 999_999
 EVAL_IMAGES = 150
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+STD = np.array(IMAGENET_STD, dtype=np.float32)
 IM_END = special_id("<|im_end|>")
 IMG_CONTEXT = special_id("<IMG_CONTEXT>")
 # Without a picture the model gives one fixed reply (it knows nothing but its world).
@@ -57,6 +61,14 @@ TEXT_ROWS_PER_STEP = 4
 # Prompt text before the image tokens, identical for every question (image first, as dvd chat
 # and dvd generate send it).
 PREFIX = "<|im_start|>user\n<img>"
+# InternVL's video placeholder. The base tokenizer lacks it; it takes the last unreachable filler
+# id below the special tokens, so every token InternVLProcessor names has an id below VOCAB.
+VIDEO = "<video>"
+VIDEO_ID = special_id("<|endoftext|>") - 1
+# InternVLProcessor's names for its tokens, as transformers' convert_internvl_weights_to_hf.py
+# writes them (tokenizer_config.json `extra_special_tokens`).
+PROCESSOR_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                    "context_image_token": "<IMG_CONTEXT>", "video_token": VIDEO}
 
 torch.set_num_threads(2)
 
@@ -69,6 +81,20 @@ def corpus():
     lines += [f"a {c} {s}, a {c} {s} and" for s in world.SHAPES for c in world.COLOURS]
     lines += ["user\n", "assistant\n", "system\n", "There are one two three shapes.", TEXT_REPLY] + GREETINGS
     return lines * 8 + CORPUS
+
+
+def with_video_token(tok):
+    """`tok` with VIDEO as a special token on the filler id VIDEO_ID (never produced from text, so
+    the encoding of any other text is unchanged)."""
+    js = json.loads(tok.to_str())
+    vocab = js["model"]["vocab"]
+    vocab[VIDEO] = vocab.pop(f"<|fill_{VIDEO_ID}|>")
+    js["added_tokens"].append({"id": VIDEO_ID, "content": VIDEO, "single_word": False, "lstrip": False,
+                               "rstrip": False, "normalized": False, "special": True})
+    js["added_tokens"].sort(key=lambda t: t["id"])
+    tok = type(tok).from_str(json.dumps(js))
+    assert tok.token_to_id(VIDEO) == VIDEO_ID and tok.get_vocab_size() == VOCAB
+    return tok
 
 
 def model_config():
@@ -279,11 +305,27 @@ def save(model, tok, out):
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     model.config.dtype = torch.bfloat16
     model.config.save_pretrained(out)
+    write_processor_files(tok, out)
+
+
+def write_processor_files(tok, out):
+    """The files transformers' AutoProcessor (InternVLProcessor) reads: the image processor (one
+    224 px tile, Pillow bicubic, ImageNet mean and std, as `pixels`), the processor (64 tokens per
+    tile), the chat template and the tokenizer with the processor's token names."""
     (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "GotOcr2ImageProcessor", "crop_to_patches": True, "min_patches": 1,
-        "max_patches": 1, "size": {"height": TILE, "width": TILE}}, indent=1) + "\n")
+        "image_processor_type": "GotOcr2ImageProcessor", "processor_class": "InternVLProcessor",
+        "crop_to_patches": True, "min_patches": 1, "max_patches": 1, "size": {"height": TILE, "width": TILE},
+        "do_resize": True, "resample": int(Image.BICUBIC), "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "do_convert_rgb": True},
+        indent=1) + "\n")
+    (out / "processor_config.json").write_text(json.dumps({
+        "processor_class": "InternVLProcessor", "image_seq_length": TOKENS_PER_TILE}, indent=2, sort_keys=True) + "\n")
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     write_text_files(out, tok)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.update(extra_special_tokens=PROCESSOR_TOKENS, processor_class="InternVLProcessor")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def main():
@@ -293,7 +335,7 @@ def main():
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    tok = build_tokenizer(corpus())
+    tok = with_video_token(build_tokenizer(corpus()))
     for word in world.SHAPES + list(world.COLOURS) + world.NUMBERS:
         assert len(tok.encode(word).ids) == 1 and len(tok.encode(" " + word).ids) == 1, word
     batcher = Batcher(tok)

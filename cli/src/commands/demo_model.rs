@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// The checkpoint's files, as committed.
-const FILES: [(&str, &[u8]); 8] = [
+/// The checkpoint's files, as committed: every file transformers' `AutoProcessor` and
+/// `InternVLForConditionalGeneration` read, so the cached directory loads there too.
+const FILES: [(&str, &[u8]); 9] = [
     (
         "config.json",
         include_bytes!("../../../models/dvd-demo/config.json"),
@@ -20,6 +21,10 @@ const FILES: [(&str, &[u8]); 8] = [
     (
         "preprocessor_config.json",
         include_bytes!("../../../models/dvd-demo/preprocessor_config.json"),
+    ),
+    (
+        "processor_config.json",
+        include_bytes!("../../../models/dvd-demo/processor_config.json"),
     ),
     (
         "chat_template.jinja",
@@ -151,5 +156,39 @@ mod tests {
         std::fs::write(dir.join("model.safetensors"), b"x").unwrap();
         assert_eq!(install(cache.path()).unwrap(), dir);
         assert!(complete(&dir));
+    }
+
+    /// What transformers' InternVLProcessor reads agrees with the model (tools/demo/check_hf.py
+    /// checks it with transformers itself).
+    #[test]
+    fn the_processor_files_match_the_model() {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = install(cache.path()).unwrap();
+        let json = |name: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+        };
+        let config = json("config.json");
+        let processor = json("processor_config.json");
+        assert_eq!(processor["processor_class"], "InternVLProcessor");
+        assert_eq!(processor["image_seq_length"], config["image_seq_length"]);
+        let tokenizer = dvd_language_server::text::Tokenizer::from_dir(&dir).unwrap();
+        let vocab = config["text_config"]["vocab_size"].as_u64().unwrap();
+        assert_eq!(tokenizer.vocab_size() as u64, vocab);
+        let names = json("tokenizer_config.json")["extra_special_tokens"].clone();
+        let id = |name: &str| {
+            tokenizer
+                .require_token_id(names[name].as_str().unwrap())
+                .unwrap()
+        };
+        for name in ["start_image_token", "end_image_token", "video_token"] {
+            assert!(
+                u64::from(id(name)) < vocab && tokenizer.is_special(id(name)),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            u64::from(id("context_image_token")),
+            config["image_token_id"].as_u64().unwrap()
+        );
     }
 }
