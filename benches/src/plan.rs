@@ -9,10 +9,12 @@
 //! measured alone on this machine) or per-unit GPU rates (`dvd bench gpu`: vision tiles/s,
 //! prefill tokens/s, decode steps/s at a batch size) together with the workload's shape.
 //!
-//! [`memory`] is the other mode: what one language server of a model takes per GPU, from its
-//! config alone (`dvd bench plan --model`).
+//! [`memory`] is another mode: what one language server of a model takes per GPU, from its
+//! config alone (`dvd bench plan --model`); [`projection`] a third: coupled against DvD on a
+//! GPU budget from one GPU's stage measurements (`dvd bench plan --gpu-report`).
 
 pub mod memory;
+pub mod projection;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! `dvd bench compare` end to end on the small committed model (real `dvd up` deployments,
-//! coupled and pinned, on loopback), and `dvd bench plan` reading its report.
+//! coupled, pinned and capped, on loopback), and `dvd bench plan` reading its report.
 
 use crate::common;
 
@@ -19,6 +19,7 @@ fn compare_measures_both_deployments_and_plan_reads_the_report() {
             .args(["--probe-requests", "3", "--probe-request-rate", "100"])
             .args(["--output-len", "16", "--vision-cpus", "0"])
             .args(["--language-cpus", language, "--gateway-cpus", language])
+            .args(["--validate-splits", "2V:1L"])
             .arg("--result-file")
             .arg(&report),
     );
@@ -41,6 +42,27 @@ fn compare_measures_both_deployments_and_plan_reads_the_report() {
     let image = json["image_request_prompt_tokens"].as_f64().unwrap();
     let text = json["text_request_prompt_tokens"].as_f64().unwrap();
     assert!((text - image).abs() <= 0.25 * image, "{text} vs {image}");
+
+    // The planner fitted on 1V:1L (capped servers) and checked on a split it did not see.
+    let fit = &json["plan_fit"];
+    assert_eq!(fit["unit_cores"], 0.25);
+    for key in [
+        "fit_vision_capacity",
+        "fit_language_capacity",
+        "fit_efficiency",
+    ] {
+        assert!(fit[key].as_f64().unwrap() > 0.0, "{key}: {fit}");
+    }
+    let checks = json["plan_validation"].as_array().unwrap();
+    assert_eq!(checks.len(), 1);
+    assert_eq!(checks[0]["split"], "2V:1L");
+    let (predicted, measured) = (
+        checks[0]["predicted_rps"].as_f64().unwrap(),
+        checks[0]["measured_rps"].as_f64().unwrap(),
+    );
+    assert!(predicted > 0.0 && measured > 0.0);
+    let error = checks[0]["error"].as_f64().unwrap();
+    assert!((error - (predicted - measured).abs() / measured).abs() < 1e-9);
 
     let plan = json_output(
         dvd()

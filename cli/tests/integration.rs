@@ -4,10 +4,12 @@
 //! file. Run a group with `cargo test -p <crate> --test integration <module>::`.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
+mod bench_defaults;
 mod bench_plan_memory;
 mod cli;
 mod common;
 mod compare;
+mod cpu_quota;
 mod demo;
 mod deploy;
 mod faults;

@@ -531,17 +531,24 @@ fn language_failure(
     {
         server.cool_down(gw.config.health.cooldown());
     }
-    Attempt::Retry(GatewayError::Upstream(format!(
-        "language server {}: {}",
-        language.addr,
-        s.message()
-    )))
+    let message = format!("language server {}: {}", language.addr, s.message());
+    Attempt::Retry(match s.code() {
+        // A full server answered correctly: the pool cannot take work (503), nothing broke.
+        Code::ResourceExhausted => GatewayError::Unavailable(message),
+        _ => GatewayError::Upstream(message),
+    })
 }
 
 /// What a failed `Encode` call means for the attempt.
 fn vision_failure(s: &Status) -> Attempt {
     if s.code() == Code::InvalidArgument {
         Attempt::Fatal(GatewayError::InvalidRequest(s.message().into()))
+    } else if s.code() == Code::ResourceExhausted {
+        // A full vision server answered correctly: the pool cannot take work (503).
+        Attempt::Retry(GatewayError::Unavailable(format!(
+            "vision stage is full: {}",
+            s.message()
+        )))
     } else {
         Attempt::Retry(GatewayError::Upstream(format!(
             "vision stage failed: {}",

@@ -1,6 +1,7 @@
 //! The vision stage alone: the workload's images sent straight to a vision server's `Encode`
-//! (all at once), with this process's own feature listener as the destination, so no language
-//! server is involved. Requests per second = requests / time until the last tile arrived.
+//! (a bounded number in flight, as the load had), with this process's own feature listener as
+//! the destination, so no language server is involved. Requests per second = requests / time
+//! until the last tile arrived.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -16,9 +17,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Encodes every request's images (`images[i]`: request `i`'s encoded files) on the vision
-/// server at `vision` and returns requests per second.
-pub async fn throughput(vision: &str, images: &[Vec<Vec<u8>>]) -> Result<f64> {
+/// server at `vision`, at most `concurrency` requests at a time, and returns requests per
+/// second.
+pub async fn throughput(vision: &str, images: &[Vec<Vec<u8>>], concurrency: usize) -> Result<f64> {
     ensure!(!images.is_empty(), "no requests to encode");
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let registry = InboxRegistry::new(InboxConfig::default());
     let listener = dvd_transport::listen(
         TransportKind::Tcp,
@@ -40,6 +43,7 @@ pub async fn throughput(vision: &str, images: &[Vec<Vec<u8>>]) -> Result<f64> {
     let started = Instant::now();
     let mut requests = JoinSet::new();
     for files in images {
+        let permit = slots.clone().acquire_owned().await?;
         let id = RequestId::random();
         let mut inbox = registry.register(id, Some(u16::try_from(files.len())?))?;
         let request = EncodeRequest {
@@ -71,6 +75,7 @@ pub async fn throughput(vision: &str, images: &[Vec<Vec<u8>>]) -> Result<f64> {
                 tiles += 1;
             }
             ensure!(tiles > 0, "no tiles arrived");
+            drop(permit);
             anyhow::Ok(())
         });
     }

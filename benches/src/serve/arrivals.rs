@@ -48,9 +48,7 @@ pub enum ArrivalsError {
 impl Arrivals {
     /// Send times (seconds from the start) of `n` requests, non-decreasing.
     pub fn schedule(&self, n: usize) -> Result<Vec<f64>, ArrivalsError> {
-        if !(self.burstiness > 0.0 && self.burstiness.is_finite()) {
-            return Err(ArrivalsError::Burstiness(self.burstiness));
-        }
+        self.check_burstiness()?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let mut at = 0.0;
         let mut times = Vec::with_capacity(n);
@@ -81,6 +79,42 @@ impl Arrivals {
             times.push(at);
         }
         Ok(times)
+    }
+
+    /// Send times of a run that lasts `seconds`: every time before it at the rate (a ramp goes
+    /// from its start to its end value over the `seconds`), or, with no rate, time zero
+    /// without end (the caller's concurrency limit and deadline bound the run).
+    pub fn until(
+        &self,
+        seconds: f64,
+    ) -> Result<Box<dyn Iterator<Item = f64> + Send>, ArrivalsError> {
+        self.check_burstiness()?;
+        let rate_at = |t: f64| match (self.ramp, self.rate) {
+            (Some((start, end)), _) => Some(start + (end - start) * (t / seconds).min(1.0)),
+            (None, rate) => rate,
+        };
+        if rate_at(0.0).is_none() {
+            return Ok(Box::new(std::iter::repeat(0.0)));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut times = Vec::new();
+        let mut at = 0.0;
+        while at < seconds {
+            times.push(at);
+            let rate = rate_at(at).unwrap_or(0.0);
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(ArrivalsError::Rate(rate));
+            }
+            at += Gamma::new(self.burstiness, 1.0 / (self.burstiness * rate))?.sample(&mut rng);
+        }
+        Ok(Box::new(times.into_iter()))
+    }
+
+    fn check_burstiness(&self) -> Result<(), ArrivalsError> {
+        match self.burstiness > 0.0 && self.burstiness.is_finite() {
+            true => Ok(()),
+            false => Err(ArrivalsError::Burstiness(self.burstiness)),
+        }
     }
 }
 
@@ -133,6 +167,35 @@ mod tests {
         let late = ramp[1999] - ramp[1899];
         assert!(early > 5.0 * late, "{early} {late}");
         assert!(arrivals(Some(0.0), 1.0).schedule(2).is_err());
+        assert!(arrivals(Some(0.0), 1.0).until(1.0).is_err());
+    }
+
+    #[test]
+    fn timed_runs_send_until_their_end_at_the_rate() {
+        let times: Vec<f64> = arrivals(Some(50.0), 1.0).until(100.0).unwrap().collect();
+        assert!(times.iter().all(|&t| (0.0..100.0).contains(&t)));
+        assert!(
+            (times.len() as f64 - 5000.0).abs() < 250.0,
+            "{}",
+            times.len()
+        );
+        // With no rate the run is bounded by its concurrency, not its times.
+        assert!(
+            arrivals(None, 1.0)
+                .until(1.0)
+                .unwrap()
+                .take(1000)
+                .all(|t| t == 0.0)
+        );
+        let ramp: Vec<f64> = Arrivals {
+            ramp: Some((1.0, 100.0)),
+            ..arrivals(None, 1.0)
+        }
+        .until(20.0)
+        .unwrap()
+        .collect();
+        let first_half = ramp.iter().filter(|&&t| t < 10.0).count();
+        assert!(ramp.len() > 2 * first_half, "{} {first_half}", ramp.len());
         assert!(arrivals(Some(1.0), 0.0).schedule(2).is_err());
     }
 }

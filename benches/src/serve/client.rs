@@ -98,6 +98,16 @@ impl Ask<'_> {
     }
 }
 
+/// A non-200 answer to a chat request, before any token: the status and the error's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("HTTP {status}: {message}")]
+pub struct HttpStatus {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The OpenAI error's `message` (or the body as text).
+    pub message: String,
+}
+
 /// Sends one streamed, greedy chat completion (usage reported; `ignore_eos` only when asked)
 /// and times it.
 pub async fn chat(endpoint: &Endpoint, ask: &Ask<'_>) -> Result<Timing> {
@@ -141,11 +151,16 @@ pub async fn stream_chat(
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(String::from))
             .unwrap_or(text);
-        bail!("HTTP {status}: {}", message.trim());
+        return Err(HttpStatus {
+            status,
+            message: message.trim().to_string(),
+        }
+        .into());
     }
     let mut timing = Timing::default();
     let mut last: Option<Instant> = None;
     let mut pending = String::new();
+    let mut finish_reason: Option<String> = None;
     while let Some(bytes) = body.next().await? {
         pending.push_str(&String::from_utf8_lossy(&bytes));
         while let Some(end) = pending.find("\n\n") {
@@ -166,7 +181,14 @@ pub async fn stream_chat(
                         .map_or(error.to_string(), String::from);
                     bail!("the request failed: {message}");
                 }
-                if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
+                if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+                    finish_reason = Some(reason.to_string());
+                }
+                // The first token is the first text: a role chunk's empty content is not one.
+                if let Some(delta) = chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .filter(|d| !d.is_empty())
+                {
                     let now = Instant::now();
                     match last {
                         None => timing.ttft = Some((now - started).as_secs_f64()),
@@ -186,7 +208,15 @@ pub async fn stream_chat(
             }
         }
     }
-    bail!("the stream ended without [DONE]")
+    // Servers that close the stream after the final chunk without `[DONE]` (transformers
+    // serve) have answered, if that chunk said why generation finished.
+    match finish_reason {
+        Some(_) => {
+            timing.e2el = started.elapsed().as_secs_f64();
+            Ok(timing)
+        }
+        None => bail!("the stream ended before a finish_reason or [DONE]"),
+    }
 }
 
 /// The status code and whether the body is chunked.
@@ -322,5 +352,72 @@ mod tests {
         assert_eq!(plain["max_tokens"], 4);
         ask.ignore_eos = true;
         assert_eq!(ask.body()["ignore_eos"], true);
+    }
+
+    /// Asks `ask` of a one-connection server on loopback that answers `response` (status line,
+    /// headers and body) and closes the connection.
+    async fn against(response: String, ask: &Ask<'_>) -> Result<Timing> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint =
+            Endpoint::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let serve = async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(response.as_bytes()).await.unwrap();
+        };
+        let (timing, ()) = tokio::join!(chat(&endpoint, ask), serve);
+        timing
+    }
+
+    fn sse(events: &[&str]) -> String {
+        let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n{body}")
+    }
+
+    fn ask(content: &Value) -> Ask<'_> {
+        Ask {
+            model: "m",
+            content,
+            max_tokens: 2,
+            ignore_eos: false,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_after_its_finish_reason_is_an_answer_and_empty_content_no_token() {
+        let content = json!("hi");
+        // transformers serve: no [DONE]; dvd: a role chunk with empty content first.
+        let stream = sse(&[
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"b"}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#,
+        ]);
+        let timing = against(stream, &ask(&content)).await.unwrap();
+        assert_eq!(timing.text, "ab");
+        assert_eq!((timing.prompt_tokens, timing.output_tokens), (5, 2));
+        // One gap: between "a" and "b" (the empty chunk is not the first token).
+        assert_eq!(timing.itl.len(), 1);
+        assert!(timing.ttft.is_some());
+        // Cut off before saying why it finished: a failure.
+        let cut = sse(&[r#"{"choices":[{"delta":{"content":"a"}}]}"#]);
+        let error = against(cut, &ask(&content)).await.unwrap_err();
+        assert!(error.to_string().contains("finish_reason"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_http_error_keeps_its_status() {
+        let content = json!("hi");
+        let body = r#"{"error":{"message":"too many requests in flight"}}"#;
+        let response = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let error = against(response, &ask(&content)).await.unwrap_err();
+        let status = error.downcast_ref::<HttpStatus>().unwrap();
+        assert_eq!(status.status, 429);
+        assert_eq!(status.message, "too many requests in flight");
     }
 }

@@ -65,29 +65,62 @@ impl Default for Synthetic {
     }
 }
 
-impl Synthetic {
-    /// `n` requests; request `i` uses size `sizes[i % len]` and pictures no other request has.
-    pub fn requests(&self, n: usize) -> Result<Vec<RequestSpec>> {
-        if self.sizes.is_empty() || self.sizes.contains(&0) {
-            bail!("image sizes must be a non-empty list of positive sides");
+/// Where a run's load requests come from: request `i` on demand, so a timed run (`dvd bench
+/// serve --duration-s`) makes as many as it sends, each as fresh as the first.
+pub trait RequestSource: std::fmt::Debug + Send + Sync {
+    /// Request `i` (from 0) of the run.
+    fn request(&self, i: usize) -> Result<RequestSpec>;
+
+    /// Requests `0..n`.
+    fn requests(&self, n: usize) -> Result<Vec<RequestSpec>> {
+        (0..n).map(|i| self.request(i)).collect()
+    }
+}
+
+/// A list, used in order and from the start again when a run sends more.
+impl RequestSource for Vec<RequestSpec> {
+    fn request(&self, i: usize) -> Result<RequestSpec> {
+        match self.len() {
+            0 => bail!("no requests to send"),
+            n => Ok(self[i % n].clone()),
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        (0..n)
-            .map(|i| {
-                let side = self.sizes[i % self.sizes.len()];
-                let mut parts = Vec::with_capacity(self.images_per_request + 1);
-                for _ in 0..self.images_per_request {
-                    parts.push(image_part(&picture(side, side, &mut rng)?, "image/jpeg"));
-                }
-                parts.push(json!({"type": "text", "text": self.prompt}));
-                Ok(RequestSpec {
-                    kind: Kind::Load,
-                    content: Value::Array(parts),
-                    max_tokens: self.max_tokens,
-                    images: self.images_per_request,
-                })
-            })
-            .collect()
+    }
+}
+
+/// The random numbers of request `i` of a dataset seeded with `seed`: a stream of its own.
+fn request_rng(seed: u64, i: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(i as u64);
+    rng
+}
+
+fn check_sizes(sizes: &[u32]) -> Result<()> {
+    if sizes.is_empty() || sizes.contains(&0) {
+        bail!("image sizes must be a non-empty list of positive sides");
+    }
+    Ok(())
+}
+
+/// Request `i` uses size `sizes[i % len]` and pictures no other request has.
+impl RequestSource for Synthetic {
+    fn request(&self, i: usize) -> Result<RequestSpec> {
+        check_sizes(&self.sizes)?;
+        let mut rng = request_rng(self.seed, i);
+        let side = self.sizes[i % self.sizes.len()];
+        let mut parts = Vec::with_capacity(self.images_per_request + 1);
+        for _ in 0..self.images_per_request {
+            parts.push(image_part(
+                &random_picture(side, side, &mut rng)?,
+                "image/jpeg",
+            ));
+        }
+        parts.push(json!({"type": "text", "text": self.prompt}));
+        Ok(RequestSpec {
+            kind: Kind::Load,
+            content: Value::Array(parts),
+            max_tokens: self.max_tokens,
+            images: self.images_per_request,
+        })
     }
 }
 
@@ -115,39 +148,41 @@ const WORDS: [&str; 32] = [
     "above", "below", "next", "to", "count", "every", "one", "and", "where", "picture",
 ];
 
-impl RandomMm {
-    /// `n` requests.
-    pub fn requests(&self, n: usize) -> Result<Vec<RequestSpec>> {
-        if self.sizes.is_empty() || self.sizes.contains(&0) {
-            bail!("image sizes must be a non-empty list of positive sides");
-        }
+impl RequestSource for RandomMm {
+    fn request(&self, i: usize) -> Result<RequestSpec> {
+        check_sizes(&self.sizes)?;
         let (fewest, most) = self.images;
         if fewest > most {
             bail!("images per request {fewest}:{most}: the first must not exceed the second");
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        (0..n)
-            .map(|_| {
-                let count = rng.random_range(fewest..=most);
-                let mut parts = Vec::with_capacity(count + 1);
-                for _ in 0..count {
-                    let side = self.sizes[rng.random_range(0..self.sizes.len())];
-                    parts.push(image_part(&picture(side, side, &mut rng)?, "image/jpeg"));
-                }
-                // At least one word: a request without images still asks something.
-                let words: Vec<&str> = (0..self.input_words.max(1))
-                    .map(|_| WORDS[rng.random_range(0..WORDS.len())])
-                    .collect();
-                parts.push(json!({"type": "text", "text": words.join(" ")}));
-                Ok(RequestSpec {
-                    kind: Kind::Load,
-                    content: Value::Array(parts),
-                    max_tokens: self.max_tokens,
-                    images: count,
-                })
-            })
-            .collect()
+        let mut rng = request_rng(self.seed, i);
+        let count = rng.random_range(fewest..=most);
+        let mut parts = Vec::with_capacity(count + 1);
+        for _ in 0..count {
+            let side = self.sizes[rng.random_range(0..self.sizes.len())];
+            parts.push(image_part(
+                &random_picture(side, side, &mut rng)?,
+                "image/jpeg",
+            ));
+        }
+        // At least one word: a request without images still asks something.
+        parts
+            .push(json!({"type": "text", "text": random_words(self.input_words.max(1), &mut rng)}));
+        Ok(RequestSpec {
+            kind: Kind::Load,
+            content: Value::Array(parts),
+            max_tokens: self.max_tokens,
+            images: count,
+        })
     }
+}
+
+/// `n` words drawn from [`WORDS`], space-separated.
+fn random_words(n: usize, rng: &mut ChaCha8Rng) -> String {
+    let words: Vec<&str> = (0..n)
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect();
+    words.join(" ")
 }
 
 /// A text-only probe request.
@@ -160,12 +195,38 @@ pub fn probe(prompt: &str, max_tokens: u32) -> RequestSpec {
     }
 }
 
+/// Text-only probes of random words, their count drawn uniformly from `words.0..=words.1` (a
+/// realistic mix of short prompts rather than one length), probe `i` from its own stream.
+#[derive(Debug, Clone)]
+pub struct ProbeMix {
+    /// Fewest and most words (inclusive).
+    pub words: (usize, usize),
+    /// Tokens each generates.
+    pub max_tokens: u32,
+    /// Seed of the prompts.
+    pub seed: u64,
+}
+
+impl RequestSource for ProbeMix {
+    fn request(&self, i: usize) -> Result<RequestSpec> {
+        let (fewest, most) = self.words;
+        if fewest == 0 || fewest > most {
+            bail!(
+                "probe lengths {fewest}:{most}: at least one word, the first not above the second"
+            );
+        }
+        let mut rng = request_rng(self.seed, i);
+        let n = rng.random_range(fewest..=most);
+        Ok(probe(&random_words(n, &mut rng), self.max_tokens))
+    }
+}
+
 /// Requests from a JSONL file: one object per line with `prompt`, or VisionArena's
 /// `conversation` (a list of `{"role", "content"}` turns, or of such lists; the first user
 /// turn's text is the prompt, as `vllm bench serve` takes it), optional `images` (paths,
-/// relative to the file) and optional `max_tokens`. Lines are used in order, cycling when `n`
-/// is larger than the file.
-pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<RequestSpec>> {
+/// relative to the file) and optional `max_tokens`. A run uses the lines in order, from the
+/// first again when it sends more.
+pub fn from_jsonl(path: &Path, default_max_tokens: u32) -> Result<Vec<RequestSpec>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -224,7 +285,7 @@ pub fn from_jsonl(path: &Path, n: usize, default_max_tokens: u32) -> Result<Vec<
     if entries.is_empty() {
         bail!("{} holds no requests", path.display());
     }
-    Ok((0..n).map(|i| entries[i % entries.len()].clone()).collect())
+    Ok(entries)
 }
 
 /// The text of the first user turn of a VisionArena `conversation`: a list of turns, or a list
@@ -259,9 +320,14 @@ fn image_part(bytes: &[u8], mime: &str) -> Value {
     json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}})
 }
 
+/// A `width` x `height` JPEG of [`random_picture`]'s kind, the same for the same `seed`.
+pub fn picture(width: u32, height: u32, seed: u64) -> Result<Vec<u8>> {
+    random_picture(width, height, &mut ChaCha8Rng::seed_from_u64(seed))
+}
+
 /// A JPEG of a random background with random rectangles: cheap to make, compresses like a
 /// photo, and different for every draw.
-fn picture(width: u32, height: u32, rng: &mut ChaCha8Rng) -> Result<Vec<u8>> {
+fn random_picture(width: u32, height: u32, rng: &mut ChaCha8Rng) -> Result<Vec<u8>> {
     let mut color = || Rgb([rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()]);
     let mut img = RgbImage::from_pixel(width, height, color());
     let boxes: Vec<(u32, u32, u32, u32, Rgb<u8>)> = (0..12)
@@ -384,7 +450,7 @@ mod tests {
             "{\"prompt\": \"hi\"}\n\n{\"prompt\": \"look\", \"images\": [\"a.png\"], \"max_tokens\": 3}\n",
         )
         .unwrap();
-        let requests = from_jsonl(&file, 3, 16).unwrap();
+        let requests = from_jsonl(&file, 16).unwrap().requests(3).unwrap();
         assert_eq!(
             requests.iter().map(|r| r.images).collect::<Vec<_>>(),
             [0, 1, 0]
@@ -398,7 +464,7 @@ mod tests {
              {\"conversation\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"count\"}]}\n",
         )
         .unwrap();
-        let arena = from_jsonl(&file, 2, 16).unwrap();
+        let arena = from_jsonl(&file, 16).unwrap();
         let text = |r: &RequestSpec| {
             r.content.as_array().unwrap().last().unwrap()["text"]
                 .as_str()
@@ -409,7 +475,7 @@ mod tests {
         assert_eq!((text(&arena[1]), arena[1].images), ("count".into(), 0));
         std::fs::write(&file, "{\"images\": []}\n").unwrap();
         assert!(
-            from_jsonl(&file, 1, 16)
+            from_jsonl(&file, 16)
                 .unwrap_err()
                 .to_string()
                 .contains("prompt")
@@ -420,7 +486,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            from_jsonl(&file, 1, 16)
+            from_jsonl(&file, 16)
                 .unwrap_err()
                 .to_string()
                 .contains("missing.png")

@@ -29,27 +29,39 @@ use tokio_util::task::TaskTracker;
 
 use arrivals::Arrivals;
 use client::{Ask, Endpoint, chat, first_model};
-use dataset::{Kind, RequestSpec};
+use dataset::{Kind, RequestSource, RequestSpec};
 use report::{Outcome, RequestError, RunInfo, ServeReport, Slo};
 
 /// Text-only probes sent beside the load.
 #[derive(Debug, Clone)]
 pub struct Probes {
-    /// Probes per second (Poisson).
-    pub rate: f64,
+    /// Probes per second (Poisson); `None`: back to back, each sent when the one before has
+    /// answered (probes alone on an idle server, measured quickly).
+    pub rate: Option<f64>,
     /// Stop after this many (without a load, required).
     pub max_requests: Option<usize>,
-    /// Their question.
-    pub prompt: String,
-    /// Tokens each generates.
-    pub max_tokens: u32,
+    /// Probe `i` (a [`dataset::ProbeMix`], or one fixed question).
+    pub requests: Arc<dyn RequestSource>,
 }
 
 impl Probes {
-    /// The probes' question unless told otherwise.
-    pub const DEFAULT_PROMPT: &'static str = "Say hello.";
+    /// Words of a probe unless told otherwise: drawn from 20 to 200, a realistic mix of short
+    /// chat prompts rather than one length.
+    pub const DEFAULT_WORDS: (usize, usize) = (20, 200);
     /// Tokens each probe generates unless told otherwise.
     pub const DEFAULT_MAX_TOKENS: u32 = 16;
+    /// Probe samples behind a p99 (`100 / (100 - 99)`): the fewest a run should collect.
+    pub const P99_SAMPLES: usize = 100;
+}
+
+/// How long a run sends load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunLength {
+    /// This many load requests.
+    Requests(usize),
+    /// Load requests until this many seconds have passed (a steady-state run); those in
+    /// flight then finish and count.
+    Seconds(f64),
 }
 
 /// Which of the gateway's APIs the requests use.
@@ -71,7 +83,9 @@ pub struct ServeBench {
     /// Model id (default: the first the server lists).
     pub model: Option<String>,
     /// The load requests, in sending order.
-    pub requests: Vec<RequestSpec>,
+    pub requests: Arc<dyn RequestSource>,
+    /// How many are sent, or for how long.
+    pub length: RunLength,
     /// When they are sent.
     pub arrivals: Arrivals,
     /// Most load requests in flight.
@@ -99,15 +113,30 @@ impl ServeBench {
 
     /// Runs the load (and probes) to completion; returns the summary and every outcome.
     pub async fn run(&self) -> Result<(ServeReport, Vec<Outcome>)> {
-        if self.requests.is_empty() && self.probes.as_ref().and_then(|p| p.max_requests).is_none() {
+        let (limit, deadline) = match self.length {
+            RunLength::Requests(n) => (n, None),
+            RunLength::Seconds(s) if s > 0.0 && s.is_finite() => (usize::MAX, Some(s)),
+            RunLength::Seconds(s) => bail!("a run's duration must be positive, got {s} s"),
+        };
+        if limit == 0 && self.probes.as_ref().and_then(|p| p.max_requests).is_none() {
             bail!("nothing to send: no load requests and no --probe-max-requests");
         }
-        if let Some(p) = &self.probes
-            && !(p.rate > 0.0 && p.rate.is_finite())
+        if let Some(Some(rate)) = self.probes.as_ref().map(|p| p.rate)
+            && !(rate > 0.0 && rate.is_finite())
         {
             bail!("the probe rate must be positive and finite");
         }
-        let schedule = self.arrivals.schedule(self.requests.len())?;
+        let mut schedule: Box<dyn Iterator<Item = f64> + Send> = match deadline {
+            None => Box::new(self.arrivals.schedule(limit)?.into_iter()),
+            Some(_)
+                if self.arrivals.rate.is_none()
+                    && self.arrivals.ramp.is_none()
+                    && self.max_concurrency.is_none() =>
+            {
+                bail!("a timed run at an infinite rate needs --max-concurrency (a closed loop)")
+            }
+            Some(seconds) => self.arrivals.until(seconds)?,
+        };
         let target = match self.api {
             Api::OpenAi => Target::OpenAi(self.endpoint.clone()),
             Api::Grpc => Target::Grpc(grpc::connect(&self.endpoint.authority).await?),
@@ -117,11 +146,12 @@ impl ServeBench {
             (None, Target::OpenAi(endpoint)) => first_model(endpoint).await?,
             (None, Target::Grpc(client)) => grpc::first_model(&mut client.clone()).await?,
         };
-        let bar = progress_bar(self.progress, self.requests.len());
+        let bar = progress_bar(self.progress, self.length);
         let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
         let tracker = TaskTracker::new();
         let load_done = CancellationToken::new();
         let start = Instant::now();
+        let end = deadline.map(|s| start + Duration::from_secs_f64(s));
         let request = Request {
             tracker: tracker.clone(),
             target,
@@ -136,16 +166,29 @@ impl ServeBench {
             let seed = self.arrivals.seed ^ 0x9e37_79b9;
             tracker.spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let Ok(gap) = Exp::new(probes.rate) else {
-                    return;
-                };
+                let gap = probes.rate.map(Exp::new).transpose();
+                let Ok(gap) = gap else { return };
+                // Back to back: one probe in flight.
+                let alone = Arc::new(Semaphore::new(1));
                 let mut sent = 0;
                 while probes.max_requests.is_none_or(|m| sent < m) {
-                    tokio::select! {
-                        _ = done.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs_f64(gap.sample(&mut rng))) => {}
-                    }
-                    request.send(dataset::probe(&probes.prompt, probes.max_tokens), None);
+                    let permit = match &gap {
+                        Some(gap) => {
+                            let wait = Duration::from_secs_f64(gap.sample(&mut rng));
+                            tokio::select! {
+                                _ = done.cancelled() => break,
+                                _ = tokio::time::sleep(wait) => None,
+                            }
+                        }
+                        None => tokio::select! {
+                            _ = done.cancelled() => break,
+                            permit = alone.clone().acquire_owned() => permit.ok(),
+                        },
+                    };
+                    let Ok(spec) = probes.requests.request(sent) else {
+                        break;
+                    };
+                    request.send(spec, permit);
                     sent += 1;
                 }
             });
@@ -155,38 +198,52 @@ impl ServeBench {
             .map(|n| Arc::new(Semaphore::new(n.max(1))));
         let mut outcomes = Vec::new();
         let mut load_answered = 0;
-        let mut record = |o: Outcome, outcomes: &mut Vec<Outcome>| {
+        let record = |o: Outcome, outcomes: &mut Vec<Outcome>, answered: &mut usize| {
             if o.kind == Kind::Load {
-                load_answered += 1;
+                *answered += 1;
                 bar.inc(1);
             }
             outcomes.push(o);
         };
-        for (spec, at) in self.requests.iter().zip(&schedule) {
-            let due = start + Duration::from_secs_f64(*at);
+        let mut sent = 0;
+        // A timed run stops sending at its end, whatever it is waiting for.
+        let past_end = async {
+            match end {
+                Some(end) => tokio::time::sleep_until(end.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(past_end);
+        'send: while sent < limit {
+            let Some(at) = schedule.next() else { break };
+            let due = start + Duration::from_secs_f64(at);
             // Collect answers while waiting for the next send time.
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(due.into()) => break,
-                    Some(o) = rx.recv() => record(o, &mut outcomes),
+                    _ = &mut past_end => break 'send,
+                    Some(o) = rx.recv() => record(o, &mut outcomes, &mut load_answered),
                 }
             }
             let permit = match &semaphore {
-                Some(s) => Some(s.clone().acquire_owned().await?),
+                Some(s) => loop {
+                    tokio::select! {
+                        permit = s.clone().acquire_owned() => break Some(permit?),
+                        _ = &mut past_end => break 'send,
+                        Some(o) = rx.recv() => record(o, &mut outcomes, &mut load_answered),
+                    }
+                },
                 None => None,
             };
-            request.send(spec.clone(), permit);
+            request.send(self.requests.request(sent)?, permit);
+            sent += 1;
         }
-        while load_answered < self.requests.len() {
+        while load_answered < sent {
             let Some(o) = rx.recv().await else { break };
-            if o.kind == Kind::Load {
-                load_answered += 1;
-                bar.inc(1);
-            }
-            outcomes.push(o);
+            record(o, &mut outcomes, &mut load_answered);
         }
         let load_duration = start.elapsed().as_secs_f64();
-        if !self.requests.is_empty() {
+        if sent > 0 {
             load_done.cancel();
         }
         tracker.close();
@@ -202,11 +259,12 @@ impl ServeBench {
             request_rate: self.arrivals.rate,
             burstiness: self.arrivals.burstiness,
             max_concurrency: self.max_concurrency,
-            num_prompts: self.requests.len(),
+            num_prompts: sent,
+            duration_asked_s: deadline,
             // Probes alone: until the last probe answered.
-            duration: match self.requests.is_empty() {
-                true => start.elapsed().as_secs_f64(),
-                false => load_duration,
+            duration: match sent {
+                0 => start.elapsed().as_secs_f64(),
+                _ => load_duration,
             },
         };
         let report = ServeReport::new(info, &outcomes, &self.slos, &self.percentiles);
@@ -267,10 +325,11 @@ impl Request {
     }
 }
 
-fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
-    if !enabled || len == 0 {
-        return indicatif::ProgressBar::hidden();
-    }
+fn progress_bar(enabled: bool, length: RunLength) -> indicatif::ProgressBar {
+    let len = match length {
+        RunLength::Requests(n) if enabled && n > 0 => n,
+        _ => return indicatif::ProgressBar::hidden(),
+    };
     let bar = indicatif::ProgressBar::new(len as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "{elapsed_precise} [{bar:40}] {pos}/{len} requests answered ({per_sec})",

@@ -287,6 +287,7 @@ mod tests {
             burstiness: 1.0,
             max_concurrency: None,
             num_prompts: outcomes.len(),
+            duration_asked_s: None,
             duration: 1.0,
         };
         ServeReport::new(info, outcomes, &[], &[50.0, 99.0])

@@ -24,11 +24,23 @@ pub struct Outcome {
 }
 
 /// Why a request failed, as one line: its whole chain of causes (connecting, the HTTP status or
-/// gRPC code, a malformed stream, the time limit), which the report lists and the CSV quotes.
+/// gRPC code, a malformed stream, the time limit), which the report lists and the CSV quotes;
+/// and whether it was the server's answer to load rather than a failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct RequestError {
     message: String,
+    rejection: Option<Rejection>,
+}
+
+/// A correct answer to more load than a server takes: counted apart from failures, never a
+/// reason to stop a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Turned away at the door: HTTP 429 or gRPC `RESOURCE_EXHAUSTED`.
+    RateLimited,
+    /// A pool that cannot take work: HTTP 503 or gRPC `UNAVAILABLE`.
+    Overloaded,
 }
 
 impl RequestError {
@@ -36,13 +48,38 @@ impl RequestError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            rejection: None,
         }
+    }
+
+    /// Whether the server turned the request away for load, and how.
+    pub fn rejection(&self) -> Option<Rejection> {
+        self.rejection
     }
 }
 
 impl From<anyhow::Error> for RequestError {
+    /// Keeps the chain as the message; an HTTP 429/503 or a gRPC `RESOURCE_EXHAUSTED` /
+    /// `UNAVAILABLE` status anywhere in it is a [`Rejection`].
     fn from(error: anyhow::Error) -> Self {
-        Self::new(format!("{error:#}"))
+        let rejection = error.chain().find_map(|cause| {
+            if let Some(http) = cause.downcast_ref::<super::client::HttpStatus>() {
+                return match http.status {
+                    429 => Some(Rejection::RateLimited),
+                    503 => Some(Rejection::Overloaded),
+                    _ => None,
+                };
+            }
+            match cause.downcast_ref::<tonic::Status>()?.code() {
+                tonic::Code::ResourceExhausted => Some(Rejection::RateLimited),
+                tonic::Code::Unavailable => Some(Rejection::Overloaded),
+                _ => None,
+            }
+        });
+        Self {
+            message: format!("{error:#}"),
+            rejection,
+        }
     }
 }
 
@@ -107,14 +144,22 @@ pub struct ServeReport {
     pub run: RunInfo,
     /// Load requests answered.
     pub completed: usize,
-    /// Load requests failed.
+    /// Load requests failed (not counting the two kinds of rejection below).
     pub failed: usize,
+    /// Load requests turned away at the door (HTTP 429, gRPC `RESOURCE_EXHAUSTED`).
+    pub rejected_429: usize,
+    /// Load requests refused by a pool that could not take work (HTTP 503, gRPC
+    /// `UNAVAILABLE`).
+    pub rejected_overload: usize,
     /// Prompt tokens of completed load requests (image tokens included).
     pub total_input_tokens: u64,
     /// Image tokens among them.
     pub total_image_tokens: u64,
     /// Generated tokens.
     pub total_output_tokens: u64,
+    /// Whether the run was long enough to stand for steady state: at least
+    /// [`RunInfo::STEADY_SECONDS`] or [`RunInfo::STEADY_REQUESTS`] load requests.
+    pub steady_state: bool,
     /// Completed load requests per second.
     pub request_throughput: f64,
     /// Completed load requests meeting every SLO, per second (`None` without `--goodput`).
@@ -149,6 +194,8 @@ pub struct ProbeReport {
     pub latencies: BTreeMap<String, f64>,
     /// Values behind each latency (see [`ServeReport::samples`]).
     pub samples: BTreeMap<String, usize>,
+    /// Fewest, mean and most prompt tokens of the answered probes (their length mix).
+    pub prompt_tokens: (u64, f64, u64),
 }
 
 /// Run parameters that go into the report as they are.
@@ -164,8 +211,18 @@ pub struct RunInfo {
     pub max_concurrency: Option<usize>,
     /// Load requests sent.
     pub num_prompts: usize,
+    /// The length of a timed run (`--duration-s`): load was sent until then.
+    pub duration_asked_s: Option<f64>,
     /// Seconds from the first send to the last load answer.
     pub duration: f64,
+}
+
+impl RunInfo {
+    /// A run shorter than this (and with fewer than [`Self::STEADY_REQUESTS`] requests) may
+    /// not have reached steady state.
+    pub const STEADY_SECONDS: f64 = 60.0;
+    /// See [`Self::STEADY_SECONDS`].
+    pub const STEADY_REQUESTS: usize = 500;
 }
 
 impl ServeReport {
@@ -214,13 +271,27 @@ impl ServeReport {
                 .into_iter()
                 .map(|(k, n)| (k.to_string(), n))
                 .collect();
+            let lengths: Vec<u64> = ok.iter().map(|t| t.prompt_tokens).collect();
+            let prompt_tokens = (
+                lengths.iter().copied().min().unwrap_or(0),
+                lengths.iter().sum::<u64>() as f64 / lengths.len().max(1) as f64,
+                lengths.iter().copied().max().unwrap_or(0),
+            );
             ProbeReport {
+                prompt_tokens,
                 completed: ok.len(),
                 failed: probes.len() - ok.len(),
                 latencies,
                 samples,
             }
         });
+        let rejected = |how: Rejection| {
+            load.iter()
+                .filter(|o| o.result.as_ref().is_err_and(|e| e.rejection() == Some(how)))
+                .count()
+        };
+        let rejected_429 = rejected(Rejection::RateLimited);
+        let rejected_overload = rejected(Rejection::Overloaded);
         let mut errors: Vec<String> = Vec::new();
         for e in outcomes.iter().filter_map(|o| o.result.as_ref().err()) {
             let message = e.to_string();
@@ -228,11 +299,16 @@ impl ServeReport {
                 errors.push(message);
             }
         }
+        let steady_state = info.duration >= RunInfo::STEADY_SECONDS
+            || info.num_prompts >= RunInfo::STEADY_REQUESTS;
         Self {
             backend: "openai-chat".into(),
             run: info,
             completed: done.len(),
-            failed: load.len() - done.len(),
+            failed: load.len() - done.len() - rejected_429 - rejected_overload,
+            rejected_429,
+            rejected_overload,
+            steady_state,
             total_input_tokens: input,
             total_image_tokens: images,
             total_output_tokens: output,
@@ -393,11 +469,26 @@ impl fmt::Display for ServeReport {
         writeln!(f, "============ Serving Benchmark Result ============")?;
         writeln!(f, "{:<40} {}", "Successful requests:", self.completed)?;
         writeln!(f, "{:<40} {}", "Failed requests:", self.failed)?;
+        if self.rejected_429 + self.rejected_overload > 0 {
+            writeln!(
+                f,
+                "{:<40} {} / {}",
+                "Rejected for load (429 / overload):", self.rejected_429, self.rejected_overload
+            )?;
+        }
         writeln!(
             f,
             "{:<40} {:.2}",
             "Benchmark duration (s):", self.run.duration
         )?;
+        if !self.steady_state {
+            writeln!(
+                f,
+                "(shorter than {} s and {} requests: may not be steady state)",
+                RunInfo::STEADY_SECONDS,
+                RunInfo::STEADY_REQUESTS
+            )?;
+        }
         writeln!(
             f,
             "{:<40} {}",
@@ -469,6 +560,14 @@ impl fmt::Display for ServeReport {
                 "{:<40} {} ({} failed)",
                 "Probes answered:", p.completed, p.failed
             )?;
+            writeln!(
+                f,
+                "{:<40} {} / {:.0} / {}",
+                "Probe prompt tokens (min / mean / max):",
+                p.prompt_tokens.0,
+                p.prompt_tokens.1,
+                p.prompt_tokens.2
+            )?;
             for (key, value) in &p.latencies {
                 let pct = key
                     .strip_prefix('p')
@@ -515,8 +614,75 @@ mod tests {
             burstiness: 1.0,
             max_concurrency: None,
             num_prompts: 3,
+            duration_asked_s: None,
             duration: 2.0,
         }
+    }
+
+    #[test]
+    fn overload_answers_are_counted_apart_from_failures() {
+        let http = |status: u16| -> anyhow::Error {
+            super::super::client::HttpStatus {
+                status,
+                message: "full".into(),
+            }
+            .into()
+        };
+        let grpc = |code| -> anyhow::Error { tonic::Status::new(code, "full").into() };
+        let errors = [
+            (http(429), Some(Rejection::RateLimited)),
+            (http(503), Some(Rejection::Overloaded)),
+            (http(502), None),
+            (http(429).context("sending"), Some(Rejection::RateLimited)),
+            (
+                grpc(tonic::Code::ResourceExhausted),
+                Some(Rejection::RateLimited),
+            ),
+            (grpc(tonic::Code::Unavailable), Some(Rejection::Overloaded)),
+            (grpc(tonic::Code::Internal), None),
+            (anyhow::anyhow!("HTTP 429 in a message only"), None),
+        ];
+        let mut outcomes = Vec::new();
+        for (i, (error, expected)) in errors.into_iter().enumerate() {
+            let error = RequestError::from(error);
+            assert_eq!(error.rejection(), expected, "{error}");
+            outcomes.push(Outcome {
+                kind: Kind::Load,
+                sent_at: i as f64,
+                images: 1,
+                result: Err(error),
+            });
+        }
+        outcomes.push(Outcome {
+            kind: Kind::Load,
+            sent_at: 9.0,
+            images: 1,
+            result: Ok(timing(0.1, 1.1, 11)),
+        });
+        let report = ServeReport::new(info(), &outcomes, &[], &[99.0]);
+        assert_eq!(
+            (
+                report.completed,
+                report.failed,
+                report.rejected_429,
+                report.rejected_overload
+            ),
+            (1, 3, 3, 2)
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            (
+                json["rejected_429"].as_u64(),
+                json["rejected_overload"].as_u64()
+            ),
+            (Some(3), Some(2))
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("Rejected for load (429 / overload):")
+        );
+        assert!(!report.steady_state);
     }
 
     #[test]

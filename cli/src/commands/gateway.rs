@@ -47,6 +47,7 @@ pub struct ServeArgs {
 
 impl ServeRole for ServeArgs {
     const SERVE_ABOUT: &'static str = "Serves HTTP and gRPC until SIGINT or SIGTERM";
+    const ROLE: &'static str = "gateway";
 
     fn serve(self) -> Result<()> {
         let config = self.gateway_config()?;

@@ -153,6 +153,7 @@ impl EngineArgs {
 
 impl ServeRole for ServeArgs {
     const SERVE_ABOUT: &'static str = "Serves `LanguageService` until SIGINT or SIGTERM";
+    const ROLE: &'static str = "language";
 
     fn serve(self) -> Result<()> {
         let config = self.config()?;

@@ -3,6 +3,7 @@
 pub mod affinity;
 pub mod bench;
 pub mod chat;
+pub mod cpu_quota;
 pub mod demo;
 pub mod demo_model;
 pub mod device;
@@ -37,12 +38,14 @@ pub enum ServeCommand<A: ServeRole> {
 pub trait ServeRole: clap::Args {
     /// What `serve` does, as `--help` says it.
     const SERVE_ABOUT: &'static str;
+    /// The role's name (`vision`, `language`, `gateway`), as its cgroup is named.
+    const ROLE: &'static str;
 
     /// Serves until SIGINT or SIGTERM.
     fn serve(self) -> Result<()>;
 }
 
-/// A role's `serve` options and `--cpus`.
+/// A role's `serve` options, `--cpus` and `--cpu-quota`.
 #[derive(Debug, Args)]
 pub struct Pinned<A: ServeRole> {
     #[command(flatten)]
@@ -50,15 +53,27 @@ pub struct Pinned<A: ServeRole> {
     /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
     #[arg(long)]
     cpus: Option<String>,
+    /// Cap the process at this many cores' worth of CPU time (0.25: a quarter of a core), in a
+    /// cgroup of its own (needs write access to the cpu controller, as root has).
+    #[arg(long)]
+    cpu_quota: Option<f64>,
 }
 
 impl<A: ServeRole> ServeCommand<A> {
-    /// Pins the process to `--cpus` (before it starts any thread), then serves.
+    /// Pins the process to `--cpus` and caps it at `--cpu-quota` (before it starts any thread),
+    /// then serves.
     pub fn run(self) -> Result<()> {
         match self {
-            Self::Serve(Pinned { serve, cpus }) => {
+            Self::Serve(Pinned {
+                serve,
+                cpus,
+                cpu_quota,
+            }) => {
                 if let Some(cpus) = &cpus {
                     affinity::pin_process(cpus)?;
+                }
+                if let Some(cores) = cpu_quota {
+                    cpu_quota::cap_process(A::ROLE, cores)?;
                 }
                 serve.serve()
             }

@@ -55,7 +55,7 @@ pub struct UpArgs {
     parallel: ParallelArgs,
     /// The coupled baseline: the vision servers, language servers and gateway in this one
     /// process, sharing its cores and its compute thread pool (instead of separate processes).
-    #[arg(long, conflicts_with_all = ["vision_cpus", "language_cpus", "gateway_cpus"])]
+    #[arg(long, conflicts_with_all = ["vision_cpus", "language_cpus", "gateway_cpus", "vision_cpu_quota", "language_cpu_quota"])]
     coupled: bool,
     /// Cores for the vision servers (`0`, `0-3`, `0,2`): each pinned there, standing in for
     /// GPUs of their own.
@@ -67,6 +67,13 @@ pub struct UpArgs {
     /// Cores for the gateway.
     #[arg(long)]
     gateway_cpus: Option<String>,
+    /// CPU time of each vision server, in cores (0.5: half a core's time), capped in a cgroup
+    /// of its own: equal fractional units for servers sharing cores (needs root).
+    #[arg(long)]
+    vision_cpu_quota: Option<f64>,
+    /// CPU time of each language server, in cores.
+    #[arg(long)]
+    language_cpu_quota: Option<f64>,
     /// Print one JSON line (`http`, `grpc`, `vision`, `language` addresses) when ready instead
     /// of the banner, for scripts and benchmarks.
     #[arg(long)]
@@ -181,6 +188,14 @@ fn cpus_args(cpus: &Option<String>) -> Vec<String> {
         .collect()
 }
 
+/// `--cpu-quota CORES` when a quota was given.
+fn quota_args(cores: Option<f64>) -> Vec<String> {
+    cores
+        .iter()
+        .flat_map(|c| ["--cpu-quota".to_string(), c.to_string()])
+        .collect()
+}
+
 /// Child processes, stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
 struct Processes {
     children: Vec<(String, Child)>,
@@ -227,6 +242,8 @@ impl Drop for Processes {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The cgroups of servers started with a CPU quota.
+        super::cpu_quota::remove_exited_groups();
     }
 }
 
@@ -318,6 +335,7 @@ impl UpArgs {
             args.extend(tls_language.iter().cloned());
             args.extend(self.language_compute(i).to_args());
             args.extend(cpus_args(&self.language_cpus));
+            args.extend(quota_args(self.language_cpu_quota));
             language.push(launch.language(rt, format!("language server {i}"), &args)?);
         }
         let mut vision = Vec::new();
@@ -335,6 +353,7 @@ impl UpArgs {
             args.extend(tls_vision.iter().cloned());
             args.extend(self.compute.to_args());
             args.extend(cpus_args(&self.vision_cpus));
+            args.extend(quota_args(self.vision_cpu_quota));
             vision.push(launch.vision(rt, format!("vision server {i}"), &args)?);
         }
         let http = SocketAddr::new(self.host, self.port);

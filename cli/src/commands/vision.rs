@@ -86,6 +86,7 @@ pub struct ServeArgs {
 
 impl ServeRole for ServeArgs {
     const SERVE_ABOUT: &'static str = "Serves `VisionService` until SIGINT or SIGTERM";
+    const ROLE: &'static str = "vision";
 
     fn serve(self) -> Result<()> {
         let config = self.config()?;

@@ -417,6 +417,13 @@ impl Up {
     }
 }
 
+impl Up {
+    /// The `dvd up` process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         process::stop(&mut self.child, Duration::from_secs(15));

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dvd_bench::compare::CompareBench;
+use dvd_bench::compare::{CompareBench, validation};
+use dvd_bench::serve::RunLength;
 
-use super::{SizeList, parse_request_rate, request_rate_flag};
+use super::{CountRange, SizeList, parse_request_rate, request_rate_flag};
 
 /// Options of `dvd bench compare`.
 #[derive(Debug, Args)]
@@ -16,9 +17,17 @@ pub struct CompareArgs {
     /// Model directory or hub id (default: the embedded demo model `dvd up` serves).
     #[arg(long)]
     model: Option<String>,
-    /// Image requests in each loaded run.
-    #[arg(long, default_value_t = CompareBench::default().requests)]
-    num_prompts: usize,
+    /// Seconds each loaded run sends image requests (default 60: a steady-state run; requests
+    /// in flight at the end finish and count).
+    #[arg(long, conflicts_with = "num_prompts")]
+    duration_s: Option<f64>,
+    /// Image requests in each loaded run, instead of a timed run.
+    #[arg(long)]
+    num_prompts: Option<usize>,
+    /// Most image requests in flight: with an infinite --request-rate, a closed loop (default:
+    /// 16 in a timed run, unbounded with --num-prompts).
+    #[arg(long)]
+    max_concurrency: Option<usize>,
     /// Image requests per second, or `inf` to send them all at once (saturating).
     #[arg(long, default_value_t = request_rate_flag(CompareBench::default().request_rate))]
     request_rate: String,
@@ -37,12 +46,15 @@ pub struct CompareArgs {
     /// Text-only probes per second beside the image load.
     #[arg(long, default_value_t = CompareBench::default().probe_rate)]
     probe_request_rate: f64,
-    /// Probes in each unloaded run.
+    /// Probes in each unloaded run, sent back to back (each alone on the deployment).
     #[arg(long, default_value_t = CompareBench::default().probe_requests)]
     probe_requests: usize,
-    /// The probes' question.
-    #[arg(long, default_value_t = CompareBench::default().probe_prompt)]
-    probe_prompt: String,
+    /// Words of each probe's random prompt, MIN:MAX (drawn uniformly, both included).
+    #[arg(long, default_value_t = CountRange(CompareBench::default().probe_words.0, CompareBench::default().probe_words.1))]
+    probe_input_len: CountRange,
+    /// One fixed question for every probe instead of the random mix.
+    #[arg(long)]
+    probe_prompt: Option<String>,
     /// Tokens each probe generates.
     #[arg(long, default_value_t = CompareBench::default().probe_max_tokens)]
     probe_output_len: u32,
@@ -79,6 +91,15 @@ pub struct CompareArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     rounds: u64,
+    /// Test the planner on splits it was not fitted on: fit on 1 vision : 1 language server,
+    /// then predict and measure these (e.g. `2V:1L,1V:2L,2V:2L`), every server capped at
+    /// --split-unit-cores of CPU time in a cgroup of its own (needs root); the report's
+    /// `plan_validation`.
+    #[arg(long)]
+    validate_splits: Option<String>,
+    /// CPU time of each server in the --validate-splits runs, in cores.
+    #[arg(long, default_value_t = CompareBench::default().split_unit_cores)]
+    split_unit_cores: f64,
     /// Limit of one request, seconds.
     #[arg(long, default_value_t = CompareBench::default().timeout.as_secs_f64())]
     timeout_s: f64,
@@ -108,10 +129,23 @@ pub fn run(args: CompareArgs) -> Result<()> {
         "all" => None,
         list => Some(crate::commands::affinity::parse_cpus(list)?),
     };
+    let defaults = CompareBench::default();
+    let (length, max_concurrency) = match (args.num_prompts, args.duration_s) {
+        (Some(n), _) => (RunLength::Requests(n), args.max_concurrency),
+        (None, Some(seconds)) => (
+            RunLength::Seconds(seconds),
+            args.max_concurrency.or(defaults.max_concurrency),
+        ),
+        (None, None) => (
+            defaults.length,
+            args.max_concurrency.or(defaults.max_concurrency),
+        ),
+    };
     let bench = CompareBench {
         exe,
         model,
-        requests: args.num_prompts,
+        length,
+        max_concurrency,
         sizes,
         images_per_request: args.images_per_request,
         prompt: args.prompt,
@@ -119,6 +153,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         request_rate,
         probe_rate: args.probe_request_rate,
         probe_requests: args.probe_requests,
+        probe_words: (args.probe_input_len.0, args.probe_input_len.1),
         probe_prompt: args.probe_prompt,
         probe_max_tokens: args.probe_output_len,
         vision_cpus: args.vision_cpus,
@@ -129,6 +164,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
         client_cpus,
         seed: args.seed,
         rounds: usize::try_from(args.rounds)?,
+        validate_splits: match &args.validate_splits {
+            Some(text) => validation::parse_splits(text)?,
+            None => Vec::new(),
+        },
+        split_unit_cores: args.split_unit_cores,
         timeout: Duration::try_from_secs_f64(args.timeout_s)?,
     };
     let report = bench.run(|line| eprintln!("{line}"))?;

@@ -12,9 +12,10 @@ use crate::commands::parallel::SplitArgs;
 /// Options of `dvd bench engine`.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
-    /// Model directory, or a hub id in the local Hugging Face cache.
+    /// Model directory, or a hub id in the local Hugging Face cache (default: the embedded
+    /// demo model `dvd up` serves).
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Directory with the `tokenizer.json` (default: the model's; `tools/bench_tokenizer.py`
     /// writes one for the benchmark checkpoint).
     #[arg(long)]
@@ -75,7 +76,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
         baseline_batches: args.baseline_batches.0,
         rounds: args.rounds,
         parallelism: args.split.parallelism(),
-        ..EngineBench::new(args.model)
+        ..EngineBench::new(super::bench_model(args.model.as_deref())?)
     };
     let report = bench.run()?;
     if args.json {

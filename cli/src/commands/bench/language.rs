@@ -12,9 +12,10 @@ use crate::commands::parallel::SplitArgs;
 /// Options of `dvd bench language`.
 #[derive(Debug, Args)]
 pub struct LanguageArgs {
-    /// Model directory, or a hub id in the local Hugging Face cache.
+    /// Model directory, or a hub id in the local Hugging Face cache (default: the embedded
+    /// demo model `dvd up` serves).
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Prompt length of the prefill.
     #[arg(long, default_value_t = LanguageBench::default().prompt_tokens)]
     prompt_tokens: usize,
@@ -40,7 +41,7 @@ pub struct LanguageArgs {
 /// Runs the benchmark and prints its two lines (or JSON).
 pub fn run(args: LanguageArgs) -> Result<()> {
     let bench = LanguageBench {
-        model: args.model,
+        model: super::bench_model(args.model.as_deref())?,
         prompt_tokens: args.prompt_tokens,
         decode_tokens: args.decode_tokens,
         batch: args.batch,

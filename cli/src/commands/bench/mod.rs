@@ -185,3 +185,65 @@ mod tests {
         assert_eq!(dtype, dvd_bench::pipeline::PipelineBench::default().dtype);
     }
 }
+
+/// The model a CPU benchmark measures: `--model` resolved (a directory, or a hub id in the
+/// local Hugging Face cache), or the embedded demo model.
+fn bench_model(model: Option<&str>) -> Result<String> {
+    Ok(crate::commands::demo_model::or_default(model)?
+        .display()
+        .to_string())
+}
+
+/// The image a vision benchmark preprocesses and encodes: `--image`, or `bench.jpg` in the
+/// model directory. The demo model's directory gets one the first time, a synthetic 1920x1080
+/// picture (the size `tools/bench_vision_torch.py` writes); another model must have its own.
+fn bench_image(model_dir: &str, image: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    if let Some(image) = image {
+        return Ok(image);
+    }
+    let path = std::path::Path::new(model_dir).join("bench.jpg");
+    if path.exists() {
+        return Ok(path);
+    }
+    let demo = crate::commands::demo_model::path()?;
+    anyhow::ensure!(
+        std::path::Path::new(model_dir) == demo,
+        "no --image, and no bench.jpg in {model_dir}"
+    );
+    let picture = dvd_bench::serve::dataset::picture(1920, 1080, 0)?;
+    // Written whole under another name, then renamed: a concurrent run never reads half.
+    let partial = demo.join(format!("bench.jpg.{}", std::process::id()));
+    std::fs::write(&partial, picture)?;
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// A count or a range of counts: `N`, or `MIN:MAX` (`--images-per-request`,
+/// `--probe-input-len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CountRange(pub(super) usize, pub(super) usize);
+
+impl std::str::FromStr for CountRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let count = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?}: expected N or MIN:MAX (whole numbers)"))
+        };
+        match s.split_once(':') {
+            Some((lo, hi)) => Ok(Self(count(lo)?, count(hi)?)),
+            None => count(s).map(|n| Self(n, n)),
+        }
+    }
+}
+
+impl std::fmt::Display for CountRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self(lo, hi) if lo == hi => write!(f, "{lo}"),
+            Self(lo, hi) => write!(f, "{lo}:{hi}"),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! `dvd bench pipeline`: the vision serving pipeline's tiles/s with and without cross-request
 //! batching, and encode/transfer overlap (see `dvd_bench::pipeline`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -14,10 +14,12 @@ use crate::commands::encode::Precision;
 /// Options of `dvd bench pipeline`.
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
-    /// Model directory, or a hub id in the local Hugging Face cache.
+    /// Model directory, or a hub id in the local Hugging Face cache (default: the embedded
+    /// demo model `dvd up` serves).
     #[arg(long)]
-    model: String,
-    /// Image whose tiles feed the encoder (default: `bench.jpg` in the model directory).
+    model: Option<String>,
+    /// Image whose tiles feed the encoder (default: `bench.jpg` in the model directory; the
+    /// demo model gets a synthetic 1920x1080 picture there).
     #[arg(long)]
     image: Option<PathBuf>,
     /// Compute precision.
@@ -54,9 +56,8 @@ pub struct PipelineArgs {
 
 /// Runs the benchmark and prints its table (or JSON).
 pub fn run(args: PipelineArgs) -> Result<()> {
-    let image = args
-        .image
-        .unwrap_or_else(|| Path::new(&args.model).join("bench.jpg"));
+    let model = super::bench_model(args.model.as_deref())?;
+    let image = super::bench_image(&model, args.image)?;
     let bench = PipelineBench {
         dtype: args.dtype.dtype(),
         rounds: args.rounds,
@@ -67,7 +68,7 @@ pub fn run(args: PipelineArgs) -> Result<()> {
         image_tiles: args.image_tiles,
         chunk_tiles: args.chunk_tiles,
         worker_threads: args.workers,
-        ..PipelineBench::new(args.model, image)
+        ..PipelineBench::new(model, image)
     };
     let report = bench.run(|line| eprintln!("{line}"))?;
     if args.json {

@@ -1,8 +1,11 @@
 //! `dvd bench plan`: predicted throughput of a decoupled deployment, and the best V:L split
 //! of a GPU budget, from measured stage capacities (see `dvd_bench::plan`); with `--model`
-//! instead of `--profile`, what one language server takes per GPU (`plan/memory.rs`).
+//! instead of `--profile`, what one language server takes per GPU (`plan/memory.rs`); with
+//! `--gpu-report`, coupled against DvD projected from one GPU's stage rates
+//! (`plan/projection.rs`).
 
 mod memory;
+mod projection;
 
 use std::path::PathBuf;
 
@@ -15,7 +18,7 @@ use dvd_bench::plan::{Plan, Profile};
 pub struct PlanArgs {
     /// Profile: a `dvd bench compare --result-file` report, or {"rates": {...}, "workload":
     /// {...}, "efficiency": ...} with GPU rates (docs/performance.md, "Capacity planning").
-    #[arg(long, required_unless_present = "model")]
+    #[arg(long, required_unless_present_any = ["model", "gpu_report"])]
     profile: Option<PathBuf>,
     /// Vision servers of the deployment to predict.
     #[arg(long, default_value_t = 1)]
@@ -42,10 +45,15 @@ pub struct PlanArgs {
     json: bool,
     #[command(flatten)]
     memory: memory::MemoryArgs,
+    #[command(flatten)]
+    projection: projection::ProjectionArgs,
 }
 
 /// Runs the capacity model and prints its predictions, or with `--model` the memory mode.
 pub fn run(args: PlanArgs) -> Result<()> {
+    if args.projection.gpu_report.is_some() {
+        return projection::run(args.projection, args.gpus, args.json);
+    }
     let Some(profile) = &args.profile else {
         return memory::run(args.memory, args.json);
     };

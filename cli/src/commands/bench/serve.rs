@@ -2,17 +2,18 @@
 //! request rate (see `dvd_bench::serve`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dvd_bench::serve::arrivals::Arrivals;
 use dvd_bench::serve::client::Endpoint;
-use dvd_bench::serve::dataset::{self, RandomMm, Synthetic};
+use dvd_bench::serve::dataset::{self, ProbeMix, RandomMm, RequestSource, Synthetic};
 use dvd_bench::serve::report::{self, ServeReport, Slo};
-use dvd_bench::serve::{Api, Probes, ServeBench, plot};
+use dvd_bench::serve::{Api, Probes, RunLength, ServeBench, plot};
 
-use super::{SizeList, parse_request_rate, request_rate_flag};
+use super::{CountRange, SizeList, parse_request_rate, request_rate_flag};
 
 /// Options of `dvd bench serve`.
 #[derive(Debug, Args)]
@@ -62,8 +63,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = SizeList::of_sides(&Synthetic::default().sizes))]
     image_sizes: SizeList,
     /// Images per request: N, or MIN:MAX for `random-mm` (drawn uniformly, both included).
-    #[arg(long, default_value_t = ImagesPerRequest(Synthetic::default().images_per_request, Synthetic::default().images_per_request))]
-    images_per_request: ImagesPerRequest,
+    #[arg(long, default_value_t = CountRange(Synthetic::default().images_per_request, Synthetic::default().images_per_request))]
+    images_per_request: CountRange,
     /// Words of each `random-mm` prompt.
     #[arg(long, default_value_t = 32)]
     random_input_len: usize,
@@ -83,12 +84,20 @@ pub struct ServeArgs {
     /// Stop the probes after this many (needed with --num-prompts 0).
     #[arg(long)]
     probe_max_requests: Option<usize>,
-    /// The probes' question.
-    #[arg(long, default_value_t = Probes::DEFAULT_PROMPT.to_string())]
-    probe_prompt: String,
+    /// Words of each probe's random prompt, MIN:MAX (drawn uniformly, both included): a mix of
+    /// lengths, as real short requests have.
+    #[arg(long, default_value_t = CountRange(Probes::DEFAULT_WORDS.0, Probes::DEFAULT_WORDS.1))]
+    probe_input_len: CountRange,
+    /// One fixed question for every probe instead of the random mix.
+    #[arg(long)]
+    probe_prompt: Option<String>,
     /// Tokens each probe generates.
     #[arg(long, default_value_t = Probes::DEFAULT_MAX_TOKENS)]
     probe_output_len: u32,
+    /// Send load for this many seconds instead of --num-prompts requests (each run of a
+    /// sweep); with --request-rate inf it needs --max-concurrency (a closed loop).
+    #[arg(long)]
+    duration_s: Option<f64>,
     /// Limit of one request, seconds.
     #[arg(long, default_value_t = ServeBench::DEFAULT_TIMEOUT.as_secs_f64())]
     timeout_s: f64,
@@ -163,35 +172,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--images-per-request`: `N`, or `MIN:MAX`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ImagesPerRequest(usize, usize);
-
-impl std::str::FromStr for ImagesPerRequest {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let count = |t: &str| {
-            t.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?}: expected N or MIN:MAX (whole numbers)"))
-        };
-        match s.split_once(':') {
-            Some((lo, hi)) => Ok(Self(count(lo)?, count(hi)?)),
-            None => count(s).map(|n| Self(n, n)),
-        }
-    }
-}
-
-impl std::fmt::Display for ImagesPerRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self(lo, hi) if lo == hi => write!(f, "{lo}"),
-            Self(lo, hi) => write!(f, "{lo}:{hi}"),
-        }
-    }
-}
-
 /// `--percentiles` as it is written: comma-separated.
 fn percentiles_flag(percentiles: &[f64]) -> String {
     let text: Vec<String> = percentiles.iter().map(f64::to_string).collect();
@@ -202,36 +182,34 @@ impl ServeArgs {
     /// The benchmark of one run at `rate`, its synthetic images from `seed`.
     fn bench(&self, rate: Option<f64>, seed: u64) -> Result<ServeBench> {
         let sizes: Vec<u32> = self.image_sizes.0.iter().map(|&s| s as u32).collect();
-        let ImagesPerRequest(fewest, most) = self.images_per_request;
-        let requests = match self.dataset.as_str() {
+        let CountRange(fewest, most) = self.images_per_request;
+        let requests: Arc<dyn RequestSource> = match self.dataset.as_str() {
             "synthetic" => {
                 if fewest != most {
                     bail!(
                         "--images-per-request {fewest}:{most}: a range needs --dataset random-mm"
                     );
                 }
-                Synthetic {
+                Arc::new(Synthetic {
                     sizes,
                     images_per_request: most,
                     prompt: self.prompt.clone(),
                     max_tokens: self.output_len,
                     seed,
-                }
-                .requests(self.num_prompts)?
+                })
             }
-            "random-mm" => RandomMm {
+            "random-mm" => Arc::new(RandomMm {
                 sizes,
                 images: (fewest, most),
                 input_words: self.random_input_len,
                 max_tokens: self.output_len,
                 seed,
-            }
-            .requests(self.num_prompts)?,
+            }),
             "jsonl" => {
                 let Some(path) = &self.dataset_path else {
                     bail!("--dataset jsonl needs --dataset-path");
                 };
-                dataset::from_jsonl(path, self.num_prompts, self.output_len)?
+                Arc::new(dataset::from_jsonl(path, self.output_len)?)
             }
             other => bail!("unknown --dataset {other:?}: synthetic, random-mm or jsonl"),
         };
@@ -259,6 +237,10 @@ impl ServeArgs {
             api,
             model: self.model.clone(),
             requests,
+            length: match self.duration_s {
+                Some(seconds) => RunLength::Seconds(seconds),
+                None => RunLength::Requests(self.num_prompts),
+            },
             arrivals: Arrivals {
                 rate,
                 burstiness: self.burstiness,
@@ -267,10 +249,16 @@ impl ServeArgs {
             },
             max_concurrency: self.max_concurrency,
             probes: self.probe_request_rate.map(|rate| Probes {
-                rate,
+                rate: Some(rate),
                 max_requests: self.probe_max_requests,
-                prompt: self.probe_prompt.clone(),
-                max_tokens: self.probe_output_len,
+                requests: match &self.probe_prompt {
+                    Some(prompt) => Arc::new(vec![dataset::probe(prompt, self.probe_output_len)]),
+                    None => Arc::new(ProbeMix {
+                        words: (self.probe_input_len.0, self.probe_input_len.1),
+                        max_tokens: self.probe_output_len,
+                        seed: seed ^ 0x9b0b,
+                    }),
+                },
             }),
             timeout: Duration::from_secs_f64(self.timeout_s.max(0.001)),
             slos: self.goodput.clone(),

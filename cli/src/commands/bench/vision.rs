@@ -13,12 +13,15 @@ use crate::commands::encode::Precision;
 /// Options of `dvd bench vision`.
 #[derive(Debug, Args)]
 pub struct VisionArgs {
-    /// Model directory, or a hub id in the local Hugging Face cache.
+    /// Model directory, or a hub id in the local Hugging Face cache (default: the embedded
+    /// demo model `dvd up` serves).
     #[arg(long)]
-    model: String,
-    /// Image whose preprocessing is timed (its tiles also feed the encoder).
+    model: Option<String>,
+    /// Image whose preprocessing is timed (its tiles also feed the encoder; default:
+    /// `bench.jpg` in the model directory, which the demo model gets as a synthetic 1920x1080
+    /// picture).
     #[arg(long)]
-    image: PathBuf,
+    image: Option<PathBuf>,
     /// Tiles per encoder batch.
     #[arg(long, default_value_t = VisionBench::default().tiles)]
     tiles: usize,
@@ -35,9 +38,10 @@ pub struct VisionArgs {
 
 /// Runs the benchmark and prints its two lines (or JSON).
 pub fn run(args: VisionArgs) -> Result<()> {
+    let model = super::bench_model(args.model.as_deref())?;
     let bench = VisionBench {
-        model: args.model,
-        image: args.image,
+        image: super::bench_image(&model, args.image)?,
+        model,
         tiles: args.tiles,
         rounds: args.rounds,
         dtype: args.dtype.dtype(),
