@@ -9,6 +9,17 @@ MLP 1536; pixel shuffle 0.5 and the projector; Qwen3 512 wide, 8 layers, 8 heads
 of 64, MLP 1536. The tokenizer, chat template and generation config are copied from the
 project's small fixture (language-server/tests/fixtures/model/internvl-dense-hf; 512 ids).
 
+The directory loads with transformers as OpenGVLab's `*-HF` checkpoints (and models/dvd-demo) do:
+`InternVLForConditionalGeneration.from_pretrained` reads the weights, and `AutoProcessor` builds an
+`InternVLProcessor` from processor_config.json (`image_seq_length` 256 for 448 px tiles),
+preprocessor_config.json (448 px tiles, up to 12, Pillow bicubic, ImageNet mean and std) and
+tokenizer_config.json, whose `extra_special_tokens` name the processor's start_image_token `<img>`
+(501), end_image_token `</img>` (502), context_image_token `<IMG_CONTEXT>` (503) and video_token
+`<video>`, which the fixture's tokenizer lacks: it takes the unreachable filler id 497
+(`<|fill_497|>`), as in models/dvd-demo, so every other text encodes as before. So
+`transformers serve` can serve it (tools/peer/compare_transformers.sh). These files do not touch
+the weights: for a seed they are the same bytes as before.
+
 --moe: the language model is Qwen3-MoE with Qwen3-30B-A3B's layer shape (InternVL3.5-30B-A3B):
 2048 wide, 32 heads / 4 KV heads of 128, 128 experts, top-8, moe_intermediate_size 768,
 norm_topk_prob true, every layer sparse (intermediate_size 6144 in the config, unused, as the
@@ -37,7 +48,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "language-server/tests/fixtures/model/internvl-dense-hf"
-COPIED = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+COPIED = ("chat_template.jinja", "generation_config.json")
+# InternVLProcessor's token names (tokenizer_config.json `extra_special_tokens`), as transformers'
+# convert_internvl_weights_to_hf.py writes them; the fixture's tokenizer has the first three.
+PROCESSOR_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                    "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+VIDEO_ID = 497  # a filler id no text encodes to (`<|fill_497|>`), as models/dvd-demo has it
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 POOL = 1 << 20
 
 
@@ -120,6 +138,40 @@ def moe_text_config(t: dict, layers: int) -> None:
              router_aux_loss_coef=0.001)
 
 
+def write_processor_files(config: dict, out: Path) -> None:
+    """What transformers' AutoProcessor (InternVLProcessor) reads besides the chat template: the
+    image processor, the processor (tokens per tile) and the tokenizer with the processor's token
+    names and `<video>`."""
+    v = config["vision_config"]
+    tile = v["image_size"][0]
+    tokens_per_tile = round((tile // v["patch_size"][0] * config["downsample_ratio"]) ** 2)
+    assert tokens_per_tile == config["image_seq_length"], (tokens_per_tile, config["image_seq_length"])
+    pre = json.loads((FIXTURE / "preprocessor_config.json").read_text())
+    pre.update(size={"height": tile, "width": tile}, max_patches=12, processor_class="InternVLProcessor",
+               do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+               image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_convert_rgb=True)
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=1) + "\n")
+    (out / "processor_config.json").write_text(json.dumps(
+        {"image_seq_length": tokens_per_tile, "processor_class": "InternVLProcessor"}, indent=2) + "\n")
+    tok = json.loads((FIXTURE / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    if PROCESSOR_TOKENS["video_token"] not in vocab:
+        assert vocab.pop(f"<|fill_{VIDEO_ID}|>") == VIDEO_ID
+        vocab[PROCESSOR_TOKENS["video_token"]] = VIDEO_ID
+        tok["added_tokens"].append({"id": VIDEO_ID, "content": PROCESSOR_TOKENS["video_token"],
+                                    "single_word": False, "lstrip": False, "rstrip": False,
+                                    "normalized": False, "special": True})
+        tok["added_tokens"].sort(key=lambda t: t["id"])
+    ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    for name in PROCESSOR_TOKENS.values():
+        assert name in ids and vocab.get(name, ids[name]) == ids[name] < config["text_config"]["vocab_size"], name
+    assert ids["<IMG_CONTEXT>"] == config["image_token_id"]
+    (out / "tokenizer.json").write_text(json.dumps(tok, indent=2, ensure_ascii=False) + "\n")
+    tc = json.loads((FIXTURE / "tokenizer_config.json").read_text())
+    tc.update(extra_special_tokens=PROCESSOR_TOKENS, processor_class="InternVLProcessor")
+    (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -168,9 +220,7 @@ def main() -> None:
                 need -= len(chunk)
                 start = 0
     (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    pre = json.loads((FIXTURE / "preprocessor_config.json").read_text())
-    pre.update(size={"height": 448, "width": 448}, max_patches=12)
-    (args.out / "preprocessor_config.json").write_text(json.dumps(pre, indent=1) + "\n")
+    write_processor_files(config, args.out)
     for name in COPIED:
         shutil.copy(FIXTURE / name, args.out / name)
     params = offset // 2

@@ -4,6 +4,8 @@
 //! a cgroup each), so on a 2-core machine 2V:1L, 1V:2L and 2V:2L run in fractional units,
 //! the stand-in for GPUs of one kind.
 //!
+//! Every deployment runs a closed loop of [`IN_FLIGHT_PER_SERVER`] requests per server.
+//!
 //! The fit: the 1:1 deployment's vision stage alone and language stage alone give each
 //! server's capacity, and its pipelined throughput over the slower of them its efficiency, as
 //! `dvd bench plan --profile` reads a compare report. The check: each split's measured
@@ -47,17 +49,29 @@ pub struct SplitCheck {
     pub error: f64,
 }
 
-/// Fits on 1V:1L and checks every split of `bench.validate_splits`.
+/// Requests in flight per server of a validation run (a closed loop): enough to keep every
+/// server of the slower pool busy, few enough that a fractional-core vision server's queue does
+/// not outlast the language server's wait for features.
+pub const IN_FLIGHT_PER_SERVER: usize = 2;
+
+/// Fits on 1V:1L and checks every split of `bench.validate_splits`; each deployment runs the
+/// load with [`IN_FLIGHT_PER_SERVER`] requests in flight per server.
 pub fn run(
     bench: &CompareBench,
     runtime: &ClientRuntime,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(PlanFit, Vec<SplitCheck>)> {
+    let sized = |vision: usize, language: usize| CompareBench {
+        max_concurrency: Some(IN_FLIGHT_PER_SERVER * (vision + language)),
+        ..bench.clone()
+    };
     let unit = bench.split_unit_cores;
     progress(&format!(
         "plan validation: fitting on 1V:1L, each server capped at {unit} cores"
     ));
     let fit = start(bench, 1, 1)?;
+    let bench_1_1 = sized(1, 1);
+    let bench = &bench_1_1;
     let (image_prompt_tokens, _) = runtime.block_on(bench.warm_up(&fit))??;
     let (mut vision, mut language, mut pipeline) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..bench.rounds.max(1) {
@@ -90,6 +104,7 @@ pub fn run(
     };
     let mut splits = Vec::new();
     for &(v, l) in &bench.validate_splits {
+        let bench = &sized(v, l);
         let split = format!("{v}V:{l}L");
         let predicted = profile.predict(v, l, None)?.predicted_request_throughput;
         let deployment = start(bench, v, l)?;
