@@ -27,14 +27,19 @@ pub fn range(values: &[f64]) -> (f64, f64) {
 /// The `p`th percentile of `values` by linear interpolation between closest ranks (numpy's
 /// default); `NaN` when empty.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile_of_sorted(&sorted, p)
+}
+
+/// [`percentile`] of values already sorted ascending.
+pub fn percentile_of_sorted(sorted: &[f64], p: f64) -> f64 {
+    match sorted.len() {
         0 => f64::NAN,
         n => {
             let rank = p / 100.0 * (n - 1) as f64;
             let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-            v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
         }
     }
 }
@@ -59,14 +64,20 @@ pub fn bootstrap_ci95(
             .map(|_| from[rng.random_range(0..from.len())])
             .collect()
     };
-    let estimates: Vec<f64> = (0..resamples)
+    let mut estimates: Vec<f64> = (0..resamples)
         .map(|_| {
             let (ra, rb) = (draw(a), draw(b));
             statistic(&ra, &rb)
         })
         .filter(|e| e.is_finite())
         .collect();
-    (!estimates.is_empty()).then(|| (percentile(&estimates, 2.5), percentile(&estimates, 97.5)))
+    estimates.sort_by(f64::total_cmp);
+    (!estimates.is_empty()).then(|| {
+        (
+            percentile_of_sorted(&estimates, 2.5),
+            percentile_of_sorted(&estimates, 97.5),
+        )
+    })
 }
 
 /// The arithmetic mean; `NaN` when empty.

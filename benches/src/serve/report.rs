@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::client::Timing;
 use super::dataset::Kind;
+use crate::stats;
 
 /// One request's outcome.
 #[derive(Debug, Clone)]
@@ -450,16 +451,11 @@ fn percentile_row(p: &str, name: &str, n: usize, value: f64, max: f64) -> (Strin
     }
 }
 
-/// Linear interpolation between closest ranks (numpy's default), 0 for no values.
+/// [`stats::percentile_of_sorted`], 0 for no values (a report's figure for an empty set).
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    match sorted.len() {
-        0 => 0.0,
-        1 => sorted[0],
-        n => {
-            let rank = p / 100.0 * (n - 1) as f64;
-            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-        }
+    match sorted.is_empty() {
+        true => 0.0,
+        false => stats::percentile_of_sorted(sorted, p),
     }
 }
 
