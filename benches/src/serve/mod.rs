@@ -19,7 +19,7 @@ pub mod report;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp};
@@ -137,6 +137,12 @@ impl ServeBench {
             }
             Some(seconds) => self.arrivals.until(seconds)?,
         };
+        // A counted run makes its requests before the clock starts, as the load they stand for
+        // would exist before it is sent; a timed run makes each when it is due.
+        let mut made = match self.length {
+            RunLength::Requests(n) => Some(self.requests.requests(n)?.into_iter()),
+            RunLength::Seconds(_) => None,
+        };
         let target = match self.api {
             Api::OpenAi => Target::OpenAi(self.endpoint.clone()),
             Api::Grpc => Target::Grpc(grpc::connect(&self.endpoint.authority).await?),
@@ -235,7 +241,11 @@ impl ServeBench {
                 },
                 None => None,
             };
-            request.send(self.requests.request(sent)?, permit);
+            let spec = match &mut made {
+                Some(made) => made.next().context("fewer requests made than counted")?,
+                None => self.requests.request(sent)?,
+            };
+            request.send(spec, permit);
             sent += 1;
         }
         while load_answered < sent {
