@@ -156,9 +156,24 @@ fn same_answer_as_dvd_generate(up: &Up) {
 fn bench_serve_measures_a_live_deployment(up: &Up) {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("requests.csv");
+    let url = format!("http://{}/v1", up.http);
+    // Probes are counted in the served model's tokens: a model listed under a bare name needs
+    // its tokenizer named.
+    let unnamed = dvd()
+        .args(["bench", "serve", "--url", &url, "--num-prompts", "1"])
+        .args(["--probe-request-rate", "1", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unnamed.stderr);
+    assert!(
+        !unnamed.status.success() && stderr.contains("--tokenizer"),
+        "{stderr}"
+    );
+    let tokenizer = language_fixture(MODEL);
     let report = json_output(
         dvd()
-            .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+            .args(["bench", "serve", "--url", &url])
+            .args(["--tokenizer", tokenizer.to_str().unwrap()])
             .args(["--num-prompts", "4", "--request-rate", "20", "--seed", "3"])
             .args([
                 "--image-sizes",
@@ -209,7 +224,8 @@ fn bench_serve_measures_a_live_deployment(up: &Up) {
     // vLLM's random-mm workload: 0 to 2 images of random sizes and a random prompt per request.
     let mixed = json_output(
         dvd()
-            .args(["bench", "serve", "--url", &format!("http://{}/v1", up.http)])
+            .args(["bench", "serve", "--url", &url])
+            .args(["--tokenizer", tokenizer.to_str().unwrap()])
             .args(["--dataset", "random-mm", "--images-per-request", "0:2"])
             .args(["--image-sizes", "64,128", "--random-input-len", "6"])
             .args([

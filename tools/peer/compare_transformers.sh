@@ -11,7 +11,7 @@
 #   image  one fresh 448-px JPEG per request (`--dataset synthetic`: no picture is sent twice, so
 #          no cache hits on either side) with "Describe the image."
 #   text   text-only chat: `--dataset random-mm --images-per-request 0:0`, random prompts of
-#          INPUT_WORDS words.
+#          INPUT_LEN tokens (counted by the model's tokenizer, the chat template apart).
 # Servers:
 #   dvd                 `dvd up --model DIR` (vision, language and gateway processes, all cores)
 #   transformers        `transformers serve DIR` (InternVLForConditionalGeneration). transformers
@@ -58,7 +58,7 @@ TEXT_RATE=${TEXT_RATE:-inf}            # text requests per second, or inf
 BURSTINESS=${BURSTINESS:-1}            # gamma shape of the gaps, 1 = Poisson
 MAX_CONCURRENCY=${MAX_CONCURRENCY:-8}  # most requests in flight (empty: unbounded)
 OUTPUT_LEN=${OUTPUT_LEN:-64}           # tokens per request at most (EOS may stop it sooner)
-INPUT_WORDS=${INPUT_WORDS:-32}         # words of a text request's prompt
+INPUT_LEN=${INPUT_LEN:-32}             # tokens of a text request's prompt
 IMAGE_SIZE=${IMAGE_SIZE:-448}          # side of each picture (one per image request)
 SEED=${SEED:-0}                        # seed of the pictures, prompts and arrivals
 WARMUP=${WARMUP:-2}                    # unmeasured requests before each measured run
@@ -148,16 +148,17 @@ start_server() {
   wait_ready "$log"
 }
 
-# bench SERVER_MODEL_ID WORKLOAD RATE SEED N RESULT|-
+# bench SERVER_MODEL_ID WORKLOAD RATE SEED N RESULT|- TOKENIZER_DIR
 bench() {
-  local model=$1 workload=$2 rate=$3 seed=$4 n=$5 result=$6
+  local model=$1 workload=$2 rate=$3 seed=$4 n=$5 result=$6 tokenizer=$7
   local args=(bench serve --url "http://127.0.0.1:$PORT" --num-prompts "$n" --request-rate "$rate"
               --burstiness "$BURSTINESS" --seed "$seed" --output-len "$OUTPUT_LEN" --timeout-s "$TIMEOUT_S")
   if [ -n "$model" ]; then args+=(--model "$model"); fi
   if [ -n "$MAX_CONCURRENCY" ]; then args+=(--max-concurrency "$MAX_CONCURRENCY"); fi
   case $workload in
     image) args+=(--dataset synthetic --image-sizes "$IMAGE_SIZE" --images-per-request 1) ;;
-    text) args+=(--dataset random-mm --images-per-request 0:0 --random-input-len "$INPUT_WORDS") ;;
+    text) args+=(--dataset random-mm --images-per-request 0:0 --random-input-len "$INPUT_LEN"
+                 --tokenizer "$tokenizer") ;;
   esac
   # In the background and waited for, so that a signal stops the script (and its trap stops the
   # server) at once rather than after the run.
@@ -199,11 +200,11 @@ for model in $MODELS; do
       case $workload in image) rate=$IMAGE_RATE ;; text) rate=$TEXT_RATE ;; *) echo "unknown workload $workload" >&2; exit 1 ;; esac
       if [ "$WARMUP" -gt 0 ]; then
         echo "-- $workload: $WARMUP warm-up requests"
-        bench "$model_id" "$workload" inf $((SEED + 1000)) "$WARMUP" -
+        bench "$model_id" "$workload" inf $((SEED + 1000)) "$WARMUP" - "$dir"
       fi
       result=$OUT/$model--$server--$workload.json
       echo "-- $workload: $NUM_PROMPTS requests at $rate req/s -> $result"
-      bench "$model_id" "$workload" "$rate" "$SEED" "$NUM_PROMPTS" "$result"
+      bench "$model_id" "$workload" "$rate" "$SEED" "$NUM_PROMPTS" "$result" "$dir"
     done
     stop_server
   done

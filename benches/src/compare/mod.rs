@@ -29,6 +29,7 @@ use crate::serve::arrivals::Arrivals;
 use crate::serve::client::Endpoint;
 use crate::serve::dataset::{self, Kind, ProbeMix, RequestSource, RequestSpec, Synthetic};
 use crate::serve::report::{Outcome, ServeReport};
+use crate::serve::token_prompts::TokenPrompts;
 use crate::serve::{Api, Probes, RunLength, ServeBench};
 use crate::stats::{bootstrap_ci95, mean, median, percentile};
 use client_cores::ClientRuntime;
@@ -59,8 +60,8 @@ pub struct CompareBench {
     pub probe_rate: f64,
     /// Probes in each unloaded run, sent back to back.
     pub probe_requests: usize,
-    /// Fewest and most words of a probe's random prompt.
-    pub probe_words: (usize, usize),
+    /// Fewest and most prompt tokens of a probe's random prompt (the model's tokenizer counts).
+    pub probe_tokens: (usize, usize),
     /// One fixed question for every probe instead (`None`: the random mix).
     pub probe_prompt: Option<String>,
     /// Tokens each probe generates.
@@ -112,7 +113,7 @@ impl Default for CompareBench {
             request_rate: None,
             probe_rate: 2.0,
             probe_requests: Probes::P99_SAMPLES,
-            probe_words: Probes::DEFAULT_WORDS,
+            probe_tokens: Probes::DEFAULT_TOKENS,
             probe_prompt: None,
             probe_max_tokens: 4,
             vision_cpus: "0".into(),
@@ -584,21 +585,29 @@ impl CompareBench {
     }
 
     /// Probes at `rate` (`None`: back to back), each of round `round` its own prompt.
-    fn probes(&self, rate: Option<f64>, max_requests: Option<usize>, round: usize) -> Probes {
+    fn probes(
+        &self,
+        rate: Option<f64>,
+        max_requests: Option<usize>,
+        round: usize,
+    ) -> Result<Probes> {
         let requests: Arc<dyn RequestSource> = match &self.probe_prompt {
             Some(prompt) => Arc::new(vec![dataset::probe(prompt, self.probe_max_tokens)]),
             // The loaded run's probes differ from the unloaded run's: no prefix cache hits.
             None => Arc::new(ProbeMix {
-                words: self.probe_words,
+                tokens: self.probe_tokens,
+                prompts: TokenPrompts::from_model(&dvd_checkpoint::resolve_model_dir(
+                    &self.model,
+                )?)?,
                 max_tokens: self.probe_max_tokens,
                 seed: (self.seed + round as u64) ^ if rate.is_some() { 0x10ad } else { 0x9b0b },
             }),
         };
-        Probes {
+        Ok(Probes {
             rate,
             max_requests,
             requests,
-        }
+        })
     }
 
     /// One image request (its own image) and one probe, so both paths are warm; returns the
@@ -608,7 +617,7 @@ impl CompareBench {
         // The text request goes as load too: a run waits for its load requests only.
         warm.push(RequestSpec {
             kind: Kind::Load,
-            ..self.probes(None, None, usize::MAX).requests.request(0)?
+            ..self.probes(None, None, usize::MAX)?.requests.request(0)?
         });
         let n = warm.len();
         let (_, outcomes) = self
@@ -630,9 +639,9 @@ impl CompareBench {
         let mut alone =
             self.serve_bench(deployment, Arc::new(Vec::new()), RunLength::Requests(0))?;
         // Alone: back to back, each probe on an idle deployment.
-        alone.probes = Some(self.probes(None, Some(self.probe_requests), round));
+        alone.probes = Some(self.probes(None, Some(self.probe_requests), round)?);
         let (unloaded, unloaded_outcomes) = alone.run().await?;
-        let probes = self.probes(Some(self.probe_rate), None, round);
+        let probes = self.probes(Some(self.probe_rate), None, round)?;
         let (loaded, outcomes) = self.loaded(deployment, round, Some(probes)).await?;
         let p99 = |r: &ServeReport| -> Result<(f64, usize)> {
             let probes = r.probes.as_ref().context("no probes ran")?;

@@ -12,6 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
+use super::token_prompts::TokenPrompts;
+
 /// Whether a request belongs to the measured load or is an interference probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,7 +126,7 @@ impl RequestSource for Synthetic {
     }
 }
 
-/// vLLM's `random-mm` workload: a random text prompt of `input_words` words and a random number
+/// vLLM's `random-mm` workload: a random text prompt of `input_tokens` tokens and a random number
 /// of images (`images.0..=images.1`) per request, each picture's side drawn from the buckets in
 /// `sizes`; every picture is fresh, so no cache hides the encoder.
 #[derive(Debug, Clone)]
@@ -133,20 +135,15 @@ pub struct RandomMm {
     pub sizes: Vec<u32>,
     /// Fewest and most images per request (inclusive).
     pub images: (usize, usize),
-    /// Words of the random prompt.
-    pub input_words: usize,
+    /// Tokens of the random prompt (at least 1).
+    pub input_tokens: usize,
+    /// What counts them: the served model's tokenizer.
+    pub prompts: TokenPrompts,
     /// Tokens to generate.
     pub max_tokens: u32,
     /// Seed of the prompts, counts, sizes and pictures.
     pub seed: u64,
 }
-
-/// The words random prompts are drawn from.
-const WORDS: [&str; 32] = [
-    "the", "image", "shows", "a", "red", "blue", "green", "circle", "square", "on", "left",
-    "right", "of", "what", "is", "how", "many", "shapes", "describe", "colour", "small", "large",
-    "above", "below", "next", "to", "count", "every", "one", "and", "where", "picture",
-];
 
 impl RequestSource for RandomMm {
     fn request(&self, i: usize) -> Result<RequestSpec> {
@@ -165,9 +162,9 @@ impl RequestSource for RandomMm {
                 "image/jpeg",
             ));
         }
-        // At least one word: a request without images still asks something.
-        parts
-            .push(json!({"type": "text", "text": random_words(self.input_words.max(1), &mut rng)}));
+        // At least one token: a request without images still asks something.
+        let text = self.prompts.text(self.input_tokens.max(1), &mut rng)?;
+        parts.push(json!({"type": "text", "text": text}));
         Ok(RequestSpec {
             kind: Kind::Load,
             content: Value::Array(parts),
@@ -175,14 +172,6 @@ impl RequestSource for RandomMm {
             images: count,
         })
     }
-}
-
-/// `n` words drawn from [`WORDS`], space-separated.
-fn random_words(n: usize, rng: &mut ChaCha8Rng) -> String {
-    let words: Vec<&str> = (0..n)
-        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
-        .collect();
-    words.join(" ")
 }
 
 /// A text-only probe request.
@@ -195,12 +184,15 @@ pub fn probe(prompt: &str, max_tokens: u32) -> RequestSpec {
     }
 }
 
-/// Text-only probes of random words, their count drawn uniformly from `words.0..=words.1` (a
-/// realistic mix of short prompts rather than one length), probe `i` from its own stream.
+/// Text-only probes of random words, their length in tokens drawn uniformly from
+/// `tokens.0..=tokens.1` (a realistic mix of short prompts rather than one length), probe `i`
+/// from its own stream.
 #[derive(Debug, Clone)]
 pub struct ProbeMix {
-    /// Fewest and most words (inclusive).
-    pub words: (usize, usize),
+    /// Fewest and most prompt tokens (inclusive).
+    pub tokens: (usize, usize),
+    /// What counts them: the served model's tokenizer.
+    pub prompts: TokenPrompts,
     /// Tokens each generates.
     pub max_tokens: u32,
     /// Seed of the prompts.
@@ -209,15 +201,15 @@ pub struct ProbeMix {
 
 impl RequestSource for ProbeMix {
     fn request(&self, i: usize) -> Result<RequestSpec> {
-        let (fewest, most) = self.words;
+        let (fewest, most) = self.tokens;
         if fewest == 0 || fewest > most {
             bail!(
-                "probe lengths {fewest}:{most}: at least one word, the first not above the second"
+                "probe lengths {fewest}:{most}: at least one token, the first not above the second"
             );
         }
         let mut rng = request_rng(self.seed, i);
         let n = rng.random_range(fewest..=most);
-        Ok(probe(&random_words(n, &mut rng), self.max_tokens))
+        Ok(probe(&self.prompts.text(n, &mut rng)?, self.max_tokens))
     }
 }
 
@@ -388,11 +380,44 @@ mod tests {
     }
 
     #[test]
+    fn probes_span_their_token_range_and_never_repeat() {
+        let mix = ProbeMix {
+            tokens: (20, 200),
+            prompts: super::super::token_prompts::tests::demo(),
+            max_tokens: 4,
+            seed: 5,
+        };
+        let probes = mix.requests(60).unwrap();
+        let lengths: Vec<usize> = probes
+            .iter()
+            .map(|p| mix.prompts.count(p.content.as_str().unwrap()).unwrap())
+            .collect();
+        assert!(
+            lengths.iter().all(|n| (20..=200).contains(n)),
+            "{lengths:?}"
+        );
+        // Spread over the range, not bunched at one length.
+        assert!(lengths.iter().any(|&n| n < 65), "{lengths:?}");
+        assert!(lengths.iter().any(|&n| n > 155), "{lengths:?}");
+        let unique: std::collections::HashSet<_> =
+            probes.iter().map(|p| p.content.to_string()).collect();
+        assert_eq!(unique.len(), probes.len());
+        for bad in [(0, 5), (9, 8)] {
+            let mix = ProbeMix {
+                tokens: bad,
+                ..mix.clone()
+            };
+            assert!(mix.request(0).is_err());
+        }
+    }
+
+    #[test]
     fn random_mm_draws_counts_and_sizes_in_their_ranges_and_never_repeats_a_picture() {
         let random = RandomMm {
             sizes: vec![64, 128],
             images: (0, 3),
-            input_words: 5,
+            input_tokens: 5,
+            prompts: super::super::token_prompts::tests::demo(),
             max_tokens: 8,
             seed: 2,
         };
@@ -425,7 +450,7 @@ mod tests {
             let text = r.content.as_array().unwrap().last().unwrap()["text"]
                 .as_str()
                 .unwrap();
-            assert_eq!(text.split(' ').count(), 5, "{text}");
+            assert_eq!(random.prompts.count(text).unwrap(), 5, "{text}");
         }
         // The same seed gives the same requests.
         assert_eq!(random.requests(3).unwrap()[2].content, requests[2].content);

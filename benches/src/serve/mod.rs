@@ -7,7 +7,8 @@
 //!
 //! - [`arrivals`]: send times. [`dataset`]: request contents. [`client`]: one timed streamed
 //!   request over HTTP/1.1 (OpenAI API); [`grpc`]: the same over the public gRPC API.
-//!   [`report`]: the summary (vLLM's field names) and CSV rows.
+//!   [`report`]: the summary (vLLM's field names) and CSV rows. [`token_prompts`]: random
+//!   prompts of a length in the served model's tokens.
 
 pub mod arrivals;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod dataset;
 pub mod grpc;
 pub mod plot;
 pub mod report;
+pub mod token_prompts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,9 +47,9 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Words of a probe unless told otherwise: drawn from 20 to 200, a realistic mix of short
-    /// chat prompts rather than one length.
-    pub const DEFAULT_WORDS: (usize, usize) = (20, 200);
+    /// Prompt tokens of a probe unless told otherwise: drawn from 20 to 200, a realistic mix of
+    /// short chat prompts rather than one length.
+    pub const DEFAULT_TOKENS: (usize, usize) = (20, 200);
     /// Tokens each probe generates unless told otherwise.
     pub const DEFAULT_MAX_TOKENS: u32 = 16;
     /// Probe samples behind a p99 (`100 / (100 - 99)`): the fewest a run should collect.

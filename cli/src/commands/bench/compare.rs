@@ -49,8 +49,9 @@ pub struct CompareArgs {
     /// Probes in each unloaded run, sent back to back (each alone on the deployment).
     #[arg(long, default_value_t = CompareBench::default().probe_requests)]
     probe_requests: usize,
-    /// Words of each probe's random prompt, MIN:MAX (drawn uniformly, both included).
-    #[arg(long, default_value_t = CountRange(CompareBench::default().probe_words.0, CompareBench::default().probe_words.1))]
+    /// Prompt tokens of each probe's random prompt, MIN:MAX (drawn uniformly, both included;
+    /// the model's tokenizer counts them, the chat template's own tokens apart).
+    #[arg(long, default_value_t = CountRange(CompareBench::default().probe_tokens.0, CompareBench::default().probe_tokens.1))]
     probe_input_len: CountRange,
     /// One fixed question for every probe instead of the random mix.
     #[arg(long)]
@@ -153,7 +154,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         request_rate,
         probe_rate: args.probe_request_rate,
         probe_requests: args.probe_requests,
-        probe_words: (args.probe_input_len.0, args.probe_input_len.1),
+        probe_tokens: (args.probe_input_len.0, args.probe_input_len.1),
         probe_prompt: args.probe_prompt,
         probe_max_tokens: args.probe_output_len,
         vision_cpus: args.vision_cpus,

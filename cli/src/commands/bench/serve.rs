@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dvd_bench::serve::arrivals::Arrivals;
-use dvd_bench::serve::client::Endpoint;
+use dvd_bench::serve::client::{Endpoint, first_model};
 use dvd_bench::serve::dataset::{self, ProbeMix, RandomMm, RequestSource, Synthetic};
+use dvd_bench::serve::grpc;
 use dvd_bench::serve::report::{self, ServeReport, Slo};
+use dvd_bench::serve::token_prompts::TokenPrompts;
 use dvd_bench::serve::{Api, Probes, RunLength, ServeBench, plot};
 
 use super::{CountRange, SizeList, parse_request_rate, request_rate_flag};
@@ -65,9 +67,14 @@ pub struct ServeArgs {
     /// Images per request: N, or MIN:MAX for `random-mm` (drawn uniformly, both included).
     #[arg(long, default_value_t = CountRange(Synthetic::default().images_per_request, Synthetic::default().images_per_request))]
     images_per_request: CountRange,
-    /// Words of each `random-mm` prompt.
+    /// Prompt tokens of each `random-mm` request's text (counted by --tokenizer).
     #[arg(long, default_value_t = 32)]
     random_input_len: usize,
+    /// The tokenizer that counts random prompts' tokens (`random-mm`, probes): a model
+    /// directory, a hub id in the local Hugging Face cache, or `dvd-demo`. Default: --model, else
+    /// the model the deployment lists first.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// The question of synthetic requests.
     #[arg(long, default_value_t = Synthetic::default().prompt)]
     prompt: String,
@@ -84,9 +91,10 @@ pub struct ServeArgs {
     /// Stop the probes after this many (needed with --num-prompts 0).
     #[arg(long)]
     probe_max_requests: Option<usize>,
-    /// Words of each probe's random prompt, MIN:MAX (drawn uniformly, both included): a mix of
-    /// lengths, as real short requests have.
-    #[arg(long, default_value_t = CountRange(Probes::DEFAULT_WORDS.0, Probes::DEFAULT_WORDS.1))]
+    /// Prompt tokens of each probe's random prompt, MIN:MAX (drawn uniformly, both included;
+    /// counted by --tokenizer, the chat template's own tokens apart): a mix of lengths, as real
+    /// short requests have.
+    #[arg(long, default_value_t = CountRange(Probes::DEFAULT_TOKENS.0, Probes::DEFAULT_TOKENS.1))]
     probe_input_len: CountRange,
     /// One fixed question for every probe instead of the random mix.
     #[arg(long)]
@@ -131,10 +139,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .map(|r| parse_request_rate(r.trim()))
         .collect::<Result<Vec<_>>>()?;
     let runtime = super::two_worker_runtime()?;
+    let needs_tokens = args.dataset == "random-mm"
+        || (args.probe_request_rate.is_some() && args.probe_prompt.is_none());
+    let prompts = match needs_tokens {
+        true => Some(args.token_prompts(&runtime)?),
+        false => None,
+    };
     let mut runs = Vec::with_capacity(rates.len());
     for (i, &rate) in rates.iter().enumerate() {
         // Each run of a sweep gets fresh pictures, so the embedding cache never hides the encoder.
-        let bench = args.bench(rate, args.seed + i as u64)?;
+        let bench = args.bench(rate, args.seed + i as u64, prompts.as_ref())?;
         runs.push(runtime.block_on(bench.run())?);
     }
     let reports: Vec<&ServeReport> = runs.iter().map(|(r, _)| r).collect();
@@ -179,8 +193,43 @@ fn percentiles_flag(percentiles: &[f64]) -> String {
 }
 
 impl ServeArgs {
-    /// The benchmark of one run at `rate`, its synthetic images from `seed`.
-    fn bench(&self, rate: Option<f64>, seed: u64) -> Result<ServeBench> {
+    /// The tokenizer that counts random prompts' tokens: --tokenizer, else --model, else the
+    /// model the deployment lists first.
+    fn token_prompts(&self, runtime: &tokio::runtime::Runtime) -> Result<TokenPrompts> {
+        let name = match (&self.tokenizer, &self.model) {
+            (Some(name), _) | (None, Some(name)) => name.clone(),
+            (None, None) => {
+                let endpoint = Endpoint::parse(&self.url)?;
+                runtime.block_on(async {
+                    match self.api.as_str() {
+                        "grpc" => {
+                            grpc::first_model(&mut grpc::connect(&endpoint.authority).await?).await
+                        }
+                        _ => first_model(&endpoint).await,
+                    }
+                })?
+            }
+        };
+        let dir =
+            dvd_checkpoint::resolve_model_dir(&crate::commands::demo_model::resolve_name(&name)?)
+                .with_context(|| {
+                format!(
+                    "random prompts are counted in the served model's tokens, and {name:?} is no \
+                     model directory or cached hub id here: name its tokenizer with --tokenizer"
+                )
+            })?;
+        TokenPrompts::from_model(&dir)
+    }
+
+    /// The benchmark of one run at `rate`, its synthetic images from `seed`, its random prompts
+    /// counted by `prompts`.
+    fn bench(
+        &self,
+        rate: Option<f64>,
+        seed: u64,
+        prompts: Option<&TokenPrompts>,
+    ) -> Result<ServeBench> {
+        let prompts = || prompts.cloned().context("random prompts need a tokenizer");
         let sizes: Vec<u32> = self.image_sizes.0.iter().map(|&s| s as u32).collect();
         let CountRange(fewest, most) = self.images_per_request;
         let requests: Arc<dyn RequestSource> = match self.dataset.as_str() {
@@ -201,7 +250,8 @@ impl ServeArgs {
             "random-mm" => Arc::new(RandomMm {
                 sizes,
                 images: (fewest, most),
-                input_words: self.random_input_len,
+                input_tokens: self.random_input_len,
+                prompts: prompts()?,
                 max_tokens: self.output_len,
                 seed,
             }),
@@ -227,6 +277,22 @@ impl ServeArgs {
             .ok_or_else(|| {
                 anyhow::anyhow!("--percentiles: numbers between 0 and 100, comma-separated")
             })?;
+        let probes = match self.probe_request_rate {
+            None => None,
+            Some(rate) => Some(Probes {
+                rate: Some(rate),
+                max_requests: self.probe_max_requests,
+                requests: match &self.probe_prompt {
+                    Some(prompt) => Arc::new(vec![dataset::probe(prompt, self.probe_output_len)]),
+                    None => Arc::new(ProbeMix {
+                        tokens: (self.probe_input_len.0, self.probe_input_len.1),
+                        prompts: prompts()?,
+                        max_tokens: self.probe_output_len,
+                        seed: seed ^ 0x9b0b,
+                    }),
+                },
+            }),
+        };
         let api = match self.api.as_str() {
             "openai" => Api::OpenAi,
             "grpc" => Api::Grpc,
@@ -248,18 +314,7 @@ impl ServeArgs {
                 seed: self.seed,
             },
             max_concurrency: self.max_concurrency,
-            probes: self.probe_request_rate.map(|rate| Probes {
-                rate: Some(rate),
-                max_requests: self.probe_max_requests,
-                requests: match &self.probe_prompt {
-                    Some(prompt) => Arc::new(vec![dataset::probe(prompt, self.probe_output_len)]),
-                    None => Arc::new(ProbeMix {
-                        words: (self.probe_input_len.0, self.probe_input_len.1),
-                        max_tokens: self.probe_output_len,
-                        seed: seed ^ 0x9b0b,
-                    }),
-                },
-            }),
+            probes,
             timeout: Duration::from_secs_f64(self.timeout_s.max(0.001)),
             slos: self.goodput.clone(),
             percentiles,
