@@ -591,18 +591,18 @@ impl CompareBench {
         max_requests: Option<usize>,
         round: usize,
     ) -> Result<Probes> {
-        let requests: Arc<dyn RequestSource> = match &self.probe_prompt {
-            Some(prompt) => Arc::new(vec![dataset::probe(prompt, self.probe_max_tokens)]),
-            // The loaded run's probes differ from the unloaded run's: no prefix cache hits.
-            None => Arc::new(ProbeMix {
-                tokens: self.probe_tokens,
-                prompts: TokenPrompts::from_model(&dvd_checkpoint::resolve_model_dir(
-                    &self.model,
-                )?)?,
-                max_tokens: self.probe_max_tokens,
-                seed: (self.seed + round as u64) ^ if rate.is_some() { 0x10ad } else { 0x9b0b },
-            }),
-        };
+        // The loaded run's probes differ from the unloaded run's: no prefix cache hits.
+        let requests =
+            dataset::probes(self.probe_prompt.as_deref(), self.probe_max_tokens, || {
+                Ok(ProbeMix {
+                    tokens: self.probe_tokens,
+                    prompts: TokenPrompts::from_model(&dvd_checkpoint::resolve_model_dir(
+                        &self.model,
+                    )?)?,
+                    max_tokens: self.probe_max_tokens,
+                    seed: (self.seed + round as u64) ^ if rate.is_some() { 0x10ad } else { 0x9b0b },
+                })
+            })?;
         Ok(Probes {
             rate,
             max_requests,

@@ -184,6 +184,19 @@ pub fn probe(prompt: &str, max_tokens: u32) -> RequestSpec {
     }
 }
 
+/// A run's probes: `fixed`, one question every probe asks, else the random `mix` (made only
+/// then: it needs the model's tokenizer).
+pub fn probes(
+    fixed: Option<&str>,
+    max_tokens: u32,
+    mix: impl FnOnce() -> Result<ProbeMix>,
+) -> Result<std::sync::Arc<dyn RequestSource>> {
+    Ok(match fixed {
+        Some(prompt) => std::sync::Arc::new(vec![probe(prompt, max_tokens)]),
+        None => std::sync::Arc::new(mix()?),
+    })
+}
+
 /// Text-only probes of random words, their length in tokens drawn uniformly from
 /// `tokens.0..=tokens.1` (a realistic mix of short prompts rather than one length), probe `i`
 /// from its own stream.

@@ -282,15 +282,18 @@ impl ServeArgs {
             Some(rate) => Some(Probes {
                 rate: Some(rate),
                 max_requests: self.probe_max_requests,
-                requests: match &self.probe_prompt {
-                    Some(prompt) => Arc::new(vec![dataset::probe(prompt, self.probe_output_len)]),
-                    None => Arc::new(ProbeMix {
-                        tokens: (self.probe_input_len.0, self.probe_input_len.1),
-                        prompts: prompts()?,
-                        max_tokens: self.probe_output_len,
-                        seed: seed ^ 0x9b0b,
-                    }),
-                },
+                requests: dataset::probes(
+                    self.probe_prompt.as_deref(),
+                    self.probe_output_len,
+                    || {
+                        Ok(ProbeMix {
+                            tokens: (self.probe_input_len.0, self.probe_input_len.1),
+                            prompts: prompts()?,
+                            max_tokens: self.probe_output_len,
+                            seed: seed ^ 0x9b0b,
+                        })
+                    },
+                )?,
             }),
         };
         let api = match self.api.as_str() {
