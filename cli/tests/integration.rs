@@ -4,6 +4,7 @@
 //! file. Run a group with `cargo test -p <crate> --test integration <module>::`.
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
+mod admission;
 mod bench_defaults;
 mod bench_plan_memory;
 mod cli;

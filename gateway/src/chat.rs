@@ -81,35 +81,90 @@ pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStre
         })??;
     let attempts = gw.config.limits.attempts.max(1);
     let mut tried_vision: Vec<std::net::SocketAddr> = Vec::new();
-    let mut last_error = None;
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            gw.metrics.retry();
-        }
-        let outcome = tokio::time::timeout(
-            deadline.saturating_sub(arrived.elapsed()),
-            try_once(gw, &prepared, &mut tried_vision),
-        )
-        .await
-        .map_err(|_| {
-            GatewayError::Timeout(format!("no first token within {} s", deadline.as_secs()))
-        })?;
+    let mut failed = 0;
+    let mut busy = BusyBackoff::default();
+    let timed_out =
+        || GatewayError::Timeout(format!("no first token within {} s", deadline.as_secs()));
+    loop {
+        let left = deadline.saturating_sub(arrived.elapsed());
+        let outcome = tokio::time::timeout(left, try_once(gw, &prepared, &mut tried_vision))
+            .await
+            .map_err(|_| timed_out())?;
         match outcome {
             Ok(started) => return Ok(stream(gw, prepared, started, permit, arrived)),
             Err(Attempt::Fatal(e)) => return Err(e),
+            // A full server is no failure: an admitted request waits for a slot (on any server
+            // of the pool, that one included) until its deadline.
+            Err(Attempt::Busy { error, vision }) => {
+                if let Some(server) = vision {
+                    tried_vision.retain(|a| *a != server);
+                }
+                gw.metrics.busy_wait();
+                let wait = busy.next();
+                if wait >= deadline.saturating_sub(arrived.elapsed()) {
+                    tracing::warn!(error = %error, "still full at the request's deadline");
+                    return Err(timed_out());
+                }
+                tokio::time::sleep(wait).await;
+            }
             Err(Attempt::Retry(e)) => {
-                tracing::warn!(attempt, error = %e, "attempt failed; retrying");
-                last_error = Some(e);
+                failed += 1;
+                if failed >= attempts {
+                    return Err(e);
+                }
+                gw.metrics.retry();
+                tracing::warn!(attempt = failed, error = %e, "attempt failed; retrying");
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| GatewayError::Unavailable("no attempt was made".into())))
+}
+
+/// Waits of an admitted request between tries on a full pool: 10 ms doubling to 320 ms, each
+/// spread by up to a half so that requests refused together do not come back together.
+#[derive(Debug)]
+struct BusyBackoff {
+    next: Duration,
+    jitter: u64,
+}
+
+impl Default for BusyBackoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(10),
+            jitter: u64::from(std::process::id())
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos().into()),
+        }
+    }
+}
+
+impl BusyBackoff {
+    const LONGEST: Duration = Duration::from_millis(320);
+
+    /// The next wait.
+    fn next(&mut self) -> Duration {
+        // xorshift: a cheap spread, not randomness anyone relies on.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::LONGEST);
+        base + base.mul_f64((self.jitter % 1000) as f64 / 2000.0)
+    }
 }
 
 /// How one attempt ended before its first token.
 enum Attempt {
     /// Worth trying again elsewhere.
     Retry(GatewayError),
+    /// A server was full and said so (`RESOURCE_EXHAUSTED`): wait, then try again.
+    Busy {
+        /// What the server said, for the log.
+        error: GatewayError,
+        /// The full vision server, which may be tried again.
+        vision: Option<std::net::SocketAddr>,
+    },
     /// The request itself is at fault, or the error is final.
     Fatal(GatewayError),
 }
@@ -375,6 +430,14 @@ async fn start_generate(
     let mut client = language_client(language.channel.clone());
     match client.generate(request).await {
         Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == Code::ResourceExhausted => Err(Attempt::Busy {
+            error: GatewayError::Unavailable(format!(
+                "language server {}: {}",
+                language.addr,
+                s.message()
+            )),
+            vision: None,
+        }),
         Err(s) if server_side(s.code()) => {
             language.mark_failed();
             Err(Attempt::Retry(GatewayError::Upstream(format!(
@@ -504,7 +567,7 @@ async fn first_token(
             result = vision.wait(), if vision.is_pending() => {
                 match result {
                     Ok(report) => *vision = VisionStage::Done(report),
-                    Err(s) => return Err(vision_failure(&s)),
+                    Err(s) => return Err(vision_failure(&s, vision_server.map(|v| v.addr))),
                 }
             }
         }
@@ -532,23 +595,26 @@ fn language_failure(
         server.cool_down(gw.config.health.cooldown());
     }
     let message = format!("language server {}: {}", language.addr, s.message());
-    Attempt::Retry(match s.code() {
-        // A full server answered correctly: the pool cannot take work (503), nothing broke.
-        Code::ResourceExhausted => GatewayError::Unavailable(message),
-        _ => GatewayError::Upstream(message),
-    })
+    match s.code() {
+        // A full server answered correctly: nothing broke, the request waits for room.
+        Code::ResourceExhausted => Attempt::Busy {
+            error: GatewayError::Unavailable(message),
+            vision: None,
+        },
+        _ => Attempt::Retry(GatewayError::Upstream(message)),
+    }
 }
 
-/// What a failed `Encode` call means for the attempt.
-fn vision_failure(s: &Status) -> Attempt {
+/// What a failed `Encode` call on `server` means for the attempt.
+fn vision_failure(s: &Status, server: Option<std::net::SocketAddr>) -> Attempt {
     if s.code() == Code::InvalidArgument {
         Attempt::Fatal(GatewayError::InvalidRequest(s.message().into()))
     } else if s.code() == Code::ResourceExhausted {
-        // A full vision server answered correctly: the pool cannot take work (503).
-        Attempt::Retry(GatewayError::Unavailable(format!(
-            "vision stage is full: {}",
-            s.message()
-        )))
+        // A full vision server answered correctly: the request waits for a slot.
+        Attempt::Busy {
+            error: GatewayError::Unavailable(format!("vision stage is full: {}", s.message())),
+            vision: server,
+        }
     } else {
         Attempt::Retry(GatewayError::Upstream(format!(
             "vision stage failed: {}",
@@ -812,4 +878,28 @@ pub fn check_request(config: &GatewayConfig, request: ChatRequest) -> Result<(),
     let fetch = FetchPolicy::new(&config.images, &config.limits)
         .map_err(|e| GatewayError::InvalidRequest(format!("configuration: {e}")))?;
     prepare(config, &fetch, request).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits double from 10 ms to the 320 ms cap, each spread by at most a half.
+    #[test]
+    fn busy_waits_grow_to_their_cap_with_a_bounded_spread() {
+        let mut backoff = BusyBackoff::default();
+        let mut base = Duration::from_millis(10);
+        let mut spread = false;
+        for _ in 0..12 {
+            let wait = backoff.next();
+            assert!(
+                wait >= base && wait <= base.mul_f64(1.5),
+                "{wait:?} from {base:?}"
+            );
+            spread |= wait > base;
+            base = (base * 2).min(BusyBackoff::LONGEST);
+        }
+        assert_eq!(base, BusyBackoff::LONGEST);
+        assert!(spread);
+    }
 }

@@ -80,6 +80,7 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     feature_bytes: AtomicU64,
     retries: AtomicU64,
+    busy_waits: AtomicU64,
 }
 
 impl Metrics {
@@ -117,6 +118,11 @@ impl Metrics {
     /// Counts a retried attempt.
     pub fn retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wait of an admitted request for a full pool to take it.
+    pub fn busy_wait(&self) {
+        self.busy_waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition, with the pools' gauges.
@@ -215,6 +221,12 @@ impl Metrics {
                 "counter",
                 "Requests retried after a vision-stage failure.",
                 self.retries.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "dvd_gateway_busy_waits_total",
+                "counter",
+                "Waits of admitted requests for a full vision or language server to take them.",
+                self.busy_waits.load(Ordering::Relaxed) as f64,
             ),
         ] {
             let _ = writeln!(
