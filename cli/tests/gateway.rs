@@ -486,7 +486,74 @@ fn the_public_grpc_api_streams_the_same_answer() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
+        reflection_describes_the_public_api(&d.grpc).await;
     });
+}
+
+/// gRPC reflection on the gateway's listener, as `grpcurl` uses it: the public service is the
+/// only one listed, and its file (with the files it imports) describes `Chat`; the internal
+/// contracts are not served.
+async fn reflection_describes_the_public_api(grpc: &str) {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let channel = dvd_proto::limits::tuned_endpoint(grpc)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| {
+        let mut client = client.clone();
+        async move {
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            };
+            let mut answers = client
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await
+                .unwrap()
+                .into_inner();
+            // An unknown symbol may come as a status instead of an error response.
+            answers
+                .message()
+                .await
+                .map(|m| m.unwrap().message_response.unwrap())
+        }
+    };
+    let MessageResponse::ListServicesResponse(list) =
+        ask(MessageRequest::ListServices(String::new()))
+            .await
+            .unwrap()
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["dvd.api.v1.InferenceService"]);
+    let MessageResponse::FileDescriptorResponse(files) = ask(MessageRequest::FileContainingSymbol(
+        "dvd.api.v1.InferenceService".into(),
+    ))
+    .await
+    .unwrap() else {
+        panic!("no file for the public service");
+    };
+    let described = files
+        .file_descriptor_proto
+        .iter()
+        .any(|bytes| bytes.windows(4).any(|w| w == b"Chat"));
+    assert!(described, "the service's file does not describe Chat");
+    let internal = ask(MessageRequest::FileContainingSymbol(
+        "dvd.vision.v1.VisionService".into(),
+    ))
+    .await;
+    assert!(
+        matches!(&internal, Ok(MessageResponse::ErrorResponse(_)))
+            || matches!(&internal, Err(s) if s.code() == tonic::Code::NotFound),
+        "{internal:?}"
+    );
 }
 
 /// A deployment built by hand so the test can kill its parts.

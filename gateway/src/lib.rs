@@ -13,6 +13,7 @@
 //!   way through the pipeline with retries before the first token;
 //! - [`grpc`]: the public gRPC API;
 //! - [`metrics`]: Prometheus text metrics;
+//! - [`reflection`]: gRPC server reflection on the public API (`grpcurl`, Postman);
 //! - [`server`]: both listeners and the health checks, for `dvd gateway serve`.
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod http;
 mod images;
 pub mod metrics;
 pub mod pool;
+pub mod reflection;
 pub mod routing;
 pub mod server;
 

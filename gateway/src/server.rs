@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The configuration's files (API keys, CA certificates) could not be loaded.
     #[error(transparent)]
     Config(#[from] SetupError),
+    /// gRPC reflection could not be built from the compiled-in descriptors.
+    #[error(transparent)]
+    Reflection(#[from] crate::reflection::ReflectionError),
 }
 
 /// What a gateway adds to the addresses every server has.
@@ -69,13 +72,13 @@ pub async fn start(config: GatewayConfig, drain: Drain) -> Result<RunningGateway
         .with_graceful_shutdown(async move { stop.cancelled().await });
     harness.spawn("HTTP server", async move { http_served.await });
     let api = InferenceApi::new(backend);
+    // Reflection describes the public API to anyone (grpcurl, Postman); calls still need a key.
+    let routes = crate::reflection::with_reflection(Routes::new(InterceptedService::new(
+        inference_server(api),
+        crate::grpc::require_key(auth),
+    )))?;
     let grpc_addr = harness
-        .serve_grpc(grpc_listen, None, |_anyone| {
-            Routes::new(InterceptedService::new(
-                inference_server(api),
-                crate::grpc::require_key(auth),
-            ))
-        })
+        .serve_grpc(grpc_listen, None, |_anyone| routes)
         .await?;
     tracing::info!(%http_addr, %grpc_addr, "gateway ready");
     Ok(harness.running(
