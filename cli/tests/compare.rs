@@ -38,10 +38,10 @@ fn compare_measures_both_deployments_and_plan_reads_the_report() {
     assert_eq!(json["dvd"]["completed"], 40);
     assert_eq!(json["coupled"]["completed"], 40);
     assert!(json["image_request_image_tokens"].as_u64().unwrap() > 0);
-    // The language-alone prompts match the image prompts' length within a few tokens.
+    // The language-alone prompts have exactly the image prompts' length, counted by the server.
     let image = json["image_request_prompt_tokens"].as_f64().unwrap();
     let text = json["text_request_prompt_tokens"].as_f64().unwrap();
-    assert!((text - image).abs() <= 0.25 * image, "{text} vs {image}");
+    assert_eq!(text, image);
 
     // The planner fitted on 1V:1L (capped servers) and checked on a split it did not see.
     let fit = &json["plan_fit"];

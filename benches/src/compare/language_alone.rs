@@ -4,32 +4,35 @@
 //! cannot serve one from another.
 
 use anyhow::{Result, ensure};
-use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use crate::serve::dataset::{Kind, RequestSpec};
+use crate::serve::token_prompts::TokenPrompts;
 
-const WORDS: &[&str] = &[
-    "amber", "basin", "cedar", "delta", "ember", "fjord", "grove", "harbor", "island", "jasper",
-    "kernel", "lagoon", "meadow", "nectar", "orchid", "prairie", "quartz", "ridge", "summit",
-    "tundra", "upland", "valley", "willow", "yonder", "zenith", "canyon", "glacier", "mesa",
-];
-
-/// `n` text prompts of `words` seeded random words each, every one opening with its own index.
-pub fn prompts(n: usize, words: usize, seed: u64) -> Vec<String> {
+/// `n` text prompts of `tokens` tokens each as `prompts` counts them, every one opening with its
+/// own index and a seeded number.
+pub fn texts(prompts: &TokenPrompts, n: usize, tokens: usize, seed: u64) -> Result<Vec<String>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n)
         .map(|i| {
-            let mut text = format!("Passage {i} ({}):", rng.random::<u32>());
-            for _ in 0..words {
-                text.push(' ');
-                text.push_str(WORDS.choose(&mut rng).copied().unwrap_or("word"));
-            }
-            text
+            let opening = format!("Passage {i} ({}):", rng.random::<u32>());
+            let body = tokens.saturating_sub(prompts.count(&opening)?).max(1);
+            prompts.text_after(&opening, body, &mut rng)
         })
         .collect()
+}
+
+/// The chat template's tokens around a prompt: what a request of `text` was counted at
+/// (`prompt_tokens`, from the server) beyond the text's own tokens.
+pub fn overhead(prompts: &TokenPrompts, text: &str, prompt_tokens: u64) -> Result<u64> {
+    let own = prompts.count(text)? as u64;
+    ensure!(
+        prompt_tokens >= own,
+        "a prompt of {own} tokens was counted at {prompt_tokens} by the server: another tokenizer?"
+    );
+    Ok(prompt_tokens - own)
 }
 
 /// Load requests carrying `prompts`.
@@ -45,38 +48,29 @@ pub fn requests(prompts: Vec<String>, max_tokens: u32) -> Vec<RequestSpec> {
         .collect()
 }
 
-/// Words per prompt for `target` prompt tokens, from a calibration prompt of `words` words
-/// that came to `tokens` prompt tokens (`overhead` of them the chat template's).
-pub fn words_for(target: u64, words: usize, tokens: u64, overhead: u64) -> Result<usize> {
-    ensure!(
-        tokens > overhead && words > 0,
-        "calibration prompt of {words} words gave {tokens} tokens"
-    );
-    let per_word = (tokens - overhead) as f64 / words as f64;
-    Ok(((target.saturating_sub(overhead)) as f64 / per_word)
-        .round()
-        .max(1.0) as usize)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::serve::token_prompts::tests::demo;
 
     #[test]
-    fn prompts_are_distinct_from_their_first_words_and_reproducible() {
-        let a = prompts(5, 20, 7);
-        assert_eq!(a, prompts(5, 20, 7));
-        for (i, p) in a.iter().enumerate() {
-            assert!(p.starts_with(&format!("Passage {i} (")));
-            assert_eq!(p.split(' ').count(), 23);
+    fn texts_have_the_tokens_asked_distinct_openings_and_a_seed() {
+        let prompts = demo();
+        let a = texts(&prompts, 5, 60, 7).unwrap();
+        assert_eq!(a, texts(&prompts, 5, 60, 7).unwrap());
+        for (i, text) in a.iter().enumerate() {
+            assert!(text.starts_with(&format!("Passage {i} (")), "{text}");
+            assert_eq!(prompts.count(text).unwrap(), 60, "{text}");
         }
     }
 
     #[test]
-    fn word_counts_scale_to_the_target() {
-        // 100 words -> 230 tokens with 30 of template: 2 tokens per word.
-        assert_eq!(words_for(430, 100, 230, 30).unwrap(), 200);
-        assert!(words_for(430, 100, 20, 30).is_err());
+    fn the_overhead_is_what_the_server_adds() {
+        let prompts = demo();
+        let text = texts(&prompts, 1, 30, 1).unwrap().remove(0);
+        assert_eq!(prompts.count(&text).unwrap(), 30);
+        assert_eq!(overhead(&prompts, &text, 41).unwrap(), 11);
+        assert!(overhead(&prompts, &text, 20).is_err());
     }
 }

@@ -584,6 +584,11 @@ impl CompareBench {
         })
     }
 
+    /// Random prompts counted by the compared model's tokenizer.
+    fn token_prompts(&self) -> Result<TokenPrompts> {
+        TokenPrompts::from_model(&dvd_checkpoint::resolve_model_dir(&self.model)?)
+    }
+
     /// Probes at `rate` (`None`: back to back), each of round `round` its own prompt.
     fn probes(
         &self,
@@ -596,9 +601,7 @@ impl CompareBench {
             dataset::probes(self.probe_prompt.as_deref(), self.probe_max_tokens, || {
                 Ok(ProbeMix {
                     tokens: self.probe_tokens,
-                    prompts: TokenPrompts::from_model(&dvd_checkpoint::resolve_model_dir(
-                        &self.model,
-                    )?)?,
+                    prompts: self.token_prompts()?,
                     max_tokens: self.probe_max_tokens,
                     seed: (self.seed + round as u64) ^ if rate.is_some() { 0x10ad } else { 0x9b0b },
                 })
@@ -707,25 +710,24 @@ impl CompareBench {
         count: usize,
         seed: u64,
     ) -> Result<(ServeReport, f64)> {
-        // Calibrate words per token with two prompts of different lengths (the difference
-        // cancels the chat template's tokens).
-        let mut tokens = Vec::new();
-        for (words, seed) in [(50usize, 1u64), (150, 2)] {
-            let calibration =
-                language_alone::requests(language_alone::prompts(1, words, self.seed ^ seed), 1);
-            let (report, _) = self
-                .serve_bench(deployment, Arc::new(calibration), RunLength::Requests(1))?
-                .run()
-                .await?;
-            if report.completed != 1 {
-                bail!("calibration request failed: {:?}", report.errors);
-            }
-            tokens.push(report.total_input_tokens);
+        // One request measures the chat template's tokens around a prompt.
+        let prompts = self.token_prompts()?;
+        let calibration = language_alone::texts(&prompts, 1, 50, self.seed ^ 1)?;
+        let (report, _) = self
+            .serve_bench(
+                deployment,
+                Arc::new(language_alone::requests(calibration.clone(), 1)),
+                RunLength::Requests(1),
+            )?
+            .run()
+            .await?;
+        if report.completed != 1 {
+            bail!("calibration request failed: {:?}", report.errors);
         }
-        let per_word = tokens[1].saturating_sub(tokens[0]) as f64 / 100.0;
-        let overhead = (tokens[0] as f64 - 50.0 * per_word).max(0.0) as u64;
-        let words = language_alone::words_for(target, 50, tokens[0], overhead)?;
-        let prompts = language_alone::prompts(count, words, seed ^ 0x1a46);
+        let overhead =
+            language_alone::overhead(&prompts, &calibration[0], report.total_input_tokens)?;
+        let tokens = usize::try_from(target.saturating_sub(overhead).max(1))?;
+        let prompts = language_alone::texts(&prompts, count, tokens, seed ^ 0x1a46)?;
         let requests = language_alone::requests(prompts, self.max_tokens);
         let (report, _) = self
             .serve_bench(deployment, Arc::new(requests), RunLength::Requests(count))?

@@ -58,13 +58,24 @@ impl TokenPrompts {
 
     /// Random words that come to exactly `tokens` tokens (at least 1).
     pub fn text(&self, tokens: usize, rng: &mut ChaCha8Rng) -> Result<String> {
+        self.text_after("", tokens, rng)
+    }
+
+    /// `opening`, a space and random words: exactly `tokens` tokens more than `opening` alone
+    /// (at least 1). With an empty `opening`, the words alone.
+    pub fn text_after(&self, opening: &str, tokens: usize, rng: &mut ChaCha8Rng) -> Result<String> {
         if tokens == 0 {
             bail!("a prompt needs at least one token");
         }
+        let base = if opening.is_empty() {
+            0
+        } else {
+            self.count(opening)?
+        };
         let mut words: Vec<&str> = Vec::new();
         let mut left = tokens;
         while left > 0 {
-            let costs = if words.is_empty() {
+            let costs = if words.is_empty() && opening.is_empty() {
                 &self.first
             } else {
                 &self.later
@@ -76,8 +87,11 @@ impl TokenPrompts {
         }
         // Tokenizers that split at spaces count the sum of the words; others are corrected.
         for _ in 0..CORRECTIONS {
-            let text = words.join(" ");
-            let count = self.tokenizer.encode(&text)?.len();
+            let text = match opening {
+                "" => words.join(" "),
+                _ => format!("{opening} {}", words.join(" ")),
+            };
+            let count = self.count(&text)?.saturating_sub(base);
             match count.cmp(&tokens) {
                 std::cmp::Ordering::Equal => return Ok(text),
                 std::cmp::Ordering::Greater if words.len() > 1 => {
@@ -117,6 +131,12 @@ pub(crate) mod tests {
             assert_eq!(prompts.count(&text).unwrap(), tokens, "{text:?}");
         }
         assert!(prompts.text(0, &mut rng).is_err());
+        for opening in ["Passage 7 (123):", "Question"] {
+            let text = prompts.text_after(opening, 25, &mut rng).unwrap();
+            assert!(text.starts_with(&format!("{opening} ")), "{text:?}");
+            let more = prompts.count(&text).unwrap() - prompts.count(opening).unwrap();
+            assert_eq!(more, 25, "{text:?}");
+        }
     }
 
     #[test]
