@@ -33,6 +33,8 @@ enum Command {
     /// The language server of a decoupled deployment.
     #[command(subcommand)]
     Language(commands::language::LanguageCommand),
+    /// A running deployment's servers as its gateway sees them (`GET /v1/cluster`).
+    Status(commands::status::StatusArgs),
     /// A whole deployment on this machine: vision servers, language servers and the gateway.
     Up(commands::up::UpArgs),
     /// The vision server of a decoupled deployment.
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(cmd) => cmd.run(),
         Command::Generate(cmd) => cmd.run(),
         Command::Language(cmd) => cmd.run(),
+        Command::Status(cmd) => cmd.run(),
         Command::Tls(cmd) => cmd.run(),
         Command::Up(cmd) => cmd.run(),
         Command::Vision(cmd) => cmd.run(),

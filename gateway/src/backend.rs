@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use dvd_proto::api::v1::{ChatEvent, ChatRequest, HealthResponse, Model};
 use futures::Stream;
 
+use crate::cluster::ClusterView;
+
 /// The events of one chat request: deltas, then one `Done`; an error ends the stream early.
 pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, GatewayError>> + Send>>;
 
@@ -112,6 +114,9 @@ pub trait ChatBackend: Send + Sync + 'static {
 
     /// Whether the gateway can serve.
     async fn health(&self) -> HealthResponse;
+
+    /// Every pool member's health, load and recent answers.
+    fn cluster(&self) -> ClusterView;
 
     /// Metrics in the Prometheus text exposition format.
     fn metrics_text(&self) -> String;

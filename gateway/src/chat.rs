@@ -85,9 +85,12 @@ pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStre
     let mut busy = BusyBackoff::default();
     let timed_out =
         || GatewayError::Timeout(format!("no first token within {} s", deadline.as_secs()));
+    let mut first_try = true;
     loop {
         let left = deadline.saturating_sub(arrived.elapsed());
-        let outcome = tokio::time::timeout(left, try_once(gw, &prepared, &mut tried_vision))
+        let attempt = try_once(gw, &prepared, first_try, &mut tried_vision);
+        first_try = false;
+        let outcome = tokio::time::timeout(left, attempt)
             .await
             .map_err(|_| timed_out())?;
         match outcome {
@@ -352,6 +355,7 @@ fn server_side(code: Code) -> bool {
 async fn try_once(
     gw: &Gateway,
     p: &Prepared,
+    first_try: bool,
     tried_vision: &mut Vec<std::net::SocketAddr>,
 ) -> Result<Started, Attempt> {
     let language = pick(
@@ -366,8 +370,9 @@ async fn try_once(
         ))
     })?;
     let language_guard = InflightGuard::new(language.clone());
-    // A retry runs under a new id: the servers may still hold the failed try's.
-    let request_id = if tried_vision.is_empty() {
+    // Every later try (a retry, or another try after a full server) runs under a new id: the
+    // servers may still hold the earlier try's.
+    let request_id = if first_try {
         p.id.clone()
     } else {
         RequestId::random().to_string()
@@ -529,10 +534,10 @@ fn spawn_encode(gw: &Gateway, server: Arc<Member<Vision>>, request: EncodeReques
             () = token.cancelled() => Err(Status::cancelled("request ended")),
             r = run_encode(&server, request, &metrics) => r,
         };
-        if let Err(s) = &result
-            && matches!(s.code(), Code::Unavailable | Code::Unknown)
-        {
-            server.mark_failed();
+        match &result {
+            Ok(_) => server.record_answer(),
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown) => server.mark_failed(),
+            Err(_) => {}
         }
         drop(guard);
         let _ = tx.send(result);
@@ -711,7 +716,7 @@ fn reachable(address: &str, language: &Member<Language>) -> String {
 /// and frees the language server's in-flight count and the admission permit.
 struct Held {
     _cancel_encode: Option<DropGuard>,
-    _language: InflightGuard<Language>,
+    language: InflightGuard<Language>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -731,7 +736,7 @@ struct Flow {
     id: String,
     model: String,
     created: u64,
-    _held: Held,
+    held: Held,
 }
 
 impl Flow {
@@ -752,12 +757,14 @@ impl Flow {
                 Ok(Some(event)) => self.convert(event).await,
                 Ok(None) => {
                     self.finished = true;
+                    self.held.language.member().record_failure();
                     return Some(Err(GatewayError::Upstream(
                         "the language server ended the stream early".into(),
                     )));
                 }
                 Err(status) => {
                     self.finished = true;
+                    self.held.language.member().record_failure();
                     return Some(Err(GatewayError::Upstream(format!(
                         "the language server failed: {}",
                         status.message()
@@ -796,6 +803,7 @@ impl Flow {
             }
             Some(lang::generate_event::Event::Done(done)) => {
                 self.finished = true;
+                self.held.language.member().record_answer();
                 let t = done.timings.unwrap_or_default();
                 let us = Duration::from_micros;
                 self.metrics
@@ -860,9 +868,9 @@ fn stream(
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        _held: Held {
+        held: Held {
             _cancel_encode: cancel_encode,
-            _language: language,
+            language,
             _permit: permit,
         },
     };

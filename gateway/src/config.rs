@@ -18,7 +18,11 @@
 //! [limits]
 //! max_inflight = 256
 //! ```
+//!
+//! On SIGHUP, `dvd gateway serve` re-reads the file and takes the pools' new members (and their
+//! restart counts) without a restart; other changes need a restart.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -197,6 +201,9 @@ pub struct PoolSection {
     /// Language pool only: the TLS name vision servers verify on these servers' QUIC feature
     /// listeners (one certificate for the whole pool); empty: the host of the feature address.
     pub feature_tls_name: String,
+    /// How often the server at each address has been restarted, as its supervisor counts
+    /// (`dvd up` writes it); shown by `GET /v1/cluster`. Absent: 0.
+    pub restarts: BTreeMap<String, u32>,
 }
 
 impl PoolSection {

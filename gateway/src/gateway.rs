@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeyError, ApiKeys};
 use crate::backend::{ChatBackend, ChatStream, GatewayError};
+use crate::cluster::ClusterView;
 use crate::config::{GatewayConfig, TlsConfigError};
 use crate::fetch::{FetchSetupError, Fetcher};
 use crate::metrics::{Metrics, PoolGauge};
@@ -118,6 +119,31 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Takes the pools of a re-read configuration (new members join, members no longer named
+    /// leave, restart counts change) and checks them at once. Other sections keep their values
+    /// until a restart; it says so when `fresh` changes them.
+    pub async fn reload_pools(&self, fresh: GatewayConfig) {
+        let rest_changed = GatewayConfig {
+            vision: self.config.vision.clone(),
+            language: self.config.language.clone(),
+            ..fresh.clone()
+        } != self.config;
+        if rest_changed {
+            tracing::warn!(
+                "the reloaded configuration changes more than [vision] and [language]; \
+                 those changes need a restart"
+            );
+        }
+        self.vision.retarget(fresh.vision);
+        self.language.retarget(fresh.language);
+        self.refresh().await;
+        tracing::info!(
+            vision = self.vision.members().len(),
+            language = self.language.members().len(),
+            "pools reloaded"
+        );
+    }
+
     /// One round of re-resolution (when due) and health checks of both pools.
     pub async fn refresh(&self) {
         let health = &self.config.health;
@@ -193,7 +219,7 @@ impl ChatBackend for Gateway {
         let language = self.language.healthy().len() as u32;
         // Text-only traffic needs only the language pool; with none configured for vision, the
         // gateway still serves.
-        let vision_ok = vision > 0 || self.config.vision.targets().next().is_none();
+        let vision_ok = vision > 0 || self.vision.targets().targets().next().is_none();
         HealthResponse {
             status: if self.lifecycle.is_draining() {
                 ServingStatus::Draining
@@ -206,6 +232,10 @@ impl ChatBackend for Gateway {
             language_servers_ready: language,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
+    }
+
+    fn cluster(&self) -> ClusterView {
+        ClusterView::of(&self.vision, &self.language)
     }
 
     fn metrics_text(&self) -> String {

@@ -3,6 +3,8 @@
 //!
 //! - [`auth`]: API keys and per-key rate limits on the public endpoints;
 //! - [`backend`]: what the front doors need from the gateway ([`ChatBackend`]) and its errors;
+//! - [`cluster`]: the cluster view (`GET /v1/cluster`): every member's health, load and recent
+//!   answers, with [`activity`] counting each member's last minute;
 //! - [`config`]: the TOML configuration;
 //! - [`fetch`]: `https` image URLs fetched under a policy (public addresses, redirects re-checked,
 //!   size and time limits);
@@ -16,9 +18,11 @@
 //! - [`reflection`]: gRPC server reflection on the public API (`grpcurl`, Postman);
 //! - [`server`]: both listeners and the health checks, for `dvd gateway serve`.
 
+pub mod activity;
 pub mod auth;
 pub mod backend;
 mod chat;
+pub mod cluster;
 pub mod config;
 pub mod fetch;
 #[doc(hidden)]

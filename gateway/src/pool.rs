@@ -19,6 +19,7 @@ use dvd_proto::vision::v1::{
 };
 use tonic::transport::Channel;
 
+use crate::activity::{MinuteCounts, MinuteWindow};
 use crate::config::PoolSection;
 use crate::metrics::PoolGauge;
 
@@ -58,6 +59,8 @@ pub struct CacheCounts {
 pub struct VisionLoad {
     /// Tiles queued or being encoded.
     pub tiles: u64,
+    /// Requests waiting to be preprocessed or encoded.
+    pub queued_requests: u64,
     /// Its embedding cache.
     pub cache: CacheCounts,
 }
@@ -78,6 +81,10 @@ pub struct LanguageLoad {
     pub outstanding_tokens: u64,
     /// KV blocks in use over total.
     pub kv_used: f64,
+    /// Sequences waiting to be scheduled or for their image features.
+    pub waiting: u64,
+    /// Fraction of prompt tokens its prefix cache served, 0 to 1.
+    pub prefix_cache_hit_rate: f64,
     /// Its feature listener.
     pub features: FeatureAddress,
 }
@@ -118,6 +125,8 @@ pub struct Member<K: ServerKind> {
     pub inflight: AtomicU32,
     /// Until when routing passes it over (see [`Member::cool_down`]).
     cooling_until: Mutex<Option<Instant>>,
+    /// Its answers and failures over the last minute.
+    activity: Mutex<MinuteWindow>,
 }
 
 impl<K: ServerKind> Member<K> {
@@ -133,6 +142,7 @@ impl<K: ServerKind> Member<K> {
             state: Mutex::new(MemberState::default()),
             inflight: AtomicU32::new(0),
             cooling_until: Mutex::new(None),
+            activity: Mutex::new(MinuteWindow::new(Instant::now())),
         })
     }
 
@@ -150,6 +160,26 @@ impl<K: ServerKind> Member<K> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .fail();
+        self.record_failure();
+    }
+
+    /// Counts a request that failed on it (without changing its health).
+    pub fn record_failure(&self) {
+        self.activity().failed(Instant::now());
+    }
+
+    /// Counts a request it answered.
+    pub fn record_answer(&self) {
+        self.activity().answered(Instant::now());
+    }
+
+    /// Its answers and failures over the last minute.
+    pub fn last_minute(&self) -> MinuteCounts {
+        self.activity().counts(Instant::now())
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, MinuteWindow> {
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Has routing pass the member over for `period` while other members are healthy: for a
@@ -220,6 +250,11 @@ impl<K: ServerKind> InflightGuard<K> {
         member.inflight.fetch_add(1, Ordering::AcqRel);
         Self(member)
     }
+
+    /// The member it counts on.
+    pub fn member(&self) -> &Member<K> {
+        &self.0
+    }
 }
 
 impl<K: ServerKind> Drop for InflightGuard<K> {
@@ -241,7 +276,7 @@ pub struct PoolTls {
 /// A pool of one kind of server.
 #[derive(Debug)]
 pub struct Pool<K: ServerKind> {
-    targets: PoolSection,
+    targets: RwLock<PoolSection>,
     tls: Option<PoolTls>,
     members: RwLock<Vec<Arc<Member<K>>>>,
     last_resolve: Mutex<Option<Instant>>,
@@ -252,11 +287,29 @@ impl<K: ServerKind> Pool<K> {
     /// [`refresh`](Self::refresh) fills it.
     pub fn new(targets: PoolSection, tls: Option<PoolTls>) -> Self {
         Self {
-            targets,
+            targets: RwLock::new(targets),
             tls,
             members: RwLock::new(Vec::new()),
             last_resolve: Mutex::new(None),
         }
+    }
+
+    /// Where its servers are, as last configured.
+    pub fn targets(&self) -> PoolSection {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes new targets (a reloaded configuration): the next [`refresh`](Self::refresh)
+    /// resolves them at once, members no longer named leave, new ones join.
+    pub fn retarget(&self, targets: PoolSection) {
+        *self.targets.write().unwrap_or_else(PoisonError::into_inner) = targets;
+        *self
+            .last_resolve
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Every member.
@@ -313,7 +366,7 @@ impl<K: ServerKind> Pool<K> {
     /// Resolves every target; members that vanished from DNS leave the pool, new ones join.
     async fn resolve(&self) {
         let mut found = Vec::new();
-        for target in self.targets.targets() {
+        for target in self.targets().targets() {
             match tokio::net::lookup_host(target.as_str()).await {
                 Ok(addrs) => found.extend(addrs),
                 Err(e) => {
@@ -350,6 +403,7 @@ impl ServerKind for Vision {
         let stats = client.stats(VisionStatsRequest {}).await?.into_inner();
         let load = VisionLoad {
             tiles: u64::from(stats.queued_tiles) + u64::from(stats.running_tiles),
+            queued_requests: u64::from(stats.queued_requests),
             cache: CacheCounts {
                 hits: stats.cache_hits,
                 lookups: stats.cache_hits + stats.cache_misses,
@@ -378,6 +432,8 @@ impl ServerKind for Language {
             } else {
                 f64::from(stats.kv_blocks_used) / f64::from(stats.kv_blocks_total)
             },
+            waiting: u64::from(stats.waiting_sequences) + u64::from(stats.waiting_for_features),
+            prefix_cache_hit_rate: stats.prefix_cache_hit_rate,
             features: FeatureAddress {
                 address: health.feature_address,
                 transport: health.feature_transport,

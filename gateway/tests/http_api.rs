@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use dvd_gateway::cluster::{ClusterView, MemberView};
 use dvd_gateway::http::{HttpLimits, router};
 use dvd_gateway::{ChatBackend, ChatStream, GatewayError};
 use dvd_proto::api::v1::{
@@ -156,6 +157,22 @@ impl ChatBackend for Fake {
 
     async fn health(&self) -> HealthResponse {
         self.health.lock().unwrap().clone()
+    }
+
+    fn cluster(&self) -> ClusterView {
+        ClusterView {
+            vision: vec![MemberView {
+                address: "10.0.0.5:50051".into(),
+                healthy: true,
+                load: 12,
+                queue: 3,
+                cache_hit_rate: 0.25,
+                throughput: 1.5,
+                errors_last_minute: 2,
+                restarts: 1,
+            }],
+            language: Vec::new(),
+        }
     }
 
     fn metrics_text(&self) -> String {
@@ -886,6 +903,20 @@ async fn stream_sends_keep_alive_comments_while_waiting() {
 
 // ---------------------------------------------------------------------------------------------
 // Models, health, metrics, routes.
+
+#[tokio::test]
+async fn the_cluster_view_names_every_field_operators_read() {
+    let fake = Fake::new(hello(FinishReason::Stop));
+    let reply = get(fake.app(), "/v1/cluster").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        json!({"vision": [{"address": "10.0.0.5:50051", "healthy": true, "load": 12, "queue": 3,
+                           "cache_hit_rate": 0.25, "throughput": 1.5, "errors_last_minute": 2,
+                           "restarts": 1}],
+               "language": []})
+    );
+}
 
 #[tokio::test]
 async fn models_are_listed() {

@@ -293,11 +293,24 @@ impl Body {
 
 /// The first model id `GET /v1/models` lists.
 pub async fn first_model(endpoint: &Endpoint) -> Result<String> {
+    let models = get_json(endpoint, "/v1/models", None).await?;
+    models["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("GET /v1/models lists no model")
+}
+
+/// `GET {prefix}{path}` (with `api_key` as a bearer token when given), its JSON body; any
+/// status but 200 is an error carrying the body.
+pub async fn get_json(endpoint: &Endpoint, path: &str, api_key: Option<&str>) -> Result<Value> {
     let mut stream = TcpStream::connect(&endpoint.authority)
         .await
         .with_context(|| format!("connecting to {}", endpoint.authority))?;
+    let auth = api_key.map_or_else(String::new, |key| {
+        format!("Authorization: Bearer {key}\r\n")
+    });
     let head = format!(
-        "GET {}/v1/models HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        "GET {}{path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
         endpoint.prefix, endpoint.authority
     );
     stream.write_all(head.as_bytes()).await?;
@@ -311,13 +324,9 @@ pub async fn first_model(endpoint: &Endpoint) -> Result<String> {
     .rest()
     .await?;
     if status != 200 {
-        bail!("GET /v1/models: HTTP {status}: {}", text.trim());
+        bail!("GET {path}: HTTP {status}: {}", text.trim());
     }
-    let models: Value = serde_json::from_str(&text).context("GET /v1/models: not JSON")?;
-    models["data"][0]["id"]
-        .as_str()
-        .map(str::to_string)
-        .context("GET /v1/models lists no model")
+    serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))
 }
 
 #[cfg(test)]

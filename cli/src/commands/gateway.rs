@@ -49,16 +49,29 @@ impl ServeRole for ServeArgs {
     const SERVE_ABOUT: &'static str = "Serves HTTP and gRPC until SIGINT or SIGTERM";
     const ROLE: &'static str = "gateway";
 
+    /// Serves until SIGINT or SIGTERM; on SIGHUP, re-reads the config file's pools.
     fn serve(self) -> Result<()> {
         let config = self.gateway_config()?;
         let drain = self.drain();
-        super::serve_until_signal(
+        super::serve_until_signal_reloading(
             async move { start(config, drain).await.context("starting the gateway") },
             |server| {
                 json!({
                     "http": server.details.http_addr.to_string(),
                     "grpc": server.grpc_addr.to_string(),
                 })
+            },
+            |gateway| {
+                let fresh = self.gateway_config();
+                async move {
+                    match fresh {
+                        Ok(fresh) => gateway.reload_pools(fresh).await,
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "SIGHUP: cannot re-read the configuration; the pools stay as they were"
+                        ),
+                    }
+                }
             },
         )
     }

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod language;
 pub mod ops;
 pub mod parallel;
+pub mod status;
 pub mod tls;
 pub mod up;
 pub mod vision;
@@ -134,6 +135,17 @@ pub fn serve_until_signal<S: Service, D>(
     start: impl Future<Output = Result<Running<S, D>>>,
     ready: impl FnOnce(&Running<S, D>) -> serde_json::Value,
 ) -> Result<()> {
+    serve_until_signal_reloading(start, ready, |_| async {
+        tracing::info!("SIGHUP: nothing to reload");
+    })
+}
+
+/// [`serve_until_signal`], running `reload` on the service at every SIGHUP meanwhile.
+pub fn serve_until_signal_reloading<S: Service, D, R: Future<Output = ()>>(
+    start: impl Future<Output = Result<Running<S, D>>>,
+    ready: impl FnOnce(&Running<S, D>) -> serde_json::Value,
+    reload: impl Fn(std::sync::Arc<S>) -> R,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,9 +153,42 @@ pub fn serve_until_signal<S: Service, D>(
     runtime.block_on(async move {
         let server = start.await?;
         println!("{}", ready(&server));
-        wait_for_signal().await?;
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        let mut hangups = Hangups::new()?;
+        loop {
+            tokio::select! {
+                r = &mut stop => { r?; break; }
+                () = hangups.next() => reload(server.service().clone()).await,
+            }
+        }
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// SIGHUPs as they arrive.
+struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing a SIGHUP handler")?,
+        })
+    }
+
+    /// The next SIGHUP (never, where there are no such signals).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending().await
+    }
 }

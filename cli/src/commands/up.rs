@@ -1,17 +1,18 @@
 //! `dvd up`: a whole decoupled deployment on this machine: N vision servers, M language servers
 //! and the gateway as separate OS processes on loopback, all from this binary. Waits until the
-//! gateway reports healthy, prints the endpoint and a ready-to-paste request, and stops every
-//! process on Ctrl-C or SIGTERM.
+//! gateway reports healthy, prints the endpoint and a ready-to-paste request, supervises the
+//! processes (restarting one that exits, see [`processes`]) and stops every one on Ctrl-C or
+//! SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod processes;
+mod restart;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use dvd_bench::process;
 use dvd_gateway::config::ServerSection;
 use dvd_proto::common::v1::ServingStatus;
 use dvd_proto::limits::{inference_client, tuned_endpoint};
@@ -19,6 +20,7 @@ use dvd_transport::TransportKind;
 use dvd_transport::quic::SelfSigned;
 use tokio::runtime::Runtime;
 
+use self::processes::{GatewayFile, Processes, Role, grpc};
 use super::device::{ComputeArgs, DeviceSpec};
 use super::language::EngineArgs;
 use super::parallel::ParallelArgs;
@@ -112,7 +114,7 @@ impl Launch {
     /// Starts a language server with `dvd language serve` arguments; returns its gRPC address.
     fn language(&mut self, rt: &Runtime, name: String, args: &[String]) -> Result<String> {
         match self {
-            Self::Spawned(procs) => Ok(json_str(&procs.spawn(name, args)?, "grpc")),
+            Self::Spawned(procs) => Ok(grpc(&procs.spawn(Role::Language, name, args)?)),
             Self::InProcess(servers) => {
                 let config =
                     super::parse_args::<super::language::ServeArgs>(&args[2..])?.config()?;
@@ -129,7 +131,7 @@ impl Launch {
     /// Starts a vision server with `dvd vision serve` arguments; returns its gRPC address.
     fn vision(&mut self, rt: &Runtime, name: String, args: &[String]) -> Result<String> {
         match self {
-            Self::Spawned(procs) => Ok(json_str(&procs.spawn(name, args)?, "grpc")),
+            Self::Spawned(procs) => Ok(grpc(&procs.spawn(Role::Vision, name, args)?)),
             Self::InProcess(servers) => {
                 let config = super::parse_args::<super::vision::ServeArgs>(&args[2..])?.config()?;
                 let server = rt
@@ -147,8 +149,8 @@ impl Launch {
     fn gateway(&mut self, rt: &Runtime, args: &[String]) -> Result<(String, String)> {
         match self {
             Self::Spawned(procs) => {
-                let ready = procs.spawn("gateway".into(), args)?;
-                Ok((json_str(&ready, "http"), json_str(&ready, "grpc")))
+                let ready = procs.spawn(Role::Gateway, "gateway".into(), args)?;
+                Ok((json_str(&ready, "http"), grpc(&ready)))
             }
             Self::InProcess(servers) => {
                 let serve = super::parse_args::<super::gateway::ServeArgs>(&args[2..])?;
@@ -168,11 +170,37 @@ impl Launch {
         }
     }
 
-    /// The first server that has stopped on its own, if any.
-    fn exited(&mut self) -> Option<String> {
+    /// Looks after the child processes once (servers in this process need nothing).
+    fn supervise(&mut self) -> Result<()> {
         match self {
-            Self::Spawned(procs) => procs.exited(),
-            Self::InProcess(_) => None,
+            Self::Spawned(procs) => procs.supervise(),
+            Self::InProcess(_) => Ok(()),
+        }
+    }
+
+    /// Writes the gateway's configuration file at `path`: `fixed` and the pools' addresses.
+    fn gateway_file(
+        &mut self,
+        path: &Path,
+        fixed: String,
+        vision: &[String],
+        language: &[String],
+    ) -> Result<()> {
+        match self {
+            Self::Spawned(procs) => {
+                procs.gateway_file = Some(GatewayFile {
+                    path: path.to_owned(),
+                    fixed,
+                });
+                procs.write_gateway_file()
+            }
+            Self::InProcess(_) => {
+                let pools = format!(
+                    "\n[vision]\naddresses = {vision:?}\n\n[language]\naddresses = {language:?}\n"
+                );
+                std::fs::write(path, fixed + &pools)
+                    .with_context(|| format!("writing {}", path.display()))
+            }
         }
     }
 }
@@ -196,57 +224,6 @@ fn quota_args(cores: Option<f64>) -> Vec<String> {
         .collect()
 }
 
-/// Child processes, stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
-struct Processes {
-    children: Vec<(String, Child)>,
-    dir: PathBuf,
-}
-
-impl Processes {
-    /// Starts `dvd <args>` and returns the JSON line it prints when ready.
-    fn spawn(&mut self, name: String, args: &[String]) -> Result<serde_json::Value> {
-        let exe = std::env::current_exe().context("locating the dvd binary")?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        self.children.push((name.clone(), child));
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .with_context(|| format!("reading {name}'s ready line"))?;
-        serde_json::from_str(&line).with_context(|| format!("{name} failed to start"))
-    }
-
-    /// The first child that has exited, if any.
-    fn exited(&mut self) -> Option<String> {
-        self.children
-            .iter_mut()
-            .find_map(|(name, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone()))
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        // SIGTERM to all first: servers drain and close their listeners, together.
-        for (_, child) in &self.children {
-            process::terminate(child);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (name, child) in &mut self.children {
-            if process::reap_by(child, deadline) {
-                eprintln!("{name} did not stop in time; killed it");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        // The cgroups of servers started with a CPU quota.
-        super::cpu_quota::remove_exited_groups();
-    }
-}
-
 impl UpArgs {
     /// Runs the deployment until Ctrl-C or SIGTERM.
     pub fn run(self) -> Result<()> {
@@ -264,10 +241,7 @@ impl UpArgs {
             .build()?;
         let mut launch = match self.coupled {
             true => Launch::InProcess(InProcess::default()),
-            false => Launch::Spawned(Processes {
-                children: Vec::new(),
-                dir: dir.clone(),
-            }),
+            false => Launch::Spawned(Processes::new(dir.clone())),
         };
         let started = self.start_all(&runtime, &mut launch, &model, &dir);
         let result = match started {
@@ -361,13 +335,12 @@ impl UpArgs {
         let name = Path::new(model)
             .file_name()
             .map_or_else(|| model.to_owned(), |n| n.to_string_lossy().into_owned());
-        let config = format!(
+        let fixed = format!(
             "[server]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\nmodel = \"{name}\"\n\n\
-             [vision]\naddresses = {vision:?}\n\n[language]\naddresses = {language:?}\n\n\
              [health]\ninterval_ms = 500\n"
         );
         let config_path = dir.join("gateway.toml");
-        std::fs::write(&config_path, config)?;
+        launch.gateway_file(&config_path, fixed, &vision, &language)?;
         let mut args = vec![
             "gateway".into(),
             "serve".into(),
@@ -403,22 +376,21 @@ impl UpArgs {
             println!(
                 "  dvd chat --url http://{http_addr} --image cat.jpg \"What is in the picture?\""
             );
+            println!("  Cluster view: dvd status --url http://{http_addr} --watch");
             println!("Ctrl-C stops everything.");
         }
         Ok(())
     }
 
-    /// Serves until a signal arrives or a server process exits.
+    /// Serves until a signal arrives or a server keeps exiting.
     async fn serve(&self, launch: &mut Launch) -> Result<()> {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let stop = super::wait_for_signal();
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                r = super::wait_for_signal() => return r,
-                _ = tick.tick() => {
-                    if let Some(name) = launch.exited() {
-                        bail!("{name} exited; stopping everything");
-                    }
-                }
+                r = &mut stop => return r,
+                _ = tick.tick() => launch.supervise()?,
             }
         }
     }

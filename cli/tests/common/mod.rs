@@ -80,6 +80,11 @@ impl ServerProcess {
         Self { child, ready }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A string field of the ready line.
     pub fn field(&self, name: &str) -> String {
         self.ready[name].as_str().unwrap().to_owned()

@@ -7,6 +7,8 @@
 //! - `GET /health` (also `/health/ready`): 200 when serving, 503 otherwise (no healthy server in
 //!   a pool, or draining);
 //! - `GET /health/live`: 200 while the process runs;
+//! - `GET /v1/cluster`: every pool member's health, load, cache hit rate and last minute
+//!   ([`ClusterView`]), for `dvd status`;
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Errors are OpenAI-style bodies, `{"error": {"message", "type", "param", "code"}}`.
@@ -34,6 +36,7 @@ use axum::routing::{get, post};
 use dvd_proto::common::v1::ServingStatus;
 
 use crate::auth::{ApiKeys, bearer};
+use crate::cluster::ClusterView;
 use crate::{ChatBackend, GatewayError};
 use error::ApiError;
 use openai::{HealthBody, ModelCard, ModelList};
@@ -81,6 +84,7 @@ pub fn router_with_auth(
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(list_models))
+        .route("/v1/cluster", get(cluster))
         // Model ids hold slashes (`OpenGVLab/InternVL3_5-1B`).
         .route("/v1/models/{*id}", get(get_model));
     let api = match keys {
@@ -138,6 +142,10 @@ async fn get_model(
         .find(|m| m.id == id)
         .map(|m| Json(ModelCard::from(m)))
         .ok_or_else(|| GatewayError::NotFound(format!("model {id:?} is not served here")).into())
+}
+
+async fn cluster(State(state): State<AppState>) -> Json<ClusterView> {
+    Json(state.backend.cluster())
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
