@@ -21,4 +21,5 @@ mod mutual_tls;
 mod parallel;
 mod security;
 mod supervision;
+mod video;
 mod vision_serve;

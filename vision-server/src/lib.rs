@@ -4,6 +4,7 @@
 //! [`dvd-transport`](../dvd_transport/index.html).
 //!
 //! - [`preprocess`]: decoding, reference-exact tiling and resizing, normalisation;
+//! - [`video`]: the model card's frame sampling, frames decoded by FFmpeg in child processes;
 //! - [`model`]: the encoder (InternViT, pixel shuffle, `mlp1`, the Flash models' router and
 //!   `mlp2`), also behind `dvd encode`;
 //! - [`engine`]: the encoder thread that batches tiles across requests, and the embedding cache;
@@ -18,5 +19,6 @@ pub mod model;
 pub mod preprocess;
 pub mod server;
 pub mod service;
+pub mod video;
 
 pub use error::ImageError;

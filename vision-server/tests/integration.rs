@@ -11,3 +11,4 @@ mod bad_images;
 mod encoder_batching;
 mod model_reference;
 mod preprocess_reference;
+mod video;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::device::ComputeArgs;
+use super::video::VideoArgs;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
@@ -21,8 +22,11 @@ pub struct EncodeArgs {
     #[arg(long)]
     model: String,
     /// Image file (JPEG, PNG or WebP); repeat for several images of one request.
-    #[arg(long = "image", required = true)]
+    #[arg(long = "image", required_unless_present = "video")]
     images: Vec<PathBuf>,
+    /// Video file (anything FFmpeg reads: MP4, MOV, MKV, WebM...); its frames follow the images.
+    #[command(flatten)]
+    video: VideoArgs,
     /// Most tiles per image, thumbnail excluded (default: the checkpoint's setting).
     #[arg(long)]
     max_tiles: Option<u32>,
@@ -34,7 +38,8 @@ pub struct EncodeArgs {
     vir: Option<Switch>,
     #[command(flatten)]
     compute: ComputeArgs,
-    /// Output safetensors file: `pixel_values`, `features`, `tokens_per_tile`, `tiles_per_image`.
+    /// Output safetensors file: `pixel_values`, `features`, `tokens_per_tile`, `tiles_per_image`
+    /// (one entry per image, then per video frame) and, with `--video`, `frame_indices`.
     #[arg(long)]
     out: PathBuf,
 }
@@ -127,8 +132,13 @@ impl EncodeArgs {
         let load_ms = ms(started);
 
         let started = Instant::now();
-        let (tiles, tiles_per_image) =
+        let (mut tiles, mut tiles_per_image) =
             tile_images(&model, &self.images, self.max_tiles, self.no_thumbnail)?;
+        let video = self.video.tile(&model.config().tiling)?;
+        if let Some(video) = &video {
+            tiles.extend(video.tiles.iter().cloned());
+            tiles_per_image.extend(&video.tiles_per_frame);
+        }
         let tiles_per_image: Vec<i64> = tiles_per_image.iter().map(|&n| n as i64).collect();
         let pixel_values = model.pixel_values(&tiles)?;
         let preprocess_ms = ms(started);
@@ -138,7 +148,7 @@ impl EncodeArgs {
         let tokens: usize = encoded.tokens_per_tile.iter().sum();
         let tokens_per_tile: Vec<i64> = encoded.tokens_per_tile.iter().map(|&t| t as i64).collect();
         let tiles_count = tokens_per_tile.len();
-        let outputs: HashMap<String, Tensor> = HashMap::from([
+        let mut outputs: HashMap<String, Tensor> = HashMap::from([
             (
                 "pixel_values".to_string(),
                 pixel_values.to_device(&Device::Cpu)?,
@@ -159,12 +169,20 @@ impl EncodeArgs {
                 Tensor::new(tiles_per_image.as_slice(), &Device::Cpu)?,
             ),
         ]);
+        if let Some(video) = &video {
+            let indices: Vec<i64> = video.frame_indices.iter().map(|&n| n as i64).collect();
+            outputs.insert(
+                "frame_indices".into(),
+                Tensor::new(indices.as_slice(), &Device::Cpu)?,
+            );
+        }
         candle_core::safetensors::save(&outputs, &self.out)
             .with_context(|| format!("writing {}", self.out.display()))?;
 
         let t = encoded.timings;
         let summary = json!({
             "images": self.images.len(),
+            "frame_indices": video.as_ref().map(|v| &v.frame_indices),
             "tiles": tiles_count,
             "tiles_per_image": tiles_per_image,
             "tokens": tokens,

@@ -16,6 +16,7 @@ pub mod parallel;
 pub mod status;
 pub mod tls;
 pub mod up;
+pub mod video;
 pub mod vision;
 
 use std::future::Future;
