@@ -10,8 +10,28 @@ use crate::common::{assert_success, dvd, json_output, language_fixture};
 
 const MODEL: &str = "internvl-moe-custom-bf16";
 
-fn ffmpeg(dir: &Path, args: &[&str]) -> PathBuf {
-    ffmpeg_make(dir, args).unwrap()
+/// Frame `n` of `dir/clip.mp4` as a lossless PNG (`f{n}.png`), converted to RGB as video frames
+/// are.
+fn frame_png(dir: &Path, n: u64) -> PathBuf {
+    let select = format!("select=eq(n\\,{n})");
+    let name = format!("f{n}.png");
+    ffmpeg_make(
+        dir,
+        &[
+            "-i",
+            "clip.mp4",
+            "-vf",
+            &select,
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            "1",
+            "-pix_fmt",
+            "rgb24",
+            &name,
+        ],
+    )
+    .unwrap()
 }
 
 /// A tensor of a safetensors file as raw little-endian bytes, with its shape.
@@ -59,22 +79,7 @@ fn video_frames_encode_as_the_same_frames_given_as_images() {
     let per_frame = features.len() / 8;
 
     // Frame 64 (the sixth) as a lossless PNG, encoded as an image of one tile.
-    let png = ffmpeg(
-        dir.path(),
-        &[
-            "-i",
-            "clip.mp4",
-            "-vf",
-            "select=eq(n\\,64)",
-            "-fps_mode",
-            "passthrough",
-            "-frames:v",
-            "1",
-            "-pix_fmt",
-            "rgb24",
-            "f64.png",
-        ],
-    );
+    let png = frame_png(dir.path(), 64);
     let image_out = dir.path().join("image.safetensors");
     let image = dvd()
         .args(["encode", "--model"])
@@ -143,4 +148,49 @@ fn bad_video_is_a_clear_error() {
         assert!(stderr.contains(message), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn a_video_prompts_as_its_frames_given_as_images_on_frame_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), 320, 240).unwrap();
+    let model = language_fixture(MODEL);
+    let generate = |media: &[&str], prompt: &str, logits: &str| {
+        let mut command = dvd();
+        command
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(media)
+            .args(["--prompt", prompt, "--max-new-tokens", "6", "--json"])
+            .arg("--logits-out")
+            .arg(dir.path().join(logits));
+        let report = json_output(&mut command);
+        let logits = std::fs::read(dir.path().join(logits)).unwrap();
+        (report, logits)
+    };
+    let clip_arg = clip.to_str().unwrap();
+    let (video, video_logits) = generate(
+        &["--video", clip_arg, "--num-frames", "4"],
+        "What is shown?",
+        "video.safetensors",
+    );
+    // 96 frames, 4 segments: 11, 35, 59, 82.
+    assert_eq!(video["frame_indices"], serde_json::json!([11, 35, 59, 82]));
+    let mut images = Vec::new();
+    for n in [11, 35, 59, 82] {
+        images.push(frame_png(dir.path(), n).display().to_string());
+    }
+    let mut media = vec!["--max-tiles", "1"];
+    for image in &images {
+        media.extend(["--image", image.as_str()]);
+    }
+    let (frames, frames_logits) = generate(
+        &media,
+        "Frame1: <image>\nFrame2: <image>\nFrame3: <image>\nFrame4: <image>\nWhat is shown?",
+        "frames.safetensors",
+    );
+    assert_eq!(video["prompt_tokens"], frames["prompt_tokens"]);
+    assert_eq!(video["image_tokens"], frames["image_tokens"]);
+    assert_eq!(video["token_ids"], frames["token_ids"]);
+    assert!(video_logits == frames_logits, "prefill logits differ");
 }

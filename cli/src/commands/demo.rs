@@ -263,7 +263,7 @@ impl EvalArgs {
                 }
             };
             let (prompt, placeholder) =
-                user_prompt(&format, &entry.question.question, 1, None, false)?;
+                user_prompt(&format, &entry.question.question, 1, None, None, false)?;
             let (ids, image) =
                 prompt_ids(&tokenizer, &prompt, placeholder, Some(&features), &tokens)?;
             let out = generate(&model, &tokenizer, &ids, image, &params, &eos, &mut |_| {})?;

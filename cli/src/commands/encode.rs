@@ -104,6 +104,39 @@ pub fn tile_images(
     Ok((tiles, tiles_per_image))
 }
 
+/// Tiles of one request's media: its images, then its video's sampled frames.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// Every tile, in order.
+    pub tiles: Vec<RgbImage>,
+    /// Tiles of each image, then of each video frame.
+    pub tiles_per_image: Vec<usize>,
+    /// The video's sampled frame numbers, with a video.
+    pub frame_indices: Option<Vec<u64>>,
+}
+
+/// [`tile_images`], then the frames of `video`'s video (if any) tiled after them.
+pub fn tile_media(
+    model: &VisionModel,
+    images: &[PathBuf],
+    max_tiles: Option<u32>,
+    no_thumbnail: bool,
+    video: &VideoArgs,
+) -> Result<Media> {
+    let (mut tiles, mut tiles_per_image) = tile_images(model, images, max_tiles, no_thumbnail)?;
+    let video = video.tile(&model.config().tiling)?;
+    let frame_indices = video.map(|video| {
+        tiles.extend(video.tiles);
+        tiles_per_image.extend(video.tiles_per_frame);
+        video.frame_indices
+    });
+    Ok(Media {
+        tiles,
+        tiles_per_image,
+        frame_indices,
+    })
+}
+
 impl Precision {
     /// The candle dtype.
     pub fn dtype(self) -> DType {
@@ -132,14 +165,15 @@ impl EncodeArgs {
         let load_ms = ms(started);
 
         let started = Instant::now();
-        let (mut tiles, mut tiles_per_image) =
-            tile_images(&model, &self.images, self.max_tiles, self.no_thumbnail)?;
-        let video = self.video.tile(&model.config().tiling)?;
-        if let Some(video) = &video {
-            tiles.extend(video.tiles.iter().cloned());
-            tiles_per_image.extend(&video.tiles_per_frame);
-        }
-        let tiles_per_image: Vec<i64> = tiles_per_image.iter().map(|&n| n as i64).collect();
+        let media = tile_media(
+            &model,
+            &self.images,
+            self.max_tiles,
+            self.no_thumbnail,
+            &self.video,
+        )?;
+        let tiles = media.tiles;
+        let tiles_per_image: Vec<i64> = media.tiles_per_image.iter().map(|&n| n as i64).collect();
         let pixel_values = model.pixel_values(&tiles)?;
         let preprocess_ms = ms(started);
 
@@ -169,8 +203,8 @@ impl EncodeArgs {
                 Tensor::new(tiles_per_image.as_slice(), &Device::Cpu)?,
             ),
         ]);
-        if let Some(video) = &video {
-            let indices: Vec<i64> = video.frame_indices.iter().map(|&n| n as i64).collect();
+        if let Some(frames) = &media.frame_indices {
+            let indices: Vec<i64> = frames.iter().map(|&n| n as i64).collect();
             outputs.insert(
                 "frame_indices".into(),
                 Tensor::new(indices.as_slice(), &Device::Cpu)?,
@@ -182,7 +216,7 @@ impl EncodeArgs {
         let t = encoded.timings;
         let summary = json!({
             "images": self.images.len(),
-            "frame_indices": video.as_ref().map(|v| &v.frame_indices),
+            "frame_indices": media.frame_indices,
             "tiles": tiles_count,
             "tiles_per_image": tiles_per_image,
             "tokens": tokens,

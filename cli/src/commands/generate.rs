@@ -17,11 +17,13 @@ use dvd_language_server::text::{
     Tokenizer, encode_with_images, split_thinking,
 };
 use dvd_vision_server::model::{LoadOptions, VisionModel};
+use image::RgbImage;
 use serde_json::json;
 
 use super::device::ComputeArgs;
-use super::encode::{Switch, tile_images};
+use super::encode::{Switch, tile_images, tile_media};
 use super::parallel::ParallelArgs;
+use super::video::VideoArgs;
 
 /// Options of `dvd generate`.
 #[derive(Debug, Args)]
@@ -33,6 +35,9 @@ pub struct GenerateArgs {
     /// Image file (JPEG, PNG or WebP); repeat for several images.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// A video (its frames follow the images; the prompt names them `Frame1: <image>` ...).
+    #[command(flatten)]
+    video: VideoArgs,
     /// Most tiles per image, thumbnail excluded (default: the checkpoint's setting).
     #[arg(long)]
     max_tiles: Option<u32>,
@@ -124,12 +129,15 @@ impl GenerateArgs {
         let load_ms = ms(started);
 
         let started = Instant::now();
-        let (features, image_tokens) = if self.images.is_empty() {
+        let mut frame_indices = None;
+        let (features, image_tokens) = if self.images.is_empty() && self.video.video.is_none() {
             (None, Vec::new())
         } else {
             let vision = VisionModel::load(&dir, &options)
                 .with_context(|| format!("loading the vision model from {}", dir.display()))?;
-            let encoded = encode_images(&vision, &self.images, self.max_tiles, self.vir)?;
+            let media = tile_media(&vision, &self.images, self.max_tiles, false, &self.video)?;
+            let encoded = encode_tiles(&vision, &media.tiles, &media.tiles_per_image, self.vir)?;
+            frame_indices = media.frame_indices;
             let features = match self.wire_features {
                 true => round_to_wire(&encoded.0)?,
                 false => encoded.0,
@@ -140,7 +148,8 @@ impl GenerateArgs {
 
         let config = dvd_checkpoint::read_json(&dir.join("config.json"))?;
         let format = PromptFormat::for_checkpoint(&config, &tokenizer)?;
-        let (prompt, placeholder) = self.prompt_text(&format)?;
+        let frames = frame_indices.as_ref().map(Vec::len);
+        let (prompt, placeholder) = self.prompt_text(&format, frames)?;
         let (ids, image) = prompt_ids(
             &tokenizer,
             &prompt,
@@ -187,6 +196,7 @@ impl GenerateArgs {
                 "completion_tokens": out.token_ids.len(),
                 "finish_reason": finish,
                 "image_tokens": image_tokens,
+                "frame_indices": frame_indices,
                 "timings": timings,
             });
             if self.thinking {
@@ -205,8 +215,12 @@ impl GenerateArgs {
         Ok(())
     }
 
-    /// The prompt text and the image placeholder it uses.
-    fn prompt_text(&self, format: &PromptFormat) -> Result<(String, &'static str)> {
+    /// The prompt text and the image placeholder it uses; `frames`: the video's sampled frames.
+    fn prompt_text(
+        &self,
+        format: &PromptFormat,
+        frames: Option<usize>,
+    ) -> Result<(String, &'static str)> {
         if self.raw {
             return Ok((self.prompt.clone(), IMAGE_PLACEHOLDER));
         }
@@ -219,6 +233,7 @@ impl GenerateArgs {
             format,
             &self.prompt,
             self.images.len(),
+            frames,
             system,
             self.thinking,
         )
@@ -234,10 +249,21 @@ pub fn encode_images(
     vir: Option<Switch>,
 ) -> Result<(Tensor, Vec<usize>)> {
     let (tiles, tiles_per_image) = tile_images(vision, images, max_tiles, false)?;
-    let encoded = vision.encode(&vision.pixel_values(&tiles)?, Switch::routing(vir))?;
+    encode_tiles(vision, &tiles, &tiles_per_image, vir)
+}
+
+/// Encodes `tiles` as one request; returns the features and the token count of each image (or
+/// video frame), whose tiles `tiles_per_image` counts.
+pub fn encode_tiles(
+    vision: &VisionModel,
+    tiles: &[RgbImage],
+    tiles_per_image: &[usize],
+    vir: Option<Switch>,
+) -> Result<(Tensor, Vec<usize>)> {
+    let encoded = vision.encode(&vision.pixel_values(tiles)?, Switch::routing(vir))?;
     let mut image_tokens = Vec::with_capacity(tiles_per_image.len());
     let mut next = 0;
-    for n in tiles_per_image {
+    for &n in tiles_per_image {
         image_tokens.push(encoded.tokens_per_tile[next..next + n].iter().sum());
         next += n;
     }
@@ -252,12 +278,14 @@ pub fn round_to_wire(features: &Tensor) -> Result<Tensor> {
         .to_dtype(features.dtype())?)
 }
 
-/// A conversation of one user turn (`images` images, then `text`), after an optional system
-/// message, rendered in the checkpoint's format; returns it and the image placeholder used.
+/// A conversation of one user turn (`images` images, a video of `frames` frames if given, then
+/// `text`), after an optional system message, rendered in the checkpoint's format; returns it
+/// and the image placeholder used.
 pub fn user_prompt(
     format: &PromptFormat,
     text: &str,
     images: usize,
+    frames: Option<usize>,
     system: Option<String>,
     thinking: bool,
 ) -> Result<(String, &'static str)> {
@@ -271,6 +299,7 @@ pub fn user_prompt(
         vec![ContentPart::Text(text.to_string())]
     } else {
         let mut parts = vec![ContentPart::Image; images];
+        parts.extend(frames.map(|frames| ContentPart::Video { frames }));
         parts.push(ContentPart::Text(text.to_string()));
         parts
     };
