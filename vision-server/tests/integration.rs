@@ -12,3 +12,4 @@ mod encoder_batching;
 mod model_reference;
 mod preprocess_reference;
 mod video;
+mod video_reference;

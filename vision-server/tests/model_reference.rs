@@ -9,14 +9,9 @@ use dvd_vision_server::model::{
 use dvd_vision_server::preprocess::preprocess;
 
 use crate::common::{
-    load_model, max_abs, max_abs_diff, model_fixture, reference, reference_pixel_values,
+    FEATURES_TOLERANCE, load_model, max_abs, max_abs_diff, model_fixture, reference,
+    reference_pixel_values,
 };
-
-/// Largest absolute difference allowed between f32 features and transformers' (the fixture
-/// checkpoints' features reach about 3). Measured on x86-64 (AVX2/FMA): 1.55e-6 to 1.91e-6 over
-/// the five comparisons (vit300m-hf 1.73e-6, vit300m-hf-legacy-f16 1.67e-6, vit6b-custom-bf16
-/// 1.91e-6, flash-custom 1.91e-6 unrouted and 1.55e-6 routed); 5e-6 is 2.6x the worst.
-const FEATURES_TOLERANCE: f32 = 5e-6;
 
 /// Largest absolute difference allowed between the router's scores (its "compress"
 /// probabilities and the request's quantile threshold over them) and the reference's. Measured:
