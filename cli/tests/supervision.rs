@@ -317,3 +317,27 @@ fn sighup_reloads_the_pools_and_a_broken_file_changes_nothing() {
     signal(gateway.pid(), "HUP");
     wait_for_members(&http_addr, "language", &only_second);
 }
+
+#[test]
+fn a_killed_gateway_comes_back_on_its_ports_with_the_current_pools() {
+    let up = Up::start(&[]);
+    let gateway = servers_of(up.pid(), "gateway");
+    assert_eq!(gateway.len(), 1);
+    let before = cluster(&up.http);
+    signal(gateway[0], "KILL");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let back = servers_of(up.pid(), "gateway");
+        if back.len() == 1
+            && back[0] != gateway[0]
+            && std::net::TcpStream::connect(&up.http).is_ok()
+            && http(&up.http, "GET", "/health", b"").status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster(&up.http), before);
+    assert_eq!(ask_red_circle(&up.http).status, 200);
+}
