@@ -22,6 +22,7 @@ use tokio::runtime::Runtime;
 use super::device::{ComputeArgs, DeviceSpec};
 use super::language::EngineArgs;
 use super::parallel::ParallelArgs;
+use super::telemetry::TelemetryArgs;
 
 /// Options of `dvd up`.
 #[derive(Debug, Args)]
@@ -78,6 +79,9 @@ pub struct UpArgs {
     /// of the banner, for scripts and benchmarks.
     #[arg(long)]
     ready_json: bool,
+    /// Passed to every server started (each exports its own spans).
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 /// How the servers run: as child processes, or inside this process (`--coupled`).
@@ -200,6 +204,8 @@ fn quota_args(cores: Option<f64>) -> Vec<String> {
 struct Processes {
     children: Vec<(String, Child)>,
     dir: PathBuf,
+    /// Options every child gets (`--otlp-endpoint`).
+    common_args: Vec<String>,
 }
 
 impl Processes {
@@ -208,6 +214,7 @@ impl Processes {
         let exe = std::env::current_exe().context("locating the dvd binary")?;
         let mut child = Command::new(exe)
             .args(args)
+            .args(&self.common_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -248,6 +255,13 @@ impl Drop for Processes {
 }
 
 impl UpArgs {
+    /// The traces this process exports: with `--coupled` the servers run in it (`service.name`
+    /// `dvd-coupled`); otherwise each server exports its own and this process none.
+    pub fn traces(&self) -> Result<Option<dvd_serve::telemetry::TelemetryConfig>> {
+        let config = self.telemetry.config("dvd-coupled")?;
+        Ok(config.filter(|_| self.coupled))
+    }
+
     /// Runs the deployment until Ctrl-C or SIGTERM.
     pub fn run(self) -> Result<()> {
         if self.language == 0 {
@@ -267,6 +281,7 @@ impl UpArgs {
             false => Launch::Spawned(Processes {
                 children: Vec::new(),
                 dir: dir.clone(),
+                common_args: self.telemetry.to_args(),
             }),
         };
         let started = self.start_all(&runtime, &mut launch, &model, &dir);
