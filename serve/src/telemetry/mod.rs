@@ -90,15 +90,11 @@ pub fn install(traces: Option<&TelemetryConfig>) -> Result<Telemetry, TelemetryE
     Ok(Telemetry { provider })
 }
 
-/// What is exported: dvd's own spans (info and above) and its warnings and errors as span
-/// events; nothing from the libraries below it (the exporter's own gRPC calls included).
+/// What is exported: dvd's own spans and events (info and above; events become events of the
+/// span they happen in); nothing from the libraries below it (the exporter's own gRPC calls
+/// included).
 fn dvd_spans(meta: &Metadata<'_>) -> bool {
-    let limit = if meta.is_span() {
-        Level::INFO
-    } else {
-        Level::WARN
-    };
-    meta.target().starts_with("dvd") && *meta.level() <= limit
+    meta.target().starts_with("dvd") && *meta.level() <= Level::INFO
 }
 
 /// The tracer provider `config` describes, exporting through a [`QueuedExport`].
@@ -141,4 +137,64 @@ fn exporter(config: &TelemetryConfig) -> Result<opentelemetry_otlp::SpanExporter
             .build(),
     };
     built.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    use opentelemetry::trace::Tracer;
+
+    use super::*;
+
+    /// Over `http/protobuf` the exporter POSTs protobuf to `<endpoint>/v1/traces`.
+    #[test]
+    fn http_protobuf_posts_to_v1_traces() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let received = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = Vec::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = n.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head.push(line);
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            reader
+                .into_inner()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            (head, body)
+        });
+        let config = TelemetryConfig::resolve(Some(&endpoint), "dvd-test", |name| {
+            (name == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "http/protobuf".to_owned())
+        })
+        .unwrap()
+        .unwrap();
+        let provider = provider(&config).unwrap();
+        provider.tracer("test").in_span("one", |_| {});
+        provider.force_flush().unwrap();
+        let (head, body) = received.join().unwrap();
+        assert!(head[0].starts_with("POST /v1/traces "), "{head:?}");
+        assert!(
+            head.iter()
+                .any(|h| h.eq_ignore_ascii_case("content-type: application/x-protobuf\r\n")),
+            "{head:?}"
+        );
+        // The span's name and the service name are in the protobuf body.
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("one") && text.contains("dvd-test"), "{text}");
+        provider.shutdown().unwrap();
+    }
 }
