@@ -20,4 +20,5 @@ mod language_serve;
 mod mutual_tls;
 mod parallel;
 mod security;
+mod tracing;
 mod vision_serve;
