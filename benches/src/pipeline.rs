@@ -482,6 +482,7 @@ impl PipelineBench {
                     output: tx,
                     cancelled: cancelled.clone(),
                     label: format!("bench-{k}"),
+                    span: tracing::Span::none(),
                 })
                 .map_err(anyhow::Error::from)?;
             senders.spawn(async move { (k, send(stream, rx, tile_count).await) });

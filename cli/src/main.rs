@@ -45,16 +45,25 @@ enum Command {
     Tls(commands::tls::TlsCommand),
 }
 
+impl Command {
+    /// The traces this command's process exports: a server's, as its flags and the environment
+    /// say; none for the tools.
+    fn traces(&self) -> anyhow::Result<Option<dvd_serve::telemetry::TelemetryConfig>> {
+        match self {
+            Self::Gateway(cmd) => cmd.traces(),
+            Self::Language(cmd) => cmd.traces(),
+            Self::Vision(cmd) => cmd.traces(),
+            Self::Up(cmd) => cmd.traces(),
+            _ => Ok(None),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    let _telemetry = dvd_serve::telemetry::install(cli.command.traces()?.as_ref())?;
     commands::affinity::size_compute_pool();
-    match Cli::parse().command {
+    match cli.command {
         Command::Bench(cmd) => cmd.run(),
         Command::Chat(cmd) => cmd.run(),
         Command::Demo(cmd) => cmd.run(),

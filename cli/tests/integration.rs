@@ -21,5 +21,6 @@ mod mutual_tls;
 mod parallel;
 mod security;
 mod supervision;
+mod tracing;
 mod video;
 mod vision_serve;

@@ -22,10 +22,12 @@ use dvd_proto::limits::{language_client, vision_client};
 use dvd_proto::vision::v1::{
     EncodeRequest, ImageInput, PreprocessOptions, encode_event, image_input,
 };
+use dvd_serve::telemetry::propagation::traced_request;
 use dvd_transport::RequestId;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Code, Status, Streaming};
+use tracing::{Instrument, Span, field, info_span};
 
 use crate::backend::{ChatStream, GatewayError};
 use crate::config::GatewayConfig;
@@ -56,22 +58,26 @@ struct VisionReport {
 }
 
 /// Starts `request`; returns once its first token is known, or with the error that stopped it.
+/// Runs in the request's span (the front door's), which lives as long as the answer's stream.
 pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStream, GatewayError> {
     let arrived = Instant::now();
-    let permit =
-        gw.admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded {
-                message: format!(
-                    "{} requests are in flight; try again shortly",
-                    gw.config.limits.max_inflight
-                ),
-                retry_after: Duration::from_secs(1),
-            })?;
+    let permit = info_span!("admission", admitted = field::Empty).in_scope(|| {
+        let permit = gw.admission.clone().try_acquire_owned();
+        Span::current().record("admitted", permit.is_ok());
+        permit.map_err(|_| GatewayError::Overloaded {
+            message: format!(
+                "{} requests are in flight; try again shortly",
+                gw.config.limits.max_inflight
+            ),
+            retry_after: Duration::from_secs(1),
+        })
+    })?;
     let deadline = Duration::from_secs(gw.config.limits.request_timeout_s.max(1));
-    let checked = prepare(&gw.config, gw.fetcher.policy(), request)?;
-    let prepared = tokio::time::timeout(deadline, checked.fetched(gw))
+    let checked =
+        info_span!("prepare").in_scope(|| prepare(&gw.config, gw.fetcher.policy(), request))?;
+    Span::current().record("request_id", checked.id.as_str());
+    let fetching = info_span!("fetch_images", images = checked.images.len());
+    let prepared = tokio::time::timeout(deadline, checked.fetched(gw).instrument(fetching))
         .await
         .map_err(|_| {
             GatewayError::Timeout(format!(
@@ -85,14 +91,17 @@ pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStre
     let mut busy = BusyBackoff::default();
     let timed_out =
         || GatewayError::Timeout(format!("no first token within {} s", deadline.as_secs()));
-    let mut first_try = true;
+    let mut attempt = 0u32;
     loop {
+        attempt += 1;
         let left = deadline.saturating_sub(arrived.elapsed());
-        let attempt = try_once(gw, &prepared, first_try, &mut tried_vision);
-        first_try = false;
-        let outcome = tokio::time::timeout(left, attempt)
-            .await
-            .map_err(|_| timed_out())?;
+        let attempt_span = info_span!("attempt", attempt);
+        let outcome = tokio::time::timeout(
+            left,
+            try_once(gw, &prepared, attempt == 1, &mut tried_vision).instrument(attempt_span),
+        )
+        .await
+        .map_err(|_| timed_out())?;
         match outcome {
             Ok(started) => return Ok(stream(gw, prepared, started, permit, arrived)),
             Err(Attempt::Fatal(e)) => return Err(e),
@@ -108,7 +117,9 @@ pub(crate) async fn start(gw: &Gateway, request: ChatRequest) -> Result<ChatStre
                     tracing::warn!(error = %error, "still full at the request's deadline");
                     return Err(timed_out());
                 }
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(wait)
+                    .instrument(info_span!("busy_wait", wait_ms = wait.as_millis() as u64))
+                    .await;
             }
             Err(Attempt::Retry(e)) => {
                 failed += 1;
@@ -335,6 +346,22 @@ fn pick<K: ServerKind>(
     members.get(chosen).cloned()
 }
 
+/// [`pick`] in a `route` span that records the pool and the member chosen.
+fn route<K: ServerKind>(
+    pool_name: &'static str,
+    pool: &Pool<K>,
+    policy: &dyn Policy<K::Load>,
+    affinity: Option<u64>,
+    avoid: &[std::net::SocketAddr],
+) -> Option<Arc<Member<K>>> {
+    let span = info_span!("route", pool = pool_name, server = field::Empty);
+    let chosen = span.in_scope(|| pick(pool, policy, affinity, avoid));
+    if let Some(member) = &chosen {
+        span.record("server", member.addr.to_string());
+    }
+    chosen
+}
+
 /// Whether a gRPC failure is the server's (worth another server) rather than the request's.
 fn server_side(code: Code) -> bool {
     matches!(
@@ -358,7 +385,8 @@ async fn try_once(
     first_try: bool,
     tried_vision: &mut Vec<std::net::SocketAddr>,
 ) -> Result<Started, Attempt> {
-    let language = pick(
+    let language = route(
+        "language",
         &gw.language,
         gw.language_policy.as_ref(),
         Some(p.affinity),
@@ -396,6 +424,7 @@ async fn try_once(
         &mut events,
         &mut vision,
     )
+    .instrument(info_span!("wait_first_token"))
     .await?;
     Ok(Started {
         first,
@@ -433,7 +462,7 @@ async fn start_generate(
     request: lang::GenerateRequest,
 ) -> Result<Streaming<lang::GenerateEvent>, Attempt> {
     let mut client = language_client(language.channel.clone());
-    match client.generate(request).await {
+    match client.generate(traced_request(request)).await {
         Ok(r) => Ok(r.into_inner()),
         Err(s) if s.code() == Code::ResourceExhausted => Err(Attempt::Busy {
             error: GatewayError::Unavailable(format!(
@@ -477,7 +506,8 @@ fn start_encode(
     tried_vision: &mut Vec<std::net::SocketAddr>,
 ) -> Result<Encoding, Attempt> {
     let image_key = key_of(&p.images[0].hash);
-    let server = pick(
+    let server = route(
+        "vision",
         &gw.vision,
         gw.vision_policy.as_ref(),
         Some(image_key),
@@ -528,7 +558,8 @@ fn spawn_encode(gw: &Gateway, server: Arc<Member<Vision>>, request: EncodeReques
     let cancel = token.clone().drop_guard();
     let metrics = gw.metrics.clone();
     let encoding_server = server.clone();
-    gw.lifecycle.tasks().spawn(async move {
+    let call = info_span!("encode_call", server = %server.addr, images = request.images.len());
+    let task = async move {
         let guard = InflightGuard::new(server.clone());
         let result = tokio::select! {
             () = token.cancelled() => Err(Status::cancelled("request ended")),
@@ -541,7 +572,8 @@ fn spawn_encode(gw: &Gateway, server: Arc<Member<Vision>>, request: EncodeReques
         }
         drop(guard);
         let _ = tx.send(result);
-    });
+    };
+    gw.lifecycle.tasks().spawn(task.instrument(call));
     Encoding {
         server: encoding_server,
         result: rx,
@@ -676,7 +708,7 @@ async fn run_encode(
 ) -> Result<VisionReport, Status> {
     let hidden = u64::from(server.state().hidden_size);
     let mut client = vision_client(server.channel.clone());
-    let mut stream = client.encode(request).await?.into_inner();
+    let mut stream = client.encode(traced_request(request)).await?.into_inner();
     while let Some(event) = stream.message().await? {
         match event.event {
             Some(encode_event::Event::Planned(planned)) => metrics.image(planned.cache_hit),
@@ -737,6 +769,8 @@ struct Flow {
     model: String,
     created: u64,
     held: Held,
+    /// The request's span, ended with the stream.
+    _span: Span,
 }
 
 impl Flow {
@@ -873,6 +907,7 @@ fn stream(
             language,
             _permit: permit,
         },
+        _span: Span::current(),
     };
     Box::pin(futures::stream::unfold(flow, |mut flow| async move {
         let item = flow.next_item().await?;

@@ -243,6 +243,9 @@ impl ChatBackend for Gateway {
         if let Some(auth) = &self.auth {
             auth.render(&mut text);
         }
+        let mut tracing = dvd_serve::Exposition::new();
+        dvd_serve::telemetry::expose(&mut tracing);
+        text.push_str(&tracing.finish());
         text
     }
 }

@@ -7,8 +7,10 @@ use dvd_proto::api::v1::inference_service_server::InferenceService;
 use dvd_proto::api::v1::{
     ChatEvent, ChatRequest, HealthRequest, HealthResponse, ListModelsRequest, ListModelsResponse,
 };
+use dvd_serve::telemetry::propagation::follow_metadata;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::auth::{ApiKeys, bearer};
 use crate::backend::ChatBackend;
@@ -39,13 +41,22 @@ pub type ChatEventStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, Status>> 
 impl InferenceService for InferenceApi {
     type ChatStream = ChatEventStream;
 
+    /// Runs in the request's span (a caller's `traceparent` metadata its parent).
     async fn chat(
         &self,
         request: Request<ChatRequest>,
     ) -> Result<Response<Self::ChatStream>, Status> {
+        let span = tracing::info_span!(
+            "chat",
+            otel.kind = "server",
+            api = "grpc",
+            request_id = tracing::field::Empty
+        );
+        follow_metadata(&span, request.metadata());
         let stream = self
             .backend
             .chat(request.into_inner())
+            .instrument(span)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(Box::pin(

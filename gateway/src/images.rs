@@ -6,6 +6,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use dvd_proto::api::v1::{Image, image};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::backend::GatewayError;
 use crate::config::{ImagesSection, LimitsSection};
@@ -78,7 +79,11 @@ pub(crate) async fn fetch_all(
             match image {
                 PendingImage::Ready(bytes) => Ok(bytes),
                 PendingImage::Remote { url, max_tiles } => {
-                    let data = fetcher.fetch(&url).await.map_err(|e| invalid(index, e))?;
+                    let data = fetcher
+                        .fetch(&url)
+                        .instrument(tracing::info_span!("fetch_image", index))
+                        .await
+                        .map_err(|e| invalid(index, e))?;
                     finish(data, index, max_tiles, limits)
                 }
             }

@@ -76,6 +76,7 @@ fn streaming(s: &Setup, id: u64, hash: Option<[u8; 32]>, max_new: usize) -> Feat
             PromptPiece::Text(s.after.clone()),
         ],
         params: greedy(max_new),
+        span: tracing::Span::none(),
     }
 }
 

@@ -243,6 +243,7 @@ fn serve(model: LanguageModel, tokenizer: &Tokenizer, text: &[u32]) -> Served {
                 PromptPiece::Text(text[12..16].to_vec()),
             ],
             params: greedy(6),
+            span: tracing::Span::none(),
         })
         .unwrap();
     let tile_features = features(3 * TILE, hidden);

@@ -6,7 +6,9 @@
 //! - [`Histogram`], [`Outcomes`] and [`Exposition`]: metrics in the Prometheus text format;
 //! - [`ops`]: the HTTP endpoint orchestrators probe and scrape (`/metrics`, `/health/live`,
 //!   `/health/ready`);
-//! - waiting for requests in flight after a server stopped taking new ones (`drain.rs`).
+//! - waiting for requests in flight after a server stopped taking new ones (`drain.rs`);
+//! - [`telemetry`]: logs, and traces exported over OTLP with the trace context carried across
+//!   processes.
 
 mod drain;
 mod error;
@@ -17,6 +19,7 @@ mod lifecycle;
 pub mod ops;
 mod outcome;
 mod running;
+pub mod telemetry;
 
 pub use error::StartError;
 pub use exposition::Exposition;

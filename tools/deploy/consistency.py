@@ -154,6 +154,10 @@ def check_rendered(path: Path) -> None:
             cwhere = f"{where} container {c['name']}"
             args = c.get("args", [])
             env = {e["name"]: e for e in c.get("env", [])}
+            for source in c.get("envFrom", []):
+                ref = source.get("configMapRef")
+                if ref and not ref.get("optional") and ref["name"] not in config_maps:
+                    problem(cwhere, f"envFrom: no ConfigMap {ref['name']}")
             for arg in args:
                 for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg):
                     if var not in env:

@@ -32,6 +32,7 @@ fn job(
         output: tx,
         cancelled: CancellationToken::new(),
         label: "test".into(),
+        span: tracing::Span::none(),
     };
     (job, rx)
 }

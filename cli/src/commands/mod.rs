@@ -14,6 +14,7 @@ pub mod language;
 pub mod ops;
 pub mod parallel;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod up;
 pub mod video;
@@ -25,6 +26,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use dvd_serve::telemetry::TelemetryConfig;
 use dvd_serve::{Running, Service};
 
 /// The one subcommand of each server role: `dvd vision serve`, `dvd language serve`, `dvd
@@ -47,11 +49,13 @@ pub trait ServeRole: clap::Args {
     fn serve(self) -> Result<()>;
 }
 
-/// A role's `serve` options, `--cpus` and `--cpu-quota`.
+/// A role's `serve` options, `--cpus`, `--cpu-quota` and `--otlp-endpoint`.
 #[derive(Debug, Args)]
 pub struct Pinned<A: ServeRole> {
     #[command(flatten)]
     serve: A,
+    #[command(flatten)]
+    telemetry: telemetry::TelemetryArgs,
     /// Cores to pin the process to (`0`, `0-3`, `0,2`; default: all).
     #[arg(long)]
     cpus: Option<String>,
@@ -62,6 +66,13 @@ pub struct Pinned<A: ServeRole> {
 }
 
 impl<A: ServeRole> ServeCommand<A> {
+    /// The traces this server exports (`service.name` `dvd-<role>`); `None` when off.
+    pub fn traces(&self) -> Result<Option<TelemetryConfig>> {
+        match self {
+            Self::Serve(pinned) => pinned.telemetry.config(&format!("dvd-{}", A::ROLE)),
+        }
+    }
+
     /// Pins the process to `--cpus` and caps it at `--cpu-quota` (before it starts any thread),
     /// then serves.
     pub fn run(self) -> Result<()> {
@@ -70,6 +81,7 @@ impl<A: ServeRole> ServeCommand<A> {
                 serve,
                 cpus,
                 cpu_quota,
+                telemetry: _,
             }) => {
                 if let Some(cpus) = &cpus {
                     affinity::pin_process(cpus)?;

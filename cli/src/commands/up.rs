@@ -24,6 +24,7 @@ use self::processes::{GatewayFile, Processes, Role, grpc};
 use super::device::{ComputeArgs, DeviceSpec};
 use super::language::EngineArgs;
 use super::parallel::ParallelArgs;
+use super::telemetry::TelemetryArgs;
 
 /// Options of `dvd up`.
 #[derive(Debug, Args)]
@@ -80,6 +81,9 @@ pub struct UpArgs {
     /// of the banner, for scripts and benchmarks.
     #[arg(long)]
     ready_json: bool,
+    /// Passed to every server started (each exports its own spans).
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 /// How the servers run: as child processes, or inside this process (`--coupled`).
@@ -225,6 +229,13 @@ fn quota_args(cores: Option<f64>) -> Vec<String> {
 }
 
 impl UpArgs {
+    /// The traces this process exports: with `--coupled` the servers run in it (`service.name`
+    /// `dvd-coupled`); otherwise each server exports its own and this process none.
+    pub fn traces(&self) -> Result<Option<dvd_serve::telemetry::TelemetryConfig>> {
+        let config = self.telemetry.config("dvd-coupled")?;
+        Ok(config.filter(|_| self.coupled))
+    }
+
     /// Runs the deployment until Ctrl-C or SIGTERM.
     pub fn run(self) -> Result<()> {
         if self.language == 0 {
@@ -241,7 +252,7 @@ impl UpArgs {
             .build()?;
         let mut launch = match self.coupled {
             true => Launch::InProcess(InProcess::default()),
-            false => Launch::Spawned(Processes::new(dir.clone())),
+            false => Launch::Spawned(Processes::new(dir.clone(), self.telemetry.to_args())),
         };
         let started = self.start_all(&runtime, &mut launch, &model, &dir);
         let result = match started {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod fault_proxy;
+pub mod otlp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -226,15 +227,30 @@ impl HttpResponse {
 
 /// Sends one request with `Connection: close` and reads the whole response.
 pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    http_with_headers(addr, method, path, &[], body)
+}
+
+/// [`http`] with more request headers (`name`, `value`).
+pub fn http_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(120)))
         .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+         Content-Length: {}\r\nConnection: close\r\n{extra}\r\n",
         body.len()
     )
     .unwrap();
@@ -405,10 +421,16 @@ pub struct Up {
 impl Up {
     /// Starts `dvd up <args...>` and waits until the gateway reports healthy.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Up::start`] with these environment variables (its servers inherit them).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port_pair();
         let child = dvd()
             .args(["up", "--port", &port.to_string()])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -438,6 +460,16 @@ impl Drop for Up {
 /// Asks the gateway at `addr` what shape is in `examples/red-circle.png` (the demo model
 /// answers `circle`), greedy, 8 tokens at most.
 pub fn ask_red_circle(addr: &str) -> HttpResponse {
+    http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        red_circle_request().as_bytes(),
+    )
+}
+
+/// The body of [`ask_red_circle`]'s chat completion request.
+pub fn red_circle_request() -> String {
     use base64::Engine as _;
     let png =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
@@ -455,12 +487,7 @@ pub fn ask_red_circle(addr: &str) -> HttpResponse {
         "max_tokens": 8,
         "temperature": 0,
     });
-    http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        body.to_string().as_bytes(),
-    )
+    body.to_string()
 }
 
 /// Waits (up to 60 s) until the gateway at `addr` answers `/health` with 200.

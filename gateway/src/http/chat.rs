@@ -4,9 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use dvd_proto::api::v1::chat_event;
+use dvd_serve::telemetry::propagation::follow_headers;
 use futures::StreamExt;
+use tracing::Instrument;
 
 use super::AppState;
 use super::convert::chat_call;
@@ -18,9 +21,11 @@ use super::openai::{
 use super::sse;
 use crate::{ChatStream, GatewayError};
 
-/// The handler.
+/// The handler: the request's span (a client's `traceparent` header its parent) covers the
+/// whole answer.
 pub(super) async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -34,7 +39,14 @@ pub(super) async fn completions(
         Ok(call) => call,
         Err(e) => return e.into_response(),
     };
-    let events = match state.backend.chat(call.request).await {
+    let span = tracing::info_span!(
+        "chat",
+        otel.kind = "server",
+        api = "openai",
+        request_id = tracing::field::Empty
+    );
+    follow_headers(&span, &headers);
+    let events = match state.backend.chat(call.request).instrument(span).await {
         Ok(events) => events,
         Err(e) => return ApiError::from(e).into_response(),
     };

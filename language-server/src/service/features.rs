@@ -1,6 +1,8 @@
 //! Moves one request's features from its transport inbox to the engine, tile by tile, as they
 //! arrive; fails the request when they do not all arrive before its deadline or the stream
-//! breaks.
+//! breaks. Each tile's wait and arrival is a `feature_tile` span in the request's trace (the
+//! features come over the data plane, which carries no trace context: the spans' parent is the
+//! `Generate` call's span).
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use dvd_transport::{Inbox, Tile};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field, info_span};
 
 use crate::engine::{EngineHandle, FailureKind, FeatureTile};
 
@@ -25,14 +28,25 @@ pub(crate) async fn forward_features(
     let mut digest = Sha256::new();
     let mut tiles = 0u32;
     loop {
+        let span = info_span!(
+            "feature_tile",
+            image = field::Empty,
+            tile = field::Empty,
+            tokens = field::Empty
+        );
+        let waiting = tokio::time::timeout_at(deadline, inbox.next_tile());
         let next = tokio::select! {
             () = stop.cancelled() => return,
-            next = tokio::time::timeout_at(deadline, inbox.next_tile()) => next,
+            next = waiting.instrument(span.clone()) => next,
         };
+        let _arrived = span.enter();
         let failure = match next {
             Ok(Ok(None)) => return, // every tile delivered
             Ok(Ok(Some(tile))) => {
                 tiles += 1;
+                span.record("image", tile.image_index);
+                span.record("tile", tile.tile_index);
+                span.record("tokens", tile.tokens);
                 match feature_tile(&tile, &mut digest) {
                     Ok(tile) => {
                         if engine.push_features(id, tile).is_err() {

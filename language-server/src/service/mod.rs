@@ -23,11 +23,13 @@ use dvd_proto::language::v1::{
     StatsRequest, StatsResponse,
 };
 use dvd_serve::ops::{OpsSource, Readiness};
+use dvd_serve::telemetry::propagation::follow_metadata;
 use dvd_serve::{Exposition, Histogram, Lifecycle, Outcome, Outcomes, Service, StopTaking};
 use dvd_transport::{InboxRegistry, RequestId, TransportKind};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, field, info_span};
 
 pub use request::RequestDefaults;
 
@@ -219,6 +221,7 @@ impl OpsSource for LanguageServer {
             "dvd_language_requests_total",
             "Generate requests by how they ended.",
         );
+        dvd_serve::telemetry::expose(&mut e);
         e.finish()
     }
 }
@@ -241,6 +244,8 @@ struct StreamGuard {
     /// Whether the engine took the request (only those count as finished, failed or cancelled).
     admitted: bool,
     failed: bool,
+    /// The request's span, ended with its stream.
+    _span: Span,
 }
 
 impl StreamGuard {
@@ -307,14 +312,13 @@ fn response_stream(events: EventStream, guard: StreamGuard, return_ids: bool) ->
     ))
 }
 
-#[tonic::async_trait]
-impl LanguageService for LanguageServer {
-    type GenerateStream = GenerateStream;
-
-    async fn generate(
+impl LanguageServer {
+    /// Checks and queues one `Generate` request under `span` (its stream holds the span).
+    async fn start_generate(
         &self,
         request: Request<GenerateRequest>,
-    ) -> Result<Response<Self::GenerateStream>, Status> {
+        span: Span,
+    ) -> Result<Response<GenerateStream>, Status> {
         let arrived = Instant::now();
         let inner = &self.inner;
         let refuse = |status: Status| {
@@ -325,6 +329,8 @@ impl LanguageService for LanguageServer {
             return Err(refuse(Status::unavailable("the server is draining")));
         }
         let prepared = inner.converter.prepare(request.get_ref()).map_err(refuse)?;
+        span.record("request", prepared.request_id.to_string());
+        span.record("images", prepared.images);
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
         {
@@ -352,6 +358,7 @@ impl LanguageService for LanguageServer {
             arrived: Some(arrived),
             admitted: false,
             failed: false,
+            _span: span.clone(),
         };
         let inbox = if prepared.images > 0 {
             let images = u16::try_from(prepared.images)
@@ -371,6 +378,7 @@ impl LanguageService for LanguageServer {
                 id,
                 pieces: prepared.pieces,
                 params: prepared.params,
+                span: span.clone(),
             }))
             .await
             .map_err(|e| match e {
@@ -380,19 +388,43 @@ impl LanguageService for LanguageServer {
         guard.finished = false;
         guard.admitted = true;
         if let Some(inbox) = inbox {
-            inner.lifecycle.tasks().spawn(features::forward_features(
+            let forwarding = features::forward_features(
                 inbox,
                 id,
                 inner.engine.clone(),
                 prepared.feature_timeout,
                 stop,
-            ));
+            );
+            inner.lifecycle.tasks().spawn(forwarding.instrument(span));
         }
         Ok(Response::new(response_stream(
             events,
             guard,
             prepared.return_token_ids,
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl LanguageService for LanguageServer {
+    type GenerateStream = GenerateStream;
+
+    /// Runs in a `generate_request` span (the caller's `traceparent` its parent), which lives
+    /// as long as the response stream.
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let span = info_span!(
+            "generate_request",
+            otel.kind = "server",
+            request = field::Empty,
+            images = field::Empty,
+        );
+        follow_metadata(&span, request.metadata());
+        self.start_generate(request, span.clone())
+            .instrument(span)
+            .await
     }
 
     async fn cancel(

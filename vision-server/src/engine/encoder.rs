@@ -79,6 +79,9 @@ pub struct EncodeJob {
     pub cancelled: CancellationToken,
     /// Label for logs (the request id).
     pub label: String,
+    /// The request's span: the job's `encoder_queue` and `encode_batch` spans are its
+    /// children (`Span::none()` for none).
+    pub span: tracing::Span,
 }
 
 /// Live counters of the encoder.
@@ -236,6 +239,8 @@ struct Active {
     tokens: Vec<Tensor>,
     /// Batch time spent on this job so far (routed jobs only).
     spent: Duration,
+    /// The job's wait for its first batch, ended when that batch starts.
+    queued: Option<tracing::Span>,
 }
 
 /// One job's tiles in a ViT batch.
@@ -275,12 +280,14 @@ impl Encoder {
 
     fn enqueue(&mut self, job: EncodeJob) {
         let tiles = job.pixel_values.dim(0).unwrap_or(0);
+        let queued = tracing::info_span!(parent: &job.span, "encoder_queue", tiles);
         self.queue.push_back(Active {
             job,
             tiles,
             next: 0,
             tokens: Vec::new(),
             spent: Duration::ZERO,
+            queued: Some(queued),
         });
     }
 
@@ -332,12 +339,27 @@ impl Encoder {
         self.counters
             .running_tiles
             .store(batch_tiles as u64, Ordering::Relaxed);
+        for part in &parts {
+            self.queue[part.job].queued = None; // its wait for the encoder ends here
+        }
         let labels: Vec<&str> = parts
             .iter()
             .map(|p| self.queue[p.job].job.label.as_str())
             .collect();
-        let span = tracing::info_span!("encode_batch", tiles = batch_tiles, requests = ?labels);
-        let _entered = span.enter();
+        // One span per job in the batch, each in its own request's trace.
+        let spans: Vec<tracing::Span> = parts
+            .iter()
+            .map(|part| {
+                let active = &self.queue[part.job];
+                tracing::info_span!(
+                    parent: &active.job.span,
+                    "encode_batch",
+                    tiles = part.tiles,
+                    batch_tiles,
+                    requests = ?labels,
+                )
+            })
+            .collect();
         let started = Instant::now();
         let tokens = self.vit(&parts).map_err(Arc::new);
         let vit_time = started.elapsed();
@@ -376,6 +398,7 @@ impl Encoder {
                 active.tokens.clear();
             }
         }
+        drop(spans);
         // Jobs whose every tile went through are done (their output channel closes).
         self.queue.retain(|a| a.next < a.tiles);
     }

@@ -21,12 +21,14 @@ use dvd_proto::vision::v1::{
     EncodeEvent, EncodeRequest, HealthRequest, HealthResponse, StatsRequest, StatsResponse,
 };
 use dvd_serve::ops::{OpsSource, Readiness};
+use dvd_serve::telemetry::propagation::follow_metadata;
 use dvd_serve::{Exposition, Histogram, Lifecycle, Outcome, Outcomes, Service, StopTaking};
 use dvd_transport::{FeatureSender, TransportKind};
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, field, info_span};
 
 pub use request::RequestLimits;
 
@@ -240,6 +242,7 @@ impl OpsSource for VisionServer {
             "dvd_vision_requests_total",
             "Encode requests by how they ended.",
         );
+        dvd_serve::telemetry::expose(&mut e);
         e.finish()
     }
 }
@@ -258,7 +261,8 @@ pub type EncodeStream = Pin<Box<dyn Stream<Item = Result<EncodeEvent, Status>> +
 
 impl VisionServer {
     /// Checks, preprocesses and queues one `Encode` request; its features stream on in the
-    /// background.
+    /// background. Runs in the request's span, which the background transfer keeps until it
+    /// ends.
     async fn admit(
         &self,
         request: Request<EncodeRequest>,
@@ -273,6 +277,9 @@ impl VisionServer {
             &inner.model.config().tiling,
             inner.limits,
         )?;
+        let span = Span::current();
+        span.record("request", prepared.request_id.to_string());
+        span.record("destination", prepared.destination.to_string());
         let sender = match prepared.transport {
             TransportKind::Tcp => inner.senders.tcp.clone(),
             TransportKind::Quic => inner.senders.quic.clone().ok_or_else(|| {
@@ -304,6 +311,7 @@ impl VisionServer {
         let permit = inner
             .preprocess_slots
             .acquire()
+            .instrument(info_span!("queue_wait"))
             .await
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
         let queue = arrived.elapsed();
@@ -316,8 +324,11 @@ impl VisionServer {
             let cache = inner.cache.clone();
             let identity = inner.cache_identity.clone();
             let prepared = prepared.clone();
+            let span = span.clone();
             tokio::task::spawn_blocking(move || {
-                preprocess_images(&model, &cache, &identity, &prepared, cache_usable)
+                span.in_scope(|| {
+                    preprocess_images(&model, &cache, &identity, &prepared, cache_usable)
+                })
             })
             .await
             .map_err(|e| Status::internal(format!("preprocessing panicked: {e}")))??
@@ -338,6 +349,7 @@ impl VisionServer {
         }
         let stream = sender
             .open(&prepared.destination, prepared.request_id)
+            .instrument(info_span!("open_feature_stream"))
             .await
             .map_err(|e| {
                 Status::unavailable(format!(
@@ -360,17 +372,19 @@ impl VisionServer {
                 queue,
                 preprocess,
             },
+            span: span.clone(),
         };
         inner.queued_requests.fetch_add(1, Ordering::AcqRel);
         // Counted as queued now, so the request is in flight without a gap (drain waits on it).
         drop(pending);
         let this = self.inner.clone();
-        inner.lifecycle.tasks().spawn(async move {
+        let transferring = async move {
             let outcome = pipeline::run(transfer, events).await;
             this.encode_latency.observe(arrived.elapsed());
             this.outcomes.count(outcome);
             this.queued_requests.fetch_sub(1, Ordering::AcqRel);
-        });
+        };
+        inner.lifecycle.tasks().spawn(transferring.instrument(span));
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
@@ -379,11 +393,20 @@ impl VisionServer {
 impl VisionService for VisionServer {
     type EncodeStream = EncodeStream;
 
+    /// Runs in an `encode_request` span, the caller's `traceparent` its parent.
     async fn encode(
         &self,
         request: Request<EncodeRequest>,
     ) -> Result<Response<Self::EncodeStream>, Status> {
-        let admitted = self.admit(request).await;
+        let span = info_span!(
+            "encode_request",
+            otel.kind = "server",
+            images = request.get_ref().images.len(),
+            request = field::Empty,
+            destination = field::Empty,
+        );
+        follow_metadata(&span, request.metadata());
+        let admitted = self.admit(request).instrument(span).await;
         if admitted.is_err() {
             self.inner.outcomes.count(Outcome::Refused);
         }

@@ -2,9 +2,10 @@
 //! worker pool, embedding-cache lookups, the encoder job for the tiles the cache does not have,
 //! and the transfer of every tile, in order, as soon as its features exist.
 //!
-//! Each request runs in an `encode_request` tracing span (`preprocess` inside; the encoder
-//! thread's `encode_batch` spans name the requests in each batch), so one request's timeline can
-//! be read from the logs.
+//! Each request runs in an `encode_request` tracing span (the gRPC handler's): `preprocess`,
+//! `encoder_queue` and `encode_batch` (on the encoder thread, naming the requests in each batch)
+//! and one `send_tile` per tile inside, so one request's timeline can be read from the logs and
+//! from its trace.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -140,6 +141,8 @@ pub(crate) struct Transfer {
     pub(crate) cache_usable: bool,
     pub(crate) hidden: u32,
     pub(crate) clock: RequestClock,
+    /// The request's span, parent of the encoder's spans for it.
+    pub(crate) span: tracing::Span,
 }
 
 /// When a request arrived and how long it took to be admitted.
@@ -233,37 +236,28 @@ impl TransferError {
 /// `events`; ends with `EncodeDone` or an error status. A dropped event stream (the client
 /// went away) aborts the request on the data plane.
 pub(crate) async fn run(transfer: Transfer, events: EventSender) -> Outcome {
-    let span = tracing::info_span!(
-        "encode_request",
-        request = %transfer.prepared.request_id,
-        destination = %transfer.prepared.destination,
-    );
-    async move {
-        let cancelled = CancellationToken::new();
-        let watcher = events.clone();
-        let outcome = tokio::select! {
-            outcome = send_all(transfer, &events, &cancelled) => Some(outcome),
-            () = watcher.closed() => None,
-        };
-        cancelled.cancel(); // stop any tiles still queued in the encoder
-        match outcome {
-            Some(Ok(done)) => {
-                let _ = events.send(Ok(event(encode_event::Event::Done(done))));
-                Outcome::Finished
-            }
-            Some(Err(error)) => {
-                tracing::warn!(error = %error, "encode request failed");
-                let _ = events.send(Err(error.to_status()));
-                Outcome::Failed
-            }
-            None => {
-                tracing::info!("client went away; request aborted");
-                Outcome::Cancelled
-            }
+    let cancelled = CancellationToken::new();
+    let watcher = events.clone();
+    let outcome = tokio::select! {
+        outcome = send_all(transfer, &events, &cancelled) => Some(outcome),
+        () = watcher.closed() => None,
+    };
+    cancelled.cancel(); // stop any tiles still queued in the encoder
+    match outcome {
+        Some(Ok(done)) => {
+            let _ = events.send(Ok(event(encode_event::Event::Done(done))));
+            Outcome::Finished
+        }
+        Some(Err(error)) => {
+            tracing::warn!(error = %error, "encode request failed");
+            let _ = events.send(Err(error.to_status()));
+            Outcome::Failed
+        }
+        None => {
+            tracing::info!("client went away; request aborted");
+            Outcome::Cancelled
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// Announces every image's plan, queues the tiles the cache lacks, sends each image's tiles in
@@ -328,6 +322,7 @@ fn submit_uncached(
         output: tx,
         cancelled: cancelled.clone(),
         label: t.prepared.request_id.to_string(),
+        span: t.span.clone(),
     })?;
     Ok(Some(Encoded {
         rx,
@@ -453,7 +448,16 @@ impl Outgoing<'_> {
     async fn send(&mut self, tile: Tile, encode: Duration) -> Result<(), TransferError> {
         let (image, index, tokens) = (tile.image_index, tile.tile_index, tile.tokens);
         let started = Instant::now();
-        let sent = self.stream.send(tile).await;
+        let sent = self
+            .stream
+            .send(tile)
+            .instrument(tracing::info_span!(
+                "send_tile",
+                image,
+                tile = index,
+                tokens
+            ))
+            .await;
         let took = started.elapsed();
         sent.map_err(|source| TransferError::Send {
             destination: self.destination.clone(),
@@ -504,6 +508,7 @@ impl Outgoing<'_> {
         let started = Instant::now();
         stream
             .finish()
+            .instrument(tracing::info_span!("confirm_delivery"))
             .await
             .map_err(|source| TransferError::Deliver {
                 destination,

@@ -64,16 +64,19 @@ pub struct Processes {
     dir: PathBuf,
     /// The gateway's configuration, once written.
     pub gateway_file: Option<GatewayFile>,
+    /// Options every child gets (`--otlp-endpoint`).
+    common_args: Vec<String>,
     policy: RestartPolicy,
 }
 
 impl Processes {
-    /// No children yet; files go to `dir`.
-    pub fn new(dir: PathBuf) -> Self {
+    /// No children yet; files go to `dir`; every child gets `common_args` after its own.
+    pub fn new(dir: PathBuf, common_args: Vec<String>) -> Self {
         Self {
             slots: Vec::new(),
             dir,
             gateway_file: None,
+            common_args,
             policy: RestartPolicy::default(),
         }
     }
@@ -85,11 +88,12 @@ impl Processes {
         name: String,
         args: &[String],
     ) -> Result<serde_json::Value> {
-        let (child, stdout) = start(&name, args)?;
+        let args: Vec<String> = args.iter().chain(&self.common_args).cloned().collect();
+        let (child, stdout) = start(&name, &args)?;
         self.slots.push(Slot {
             name: name.clone(),
             role,
-            args: args.to_vec(),
+            args,
             child,
             ready: serde_json::Value::Null,
             phase: Phase::Serving,

@@ -31,8 +31,10 @@ use crate::text::{ImageTokenIds, Tokenizer};
 
 pub use super::kv::ImageSpan;
 pub use step::StepInFlight;
+use trace::SequenceSpans;
 
 mod step;
+mod trace;
 
 /// A request reserving at most `1 / BACKFILL_FRACTION` of the pool may be admitted past a
 /// larger one that does not fit yet.
@@ -99,6 +101,9 @@ pub struct FeatureStreamRequest {
     pub pieces: Vec<PromptPiece>,
     /// Sampling and stopping. `max_new_tokens` beyond the context stops at the context.
     pub params: SamplingParams,
+    /// The request's span: its time in the engine is traced under it (`Span::none()`: not
+    /// traced).
+    pub span: tracing::Span,
 }
 
 /// Why a request failed.
@@ -242,6 +247,7 @@ struct Pending {
     prompt: StreamingPrompt,
     params: SamplingParams,
     arrived: Instant,
+    spans: SequenceSpans,
 }
 
 struct Sequence {
@@ -253,6 +259,7 @@ struct Sequence {
     /// `params.max_new_tokens` capped at the context once the prompt length is known.
     max_new_tokens: usize,
     clock: Clock,
+    spans: SequenceSpans,
 }
 
 impl Sequence {
@@ -402,7 +409,7 @@ impl Scheduler {
             )
             .map_err(|e| reject(e.to_string()))?;
         let prompt = StreamingPrompt::complete(request.prompt_ids, embeds, request.image_spans);
-        self.enqueue(id, prompt, request.params)
+        self.enqueue(id, prompt, request.params, tracing::Span::none())
     }
 
     /// Queues a request whose image features will arrive through [`push_features`]
@@ -425,7 +432,7 @@ impl Scheduler {
                 message: "empty prompt".into(),
             });
         }
-        self.enqueue(id, prompt, request.params)
+        self.enqueue(id, prompt, request.params, request.span)
     }
 
     fn enqueue(
@@ -433,6 +440,7 @@ impl Scheduler {
         id: u64,
         prompt: StreamingPrompt,
         params: SamplingParams,
+        span: tracing::Span,
     ) -> Result<(), EngineError> {
         let reject = |message: String| EngineError::Rejected { id, message };
         params.validate().map_err(|e| reject(e.to_string()))?;
@@ -464,6 +472,7 @@ impl Scheduler {
             prompt,
             params,
             arrived: Instant::now(),
+            spans: SequenceSpans::queued(span),
         });
         Ok(())
     }
@@ -491,6 +500,7 @@ impl Scheduler {
             p.prompt.push_tile(&self.model, tile, limits)
         } else if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
             s.clock.resume(now);
+            s.spans.resume();
             s.prompt
                 .push_tile(&self.model, tile, limits)
                 .map(|()| finish_prompt(s, &self.model))
@@ -659,9 +669,10 @@ impl Scheduler {
                     continue;
                 }
             }
-            let Some(request) = self.waiting.remove(next) else {
+            let Some(mut request) = self.waiting.remove(next) else {
                 break;
             };
+            request.spans.admitted();
             let continuation = match Continuation::new(&request.params, &self.tokenizer, &self.eos)
             {
                 Ok(c) => c,
@@ -688,6 +699,7 @@ impl Scheduler {
                     stalled: Duration::ZERO,
                     stalled_since: None,
                 },
+                spans: request.spans,
             };
             if seq.prompt.is_complete() {
                 finish_prompt(&mut seq, &self.model);

@@ -37,13 +37,15 @@ impl StepInFlight {
 }
 
 /// A sequence in a step under way.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Stepped {
     /// Request id.
     id: u64,
     /// Whether the step samples its next token (false for a prefill chunk short of the
     /// prompt's end).
     samples: bool,
+    /// Its prefill chunk's span, ended with the step (none for a decode step).
+    _span: tracing::Span,
 }
 
 /// A sequence's part of a step being planned.
@@ -164,6 +166,7 @@ impl Scheduler {
             };
             if known <= done {
                 seq.clock.stall(now); // the next tile is still on the wire
+                seq.spans.stall();
                 continue;
             }
             let mut n = (known - done).min(budget);
@@ -300,9 +303,12 @@ impl Scheduler {
                 embeds, samples, ..
             }) = planned
             {
+                let prefilling = seq.continuation.generated().is_empty();
+                let tokens = embeds.dim(0)?;
                 stepped.push(Stepped {
                     id: seq.id,
                     samples,
+                    _span: seq.spans.step(tokens, prefilling, samples),
                 });
                 steps.push(SequenceStep {
                     embeds,
@@ -331,7 +337,7 @@ impl Scheduler {
         let mut events = Vec::new();
         let mut generated = 0;
         let mut ended: Vec<Ended> = Vec::new();
-        for (row, &Stepped { id, samples }) in rows.iter().zip(stepped) {
+        for (row, &Stepped { id, samples, .. }) in rows.iter().zip(stepped) {
             let Some(i) = self.running.iter().position(|s| s.id == id) else {
                 continue;
             };
@@ -345,6 +351,7 @@ impl Scheduler {
                 seq.cache
                     .register_prefix(&seq.prompt.block_keys(block_size));
                 seq.clock.first_token = Some(end);
+                seq.spans.first_token();
                 self.prompt_totals.prompt += seq.prompt.len() as u64;
                 self.prompt_totals.cached += seq.cached_tokens as u64;
             }
@@ -380,16 +387,20 @@ impl Scheduler {
                 let tail = seq.continuation.finish()?;
                 Ok((reason, tail))
             }) {
-                Ok((reason, text)) => EngineEvent::Finished {
-                    id: seq.id,
-                    reason,
-                    text,
-                    prompt_tokens: seq.prompt.len(),
-                    image_tokens: seq.prompt.image_tokens(),
-                    cached_tokens: seq.cached_tokens,
-                    completion_tokens: seq.continuation.generated().len(),
-                    timings: seq.clock.timings(end),
-                },
+                Ok((reason, text)) => {
+                    seq.spans
+                        .finished(&reason, seq.continuation.generated().len());
+                    EngineEvent::Finished {
+                        id: seq.id,
+                        reason,
+                        text,
+                        prompt_tokens: seq.prompt.len(),
+                        image_tokens: seq.prompt.image_tokens(),
+                        cached_tokens: seq.cached_tokens,
+                        completion_tokens: seq.continuation.generated().len(),
+                        timings: seq.clock.timings(end),
+                    }
+                }
                 Err(e) => EngineEvent::Failed {
                     id: seq.id,
                     kind: FailureKind::Internal,
