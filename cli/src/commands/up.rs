@@ -182,28 +182,24 @@ impl Launch {
         }
     }
 
-    /// Writes the gateway's configuration file at `path`: `fixed` and the pools' addresses.
+    /// Writes the gateway's configuration file: its fixed part and the pools' addresses (kept
+    /// by the supervisor of spawned servers, which rewrites it when one comes back).
     fn gateway_file(
         &mut self,
-        path: &Path,
-        fixed: String,
+        file: GatewayFile,
         vision: &[String],
         language: &[String],
     ) -> Result<()> {
         match self {
             Self::Spawned(procs) => {
-                procs.gateway_file = Some(GatewayFile {
-                    path: path.to_owned(),
-                    fixed,
-                });
+                procs.gateway_file = Some(file);
                 procs.write_gateway_file()
             }
             Self::InProcess(_) => {
-                let pools = format!(
-                    "\n[vision]\naddresses = {vision:?}\n\n[language]\naddresses = {language:?}\n"
-                );
-                std::fs::write(path, fixed + &pools)
-                    .with_context(|| format!("writing {}", path.display()))
+                let never_restarted = |pool: &[String]| -> Vec<(String, u32)> {
+                    pool.iter().map(|a| (a.clone(), 0)).collect()
+                };
+                file.write(&never_restarted(vision), &never_restarted(language))
             }
         }
     }
@@ -351,7 +347,11 @@ impl UpArgs {
              [health]\ninterval_ms = 500\n"
         );
         let config_path = dir.join("gateway.toml");
-        launch.gateway_file(&config_path, fixed, &vision, &language)?;
+        let file = GatewayFile {
+            path: config_path.clone(),
+            fixed,
+        };
+        launch.gateway_file(file, &vision, &language)?;
         let mut args = vec![
             "gateway".into(),
             "serve".into(),

@@ -149,7 +149,7 @@ impl Ffmpeg {
             .arg("stream=codec_name,width,height,avg_frame_rate,nb_read_packets:format=duration")
             .args(["-of", "json"])
             .arg(path);
-        let (status, stdout, stderr) = run(command, timeout, usize::MAX, |_| Ok(()))?;
+        let (status, stdout, stderr) = run(command, timeout, None, |_| Ok(()))?;
         if !status.success() {
             return Err(VideoError::Unreadable(first_line(&stderr)));
         }
@@ -224,7 +224,7 @@ impl Video {
         let (width, height) = (self.info.width, self.info.height);
         let frame_bytes = width as usize * height as usize * 3;
         let mut next = wanted.iter();
-        let (status, _, stderr) = run(command, self.timeout, frame_bytes, |frame| {
+        let (status, _, stderr) = run(command, self.timeout, Some(frame_bytes), |frame| {
             let Some(&number) = next.next() else {
                 return Err(VideoError::Decode(
                     "ffmpeg gave more frames than asked".into(),
@@ -308,12 +308,12 @@ fn first_line(stderr: &[u8]) -> String {
 }
 
 /// Runs `command` until it exits or `timeout` passes (then kills it): its status, its stdout
-/// when `chunk` is `usize::MAX` (else stdout goes to `on_chunk` in pieces of `chunk` bytes) and
+/// without `chunk` (with it, stdout goes to `on_chunk` in pieces of `chunk` bytes instead) and
 /// the start of its stderr.
 fn run(
     mut command: Command,
     timeout: Duration,
-    chunk: usize,
+    chunk: Option<usize>,
     mut on_chunk: impl FnMut(&[u8]) -> Result<(), VideoError>,
 ) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), VideoError> {
     let mut child = command
@@ -362,22 +362,22 @@ fn run(
     Ok((status, stdout, stderr))
 }
 
-/// All of `child`'s stdout (`chunk` is `usize::MAX`), or every whole `chunk` of it handed to
+/// All of `child`'s stdout (no `chunk`), or every whole `chunk` of it handed to
 /// `on_chunk`; an error from `on_chunk` kills the child.
 fn read_stdout(
     child: &mut Child,
-    chunk: usize,
+    chunk: Option<usize>,
     on_chunk: &mut impl FnMut(&[u8]) -> Result<(), VideoError>,
 ) -> Result<Vec<u8>, VideoError> {
     let Some(mut pipe) = child.stdout.take() else {
         return Ok(Vec::new());
     };
     let io = |e: std::io::Error| VideoError::Io(format!("reading FFmpeg's output: {e}"));
-    if chunk == usize::MAX {
+    let Some(chunk) = chunk else {
         let mut all = Vec::new();
         pipe.read_to_end(&mut all).map_err(io)?;
         return Ok(all);
-    }
+    };
     let mut buffer = vec![0; chunk];
     loop {
         let mut filled = 0;

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,35 @@ pub struct GatewayFile {
     pub path: PathBuf,
     /// Everything but the pools (`[server]`, `[health]`).
     pub fixed: String,
+}
+
+impl GatewayFile {
+    /// Writes `fixed` and both pools, each member as `(address, restarts)`; whole or not at
+    /// all, since the gateway may read it at any time.
+    pub fn write(&self, vision: &[(String, u32)], language: &[(String, u32)]) -> Result<()> {
+        let pool = |members: &[(String, u32)]| {
+            let addresses: Vec<&String> = members.iter().map(|(a, _)| a).collect();
+            let restarts: Vec<String> = members
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(a, n)| format!("{a:?} = {n}"))
+                .collect();
+            format!(
+                "addresses = {addresses:?}\nrestarts = {{ {} }}\n",
+                restarts.join(", ")
+            )
+        };
+        let text = format!(
+            "{}\n[vision]\n{}\n[language]\n{}",
+            self.fixed,
+            pool(vision),
+            pool(language)
+        );
+        let partial = self.path.with_extension("toml.partial");
+        std::fs::write(&partial, text)
+            .and_then(|()| std::fs::rename(&partial, &self.path))
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
 }
 
 /// Child processes, supervised by [`Processes::supervise`]; stopped (SIGTERM, then SIGKILL
@@ -112,29 +141,14 @@ impl Processes {
         let Some(file) = &self.gateway_file else {
             return Ok(());
         };
-        let pool = |role: Role| {
-            let slots = self.slots.iter().filter(|s| s.role == role);
-            let addresses: Vec<String> = slots.clone().map(|s| grpc(&s.ready)).collect();
-            let restarts: Vec<String> = slots
-                .filter(|s| s.restarts > 0)
-                .map(|s| format!("{:?} = {}", grpc(&s.ready), s.restarts))
-                .collect();
-            format!(
-                "addresses = {addresses:?}\nrestarts = {{ {} }}\n",
-                restarts.join(", ")
-            )
+        let pool = |role: Role| -> Vec<(String, u32)> {
+            self.slots
+                .iter()
+                .filter(|s| s.role == role)
+                .map(|s| (grpc(&s.ready), s.restarts))
+                .collect()
         };
-        let text = format!(
-            "{}\n[vision]\n{}\n[language]\n{}",
-            file.fixed,
-            pool(Role::Vision),
-            pool(Role::Language)
-        );
-        // Whole or not at all: the gateway may read it at any time.
-        let partial = file.path.with_extension("toml.partial");
-        std::fs::write(&partial, text)
-            .and_then(|()| std::fs::rename(&partial, &file.path))
-            .with_context(|| format!("writing {}", file.path.display()))
+        file.write(&pool(Role::Vision), &pool(Role::Language))
     }
 
     /// Looks after every child once: notes exits, restarts those whose delay has passed and
@@ -146,7 +160,7 @@ impl Processes {
         for slot in &mut self.slots {
             match &slot.phase {
                 Phase::Serving => {
-                    if let Some(status) = exit_status(&mut slot.child) {
+                    if let Ok(Some(status)) = slot.child.try_wait() {
                         slot.exited(&status.to_string(), now, &self.policy)?;
                     }
                 }
@@ -278,12 +292,7 @@ fn read_ready(name: &str, stdout: ChildStdout) -> Result<serde_json::Value> {
     serde_json::from_str(&line).map_err(|_| anyhow!("{name} failed to start"))
 }
 
-/// How `child` exited, if it has.
-fn exit_status(child: &mut Child) -> Option<ExitStatus> {
-    child.try_wait().ok().flatten()
-}
-
 /// A ready line's gRPC address.
 pub fn grpc(ready: &serde_json::Value) -> String {
-    ready["grpc"].as_str().unwrap_or_default().to_owned()
+    super::json_str(ready, "grpc")
 }
