@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used)] // tests unwrap freely: a failure is the test failing
 
 use crate::common::{
-    REFERENCE_FEATURES_TOLERANCE, REFERENCE_LOGITS_TOLERANCE, assert_success, dvd, json_output,
-    language_fixture, vision_fixture,
+    REFERENCE_FEATURES_TOLERANCE, REFERENCE_LOGITS_TOLERANCE, assert_success, dvd, generate_json,
+    json_output, language_fixture, max_diff, read_f32, read_i64, vision_fixture,
 };
 
 #[test]
@@ -56,18 +56,6 @@ fn tls_self_signed_writes_usable_pem_files() {
     let key = dir.path().join("key.pem");
     dvd_transport::quic::ServerTls::from_pem_files(&cert, &key).unwrap();
     dvd_transport::quic::ClientTls::from_ca_file(&cert).unwrap();
-}
-
-fn read_f32(file: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(name).unwrap();
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (view.shape().to_vec(), values)
 }
 
 #[test]
@@ -185,41 +173,6 @@ fn encode_reports_bad_images_and_models_clearly() {
         .unwrap();
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("not found"));
-}
-
-fn read_i64(file: &std::path::Path, name: &str) -> Vec<i64> {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// Runs `dvd generate --json` with `args` and returns the report and the prefill logits.
-fn generate_json(args: &[&str], model: &std::path::Path) -> (serde_json::Value, Vec<f32>) {
-    let dir = tempfile::tempdir().unwrap();
-    let logits = dir.path().join("logits.safetensors");
-    let report = json_output(
-        dvd()
-            .arg("generate")
-            .arg("--model")
-            .arg(model)
-            .args(args)
-            .args(["--json", "--logits-out"])
-            .arg(&logits),
-    );
-    (report, read_f32(&logits, "logits").1)
 }
 
 #[test]

@@ -1,12 +1,19 @@
 //! `dvd encode --video`: the model card's frames of a clip, each encoded exactly as the same
 //! frame given as an image, with the frame numbers written beside the features; bad video is a
-//! clear error.
+//! clear error. `dvd generate --video`: the frames prompt as images on `FrameN:` lines, and the
+//! greedy tokens of a small InternVL equal transformers'. `dvd up`: a `video_url` is answered as
+//! `dvd generate --video --wire-features` answers, and so does `dvd chat --video`; bad video is
+//! a 400 for that request alone, and a deployment without FFmpeg refuses videos clearly while
+//! serving images.
 
 use std::path::{Path, PathBuf};
 
 use dvd_vision_server::video::clips::{audio_only, ffmpeg_make, h264_clip};
 
-use crate::common::{assert_success, dvd, json_output, language_fixture};
+use crate::common::{
+    REFERENCE_LOGITS_TOLERANCE, Up, assert_success, dvd, generate_json, http, image, json_output,
+    language_fixture, max_diff, read_f32, read_i64, video_fixture,
+};
 
 const MODEL: &str = "internvl-moe-custom-bf16";
 
@@ -193,4 +200,287 @@ fn a_video_prompts_as_its_frames_given_as_images_on_frame_lines() {
     assert_eq!(video["image_tokens"], frames["image_tokens"]);
     assert_eq!(video["token_ids"], frames["token_ids"]);
     assert!(video_logits == frames_logits, "prefill logits differ");
+}
+
+#[test]
+fn video_greedy_tokens_match_transformers() {
+    // The HF-layout checkpoint, prompted through its chat template as transformers'
+    // InternVLProcessor does: the template's `<video>\n` becomes `Frame1: <img>..</img>\n...
+    // Frame8: <img>..</img>` before the question (tools/make_video_fixtures.py). The committed
+    // clip's 8 frames, one tile each; the question is the one the fixture script kept for its
+    // greedy margin.
+    let model = language_fixture("internvl-dense-hf");
+    let reference = video_fixture("generate_reference.safetensors");
+    let question =
+        String::from_utf8(tensor(&std::fs::read(&reference).unwrap(), "question").1).unwrap();
+    let clip = video_fixture("clip.mp4");
+    let (report, logits) = generate_json(
+        &[
+            "--video",
+            clip.to_str().unwrap(),
+            "--num-frames",
+            "8",
+            "--prompt",
+            question.as_str(),
+            "--max-new-tokens",
+            "16",
+        ],
+        &model,
+    );
+    // The frames transformers saw (PyAV, the model card's get_index).
+    let frames = read_i64(&video_fixture("reference.safetensors"), "frame_indices");
+    assert_eq!(report["frame_indices"], serde_json::json!(frames));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let per_tile = config["image_seq_length"].as_u64().unwrap();
+    assert_eq!(report["image_tokens"], serde_json::json!(vec![per_tile; 8]));
+    assert_eq!(
+        report["prompt_tokens"],
+        read_i64(&reference, "video_ids").len()
+    );
+    let tokens: Vec<i64> = serde_json::from_value(report["token_ids"].clone()).unwrap();
+    assert_eq!(tokens, read_i64(&reference, "video_greedy"));
+    assert_eq!(report["finish_reason"], "length");
+    let diff = max_diff(&logits, &read_f32(&reference, "video_logits").1);
+    assert!(
+        diff <= REFERENCE_LOGITS_TOLERANCE,
+        "prefill logits differ by {diff}"
+    );
+}
+
+/// A chat completion body asking `question` about `video_url` (`num_frames` frames), greedy.
+fn video_chat(video_url: serde_json::Value, question: &str, max_tokens: u32) -> Vec<u8> {
+    serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": video_url},
+            {"type": "text", "text": question},
+        ]}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn mp4_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "data:video/mp4;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+#[test]
+fn dvd_up_answers_a_video_url_as_dvd_generate_does_and_refuses_bad_video_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), 160, 120).unwrap();
+    let model = language_fixture(MODEL);
+    let question = "What happens in the video?";
+    let generated = json_output(
+        dvd()
+            .args(["generate", "--wire-features", "--json", "--model"])
+            .arg(&model)
+            .arg("--video")
+            .arg(&clip)
+            .args(["--num-frames", "4", "--prompt", question])
+            .args(["--max-new-tokens", "12"]),
+    );
+    let up = Up::start(&["--model", model.to_str().unwrap(), "--kv-cache-mib", "64"]);
+    let url = mp4_url(&std::fs::read(&clip).unwrap());
+    let ask = |video_url: serde_json::Value| {
+        http(
+            &up.http,
+            "POST",
+            "/v1/chat/completions",
+            &video_chat(video_url, question, 12),
+        )
+    };
+    let answer = ask(serde_json::json!({"url": url, "num_frames": 4}));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = answer.json();
+    assert_eq!(answer["usage"]["prompt_tokens"], generated["prompt_tokens"]);
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], generated["text"],
+        "the gateway's answer and dvd generate's"
+    );
+
+    // `dvd chat --video` says the same.
+    let out = dvd()
+        .args(["chat", "--url", &format!("http://{}", up.http), "--video"])
+        .arg(&clip)
+        .args([
+            "--num-frames",
+            "4",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            question,
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim_end(),
+        generated["text"].as_str().unwrap()
+    );
+
+    // The public gRPC API, an image and the video mixed in one message.
+    let mixed = json_output(
+        dvd()
+            .args(["generate", "--wire-features", "--json", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(image())
+            .arg("--video")
+            .arg(&clip)
+            .args(["--num-frames", "4", "--prompt", question])
+            .args(["--max-new-tokens", "12"]),
+    );
+    let (text, usage) = grpc_chat(&up, image(), &clip, question);
+    assert_eq!(text, mixed["text"].as_str().unwrap());
+    assert_eq!(
+        u64::from(usage.prompt_tokens),
+        mixed["prompt_tokens"].as_u64().unwrap()
+    );
+
+    // Bad requests: a 400 each, naming what is wrong.
+    let refused = |video_url: serde_json::Value, says: &[&str]| {
+        let reply = ask(video_url);
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        for s in says {
+            assert!(reply.body.contains(s), "{s:?} not in {}", reply.body);
+        }
+    };
+    refused(
+        serde_json::json!({"url": url, "num_frames": 33}),
+        &["num_frames 33", "limit of 32 frames", "max_frames"],
+    );
+    refused(
+        serde_json::json!({"url": mp4_url(&[7u8; 4096])}),
+        &["video 0", "not a readable video"],
+    );
+    let bytes = std::fs::read(&clip).unwrap();
+    refused(
+        serde_json::json!({"url": mp4_url(&bytes[..bytes.len() / 3])}),
+        &["video 0"],
+    );
+    let audio = std::fs::read(audio_only(dir.path()).unwrap()).unwrap();
+    refused(
+        serde_json::json!({"url": mp4_url(&audio)}),
+        &["no video stream"],
+    );
+    // Nothing else broke: the video is answered as before.
+    let again = ask(serde_json::json!({"url": url, "num_frames": 4}));
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(
+        again.json()["choices"][0]["message"]["content"],
+        generated["text"]
+    );
+}
+
+/// Asks `question` about `image` and then `video` (4 frames) through the gateway's public gRPC
+/// API, greedy, 12 tokens; the answer and its usage.
+fn grpc_chat(
+    up: &Up,
+    image: PathBuf,
+    video: &Path,
+    question: &str,
+) -> (String, dvd_proto::common::v1::Usage) {
+    use dvd_proto::api::v1::{
+        ChatRequest, ContentPart, Image, Message, Video, chat_event, content_part,
+    };
+    use dvd_proto::limits::{inference_client, tuned_endpoint};
+    let part = |part| ContentPart { part: Some(part) };
+    let port: u16 = up.http.rsplit_once(':').unwrap().1.parse().unwrap();
+    let request = ChatRequest {
+        model: MODEL.into(),
+        messages: vec![Message {
+            role: "user".into(),
+            content: vec![
+                part(content_part::Part::Image(Image {
+                    source: Some(dvd_proto::api::v1::image::Source::Data(
+                        std::fs::read(image).unwrap().into(),
+                    )),
+                    max_tiles: None,
+                })),
+                part(content_part::Part::Video(Video {
+                    source: Some(dvd_proto::api::v1::video::Source::Data(
+                        std::fs::read(video).unwrap().into(),
+                    )),
+                    num_frames: Some(4),
+                    max_tiles: None,
+                })),
+                part(content_part::Part::Text(question.into())),
+            ],
+        }],
+        sampling: Some(dvd_proto::common::v1::SamplingParams {
+            max_tokens: 12,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let address = format!("127.0.0.1:{}", port + 1);
+        let channel = tuned_endpoint(&address).unwrap().connect().await.unwrap();
+        let mut stream = inference_client(channel)
+            .chat(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut text, mut usage) = (String::new(), None);
+        while let Some(event) = stream.message().await.unwrap() {
+            match event.event.unwrap() {
+                chat_event::Event::Delta(d) => text.push_str(&d.content),
+                chat_event::Event::Done(d) => usage = d.usage,
+            }
+        }
+        (text, usage.unwrap())
+    })
+}
+
+#[test]
+fn a_deployment_without_ffmpeg_refuses_videos_clearly_and_serves_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), 96, 72).unwrap();
+    let model = language_fixture(MODEL);
+    let up = Up::start_with_env(
+        &["--model", model.to_str().unwrap(), "--kv-cache-mib", "64"],
+        &[("DVD_FFMPEG", "/nonexistent/ffmpeg")],
+    );
+    let url = mp4_url(&std::fs::read(&clip).unwrap());
+    let reply = http(
+        &up.http,
+        "POST",
+        "/v1/chat/completions",
+        &video_chat(serde_json::json!({"url": url}), "What happens?", 4),
+    );
+    assert!(reply.status >= 500, "{} {}", reply.status, reply.body);
+    assert!(
+        reply.body.contains("video decoding is not available") && reply.body.contains("FFmpeg"),
+        "{}",
+        reply.body
+    );
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD.encode(std::fs::read(image()).unwrap());
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}},
+            {"type": "text", "text": "What is shown?"},
+        ]}],
+        "max_tokens": 4,
+    });
+    let ok = http(
+        &up.http,
+        "POST",
+        "/v1/chat/completions",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
 }

@@ -19,11 +19,12 @@ use dvd_proto::limits::{language_client, tuned_endpoint, vision_client};
 use dvd_proto::vision::v1::vision_service_client::VisionServiceClient;
 use dvd_proto::vision::v1::{
     EncodeDone, EncodeRequest, HealthRequest, ImageInput, ImagePlanned, PreprocessOptions,
-    StatsRequest, StatsResponse, TileSent, encode_event, image_input,
+    StatsRequest, StatsResponse, TileSent, VideoOptions, encode_event, image_input,
 };
 use dvd_transport::{
     InboxConfig, InboxRegistry, ListenerConfig, RequestId, TlsOptions, TransportKind,
 };
+use dvd_vision_server::video::clips::h264_clip;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -116,6 +117,7 @@ fn request(id: RequestId, to: &str, images: Vec<Bytes>) -> EncodeRequest {
             .map(|data| ImageInput {
                 source: Some(image_input::Source::Data(data)),
                 content_hash: None,
+                video: None,
             })
             .collect(),
         options: None,
@@ -212,6 +214,115 @@ async fn features_arrive_bit_identical_to_dvd_encode_and_cache_hits_skip_the_enc
         per_tile.contains(&1) && per_tile.contains(&4),
         "{per_tile:?}"
     );
+}
+
+/// A video input sampled at `frames` frames.
+fn video(data: Bytes, frames: u32) -> ImageInput {
+    ImageInput {
+        source: Some(image_input::Source::Data(data)),
+        content_hash: None,
+        video: Some(VideoOptions {
+            num_frames: frames,
+            max_tiles: 0,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_arrives_as_its_sampled_frames_bit_identical_to_dvd_encode() {
+    let model = vision_fixture("flash-custom");
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), 96, 72).unwrap();
+    let clip_bytes = Bytes::from(std::fs::read(&clip).unwrap());
+    // The image's 7 tiles, then the 4 frames' one tile each, in one batch as `dvd encode` runs
+    // them.
+    let (want, _) = encoded_tiles(
+        &model,
+        &[
+            "--vir",
+            "off",
+            "--video",
+            clip.to_str().unwrap(),
+            "--num-frames",
+            "4",
+        ],
+    );
+    assert_eq!(want.len(), 7 + 4);
+    let vision = Vision::start(&model, &["--max-batch-tiles", "16"]);
+    let mut client = vision.client().await;
+    let inbox = Inbox::start().await;
+    let to = inbox.addr.to_string();
+    let vir_off = Some(PreprocessOptions {
+        vir: Some(false),
+        ..Default::default()
+    });
+
+    let id = RequestId::random();
+    let registered = inbox.registry.register(id, Some(5)).unwrap();
+    let mut req = request(id, &to, vec![png()]);
+    req.images.push(video(clip_bytes.clone(), 4));
+    req.options = vir_off;
+    let (events, got) = tokio::join!(encode(&mut client, req), inbox.receive(registered));
+    let events = events.unwrap();
+    assert_eq!(got, want, "image and frames, bit for bit");
+    // 96 frames, 4 segments: the model card's get_index gives 11, 35, 59, 82.
+    let numbers: Vec<Option<u64>> = events.planned.iter().map(|p| p.frame_number).collect();
+    assert_eq!(numbers, [None, Some(11), Some(35), Some(59), Some(82)]);
+    let indices: Vec<u32> = events.planned.iter().map(|p| p.image_index).collect();
+    assert_eq!(indices, [0, 1, 2, 3, 4]);
+    assert!(
+        events.planned[1..]
+            .iter()
+            .all(|p| p.tile_count == 1 && !p.thumbnail)
+    );
+    assert_eq!(events.done.unwrap().images.len(), 5);
+
+    // The same frames again, alone: each is found in the embedding cache by its content.
+    let encoded_before = stats(&mut client).await.encoded_tiles_total;
+    let id = RequestId::random();
+    let registered = inbox.registry.register(id, Some(4)).unwrap();
+    let mut req = request(id, &to, vec![]);
+    req.images.push(video(clip_bytes.clone(), 4));
+    req.options = vir_off;
+    let (events, got) = tokio::join!(encode(&mut client, req), inbox.receive(registered));
+    let events = events.unwrap();
+    assert_eq!(got, want[7..], "the frames from the cache");
+    assert!(events.planned.iter().all(|p| p.cache_hit));
+    assert_eq!(stats(&mut client).await.encoded_tiles_total, encoded_before);
+
+    // Bad videos fail their own request with INVALID_ARGUMENT naming the input.
+    let refused = |data: Bytes, frames: u32| {
+        let mut req = request(RequestId::random(), &to, vec![png()]);
+        req.images.push(video(data, frames));
+        req
+    };
+    for (data, frames, says) in [
+        (
+            Bytes::from_static(&[9; 2048]),
+            4,
+            "video 1: not a readable video",
+        ),
+        (
+            clip_bytes.clone(),
+            65,
+            "image 1: a video of 65 frames; at most 64",
+        ),
+        (Bytes::new(), 4, "video 1"),
+    ] {
+        let status = encode(&mut client, refused(data, frames))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(says), "{status:?}");
+    }
+    // And the server goes on.
+    let id = RequestId::random();
+    let registered = inbox.registry.register(id, Some(1)).unwrap();
+    let mut req = request(id, &to, vec![png()]);
+    req.options = vir_off;
+    let (events, got) = tokio::join!(encode(&mut client, req), inbox.receive(registered));
+    assert!(events.is_ok());
+    assert_eq!(got, want[..7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
-//! One chat request through the decoupled pipeline: validate and resolve images, pick a language
-//! server (and, with images, a vision server), send `Generate` and `Encode` at the same time
-//! with the language server's feature address in the encode request, and stream the tokens back.
+//! One chat request through the decoupled pipeline: validate and resolve images and videos, pick
+//! a language server (and, with images or videos, a vision server), send `Generate` and `Encode`
+//! at the same time with the language server's feature address in the encode request, and stream
+//! the tokens back. A video is one input to the vision server, which samples its frames; to the
+//! language server its frames are consecutive images of a video part.
 //!
 //! Failures before the first token (a vision server that is down, full or dies mid-stream; a
 //! language server that cannot be reached) are retried on other servers, with a new request id,
@@ -20,7 +22,7 @@ use dvd_proto::feature::v1::FeatureDestination;
 use dvd_proto::language::v1 as lang;
 use dvd_proto::limits::{language_client, vision_client};
 use dvd_proto::vision::v1::{
-    EncodeRequest, ImageInput, PreprocessOptions, encode_event, image_input,
+    EncodeRequest, ImageInput, PreprocessOptions, VideoOptions, encode_event, image_input,
 };
 use dvd_serve::telemetry::propagation::traced_request;
 use dvd_transport::RequestId;
@@ -33,7 +35,7 @@ use crate::backend::{ChatStream, GatewayError};
 use crate::config::GatewayConfig;
 use crate::fetch::FetchPolicy;
 use crate::gateway::Gateway;
-use crate::images::{ImageBytes, PendingImage, fetch_all, resolve};
+use crate::images::{ByteLimits, ImageBytes, PendingImage, fetch_all, resolve, resolve_video};
 use crate::metrics::{Metrics, Stage};
 use crate::pool::{InflightGuard, Language, Member, Pool, ServerKind, Vision};
 use crate::routing::{Candidate, Policy, key_of};
@@ -196,7 +198,8 @@ struct Started {
 impl Prepared<PendingImage> {
     /// This request with every image as bytes (remote ones fetched concurrently).
     async fn fetched(self, gw: &Gateway) -> Result<Prepared, GatewayError> {
-        let images = fetch_all(self.images, &gw.fetcher, &gw.config.limits).await?;
+        let bytes = ByteLimits::new(&gw.config.limits, &gw.config.video);
+        let images = fetch_all(self.images, &gw.fetcher, bytes).await?;
         Ok(Prepared {
             messages: self.messages,
             images,
@@ -226,6 +229,9 @@ fn prepare(
         return Err(invalid("messages must not be empty".into()));
     }
     let mut images = Vec::new();
+    // Images the language server receives: one per image, one per sampled video frame.
+    let mut slots = 0u32;
+    let (mut image_count, mut video_count) = (0, 0);
     let mut messages = Vec::with_capacity(request.messages.len());
     for (m, message) in request.messages.iter().enumerate() {
         if !matches!(message.role.as_str(), "system" | "user" | "assistant") {
@@ -241,21 +247,47 @@ fn prepare(
                     lang::content_part::Part::Text(text.clone())
                 }
                 Some(content_part::Part::Image(image)) => {
-                    if images.len() == config.limits.max_images {
+                    if image_count == config.limits.max_images {
                         return Err(invalid(format!(
                             "more than {} images in one request",
                             config.limits.max_images
                         )));
                     }
-                    let index = images.len();
                     images.push(resolve(
                         image,
-                        index,
+                        image_count,
                         &config.images,
                         fetch,
                         &config.limits,
                     )?);
-                    lang::content_part::Part::ImageIndex(index as u32)
+                    image_count += 1;
+                    slots += 1;
+                    lang::content_part::Part::ImageIndex(slots - 1)
+                }
+                Some(content_part::Part::Video(video)) => {
+                    if video_count == config.video.max_videos {
+                        return Err(invalid(format!(
+                            "more than {} videos in one request ([video] max_videos)",
+                            config.video.max_videos
+                        )));
+                    }
+                    let pending = resolve_video(
+                        video,
+                        video_count,
+                        &config.images,
+                        fetch,
+                        &config.limits,
+                        &config.video,
+                    )?;
+                    let frames = pending.video().map_or(0, |v| v.frames);
+                    images.push(pending);
+                    video_count += 1;
+                    let first_image_index = slots;
+                    slots += frames;
+                    lang::content_part::Part::Video(lang::VideoFrames {
+                        first_image_index,
+                        frames,
+                    })
                 }
                 None => return Err(invalid(format!("messages[{m}] has an empty part"))),
             };
@@ -445,8 +477,9 @@ fn generate_request(gw: &Gateway, p: &Prepared, request_id: String) -> lang::Gen
         images: p
             .images
             .iter()
-            .map(|i| lang::ImageSlot {
-                content_hash: bytes::Bytes::copy_from_slice(&i.hash),
+            .flat_map(ImageBytes::slot_hashes)
+            .map(|hash| lang::ImageSlot {
+                content_hash: bytes::Bytes::copy_from_slice(&hash),
                 expected_tiles: 0,
             })
             .collect(),
@@ -535,11 +568,25 @@ fn encode_request(
             .iter()
             .map(|i| ImageInput {
                 source: Some(image_input::Source::Data(i.data.clone())),
-                content_hash: Some(bytes::Bytes::copy_from_slice(&i.hash)),
+                // A video's frames are keyed by their decoded content on the vision side.
+                content_hash: i
+                    .video
+                    .is_none()
+                    .then(|| bytes::Bytes::copy_from_slice(&i.hash)),
+                video: i.video.map(|v| VideoOptions {
+                    num_frames: v.frames,
+                    max_tiles: v.max_tiles,
+                }),
             })
             .collect(),
         options: Some(PreprocessOptions {
-            max_tiles: p.images.iter().map(|i| i.max_tiles).max().unwrap_or(0),
+            max_tiles: p
+                .images
+                .iter()
+                .filter(|i| i.video.is_none())
+                .map(|i| i.max_tiles)
+                .max()
+                .unwrap_or(0),
             ..Default::default()
         }),
         destination: Some(FeatureDestination {

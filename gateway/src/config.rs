@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub limits: LimitsSection,
     /// Where images may come from.
     pub images: ImagesSection,
+    /// Video inputs.
+    pub video: VideoSection,
     /// API keys on the public endpoints.
     pub auth: AuthSection,
     /// Mutual TLS to the servers.
@@ -346,6 +348,33 @@ impl Default for ImagesSection {
     }
 }
 
+/// `[video]`: video inputs (`video_url` parts). They come from where images may (`[images]`,
+/// its fetch policy included) under a byte limit of their own; the vision servers sample and
+/// decode them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoSection {
+    /// Videos per request.
+    pub max_videos: usize,
+    /// The most frames a request may ask for per video (`num_frames`); more is a 400.
+    pub max_frames: u32,
+    /// Frames sampled when a request does not say (the model card's 8).
+    pub default_frames: u32,
+    /// Largest video, MiB (decoded from base64, or fetched).
+    pub max_video_mib: usize,
+}
+
+impl Default for VideoSection {
+    fn default() -> Self {
+        Self {
+            max_videos: 2,
+            max_frames: 32,
+            default_frames: 8,
+            max_video_mib: 64,
+        }
+    }
+}
+
 /// A configuration value that parses but cannot work: which field, the value found, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} = {value}: {reason}")]
@@ -434,6 +463,14 @@ impl GatewayConfig {
                 "must be 1 to 64",
             ));
         }
+        at_least_one("video.max_frames", u64::from(self.video.max_frames))?;
+        if !(1..=self.video.max_frames).contains(&self.video.default_frames) {
+            return Err(FieldError::new(
+                "video.default_frames",
+                self.video.default_frames,
+                format!("must be 1 to video.max_frames ({})", self.video.max_frames),
+            ));
+        }
         self.tls.files()?;
         at_least_one("images.fetch_timeout_s", self.images.fetch_timeout_s)?;
         crate::fetch::allowed_networks(&self.images)?;
@@ -465,6 +502,14 @@ mod tests {
         assert_eq!(config.server.http.port(), 8000);
         assert!(config.check().is_ok());
         assert!(toml::from_str::<GatewayConfig>("[limits]\nmax_inflite = 4\n").is_err());
+        assert_eq!(config.video, VideoSection::default());
+        let mut video = config.clone();
+        video.video.default_frames = 40;
+        assert!(
+            video
+                .check()
+                .is_err_and(|e| e.field == "video.default_frames")
+        );
         assert!(
             GatewayConfig::default().check().is_err(),
             "no language pool"

@@ -1,18 +1,28 @@
-//! Where a request's images come from: inline bytes, `data:` URLs (base64), `https` URLs the
-//! gateway fetches under its policy ([`crate::fetch`]), and local files when the configuration
-//! allows them.
+//! Where a request's images and videos come from: inline bytes, `data:` URLs (base64), `https`
+//! URLs the gateway fetches under its policy ([`crate::fetch`]), and local files when the
+//! configuration allows them. Videos follow the same rules under their own byte limit; the
+//! vision servers decode them.
 
 use base64::Engine as _;
 use bytes::Bytes;
-use dvd_proto::api::v1::{Image, image};
+use dvd_proto::api::v1::{Image, Video, image, video};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::backend::GatewayError;
-use crate::config::{ImagesSection, LimitsSection};
-use crate::fetch::{FetchPolicy, Fetcher};
+use crate::config::{ImagesSection, LimitsSection, VideoSection};
+use crate::fetch::{Body, FetchPolicy, Fetcher};
 
-/// An image ready to send to a vision server.
+/// How a video becomes images on the vision side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VideoSpec {
+    /// Frames to sample.
+    pub(crate) frames: u32,
+    /// Most tiles per frame.
+    pub(crate) max_tiles: u32,
+}
+
+/// An image (or video) ready to send to a vision server.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageBytes {
     pub(crate) data: Bytes,
@@ -20,14 +30,83 @@ pub(crate) struct ImageBytes {
     pub(crate) hash: [u8; 32],
     /// Tiles the vision server may cut it into (0: the checkpoint's setting).
     pub(crate) max_tiles: u32,
+    /// Set when the bytes are a video.
+    pub(crate) video: Option<VideoSpec>,
 }
 
-/// An image of a checked request: its bytes, or a URL that passed the policy's static checks
-/// and is still to be fetched.
+impl ImageBytes {
+    /// The prefix-cache keys of the images the language server receives for this input: the
+    /// image's hash, or one per sampled frame (the video's hash, how it is sampled and the
+    /// frame's place).
+    pub(crate) fn slot_hashes(&self) -> Vec<[u8; 32]> {
+        match self.video {
+            None => vec![self.hash],
+            Some(spec) => (0..spec.frames)
+                .map(|frame| {
+                    let mut h = Sha256::new();
+                    h.update(b"video-frame");
+                    h.update(self.hash);
+                    h.update(spec.frames.to_le_bytes());
+                    h.update(spec.max_tiles.to_le_bytes());
+                    h.update(frame.to_le_bytes());
+                    h.finalize().into()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An image (or video) of a checked request: its bytes, or a URL that passed the policy's
+/// static checks and is still to be fetched.
 #[derive(Debug, Clone)]
 pub(crate) enum PendingImage {
     Ready(ImageBytes),
-    Remote { url: String, max_tiles: u32 },
+    Remote {
+        url: String,
+        /// `image N` or `video N`, for errors.
+        name: String,
+        max_tiles: u32,
+        video: Option<VideoSpec>,
+    },
+}
+
+impl PendingImage {
+    /// How the input is sampled, when it is a video.
+    pub(crate) fn video(&self) -> Option<VideoSpec> {
+        match self {
+            Self::Ready(ready) => ready.video,
+            Self::Remote { video, .. } => *video,
+        }
+    }
+}
+
+/// Where an input's bytes are, as both part types give it.
+enum Source<'a> {
+    Data(&'a Bytes),
+    Url(&'a str),
+}
+
+/// The byte limits of a request's images and videos.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteLimits {
+    image: usize,
+    video: usize,
+}
+
+impl ByteLimits {
+    pub(crate) fn new(limits: &LimitsSection, video: &VideoSection) -> Self {
+        Self {
+            image: limits.max_image_mib << 20,
+            video: video.max_video_mib << 20,
+        }
+    }
+
+    fn of(self, video: Option<VideoSpec>) -> usize {
+        match video {
+            None => self.image,
+            Some(_) => self.video,
+        }
+    }
 }
 
 /// Image `index` of a request, checked: bytes where they are inline, a URL to fetch otherwise.
@@ -38,61 +117,137 @@ pub(crate) fn resolve(
     fetch: &FetchPolicy,
     limits: &LimitsSection,
 ) -> Result<PendingImage, GatewayError> {
-    let max_tiles = match image.max_tiles {
-        None | Some(0) => 0,
-        Some(n) if n > limits.max_tiles_per_image => {
+    let name = format!("image {index}");
+    let max_tiles = tiles(&name, image.max_tiles, 0, limits)?;
+    let source = match &image.source {
+        None => None,
+        Some(image::Source::Data(data)) => Some(Source::Data(data)),
+        Some(image::Source::Url(url)) => Some(Source::Url(url)),
+    };
+    let limit = limits.max_image_mib << 20;
+    resolve_source(source, name, max_tiles, None, policy, fetch, limit)
+}
+
+/// Video `index` of a request, checked like an image, with its frames (`num_frames`, at most
+/// `[video] max_frames`) and tiles per frame (`max_tiles`, 1 unless asked).
+pub(crate) fn resolve_video(
+    v: &Video,
+    index: usize,
+    policy: &ImagesSection,
+    fetch: &FetchPolicy,
+    limits: &LimitsSection,
+    config: &VideoSection,
+) -> Result<PendingImage, GatewayError> {
+    let name = format!("video {index}");
+    let frames = match v.num_frames {
+        None | Some(0) => config.default_frames,
+        Some(n) if n > config.max_frames => {
             return Err(invalid(
-                index,
+                &name,
                 format!(
-                    "max_tiles {n} exceeds the limit of {}",
-                    limits.max_tiles_per_image
+                    "num_frames {n} exceeds this gateway's limit of {} frames per video \
+                     ([video] max_frames)",
+                    config.max_frames
                 ),
             ));
         }
         Some(n) => n,
     };
-    let data = match &image.source {
-        None => return Err(invalid(index, "no data or url")),
-        Some(image::Source::Data(data)) => data.clone(),
-        Some(image::Source::Url(url)) if is_remote(url) => {
-            fetch.check(url).map_err(|e| invalid(index, e))?;
-            return Ok(PendingImage::Remote {
-                url: url.clone(),
-                max_tiles,
-            });
-        }
-        Some(image::Source::Url(url)) => from_url(url, policy).map_err(|e| invalid(index, e))?,
+    let max_tiles = tiles(&name, v.max_tiles, 1, limits)?;
+    let source = match &v.source {
+        None => None,
+        Some(video::Source::Data(data)) => Some(Source::Data(data)),
+        Some(video::Source::Url(url)) => Some(Source::Url(url)),
     };
-    finish(data, index, max_tiles, limits).map(PendingImage::Ready)
+    let spec = VideoSpec { frames, max_tiles };
+    let limit = config.max_video_mib << 20;
+    resolve_source(source, name, 0, Some(spec), policy, fetch, limit)
 }
 
-/// The bytes of every image, fetching the remote ones concurrently.
+/// The tiles `name` asks for (`default` when it does not), at most `limits.max_tiles_per_image`.
+fn tiles(
+    name: &str,
+    asked: Option<u32>,
+    default: u32,
+    limits: &LimitsSection,
+) -> Result<u32, GatewayError> {
+    match asked {
+        None | Some(0) => Ok(default),
+        Some(n) if n > limits.max_tiles_per_image => Err(invalid(
+            name,
+            format!(
+                "max_tiles {n} exceeds the limit of {}",
+                limits.max_tiles_per_image
+            ),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Bytes from `source`, or the URL to fetch once the policy's static checks pass.
+fn resolve_source(
+    source: Option<Source<'_>>,
+    name: String,
+    max_tiles: u32,
+    video: Option<VideoSpec>,
+    policy: &ImagesSection,
+    fetch: &FetchPolicy,
+    limit: usize,
+) -> Result<PendingImage, GatewayError> {
+    let data = match source {
+        None => return Err(invalid(&name, "no data or url")),
+        Some(Source::Data(data)) => data.clone(),
+        Some(Source::Url(url)) if is_remote(url) => {
+            fetch.check(url).map_err(|e| invalid(&name, e))?;
+            return Ok(PendingImage::Remote {
+                url: url.to_owned(),
+                name,
+                max_tiles,
+                video,
+            });
+        }
+        Some(Source::Url(url)) => from_url(url, policy).map_err(|e| invalid(&name, e))?,
+    };
+    finish(data, &name, max_tiles, video, limit).map(PendingImage::Ready)
+}
+
+/// The bytes of every image and video, fetching the remote ones concurrently.
 pub(crate) async fn fetch_all(
     pending: Vec<PendingImage>,
     fetcher: &Fetcher,
-    limits: &LimitsSection,
+    bytes: ByteLimits,
 ) -> Result<Vec<ImageBytes>, GatewayError> {
     let fetches = pending
         .into_iter()
         .enumerate()
         .map(|(index, image)| async move {
             match image {
-                PendingImage::Ready(bytes) => Ok(bytes),
-                PendingImage::Remote { url, max_tiles } => {
+                PendingImage::Ready(ready) => Ok(ready),
+                PendingImage::Remote {
+                    url,
+                    name,
+                    max_tiles,
+                    video,
+                } => {
+                    let limit = bytes.of(video);
+                    let body = match video {
+                        None => Body::image(fetcher.policy()),
+                        Some(_) => Body::video(limit),
+                    };
                     let data = fetcher
-                        .fetch(&url)
+                        .fetch_body(&url, body)
                         .instrument(tracing::info_span!("fetch_image", index))
                         .await
-                        .map_err(|e| invalid(index, e))?;
-                    finish(data, index, max_tiles, limits)
+                        .map_err(|e| invalid(&name, e))?;
+                    finish(data, &name, max_tiles, video, limit)
                 }
             }
         });
     futures::future::try_join_all(fetches).await
 }
 
-fn invalid(index: usize, message: impl std::fmt::Display) -> GatewayError {
-    GatewayError::InvalidRequest(format!("image {index}: {message}"))
+fn invalid(name: &str, message: impl std::fmt::Display) -> GatewayError {
+    GatewayError::InvalidRequest(format!("{name}: {message}"))
 }
 
 /// Whether `url` names a network resource (`scheme://`, any scheme but `file`); the fetch
@@ -107,20 +262,21 @@ fn is_remote(url: &str) -> bool {
     })
 }
 
-/// Checks the bytes of image `index` against the limits and hashes them.
+/// Checks the bytes of input `name` against its limit and hashes them.
 fn finish(
     data: Bytes,
-    index: usize,
+    name: &str,
     max_tiles: u32,
-    limits: &LimitsSection,
+    video: Option<VideoSpec>,
+    limit: usize,
 ) -> Result<ImageBytes, GatewayError> {
     if data.is_empty() {
-        return Err(invalid(index, "empty image"));
+        let what = if video.is_some() { "video" } else { "image" };
+        return Err(invalid(name, format!("empty {what}")));
     }
-    let limit = limits.max_image_mib << 20;
     if data.len() > limit {
         return Err(invalid(
-            index,
+            name,
             format!("{} bytes; at most {limit} allowed", data.len()),
         ));
     }
@@ -128,6 +284,7 @@ fn finish(
         hash: Sha256::digest(&data).into(),
         data,
         max_tiles,
+        video,
     })
 }
 
@@ -242,5 +399,64 @@ mod tests {
             check(&many, &off).map(|i| ready(i).max_tiles).ok(),
             Some(12)
         );
+    }
+
+    #[test]
+    fn videos_take_their_frames_and_byte_limit_from_the_video_section() {
+        let limits = LimitsSection::default();
+        let images = ImagesSection::default();
+        let fetch = FetchPolicy::new(&images, &limits).unwrap();
+        let config = VideoSection {
+            max_video_mib: 1,
+            ..VideoSection::default()
+        };
+        let video = |data: &[u8], num_frames, max_tiles| Video {
+            source: Some(video::Source::Data(Bytes::copy_from_slice(data))),
+            num_frames,
+            max_tiles,
+        };
+        let check = |v: &Video| resolve_video(v, 1, &images, &fetch, &limits, &config);
+        let ok = ready(check(&video(b"clip", None, None)).unwrap());
+        let spec = VideoSpec {
+            frames: 8,
+            max_tiles: 1,
+        };
+        assert_eq!(ok.video, Some(spec), "the card's 8 frames of one tile");
+        let hashes = ok.slot_hashes();
+        assert_eq!(hashes.len(), 8);
+        assert!(hashes.iter().all(|h| *h != ok.hash));
+        assert_eq!(
+            hashes
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            8
+        );
+        let asked = ready(check(&video(b"clip", Some(32), Some(4))).unwrap());
+        assert_eq!(
+            asked.video,
+            Some(VideoSpec {
+                frames: 32,
+                max_tiles: 4
+            })
+        );
+        let err = |v: &Video| check(v).err().map(|e| e.to_string()).unwrap_or_default();
+        let over = err(&video(b"clip", Some(33), None));
+        assert!(
+            over.contains("video 1: num_frames 33") && over.contains("limit of 32 frames"),
+            "{over}"
+        );
+        assert!(err(&video(b"clip", None, Some(13))).contains("max_tiles 13"));
+        assert!(err(&video(&[0; (1 << 20) + 1], None, None)).contains("at most 1048576"));
+        assert!(err(&video(b"", None, None)).contains("empty video"));
+        let remote = Video {
+            source: Some(video::Source::Url("https://example.com/a.mp4".into())),
+            num_frames: None,
+            max_tiles: None,
+        };
+        assert!(matches!(
+            check(&remote),
+            Ok(PendingImage::Remote { video: Some(_), .. })
+        ));
     }
 }

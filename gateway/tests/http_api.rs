@@ -18,7 +18,7 @@ use dvd_gateway::http::{HttpLimits, router};
 use dvd_gateway::{ChatBackend, ChatStream, GatewayError};
 use dvd_proto::api::v1::{
     ChatDelta, ChatDone, ChatEvent, ChatRequest, ChatTimings, ContentPart, HealthResponse, Image,
-    Message, Model, chat_event, content_part, image,
+    Message, Model, Video, chat_event, content_part, image, video,
 };
 use dvd_proto::common::v1::{FinishReason, SamplingParams, ServingStatus, Usage};
 use futures::Stream;
@@ -330,6 +330,16 @@ fn image_url(url: &str, max_tiles: Option<u32>) -> ContentPart {
     }
 }
 
+fn video_url(url: &str, num_frames: Option<u32>, max_tiles: Option<u32>) -> ContentPart {
+    ContentPart {
+        part: Some(content_part::Part::Video(Video {
+            source: Some(video::Source::Url(url.into())),
+            num_frames,
+            max_tiles,
+        })),
+    }
+}
+
 fn message(role: &str, content: Vec<ContentPart>) -> Message {
     Message {
         role: role.into(),
@@ -363,6 +373,9 @@ async fn text_and_image_parts_are_converted() {
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K", "detail": "high"}},
                 {"type": "image_url", "image_url": "https://example.com/cat.jpg"},
                 {"type": "image_url", "image_url": {"url": "https://example.com/dog.jpg", "max_tiles": 4}},
+                {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA", "num_frames": 16}},
+                {"type": "video_url", "video_url": "https://example.com/clip.webm"},
+                {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4", "max_tiles": 2}},
                 {"type": "text", "text": "?"}
             ]},
             {"role": "assistant", "content": "A cat."},
@@ -390,6 +403,9 @@ async fn text_and_image_parts_are_converted() {
                     image_url("data:image/png;base64,iVBORw0K", None),
                     image_url("https://example.com/cat.jpg", None),
                     image_url("https://example.com/dog.jpg", Some(4)),
+                    video_url("data:video/mp4;base64,AAAA", Some(16), None),
+                    video_url("https://example.com/clip.webm", None, None),
+                    video_url("https://example.com/clip.mp4", None, Some(2)),
                     text("?"),
                 ],
             ),
@@ -527,6 +543,14 @@ async fn bad_field_values_are_refused_with_their_name() {
         (
             json!([{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "image_url", "image_url": "  "}]}]),
             "messages[1].content[0].image_url.url",
+        ),
+        (
+            json!([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA", "num_frames": 0}}]}]),
+            "messages[0].content[0].video_url.num_frames",
+        ),
+        (
+            json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "video_url", "video_url": {"url": ""}}]}]),
+            "messages[0].content[1].video_url.url",
         ),
         (
             json!([{"role": "tool", "content": "42"}]),

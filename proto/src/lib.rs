@@ -88,6 +88,7 @@ mod tests {
         let image = ImageInput {
             source: Some(image_input::Source::Data(bytes::Bytes::from_static(b"x"))),
             content_hash: Some(bytes::Bytes::from_static(b"h")),
+            video: None,
         };
         let planned = vision::v1::ImagePlanned {
             content_hash: bytes::Bytes::new(),

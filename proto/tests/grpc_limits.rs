@@ -145,6 +145,7 @@ fn encode_request(data: Bytes) -> EncodeRequest {
         images: vec![ImageInput {
             source: Some(image_input::Source::Data(data)),
             content_hash: None,
+            video: None,
         }],
         ..Default::default()
     }

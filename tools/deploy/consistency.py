@@ -48,6 +48,7 @@ GATEWAY_KEYS = {
         "fetch_max_redirects",
         "fetch_ca_file",
     },
+    "video": {"max_videos", "max_frames", "default_frames", "max_video_mib"},
 }
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 INT_OR_PERCENT = re.compile(r"^\d+%$")

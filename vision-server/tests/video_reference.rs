@@ -69,8 +69,8 @@ fn frames_pixels_and_features_match_the_model_cards_reader() {
     let model = load_model("vit300m-hf", DType::F32);
     let tiling = frame_tiling(&model.config().tiling, 1);
     let tiled = tile_video(&video, 8, &tiling).unwrap();
-    assert_eq!(tiled.tiles_per_frame, [1; 8]);
-    let pv = model.pixel_values(&tiled.tiles).unwrap();
+    assert_eq!(tiled.tiles_per_frame(), [1; 8]);
+    let pv = model.pixel_values(&tiled.into_tiles()).unwrap();
     // Pillow's bicubic resize, bit for bit, as for images.
     assert_eq!(
         max_abs_diff(&pv, &reference("pixel_values", DType::F32)),

@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use dvd_language_server::engine::SchedulerConfig;
+use dvd_proto::vision::v1::{ImageInput, VideoOptions, image_input};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -50,6 +51,8 @@ pub struct CompareBench {
     pub sizes: Vec<u32>,
     /// Images per request.
     pub images_per_request: usize,
+    /// With N > 0, each request carries a fresh clip sampled at N frames instead of pictures.
+    pub video_frames: u32,
     /// The question asked with the images.
     pub prompt: String,
     /// Tokens each image request generates.
@@ -108,6 +111,7 @@ impl Default for CompareBench {
             max_concurrency: Some(16),
             sizes: synthetic.sizes,
             images_per_request: synthetic.images_per_request,
+            video_frames: synthetic.video_frames,
             prompt: synthetic.prompt,
             max_tokens: 16,
             request_rate: None,
@@ -520,7 +524,7 @@ impl CompareBench {
             .synthetic((self.seed + round as u64) ^ 0x5eed)
             .requests(requests)?
             .iter()
-            .map(image_files)
+            .map(vision_inputs)
             .collect::<Result<Vec<_>>>()?;
         let concurrency = self.max_concurrency.unwrap_or(requests);
         let vision = runtime.block_on(vision_alone::throughput(vision, &fresh, concurrency))??;
@@ -553,6 +557,7 @@ impl CompareBench {
             prompt: self.prompt.clone(),
             max_tokens: self.max_tokens,
             seed,
+            video_frames: self.video_frames,
         }
     }
 
@@ -741,21 +746,41 @@ impl CompareBench {
     }
 }
 
-/// The encoded image files of a request whose parts carry `data:` URLs.
-fn image_files(spec: &RequestSpec) -> Result<Vec<Vec<u8>>> {
+/// The vision inputs of a request whose parts carry `data:` URLs: each image's file, each
+/// video's file with the frames it asks for.
+fn vision_inputs(spec: &RequestSpec) -> Result<Vec<ImageInput>> {
     let Value::Array(parts) = &spec.content else {
         return Ok(Vec::new());
     };
-    parts
-        .iter()
-        .filter_map(|p| p["image_url"]["url"].as_str())
-        .map(|url| {
-            let (_, data) = url
-                .split_once(";base64,")
-                .context("not a base64 data URL")?;
-            Ok(base64::engine::general_purpose::STANDARD.decode(data)?)
-        })
-        .collect()
+    let data = |url: &str| -> Result<bytes::Bytes> {
+        let (_, data) = url
+            .split_once(";base64,")
+            .context("not a base64 data URL")?;
+        Ok(base64::engine::general_purpose::STANDARD
+            .decode(data)?
+            .into())
+    };
+    let mut inputs = Vec::new();
+    for part in parts {
+        let (url, video) = if let Some(url) = part["image_url"]["url"].as_str() {
+            (url, None)
+        } else if let Some(url) = part["video_url"]["url"].as_str() {
+            let field = |name: &str| part["video_url"][name].as_u64().unwrap_or(0) as u32;
+            let options = VideoOptions {
+                num_frames: field("num_frames"),
+                max_tiles: field("max_tiles"),
+            };
+            (url, Some(options))
+        } else {
+            continue;
+        };
+        inputs.push(ImageInput {
+            source: Some(image_input::Source::Data(data(url)?)),
+            content_hash: None,
+            video,
+        });
+    }
+    Ok(inputs)
 }
 
 impl CompareReport {

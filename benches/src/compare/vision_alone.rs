@@ -1,4 +1,4 @@
-//! The vision stage alone: the workload's images sent straight to a vision server's `Encode`
+//! The vision stage alone: the workload's images and videos sent straight to a vision server's `Encode`
 //! (a bounded number in flight, as the load had), with this process's own feature listener as
 //! the destination, so no language server is involved. Requests per second = requests / time
 //! until the last tile arrived.
@@ -9,17 +9,21 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use dvd_proto::feature::v1::{FeatureDestination, Transport};
 use dvd_proto::limits::{tuned_endpoint, vision_client};
-use dvd_proto::vision::v1::{EncodeRequest, ImageInput, encode_event, image_input};
+use dvd_proto::vision::v1::{EncodeRequest, ImageInput, encode_event};
 use dvd_transport::{
     InboxConfig, InboxRegistry, ListenerConfig, RequestId, TlsOptions, TransportKind,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Encodes every request's images (`images[i]`: request `i`'s encoded files) on the vision
+/// Encodes every request's images and videos (`images[i]`: request `i`'s inputs) on the vision
 /// server at `vision`, at most `concurrency` requests at a time, and returns requests per
 /// second.
-pub async fn throughput(vision: &str, images: &[Vec<Vec<u8>>], concurrency: usize) -> Result<f64> {
+pub async fn throughput(
+    vision: &str,
+    images: &[Vec<ImageInput>],
+    concurrency: usize,
+) -> Result<f64> {
     ensure!(!images.is_empty(), "no requests to encode");
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let registry = InboxRegistry::new(InboxConfig::default());
@@ -45,16 +49,15 @@ pub async fn throughput(vision: &str, images: &[Vec<Vec<u8>>], concurrency: usiz
     for files in images {
         let permit = slots.clone().acquire_owned().await?;
         let id = RequestId::random();
-        let mut inbox = registry.register(id, Some(u16::try_from(files.len())?))?;
+        // A video arrives as one image per sampled frame.
+        let arriving: u32 = files
+            .iter()
+            .map(|f| f.video.map_or(1, |v| v.num_frames.max(1)))
+            .sum();
+        let mut inbox = registry.register(id, Some(u16::try_from(arriving)?))?;
         let request = EncodeRequest {
             request_id: id.to_string(),
-            images: files
-                .iter()
-                .map(|data| ImageInput {
-                    source: Some(image_input::Source::Data(data.clone().into())),
-                    content_hash: None,
-                })
-                .collect(),
+            images: files.clone(),
             options: None,
             destination: Some(FeatureDestination {
                 address: address.clone(),

@@ -12,6 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
+use dvd_vision_server::video::clips::h264_from_frames;
+
 use super::token_prompts::TokenPrompts;
 
 /// Whether a request belongs to the measured load or is an interference probe.
@@ -33,7 +35,7 @@ pub struct RequestSpec {
     pub content: Value,
     /// Tokens to generate.
     pub max_tokens: u32,
-    /// Images in the request.
+    /// Images in the request (a video's sampled frames counted as images).
     pub images: usize,
 }
 
@@ -51,6 +53,9 @@ pub struct Synthetic {
     pub max_tokens: u32,
     /// Seed of the pictures.
     pub seed: u64,
+    /// With N > 0, each request carries a fresh clip sampled at N frames (one tile each) in
+    /// place of its pictures.
+    pub video_frames: u32,
 }
 
 /// `dvd bench serve`'s synthetic requests unless told otherwise: one 448-px picture (one tile)
@@ -63,6 +68,7 @@ impl Default for Synthetic {
             prompt: "Describe the image.".into(),
             max_tokens: 64,
             seed: 0,
+            video_frames: 0,
         }
     }
 }
@@ -110,18 +116,24 @@ impl RequestSource for Synthetic {
         let mut rng = request_rng(self.seed, i);
         let side = self.sizes[i % self.sizes.len()];
         let mut parts = Vec::with_capacity(self.images_per_request + 1);
-        for _ in 0..self.images_per_request {
-            parts.push(image_part(
-                &random_picture(side, side, &mut rng)?,
-                "image/jpeg",
-            ));
-        }
+        let images = if self.video_frames > 0 {
+            parts.push(random_clip_part(side, self.video_frames, &mut rng)?);
+            self.video_frames as usize
+        } else {
+            for _ in 0..self.images_per_request {
+                parts.push(image_part(
+                    &random_picture(side, side, &mut rng)?,
+                    "image/jpeg",
+                ));
+            }
+            self.images_per_request
+        };
         parts.push(json!({"type": "text", "text": self.prompt}));
         Ok(RequestSpec {
             kind: Kind::Load,
             content: Value::Array(parts),
             max_tokens: self.max_tokens,
-            images: self.images_per_request,
+            images,
         })
     }
 }
@@ -330,9 +342,16 @@ pub fn picture(width: u32, height: u32, seed: u64) -> Result<Vec<u8>> {
     random_picture(width, height, &mut ChaCha8Rng::seed_from_u64(seed))
 }
 
-/// A JPEG of a random background with random rectangles: cheap to make, compresses like a
-/// photo, and different for every draw.
+/// A JPEG of [`random_frame`]'s kind.
 fn random_picture(width: u32, height: u32, rng: &mut ChaCha8Rng) -> Result<Vec<u8>> {
+    let mut out = Cursor::new(Vec::new());
+    random_frame(width, height, rng).write_to(&mut out, ImageFormat::Jpeg)?;
+    Ok(out.into_inner())
+}
+
+/// A random background with random rectangles: cheap to make, compresses like a photo, and
+/// different for every draw.
+fn random_frame(width: u32, height: u32, rng: &mut ChaCha8Rng) -> RgbImage {
     let mut color = || Rgb([rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()]);
     let mut img = RgbImage::from_pixel(width, height, color());
     let boxes: Vec<(u32, u32, u32, u32, Rgb<u8>)> = (0..12)
@@ -352,9 +371,47 @@ fn random_picture(width: u32, height: u32, rng: &mut ChaCha8Rng) -> Result<Vec<u
             }
         }
     }
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, ImageFormat::Jpeg)?;
-    Ok(out.into_inner())
+    img
+}
+
+/// An H.264 clip of `2 * frames` fresh [`random_frame`]s at 8 fps, as a `video_url` part asking
+/// for `frames` of them (so the model card's sampling picks distinct ones).
+fn random_clip_part(side: u32, frames: u32, rng: &mut ChaCha8Rng) -> Result<Value> {
+    let pictures: Vec<RgbImage> = (0..2 * frames)
+        .map(|_| random_frame(side, side, rng))
+        .collect();
+    let clip = h264_from_frames(&pictures, 8).map_err(anyhow::Error::msg)?;
+    Ok(video_part(&clip, "video/mp4", Some(frames), None))
+}
+
+fn video_part(bytes: &[u8], mime: &str, num_frames: Option<u32>, max_tiles: Option<u32>) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut video_url = json!({"url": format!("data:{mime};base64,{data}")});
+    if let Some(n) = num_frames {
+        video_url["num_frames"] = json!(n);
+    }
+    if let Some(n) = max_tiles {
+        video_url["max_tiles"] = json!(n);
+    }
+    json!({"type": "video_url", "video_url": video_url})
+}
+
+/// A message part carrying the video file at `path` as a `data:` URL (media type by extension),
+/// asking for `num_frames` frames of at most `max_tiles` tiles each (the server's defaults when
+/// unset).
+pub fn video_file_part(
+    path: &Path,
+    num_frames: Option<u32>,
+    max_tiles: Option<u32>,
+) -> Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mime = match path.extension().and_then(|e| e.to_str()) {
+        Some("webm") => "video/webm",
+        Some("mkv") => "video/x-matroska",
+        Some("mov") => "video/quicktime",
+        _ => "video/mp4",
+    };
+    Ok(video_part(&bytes, mime, num_frames, max_tiles))
 }
 
 #[cfg(test)]
@@ -370,6 +427,7 @@ mod tests {
             prompt: "Describe the image.".into(),
             max_tokens: 8,
             seed: 1,
+            video_frames: 0,
         };
         let requests = synthetic.requests(3).unwrap();
         let urls: Vec<&str> = requests
@@ -390,6 +448,32 @@ mod tests {
         assert_eq!(side(urls[0]), 448);
         assert_eq!(side(urls[2]), 896);
         assert_eq!(side(urls[4]), 448);
+    }
+
+    #[test]
+    fn synthetic_video_requests_carry_a_fresh_clip_of_the_asked_frames() {
+        let synthetic = Synthetic {
+            sizes: vec![64],
+            video_frames: 4,
+            ..Synthetic::default()
+        };
+        let requests = synthetic.requests(2).unwrap();
+        let clips: Vec<&Value> = requests
+            .iter()
+            .map(|r| &r.content.as_array().unwrap()[0]["video_url"])
+            .collect();
+        assert!(clips.iter().all(|c| c["num_frames"] == 4));
+        assert!(requests.iter().all(|r| r.images == 4));
+        assert_ne!(clips[0]["url"], clips[1]["url"], "every clip is fresh");
+        let url = clips[0]["url"].as_str().unwrap();
+        let mp4 = base64::engine::general_purpose::STANDARD
+            .decode(url.strip_prefix("data:video/mp4;base64,").unwrap())
+            .unwrap();
+        let video = dvd_vision_server::video::Ffmpeg::find()
+            .unwrap()
+            .open(&mp4, &dvd_vision_server::video::VideoLimits::default())
+            .unwrap();
+        assert_eq!((video.info.frames, video.info.width), (8, 64));
     }
 
     #[test]

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use dvd_bench::serve::client::{Endpoint, stream_chat};
-use dvd_bench::serve::dataset::image_file_part;
+use dvd_bench::serve::dataset::{image_file_part, video_file_part};
 use serde_json::json;
+
+use super::video::VideoArgs;
 
 /// Options of `dvd chat`.
 #[derive(Debug, Args)]
@@ -22,6 +24,9 @@ pub struct ChatArgs {
     /// Image to ask about; repeat for several.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// A video to ask about, after the images.
+    #[command(flatten)]
+    video: VideoArgs,
     /// Model id (default: whatever the gateway serves).
     #[arg(long, default_value = "")]
     model: String,
@@ -39,6 +44,10 @@ impl ChatArgs {
         let mut content = Vec::new();
         for path in &self.images {
             content.push(image_file_part(path)?);
+        }
+        if let Some(path) = &self.video.video {
+            let (frames, tiles) = (self.video.num_frames, self.video.video_max_tiles);
+            content.push(video_file_part(path, Some(frames), Some(tiles))?);
         }
         content.push(json!({"type": "text", "text": self.question}));
         let mut body = json!({

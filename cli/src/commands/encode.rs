@@ -126,9 +126,10 @@ pub fn tile_media(
     let (mut tiles, mut tiles_per_image) = tile_images(model, images, max_tiles, no_thumbnail)?;
     let video = video.tile(&model.config().tiling)?;
     let frame_indices = video.map(|video| {
-        tiles.extend(video.tiles);
-        tiles_per_image.extend(video.tiles_per_frame);
-        video.frame_indices
+        tiles_per_image.extend(video.tiles_per_frame());
+        let frame_indices = video.frame_indices.clone();
+        tiles.extend(video.into_tiles());
+        frame_indices
     });
     Ok(Media {
         tiles,

@@ -14,6 +14,7 @@ use dvd_transport::{SenderConfig, TlsOptions};
 use dvd_vision_server::engine::{EncoderConfig, FeatureCache};
 use dvd_vision_server::server::{ServeConfig, start};
 use dvd_vision_server::service::{Admission, RequestLimits};
+use dvd_vision_server::video::VideoLimits;
 
 use super::device::ComputeArgs;
 use super::ops::OpsArgs;
@@ -71,6 +72,18 @@ pub struct ServeArgs {
     /// Largest encoded image accepted, in MiB.
     #[arg(long, default_value_t = RequestLimits::default().max_image_bytes >> 20)]
     max_image_mib: usize,
+    /// Most frames sampled from one video.
+    #[arg(long, default_value_t = RequestLimits::default().max_video_frames)]
+    max_video_frames: u32,
+    /// Largest video file accepted, in MiB.
+    #[arg(long, default_value_t = VideoLimits::default().max_bytes >> 20)]
+    max_video_mib: usize,
+    /// Longest video accepted, in seconds.
+    #[arg(long, default_value_t = VideoLimits::default().max_duration_s)]
+    max_video_seconds: f64,
+    /// How long probing, and then decoding, one video may take, in seconds.
+    #[arg(long, default_value_t = VideoLimits::default().timeout.as_secs())]
+    video_timeout_s: u64,
     /// Requests that may wait for preprocessing before new ones are refused.
     #[arg(long, default_value_t = Admission::default().max_pending_requests)]
     max_pending_requests: usize,
@@ -134,6 +147,13 @@ impl ServeArgs {
             limits: RequestLimits {
                 max_images: self.max_images,
                 max_image_bytes: self.max_image_mib << 20,
+                max_video_frames: self.max_video_frames,
+                video: VideoLimits {
+                    max_bytes: self.max_video_mib << 20,
+                    max_duration_s: self.max_video_seconds,
+                    timeout: Duration::from_secs(self.video_timeout_s.max(1)),
+                    ..VideoLimits::default()
+                },
             },
             admission: Admission {
                 max_pending_requests: self.max_pending_requests,

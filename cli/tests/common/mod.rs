@@ -35,6 +35,14 @@ pub fn vision_fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A file under `vision-server/tests/fixtures/video` (the committed clip and its transformers
+/// references, tools/make_video_fixtures.py).
+pub fn video_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../vision-server/tests/fixtures/video")
+        .join(name)
+}
+
 /// The fixture image (7 tiles with thumbnail under the fixtures' tiling).
 pub fn image() -> PathBuf {
     vision_fixture("image.png")
@@ -364,6 +372,56 @@ pub fn json_output(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().unwrap();
     assert_success(&out);
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An f32 tensor of a safetensors file: its shape and values.
+pub fn read_f32(file: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+/// An i64 tensor of a safetensors file, flattened.
+pub fn read_i64(file: &Path, name: &str) -> Vec<i64> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// The largest absolute difference between `a` and `b` (of equal length).
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs `dvd generate --json` with `args` and returns the report and the prefill logits.
+pub fn generate_json(args: &[&str], model: &Path) -> (serde_json::Value, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let report = json_output(
+        dvd()
+            .arg("generate")
+            .arg("--model")
+            .arg(model)
+            .args(args)
+            .args(["--json", "--logits-out"])
+            .arg(&logits),
+    );
+    (report, read_f32(&logits, "logits").1)
 }
 
 /// A language server's arguments for QUIC features with this certificate and key.

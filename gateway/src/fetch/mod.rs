@@ -6,8 +6,8 @@
 //!   `fetch_allowed_networks`); the connection goes to an address that was checked, so DNS
 //!   rebinding between check and connect cannot redirect it;
 //! - each redirect is a new URL checked the same way, at most `fetch_max_redirects` of them;
-//! - the body is bounded by `limits.max_image_mib` (a larger `Content-Length` is refused before
-//!   reading) and the whole fetch by `fetch_timeout_s`.
+//! - the body is bounded by `limits.max_image_mib` (`video.max_video_mib` for videos; a larger
+//!   `Content-Length` is refused before reading) and the whole fetch by `fetch_timeout_s`.
 //!
 //! Certificates are verified against the bundled web roots (`webpki-roots`) plus
 //! `fetch_ca_file`.
@@ -160,6 +160,33 @@ impl FetchPolicy {
     }
 }
 
+/// What a fetched body may be: its size and the media types asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Body {
+    /// Largest body, bytes.
+    pub max_bytes: usize,
+    /// The `Accept` header.
+    pub accept: &'static str,
+}
+
+impl Body {
+    /// An image under `policy`'s limit (`limits.max_image_mib`).
+    pub fn image(policy: &FetchPolicy) -> Self {
+        Self {
+            max_bytes: policy.max_bytes,
+            accept: "image/*",
+        }
+    }
+
+    /// A video of at most `max_bytes`.
+    pub fn video(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            accept: "video/*",
+        }
+    }
+}
+
 /// Fetches image URLs under a [`FetchPolicy`].
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -215,15 +242,20 @@ impl Fetcher {
         &self.policy
     }
 
-    /// The body of `url`, following redirects the policy allows.
+    /// The body of image `url`, following redirects the policy allows.
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
+        self.fetch_body(url, Body::image(&self.policy)).await
+    }
+
+    /// The body of `url` within `body`'s limit, following redirects the policy allows.
+    pub async fn fetch_body(&self, url: &str, body: Body) -> Result<Bytes, FetchError> {
         let timeout = self.policy.timeout;
-        tokio::time::timeout(timeout, self.follow(url))
+        tokio::time::timeout(timeout, self.follow(url, body))
             .await
             .map_err(|_| FetchError::Timeout(timeout.as_secs()))?
     }
 
-    async fn follow(&self, url: &str) -> Result<Bytes, FetchError> {
+    async fn follow(&self, url: &str, body: Body) -> Result<Bytes, FetchError> {
         let mut url = url.to_owned();
         let mut was_https = false;
         for hop in 0..=self.policy.max_redirects {
@@ -235,7 +267,7 @@ impl Fetcher {
             }
             was_https = target.https;
             let addresses = self.resolve(&target).await?;
-            match self.get(&target, &addresses).await? {
+            match self.get(&target, &addresses, body).await? {
                 Hop::Body(body) => return Ok(body),
                 Hop::Redirect(location) => {
                     tracing::debug!(hop, "image URL redirects");
@@ -271,7 +303,12 @@ impl Fetcher {
     }
 
     /// One GET of `target` on the first of `addresses` that accepts a connection.
-    async fn get(&self, target: &Target, addresses: &[SocketAddr]) -> Result<Hop, FetchError> {
+    async fn get(
+        &self,
+        target: &Target,
+        addresses: &[SocketAddr],
+        body: Body,
+    ) -> Result<Hop, FetchError> {
         let mut last_error = None;
         let mut stream = None;
         for address in addresses {
@@ -287,7 +324,7 @@ impl Fetcher {
             FetchError::Failed(last_error.unwrap_or_else(|| "no address".to_owned()))
         })?;
         if !target.https {
-            return self.exchange(stream, target).await;
+            return self.exchange(stream, target, body).await;
         }
         let name = ServerName::try_from(target.host.clone())
             .map_err(|e| FetchError::Refused(format!("{:?}: {e}", target.host)))?;
@@ -295,11 +332,11 @@ impl Fetcher {
             .connect(name, stream)
             .await
             .map_err(|e| FetchError::Failed(format!("TLS with {}: {e}", target.host)))?;
-        self.exchange(stream, target).await
+        self.exchange(stream, target, body).await
     }
 
     /// Sends the request over `io` and reads the answer.
-    async fn exchange<S>(&self, io: S, target: &Target) -> Result<Hop, FetchError>
+    async fn exchange<S>(&self, io: S, target: &Target, body: Body) -> Result<Hop, FetchError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -309,14 +346,14 @@ impl Fetcher {
             .map_err(failed)?;
         let request = http::Request::get(target.path.as_str())
             .header(http::header::HOST, target.authority())
-            .header(http::header::ACCEPT, "image/*")
+            .header(http::header::ACCEPT, body.accept)
             .header(
                 http::header::USER_AGENT,
                 concat!("dvd-gateway/", env!("CARGO_PKG_VERSION")),
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Refused(format!("cannot build the request: {e}")))?;
-        let max_bytes = self.policy.max_bytes;
+        let max_bytes = body.max_bytes;
         let exchange = async move {
             let response = sender.send_request(request).await.map_err(failed)?;
             let status = response.status();

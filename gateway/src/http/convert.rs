@@ -2,7 +2,9 @@
 //! front door can name fields for (`n`, roles, empty image URLs, sampling ranges). Image URLs
 //! pass through unchanged: the gateway core decodes `data:` URLs and fetches or refuses others.
 
-use dvd_proto::api::v1::{ChatRequest, ContentPart, Image, Message, content_part, image};
+use dvd_proto::api::v1::{
+    ChatRequest, ContentPart, Image, Message, Video, content_part, image, video,
+};
 use dvd_proto::common::v1::SamplingParams;
 
 use super::error::ApiError;
@@ -106,18 +108,11 @@ fn part(i: usize, j: usize, p: RequestPart) -> Result<ContentPart, ApiError> {
         RequestPart::Text { text } => Ok(text_part(text)),
         RequestPart::ImageUrl { image_url } => {
             let param = format!("messages[{i}].content[{j}].image_url");
-            if image_url.url.trim().is_empty() {
-                return Err(ApiError::invalid(
-                    format!("{param}.url"),
-                    format!("{param}.url is empty"),
-                ));
-            }
-            if image_url.max_tiles == Some(0) {
-                return Err(ApiError::invalid(
-                    format!("{param}.max_tiles"),
-                    format!("{param}.max_tiles must be at least 1"),
-                ));
-            }
+            media_fields(
+                &param,
+                &image_url.url,
+                &[("max_tiles", image_url.max_tiles)],
+            )?;
             Ok(ContentPart {
                 part: Some(content_part::Part::Image(Image {
                     source: Some(image::Source::Url(image_url.url)),
@@ -125,7 +120,41 @@ fn part(i: usize, j: usize, p: RequestPart) -> Result<ContentPart, ApiError> {
                 })),
             })
         }
+        RequestPart::VideoUrl { video_url } => {
+            let param = format!("messages[{i}].content[{j}].video_url");
+            let counts = [
+                ("num_frames", video_url.num_frames),
+                ("max_tiles", video_url.max_tiles),
+            ];
+            media_fields(&param, &video_url.url, &counts)?;
+            Ok(ContentPart {
+                part: Some(content_part::Part::Video(Video {
+                    source: Some(video::Source::Url(video_url.url)),
+                    num_frames: video_url.num_frames,
+                    max_tiles: video_url.max_tiles,
+                })),
+            })
+        }
     }
+}
+
+/// A media part's `url` is not blank and each of its `counts` given is at least 1.
+fn media_fields(param: &str, url: &str, counts: &[(&str, Option<u32>)]) -> Result<(), ApiError> {
+    if url.trim().is_empty() {
+        return Err(ApiError::invalid(
+            format!("{param}.url"),
+            format!("{param}.url is empty"),
+        ));
+    }
+    for (field, value) in counts {
+        if *value == Some(0) {
+            return Err(ApiError::invalid(
+                format!("{param}.{field}"),
+                format!("{param}.{field} must be at least 1"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check(

@@ -62,21 +62,52 @@ pub(crate) enum MessageContent {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum RequestPart {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        #[serde(deserialize_with = "url_or_object")]
+        image_url: ImageUrl,
+    },
+    VideoUrl {
+        #[serde(deserialize_with = "url_or_object")]
+        video_url: VideoUrl,
+    },
 }
 
 /// `image_url`: `{"url": ..}` (`detail` ignored; `max_tiles` is an extension) or the URL itself.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
 pub(crate) struct ImageUrl {
     pub url: String,
     pub max_tiles: Option<u32>,
 }
 
-#[derive(Deserialize)]
-struct ImageUrlObject {
-    url: String,
-    max_tiles: Option<u32>,
+/// `video_url` (vLLM's form): `{"url": ..}` with the extensions `num_frames` and `max_tiles`
+/// (per frame), or the URL itself.
+#[derive(Debug, Deserialize)]
+pub(crate) struct VideoUrl {
+    pub url: String,
+    pub num_frames: Option<u32>,
+    pub max_tiles: Option<u32>,
+}
+
+impl From<String> for ImageUrl {
+    fn from(url: String) -> Self {
+        Self {
+            url,
+            max_tiles: None,
+        }
+    }
+}
+
+impl From<String> for VideoUrl {
+    fn from(url: String) -> Self {
+        Self {
+            url,
+            num_frames: None,
+            max_tiles: None,
+        }
+    }
 }
 
 /// `stop`: a string or an array of strings.
@@ -127,33 +158,29 @@ impl<'de, T: Deserialize<'de>, V> Visitor<'de> for StringOrSeq<T, V> {
     }
 }
 
-impl<'de> Deserialize<'de> for ImageUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ImageUrl;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object with a `url` or a URL string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                self.visit_string(v.to_owned())
-            }
-            fn visit_string<E: de::Error>(self, url: String) -> Result<Self::Value, E> {
-                Ok(ImageUrl {
-                    url,
-                    max_tiles: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let o = ImageUrlObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(ImageUrl {
-                    url: o.url,
-                    max_tiles: o.max_tiles,
-                })
-            }
+/// A media part's URL field: the URL string itself, or an object with a `url` (`T`).
+fn url_or_object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + From<String>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + From<String>> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object with a `url` or a URL string")
         }
-        d.deserialize_any(V)
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok(T::from(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, url: String) -> Result<T, E> {
+            Ok(T::from(url))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
     }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ impl RequestConverter {
     }
 }
 
-/// The chat prompt's messages; image parts must name every image once, in order.
+/// The chat prompt's messages; image and video parts must name every image once, in order (a
+/// video's frames are consecutive images).
 fn chat_messages(
     chat: &dvd_proto::language::v1::ChatPrompt,
     images: usize,
@@ -148,6 +149,27 @@ fn chat_messages(
                     }
                     next_image += 1;
                     parts.push(ContentPart::Image);
+                }
+                Some(content_part::Part::Video(video)) => {
+                    let first = video.first_image_index;
+                    let end = u64::from(first) + u64::from(video.frames);
+                    if video.frames == 0 || end > images as u64 {
+                        return Err(Status::invalid_argument(format!(
+                            "message {m} has a video of {} frame(s) from image {first}; the \
+                             request has {images} image(s)",
+                            video.frames
+                        )));
+                    }
+                    if first != next_image {
+                        return Err(Status::invalid_argument(format!(
+                            "message {m} has a video from image {first} where image {next_image} \
+                             comes next; each image must be referred to once, in order"
+                        )));
+                    }
+                    next_image += video.frames;
+                    parts.push(ContentPart::Video {
+                        frames: video.frames as usize,
+                    });
                 }
                 None => {
                     return Err(Status::invalid_argument(format!(
@@ -221,5 +243,47 @@ mod tests {
         };
         let err = sampling(Some(&bad)).err().map(|s| s.message().to_owned());
         assert!(err.is_some_and(|m| m.contains("temperature")));
+    }
+
+    #[test]
+    fn a_video_names_its_frames_as_consecutive_images() {
+        use dvd_proto::language::v1::{ChatMessage as Message, ChatPrompt, VideoFrames};
+        let part = |p: content_part::Part| dvd_proto::language::v1::ContentPart { part: Some(p) };
+        let video = |first_image_index, frames| {
+            part(content_part::Part::Video(VideoFrames {
+                first_image_index,
+                frames,
+            }))
+        };
+        let chat = |parts| ChatPrompt {
+            messages: vec![Message {
+                role: "user".into(),
+                parts,
+            }],
+        };
+        let ok = chat(vec![
+            part(content_part::Part::ImageIndex(0)),
+            video(1, 3),
+            part(content_part::Part::Text("what happens?".into())),
+        ]);
+        let messages = chat_messages(&ok, 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            messages[0].content,
+            crate::text::MessageContent::Parts(vec![
+                ContentPart::Image,
+                ContentPart::Video { frames: 3 },
+                ContentPart::Text("what happens?".into()),
+            ])
+        );
+        let refused = |prompt: ChatPrompt, images| {
+            chat_messages(&prompt, images)
+                .err()
+                .map(|s| s.message().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(refused(chat(vec![video(0, 3)]), 2).contains("request has 2 image(s)"));
+        assert!(refused(chat(vec![video(1, 2)]), 3).contains("image 0 comes next"));
+        assert!(refused(chat(vec![video(0, 0)]), 0).contains("0 frame(s)"));
+        assert!(refused(chat(vec![video(0, 2)]), 3).contains("refer to 2 of the request's 3"));
     }
 }

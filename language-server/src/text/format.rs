@@ -7,7 +7,7 @@ use super::chat_template::ChatTemplate;
 use super::error::Result;
 use super::message::ChatMessage;
 use super::placeholder::{IMAGE_PLACEHOLDER, IMG_CONTEXT};
-use super::prompt::{InternVlPromptOptions, render_internvl};
+use super::prompt::{InternVlPromptOptions, frame_lines, render_internvl};
 use super::tokenizer::Tokenizer;
 
 /// How a conversation becomes prompt text.
@@ -44,7 +44,9 @@ impl PromptFormat {
                     add_generation_prompt: true,
                 },
             ),
-            Self::Template(template) => template.render(messages, true),
+            Self::Template(template) => {
+                Ok(expand_videos(&template.render(messages, true)?, messages))
+            }
         }
     }
 
@@ -54,5 +56,48 @@ impl PromptFormat {
             Self::InternVl => IMAGE_PLACEHOLDER,
             Self::Template(_) => IMG_CONTEXT,
         }
+    }
+}
+
+/// What HF chat templates write for a video part.
+const VIDEO_TOKEN: &str = "<video>";
+
+/// `text` with each `<video>` a template wrote replaced by its video's frame lines, as
+/// transformers' InternVL processor does (`Frame1: <IMG_CONTEXT>\n...`), in the messages' order.
+fn expand_videos(text: &str, messages: &[ChatMessage]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    for frames in messages.iter().flat_map(ChatMessage::video_frames) {
+        let Some(at) = rest.find(VIDEO_TOKEN) else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str(&frame_lines(frames, IMG_CONTEXT));
+        rest = &rest[at + VIDEO_TOKEN.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::ContentPart;
+
+    #[test]
+    fn template_videos_become_the_processors_frame_lines() {
+        let messages = [ChatMessage::parts(
+            "user",
+            vec![
+                ContentPart::Video { frames: 2 },
+                ContentPart::Text("what?".into()),
+                ContentPart::Video { frames: 1 },
+            ],
+        )];
+        assert_eq!(
+            expand_videos("u\n<video>\nwhat?<video>\n", &messages),
+            "u\nFrame1: <IMG_CONTEXT>\nFrame2: <IMG_CONTEXT>\nwhat?Frame1: <IMG_CONTEXT>\n"
+        );
+        assert_eq!(expand_videos("no videos", &[]), "no videos");
     }
 }

@@ -140,11 +140,19 @@ pub fn media_prefix(images: usize, video_frames: &[usize]) -> String {
         }
     }
     for &frames in video_frames {
-        for i in 1..=frames {
-            out.push_str(&format!("Frame{i}: {IMAGE_PLACEHOLDER}\n"));
-        }
+        out.push_str(&frame_lines(frames, IMAGE_PLACEHOLDER));
+        out.push('\n');
     }
     out
+}
+
+/// A video's `frames` frames as the model card writes them, `Frame1: {placeholder}\n...`
+/// without a newline after the last.
+pub fn frame_lines(frames: usize, placeholder: &str) -> String {
+    (1..=frames)
+        .map(|i| format!("Frame{i}: {placeholder}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A generated answer split into its thinking section and the answer proper.

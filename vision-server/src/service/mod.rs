@@ -1,5 +1,5 @@
-//! `VisionService` over gRPC: `Encode` decodes and tiles a request's images on the CPU worker
-//! pool, serves what it can from the embedding cache, queues the rest on the batching encoder
+//! `VisionService` over gRPC: `Encode` decodes and tiles a request's images (and samples its
+//! videos' frames, each then an image) on the CPU worker pool, serves what it can from the embedding cache, queues the rest on the batching encoder
 //! thread and streams every tile's features to the language server the request names;
 //! `Health` and `Stats` report on the server.
 //!
@@ -34,7 +34,8 @@ pub use request::RequestLimits;
 
 use crate::engine::{CacheStats, EncoderHandle, FeatureCache};
 use crate::model::VisionModel;
-use pipeline::{RequestClock, Transfer, preprocess_images};
+use crate::video::VideoDecoder;
+use pipeline::{Preprocessing, RequestClock, Transfer, preprocess_images};
 
 /// Admission limits of a vision server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,7 @@ struct Inner {
     cache_identity: String,
     encoder: EncoderHandle,
     cache: Arc<Mutex<FeatureCache>>,
+    video: VideoDecoder,
     senders: Senders,
     limits: RequestLimits,
     admission: Admission,
@@ -103,7 +105,8 @@ impl Inner {
 }
 
 impl VisionServer {
-    /// A service over a loaded model and a running encoder thread.
+    /// A service over a loaded model and a running encoder thread; it decodes videos with the
+    /// FFmpeg [`VideoDecoder::find`] finds (without one, videos are refused and images served).
     pub fn new(
         model: Arc<VisionModel>,
         model_id: String,
@@ -113,6 +116,10 @@ impl VisionServer {
         limits: RequestLimits,
         admission: Admission,
     ) -> Self {
+        let video = VideoDecoder::find(limits.video.clone());
+        if let Some(why) = video.unavailable() {
+            tracing::warn!(reason = %why, "videos will be refused; images are served as ever");
+        }
         Self {
             inner: Arc::new(Inner {
                 cache_identity: format!("{model_id}|{:?}", model.options().dtype),
@@ -120,6 +127,7 @@ impl VisionServer {
                 model_id,
                 encoder,
                 cache: Arc::new(Mutex::new(cache)),
+                video,
                 senders,
                 limits,
                 preprocess_slots: Semaphore::new(admission.preprocess_workers.max(1)),
@@ -275,7 +283,7 @@ impl VisionServer {
         let prepared = request::prepare(
             request.get_ref(),
             &inner.model.config().tiling,
-            inner.limits,
+            &inner.limits,
         )?;
         let span = Span::current();
         span.record("request", prepared.request_id.to_string());
@@ -318,17 +326,20 @@ impl VisionServer {
         let started = Instant::now();
         // With the router on, a multi-image request is decided over all its tiles at once, so
         // its images are neither served from nor stored in the per-image cache.
-        let cache_usable = thresholds.is_none() || prepared.images.len() == 1;
+        let cache_usable = thresholds.is_none() || prepared.image_count() == 1;
         let images = {
-            let model = inner.model.clone();
-            let cache = inner.cache.clone();
-            let identity = inner.cache_identity.clone();
+            let inner = inner.clone();
             let prepared = prepared.clone();
             let span = span.clone();
             tokio::task::spawn_blocking(move || {
-                span.in_scope(|| {
-                    preprocess_images(&model, &cache, &identity, &prepared, cache_usable)
-                })
+                let ctx = Preprocessing {
+                    model: &inner.model,
+                    cache: &inner.cache,
+                    model_identity: &inner.cache_identity,
+                    video: &inner.video,
+                    cache_usable,
+                };
+                span.in_scope(|| preprocess_images(&ctx, &prepared))
             })
             .await
             .map_err(|e| Status::internal(format!("preprocessing panicked: {e}")))??

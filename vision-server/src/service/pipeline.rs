@@ -29,7 +29,8 @@ use crate::engine::{
     EncoderStopped, FeatureCache,
 };
 use crate::model::{RouterThresholds, VisionModel};
-use crate::preprocess::{TilingOptions, preprocess};
+use crate::preprocess::{TiledImage, TilingOptions, preprocess};
+use crate::video::{VideoDecoder, VideoError, frame_tiling, tile_video};
 
 /// Events of one `Encode` call.
 pub(crate) type EventSender = mpsc::UnboundedSender<Result<EncodeEvent, Status>>;
@@ -45,61 +46,116 @@ pub(crate) struct PlannedImage {
     pub(crate) pixels: Option<Tensor>,
 }
 
-/// Decodes and tiles every image, looks each up in the cache and builds pixel values for the
-/// rest. Runs on a blocking worker, never on the async runtime's threads.
+/// What preprocessing reads besides the request: the model, its embedding cache and the video
+/// decoder.
+pub(crate) struct Preprocessing<'a> {
+    pub(crate) model: &'a VisionModel,
+    pub(crate) cache: &'a Mutex<FeatureCache>,
+    pub(crate) model_identity: &'a str,
+    pub(crate) video: &'a VideoDecoder,
+    /// Whether the cache may serve (and, later, keep) this request's images.
+    pub(crate) cache_usable: bool,
+}
+
+/// Decodes and tiles every image, and every video into its sampled frames (each then an image
+/// of its own), looks each up in the cache and builds pixel values for the rest. Runs on a
+/// blocking worker, never on the async runtime's threads.
 pub(crate) fn preprocess_images(
-    model: &VisionModel,
-    cache: &Mutex<FeatureCache>,
-    model_identity: &str,
+    ctx: &Preprocessing<'_>,
     prepared: &Prepared,
-    cache_usable: bool,
 ) -> Result<Vec<PlannedImage>, Status> {
     let _span = tracing::info_span!("preprocess", request = %prepared.request_id).entered();
-    let mut out = Vec::with_capacity(prepared.images.len());
-    for (k, image) in prepared.images.iter().enumerate() {
-        let tiled = preprocess(&image.data, &prepared.tiling)
-            .map_err(|e| Status::invalid_argument(format!("image {k}: {e}")))?;
-        let key = cache_key(
-            image.content_hash.as_deref(),
-            &tiled.tiles,
-            &prepared.tiling,
-            &format!("{:?}", prepared.routing),
-            model_identity,
-        );
-        let cached = if cache_usable {
-            cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&key)
-        } else {
-            None
-        };
-        let pixels = match cached {
-            Some(_) => None,
-            None => Some(
-                model
-                    .pixel_values(&tiled.tiles)
-                    .map_err(|e| Status::internal(format!("image {k}: {e}")))?,
-            ),
-        };
-        out.push(PlannedImage {
-            planned: ImagePlanned {
-                image_index: k as u32,
-                tile_count: tiled.tiles.len() as u32,
-                grid_columns: tiled.grid.0,
-                grid_rows: tiled.grid.1,
-                thumbnail: tiled.thumbnail,
-                original_width: tiled.size.0,
-                original_height: tiled.size.1,
-                content_hash: bytes::Bytes::copy_from_slice(&key),
-                cache_hit: cached.is_some(),
-            },
-            key,
-            cached,
-            pixels,
-        });
+    let mut out = Vec::with_capacity(prepared.image_count());
+    for (k, input) in prepared.images.iter().enumerate() {
+        match input.video {
+            None => {
+                let tiled = preprocess(&input.data, &prepared.tiling)
+                    .map_err(|e| Status::invalid_argument(format!("image {k}: {e}")))?;
+                let hash = input.content_hash.as_deref();
+                let image = plan(ctx, prepared, tiled, hash, &prepared.tiling, out.len())?;
+                out.push(image);
+            }
+            Some(request) => {
+                let _span = tracing::info_span!("decode_video", image = k, frames = request.frames)
+                    .entered();
+                let tiling = frame_tiling(&prepared.tiling, request.max_tiles);
+                let video = ctx
+                    .video
+                    .open(&input.data)
+                    .and_then(|video| tile_video(&video, request.frames, &tiling))
+                    .map_err(|e| video_status(k, &e))?;
+                for (number, frame) in video.frame_indices.into_iter().zip(video.frames) {
+                    let mut image = plan(ctx, prepared, frame, None, &tiling, out.len())?;
+                    image.planned.frame_number = Some(number);
+                    out.push(image);
+                }
+            }
+        }
     }
     Ok(out)
+}
+
+/// Image `index` of the request, tiled: its cache key (the gateway's `hash`, else its pixels),
+/// the cache's features or its pixel values.
+fn plan(
+    ctx: &Preprocessing<'_>,
+    prepared: &Prepared,
+    tiled: TiledImage,
+    hash: Option<&[u8]>,
+    tiling: &TilingOptions,
+    index: usize,
+) -> Result<PlannedImage, Status> {
+    let key = cache_key(
+        hash,
+        &tiled.tiles,
+        tiling,
+        &format!("{:?}", prepared.routing),
+        ctx.model_identity,
+    );
+    let cached = if ctx.cache_usable {
+        ctx.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+    } else {
+        None
+    };
+    let pixels = match cached {
+        Some(_) => None,
+        None => Some(
+            ctx.model
+                .pixel_values(&tiled.tiles)
+                .map_err(|e| Status::internal(format!("image {index}: {e}")))?,
+        ),
+    };
+    Ok(PlannedImage {
+        planned: ImagePlanned {
+            image_index: index as u32,
+            tile_count: tiled.tiles.len() as u32,
+            grid_columns: tiled.grid.0,
+            grid_rows: tiled.grid.1,
+            thumbnail: tiled.thumbnail,
+            original_width: tiled.size.0,
+            original_height: tiled.size.1,
+            content_hash: bytes::Bytes::copy_from_slice(&key),
+            cache_hit: cached.is_some(),
+            frame_number: None,
+        },
+        key,
+        cached,
+        pixels,
+    })
+}
+
+/// The status of a video that could not be used: the request's fault (`INVALID_ARGUMENT`), a
+/// server without FFmpeg (`FAILED_PRECONDITION`: another server may have it) or a local failure.
+fn video_status(k: usize, error: &VideoError) -> Status {
+    let message = format!("video {k}: {error}");
+    match error {
+        VideoError::NoDecoder(_) => Status::failed_precondition(message),
+        e if e.is_bad_input() => Status::invalid_argument(message),
+        _ => Status::internal(message),
+    }
 }
 
 /// The cache key: the gateway's content hash or the decoded tiles' pixels, the tiling and

@@ -1,24 +1,29 @@
-//! From an `EncodeRequest` to what the pipeline needs: the request id, each image's bytes, the
-//! tiling and routing options, and where the features go. Everything a client can get wrong is an
+//! From an `EncodeRequest` to what the pipeline needs: the request id, each image's (or
+//! video's) bytes, the tiling and routing options, and where the features go. Everything a client can get wrong is an
 //! `INVALID_ARGUMENT` naming the field, before any work is done.
 
 use base64::Engine as _;
 use bytes::Bytes;
 use dvd_proto::feature::v1::Transport;
-use dvd_proto::vision::v1::{EncodeRequest, image_input};
+use dvd_proto::vision::v1::{EncodeRequest, VideoOptions, image_input};
 use dvd_transport::{Destination, RequestId, TransportKind};
 use tonic::Status;
 
 use crate::model::Routing;
 use crate::preprocess::TilingOptions;
+use crate::video::VideoLimits;
 
 /// Request limits of a vision server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestLimits {
     /// Most images per request.
     pub max_images: usize,
-    /// Most encoded bytes per image.
+    /// Most encoded bytes per image (a video's bytes are limited by its own limits).
     pub max_image_bytes: usize,
+    /// Most frames sampled from one video.
+    pub max_video_frames: u32,
+    /// What each video may be.
+    pub video: VideoLimits,
 }
 
 impl Default for RequestLimits {
@@ -26,21 +31,38 @@ impl Default for RequestLimits {
         Self {
             max_images: 16,
             max_image_bytes: 32 << 20,
+            max_video_frames: 64,
+            video: VideoLimits::default(),
         }
     }
 }
 
-/// One image to encode.
+/// The model card's frames per video when a request does not say.
+pub(crate) const DEFAULT_VIDEO_FRAMES: u32 = 8;
+
+/// How a video input becomes images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VideoRequest {
+    /// Frames to sample.
+    pub(crate) frames: u32,
+    /// Most tiles per frame.
+    pub(crate) max_tiles: u32,
+}
+
+/// One image (or video) to encode.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageBytes {
     pub(crate) data: Bytes,
-    /// The gateway's content hash, if it sent one.
+    /// The gateway's content hash, if it sent one (images only).
     pub(crate) content_hash: Option<Bytes>,
+    /// Set when the bytes are a video.
+    pub(crate) video: Option<VideoRequest>,
 }
 
 /// A validated request.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
+    /// Inputs in prompt order; a video becomes one image per sampled frame.
     pub(crate) request_id: RequestId,
     pub(crate) images: Vec<ImageBytes>,
     pub(crate) tiling: TilingOptions,
@@ -49,11 +71,21 @@ pub(crate) struct Prepared {
     pub(crate) transport: TransportKind,
 }
 
+impl Prepared {
+    /// Images the request sends once its videos are expanded into frames.
+    pub(crate) fn image_count(&self) -> usize {
+        self.images
+            .iter()
+            .map(|i| i.video.map_or(1, |v| v.frames as usize))
+            .sum()
+    }
+}
+
 /// Checks `request` against `limits` and the model's default `tiling`.
 pub(crate) fn prepare(
     request: &EncodeRequest,
     tiling: &TilingOptions,
-    limits: RequestLimits,
+    limits: &RequestLimits,
 ) -> Result<Prepared, Status> {
     let request_id: RequestId = request.request_id.parse().map_err(|e| {
         Status::invalid_argument(format!(
@@ -80,7 +112,11 @@ pub(crate) fn prepare(
                 data_url(url).map_err(|e| Status::invalid_argument(format!("image {k}: {e}")))?
             }
         };
-        if data.len() > limits.max_image_bytes {
+        let video = image
+            .video
+            .map(|v| video_request(k, v, limits))
+            .transpose()?;
+        if video.is_none() && data.len() > limits.max_image_bytes {
             return Err(Status::invalid_argument(format!(
                 "image {k} is {} bytes; at most {} allowed",
                 data.len(),
@@ -90,6 +126,7 @@ pub(crate) fn prepare(
         images.push(ImageBytes {
             data,
             content_hash: image.content_hash.clone().filter(|h| !h.is_empty()),
+            video,
         });
     }
     let mut tiling = tiling.clone();
@@ -143,6 +180,31 @@ pub(crate) fn prepare(
         },
         transport,
     })
+}
+
+/// Input `k`'s video options, defaults filled in and checked against `limits`.
+fn video_request(
+    k: usize,
+    options: VideoOptions,
+    limits: &RequestLimits,
+) -> Result<VideoRequest, Status> {
+    let frames = match options.num_frames {
+        0 => DEFAULT_VIDEO_FRAMES,
+        n => n,
+    };
+    if frames > limits.max_video_frames {
+        return Err(Status::invalid_argument(format!(
+            "image {k}: a video of {frames} frames; at most {} per video",
+            limits.max_video_frames
+        )));
+    }
+    let max_tiles = options.max_tiles.max(1);
+    if max_tiles > 64 {
+        return Err(Status::invalid_argument(format!(
+            "image {k}: video.max_tiles {max_tiles}; at most 64"
+        )));
+    }
+    Ok(VideoRequest { frames, max_tiles })
 }
 
 /// Why an image URL gives no bytes.

@@ -1,7 +1,10 @@
-//! Clips the video tests make with the `ffmpeg` program (not part of the server).
+//! Clips the video tests and benchmarks make with the `ffmpeg` program (not part of the server).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use image::RgbImage;
 
 /// Runs `ffmpeg -v error -y <args>` in `dir`; the file it wrote (the last argument).
 pub fn ffmpeg_make(dir: &Path, args: &[&str]) -> Result<PathBuf, String> {
@@ -46,4 +49,50 @@ pub fn audio_only(dir: &Path) -> Result<PathBuf, String> {
             "audio.m4a",
         ],
     )
+}
+
+/// An MP4 (H.264 yuv420p, up to 2 B-frames in a row) of `frames` (all one size) at `fps`.
+pub fn h264_from_frames(frames: &[RgbImage], fps: u32) -> Result<Vec<u8>, String> {
+    let Some(first) = frames.first() else {
+        return Err("a clip needs at least one frame".into());
+    };
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let path = dir.path().join("clip.mp4");
+    let size = format!("{}x{}", first.width(), first.height());
+    let mut child = Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &size,
+        ])
+        .args([
+            "-r",
+            &fps.to_string(),
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "2",
+        ])
+        .args(["-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("making a clip needs ffmpeg (Debian: apt-get install ffmpeg): {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("ffmpeg's stdin")?;
+    for frame in frames {
+        if frame.dimensions() != first.dimensions() {
+            return Err("the frames of a clip must be one size".into());
+        }
+        stdin
+            .write_all(frame.as_raw())
+            .map_err(|e| format!("writing to ffmpeg: {e}"))?;
+    }
+    drop(stdin);
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for ffmpeg: {e}"))?;
+    if !status.success() {
+        return Err(format!("ffmpeg exited with {status} making a clip"));
+    }
+    std::fs::read(&path).map_err(|e| format!("reading the clip: {e}"))
 }

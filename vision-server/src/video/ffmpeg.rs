@@ -49,6 +49,39 @@ pub struct Ffmpeg {
     ffprobe: PathBuf,
 }
 
+/// How a server decodes videos: FFmpeg's programs (or why it has none) and the limits every
+/// video is held to.
+#[derive(Debug, Clone)]
+pub struct VideoDecoder {
+    ffmpeg: Result<Ffmpeg, VideoError>,
+    /// What each video may be.
+    pub limits: VideoLimits,
+}
+
+impl VideoDecoder {
+    /// FFmpeg as [`Ffmpeg::find`] finds it; without it, every video is refused with the reason
+    /// while images work as ever.
+    pub fn find(limits: VideoLimits) -> Self {
+        Self {
+            ffmpeg: Ffmpeg::find(),
+            limits,
+        }
+    }
+
+    /// Why this server cannot decode videos, if it cannot.
+    pub fn unavailable(&self) -> Option<&VideoError> {
+        self.ffmpeg.as_ref().err()
+    }
+
+    /// [`Ffmpeg::open`] under this decoder's limits.
+    pub fn open(&self, bytes: &[u8]) -> Result<Video, VideoError> {
+        self.ffmpeg
+            .as_ref()
+            .map_err(Clone::clone)?
+            .open(bytes, &self.limits)
+    }
+}
+
 /// What `ffprobe` found in a video's first video stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoInfo {

@@ -7,17 +7,27 @@ use image::RgbImage;
 
 use super::error::VideoError;
 use super::ffmpeg::Video;
-use crate::preprocess::{TilingOptions, tile_image};
+use crate::preprocess::{TiledImage, TilingOptions, tile_image};
 
-/// The tiles of a video's sampled frames.
+/// A video's sampled frames, each tiled.
 #[derive(Debug, Clone)]
 pub struct VideoTiles {
     /// The sampled frame numbers, in order (repeats when the clip has fewer frames).
     pub frame_indices: Vec<u64>,
-    /// Every frame's tiles, frame after frame.
-    pub tiles: Vec<RgbImage>,
+    /// Each sampled frame tiled, in the same order.
+    pub frames: Vec<TiledImage>,
+}
+
+impl VideoTiles {
     /// Tiles of each sampled frame.
-    pub tiles_per_frame: Vec<usize>,
+    pub fn tiles_per_frame(&self) -> Vec<usize> {
+        self.frames.iter().map(|f| f.tiles.len()).collect()
+    }
+
+    /// Every frame's tiles, frame after frame.
+    pub fn into_tiles(self) -> Vec<RgbImage> {
+        self.frames.into_iter().flat_map(|f| f.tiles).collect()
+    }
 }
 
 /// The tiling of video frames: `tiling` with at most `max_tiles` tiles per frame.
@@ -36,22 +46,21 @@ pub fn tile_video(
     tiling: &TilingOptions,
 ) -> Result<VideoTiles, VideoError> {
     let frame_indices = video.sample(segments);
-    let mut tiled: HashMap<u64, Vec<RgbImage>> = HashMap::new();
+    let mut tiled: HashMap<u64, TiledImage> = HashMap::new();
     video.frames(&frame_indices, |number, frame| {
-        tiled.insert(number, tile_image(&frame, tiling).tiles);
+        tiled.insert(number, tile_image(&frame, tiling));
     })?;
-    let mut tiles = Vec::new();
-    let mut tiles_per_frame = Vec::with_capacity(frame_indices.len());
-    for number in &frame_indices {
-        let frame = tiled
-            .get(number)
-            .ok_or_else(|| VideoError::Decode(format!("frame {number} was not decoded")))?;
-        tiles_per_frame.push(frame.len());
-        tiles.extend(frame.iter().cloned());
-    }
+    let frames = frame_indices
+        .iter()
+        .map(|number| {
+            tiled
+                .get(number)
+                .cloned()
+                .ok_or_else(|| VideoError::Decode(format!("frame {number} was not decoded")))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(VideoTiles {
         frame_indices,
-        tiles,
-        tiles_per_frame,
+        frames,
     })
 }

@@ -10,6 +10,6 @@ pub mod frames;
 pub mod sampling;
 
 pub use error::VideoError;
-pub use ffmpeg::{Ffmpeg, Video, VideoInfo, VideoLimits};
+pub use ffmpeg::{Ffmpeg, Video, VideoDecoder, VideoInfo, VideoLimits};
 pub use frames::{VideoTiles, frame_tiling, tile_video};
 pub use sampling::{Bound, frame_indices};

@@ -37,6 +37,10 @@ pub struct CompareArgs {
     /// Images per request.
     #[arg(long, default_value_t = CompareBench::default().images_per_request)]
     images_per_request: usize,
+    /// A video workload: each request carries a fresh H.264 clip sampled at N frames (one tile
+    /// each, sides from --image-sizes) instead of pictures.
+    #[arg(long, default_value_t = CompareBench::default().video_frames)]
+    video_frames: u32,
     /// The question asked with the images.
     #[arg(long, default_value_t = CompareBench::default().prompt)]
     prompt: String,
@@ -149,6 +153,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         max_concurrency,
         sizes,
         images_per_request: args.images_per_request,
+        video_frames: args.video_frames,
         prompt: args.prompt,
         max_tokens: args.output_len,
         request_rate,

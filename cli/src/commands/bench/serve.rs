@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Images per request: N, or MIN:MAX for `random-mm` (drawn uniformly, both included).
     #[arg(long, default_value_t = CountRange(Synthetic::default().images_per_request, Synthetic::default().images_per_request))]
     images_per_request: CountRange,
+    /// A video workload (`synthetic`): each request carries a fresh H.264 clip sampled at N
+    /// frames (one tile each, sides from --image-sizes) instead of pictures.
+    #[arg(long, default_value_t = Synthetic::default().video_frames)]
+    video_frames: u32,
     /// Prompt tokens of each `random-mm` request's text (counted by --tokenizer).
     #[arg(long, default_value_t = 32)]
     random_input_len: usize,
@@ -232,6 +236,9 @@ impl ServeArgs {
         let prompts = || prompts.cloned().context("random prompts need a tokenizer");
         let sizes: Vec<u32> = self.image_sizes.0.iter().map(|&s| s as u32).collect();
         let CountRange(fewest, most) = self.images_per_request;
+        if self.video_frames > 0 && self.dataset != "synthetic" {
+            bail!("--video-frames needs --dataset synthetic");
+        }
         let requests: Arc<dyn RequestSource> = match self.dataset.as_str() {
             "synthetic" => {
                 if fewest != most {
@@ -245,6 +252,7 @@ impl ServeArgs {
                     prompt: self.prompt.clone(),
                     max_tokens: self.output_len,
                     seed,
+                    video_frames: self.video_frames,
                 })
             }
             "random-mm" => Arc::new(RandomMm {
