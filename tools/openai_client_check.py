@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Checks a running dvd gateway with the official `openai` Python client (pinned in
 tools/requirements-openai.txt): model list, a plain chat completion, a streamed one, and one
-with an image sent as a data: URL. Exits non-zero on the first failure.
+with an image sent as a data: URL, videos as `video_url` parts (4 and 8 frames: 8 costs more
+prompt tokens; 1000 frames is a 400 naming `max_frames`). Exits non-zero on the first failure.
 
-Usage: python tools/openai_client_check.py --base-url http://127.0.0.1:8000/v1 --image IMG
+Usage: python tools/openai_client_check.py --base-url http://127.0.0.1:8000/v1 --image IMG \
+           --video CLIP.mp4
 (waits up to --wait seconds for the gateway's /health first)
 """
 
@@ -13,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 
 def wait_healthy(base_url, seconds):
@@ -35,6 +37,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--image", required=True)
+    ap.add_argument("--video", required=True)
     ap.add_argument("--wait", type=float, default=120)
     args = ap.parse_args()
     wait_healthy(args.base_url, args.wait)
@@ -87,7 +90,40 @@ def main():
     )
     assert image.choices[0].message.content, image
     assert image.usage.prompt_tokens > plain.usage.prompt_tokens, (image.usage, plain.usage)
-    print(f"openai {__import__('openai').__version__} client: models, plain, streaming and image requests OK")
+
+    # A video as vLLM takes it: a `video_url` part (the client passes content parts through).
+    with open(args.video, "rb") as f:
+        clip = "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
+
+    def ask_video(num_frames):
+        return client.chat.completions.create(
+            model=model,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "video_url", "video_url": {"url": clip, "num_frames": num_frames}},
+                        {"type": "text", "text": "What happens in the video?"},
+                    ],
+                }
+            ],
+            max_tokens=8,
+            temperature=0,
+        )
+
+    four, eight = ask_video(4), ask_video(8)
+    assert four.choices[0].message.content, four
+    per_frame = (eight.usage.prompt_tokens - four.usage.prompt_tokens) / 4
+    assert per_frame > 0, (four.usage, eight.usage)
+    try:
+        ask_video(1000)
+        raise AssertionError("1000 frames were accepted")
+    except BadRequestError as e:
+        assert "max_frames" in str(e), e
+    print(
+        f"openai {__import__('openai').__version__} client: models, plain, streaming, image and "
+        f"video requests OK ({per_frame:.0f} prompt tokens per frame; too many frames a 400)"
+    )
 
 
 if __name__ == "__main__":

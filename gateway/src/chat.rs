@@ -474,15 +474,7 @@ fn generate_request(gw: &Gateway, p: &Prepared, request_id: String) -> lang::Gen
         prompt: Some(lang::generate_request::Prompt::Chat(lang::ChatPrompt {
             messages: p.messages.clone(),
         })),
-        images: p
-            .images
-            .iter()
-            .flat_map(ImageBytes::slot_hashes)
-            .map(|hash| lang::ImageSlot {
-                content_hash: bytes::Bytes::copy_from_slice(&hash),
-                expected_tiles: 0,
-            })
-            .collect(),
+        images: p.images.iter().flat_map(ImageBytes::slots).collect(),
         sampling: Some(p.sampling.clone()),
         feature_timeout_ms: gw.config.limits.feature_timeout_ms,
         return_token_ids: p.return_token_ids,

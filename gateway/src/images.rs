@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use dvd_proto::api::v1::{Image, Video, image, video};
+use dvd_proto::language::v1::ImageSlot;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -35,24 +36,34 @@ pub(crate) struct ImageBytes {
 }
 
 impl ImageBytes {
-    /// The prefix-cache keys of the images the language server receives for this input: the
-    /// image's hash, or one per sampled frame (the video's hash, how it is sampled and the
-    /// frame's place).
-    pub(crate) fn slot_hashes(&self) -> Vec<[u8; 32]> {
-        match self.video {
-            None => vec![self.hash],
-            Some(spec) => (0..spec.frames)
-                .map(|frame| {
-                    let mut h = Sha256::new();
-                    h.update(b"video-frame");
-                    h.update(self.hash);
-                    h.update(spec.frames.to_le_bytes());
-                    h.update(spec.max_tiles.to_le_bytes());
-                    h.update(frame.to_le_bytes());
-                    h.finalize().into()
-                })
-                .collect(),
-        }
+    /// The images the language server receives for this input: this image (tiles unknown, so
+    /// the server's default bound), or one per sampled frame, each keyed for the prefix cache by
+    /// the video's hash, its sampling and the frame's place, and bounded by the frame's tiles
+    /// (a thumbnail included when there are several), so the language server reserves what a
+    /// frame can take rather than an image's worst case.
+    pub(crate) fn slots(&self) -> Vec<ImageSlot> {
+        let slot = |hash: [u8; 32], expected_tiles| ImageSlot {
+            content_hash: Bytes::copy_from_slice(&hash),
+            expected_tiles,
+        };
+        let Some(spec) = self.video else {
+            return vec![slot(self.hash, 0)];
+        };
+        let tiles = match spec.max_tiles {
+            1 => 1,
+            n => n + 1,
+        };
+        (0..spec.frames)
+            .map(|frame| {
+                let mut h = Sha256::new();
+                h.update(b"video-frame");
+                h.update(self.hash);
+                h.update(spec.frames.to_le_bytes());
+                h.update(spec.max_tiles.to_le_bytes());
+                h.update(frame.to_le_bytes());
+                slot(h.finalize().into(), tiles)
+            })
+            .collect()
     }
 }
 
@@ -422,16 +433,12 @@ mod tests {
             max_tiles: 1,
         };
         assert_eq!(ok.video, Some(spec), "the card's 8 frames of one tile");
-        let hashes = ok.slot_hashes();
-        assert_eq!(hashes.len(), 8);
-        assert!(hashes.iter().all(|h| *h != ok.hash));
-        assert_eq!(
-            hashes
-                .iter()
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            8
-        );
+        let slots = ok.slots();
+        assert_eq!(slots.len(), 8);
+        assert!(slots.iter().all(|s| s.expected_tiles == 1));
+        assert!(slots.iter().all(|s| s.content_hash.as_ref() != ok.hash));
+        let keys: std::collections::HashSet<_> = slots.iter().map(|s| &s.content_hash).collect();
+        assert_eq!(keys.len(), 8);
         let asked = ready(check(&video(b"clip", Some(32), Some(4))).unwrap());
         assert_eq!(
             asked.video,
@@ -439,6 +446,14 @@ mod tests {
                 frames: 32,
                 max_tiles: 4
             })
+        );
+        assert!(
+            asked.slots().iter().all(|s| s.expected_tiles == 5),
+            "and a thumbnail"
+        );
+        assert!(
+            asked.slots().iter().all(|s| s.expected_tiles == 5),
+            "four tiles and a thumbnail"
         );
         let err = |v: &Video| check(v).err().map(|e| e.to_string()).unwrap_or_default();
         let over = err(&video(b"clip", Some(33), None));
