@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A Python client of dvd's public gRPC API (dvd.api.v1.InferenceService), with stubs generated
 from proto/ by grpcio-tools (pinned in tools/requirements-grpc.txt) at start: health, the model
-list, and a streamed chat with an image, printed as it arrives. CI runs it against `dvd up`
+list, and a streamed chat with an image (and with --video a video's sampled frames), printed as
+it arrives. CI runs it against `dvd up`
 beside the openai client check; with --check it exits non-zero unless every call behaves.
 
-Usage: python tools/grpc_client_example.py --target 127.0.0.1:8001 --image IMG [--check]
+Usage: python tools/grpc_client_example.py --target 127.0.0.1:8001 --image IMG
+           [--video CLIP --num-frames 8] [--check]
 (the gateway's gRPC port is its HTTP port + 1 under `dvd up`; waits up to --wait seconds for it)
 """
 
@@ -61,6 +63,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="127.0.0.1:8001")
     ap.add_argument("--image", required=True)
+    ap.add_argument("--video", help="a video to ask about too, after the image")
+    ap.add_argument("--num-frames", type=int, default=8)
     ap.add_argument("--question", default="What is shown in the picture?")
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--wait", type=float, default=120)
@@ -76,12 +80,15 @@ def main():
         models = stub.ListModels(api.ListModelsRequest()).models
         print("models:", ", ".join(m.id for m in models))
 
+        content = [api.ContentPart(image=api.Image(data=Path(args.image).read_bytes()))]
+        if args.video:
+            # The vision server samples the video's frames as the model card does.
+            content.append(api.ContentPart(video=api.Video(
+                data=Path(args.video).read_bytes(), num_frames=args.num_frames)))
+        content.append(api.ContentPart(text=args.question))
         request = api.ChatRequest(
             model=models[0].id,
-            messages=[api.Message(role="user", content=[
-                api.ContentPart(image=api.Image(data=Path(args.image).read_bytes())),
-                api.ContentPart(text=args.question),
-            ])],
+            messages=[api.Message(role="user", content=content)],
             sampling=common.SamplingParams(temperature=0, max_tokens=args.max_tokens),
         )
         text, done = [], None
@@ -115,11 +122,15 @@ def main():
             problems.append(f"no final summary with tokens: {done}")
         elif done.usage.prompt_tokens <= len(args.question.split()):
             problems.append(f"the image added no prompt tokens: {done.usage}")
+        elif args.video and done.usage.image_tokens < 1 + args.num_frames:
+            problems.append(f"fewer image tokens than the image and the frames: {done.usage}")
         if refused != grpc.StatusCode.NOT_FOUND:
             problems.append(f"an unknown model gave {refused}, not NOT_FOUND")
         if problems:
             sys.exit("gRPC client check failed: " + "; ".join(problems))
-        print(f"grpcio {grpc.__version__} client: health, models, streamed image chat and a refusal OK")
+        asked = "image and video" if args.video else "image"
+        print(f"grpcio {grpc.__version__} client: health, models, streamed {asked} chat and a "
+              "refusal OK")
 
 
 if __name__ == "__main__":

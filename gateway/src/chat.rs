@@ -984,4 +984,59 @@ mod tests {
         assert_eq!(base, BusyBackoff::LONGEST);
         assert!(spread);
     }
+
+    /// An image, a video of 8 frames and another image: the language prompt names images 0,
+    /// 1-8 (the frames) and 9, and the vision request carries three inputs.
+    #[test]
+    fn frames_take_consecutive_image_slots_between_the_images() {
+        use dvd_proto::api::v1::{Image, Message, Video, image, video};
+        let config: GatewayConfig =
+            toml::from_str("[language]\naddresses = [\"127.0.0.1:1\"]\n").unwrap();
+        let fetch = FetchPolicy::new(&config.images, &config.limits).unwrap();
+        let image = || dvd_proto::api::v1::ContentPart {
+            part: Some(content_part::Part::Image(Image {
+                source: Some(image::Source::Data(bytes::Bytes::from_static(b"png"))),
+                max_tiles: None,
+            })),
+        };
+        let video = || dvd_proto::api::v1::ContentPart {
+            part: Some(content_part::Part::Video(Video {
+                source: Some(video::Source::Data(bytes::Bytes::from_static(b"mp4"))),
+                num_frames: None,
+                max_tiles: None,
+            })),
+        };
+        let request = |content| ChatRequest {
+            messages: vec![Message {
+                role: "user".into(),
+                content,
+            }],
+            ..Default::default()
+        };
+        let prepared = prepare(&config, &fetch, request(vec![image(), video(), image()]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let parts: Vec<_> = prepared.messages[0]
+            .parts
+            .iter()
+            .map(|p| p.part.clone().unwrap())
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                lang::content_part::Part::ImageIndex(0),
+                lang::content_part::Part::Video(lang::VideoFrames {
+                    first_image_index: 1,
+                    frames: 8
+                }),
+                lang::content_part::Part::ImageIndex(9),
+            ]
+        );
+        assert_eq!(prepared.images.len(), 3);
+        let too_many = prepare(&config, &fetch, request(vec![video(), video(), video()]));
+        assert!(
+            too_many
+                .err()
+                .is_some_and(|e| e.to_string().contains("more than 2 videos")),
+        );
+    }
 }
