@@ -352,7 +352,9 @@ impl VisionServer {
             .map(|i| i.planned.tile_count as usize)
             .sum();
         let queued = inner.encoder.stats().queued_tiles as usize;
-        if new_tiles > 0 && queued + new_tiles > inner.admission.max_queued_tiles {
+        // A request larger than the whole queue (a long video of many tiles per frame) is
+        // admitted when the queue is empty, else it could never run.
+        if new_tiles > 0 && queued > 0 && queued + new_tiles > inner.admission.max_queued_tiles {
             return Err(Status::resource_exhausted(format!(
                 "{new_tiles} more tiles would exceed the encoder queue ({queued} of {} waiting)",
                 inner.admission.max_queued_tiles
