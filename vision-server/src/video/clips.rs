@@ -14,7 +14,7 @@ pub fn ffmpeg_make(dir: &Path, args: &[&str]) -> Result<PathBuf, String> {
         .args(args)
         .status()
         .map_err(|e| {
-            format!("the video tests need ffmpeg (Debian: apt-get install ffmpeg): {e}")
+            format!("the video tests need ffmpeg (tools/test.sh installs it; Debian: apt-get install ffmpeg): {e}")
         })?;
     if !status.success() {
         return Err(format!("ffmpeg {args:?} exited with {status}"));
