@@ -141,6 +141,27 @@ fn bad_files_get_typed_errors() {
         VideoError::NoVideoStream
     );
     assert!(matches!(refused(b"", &limits), VideoError::Unreadable(_)));
+    // Zero frames: FFmpeg writes an MP4 without a stream.
+    let zero = make(
+        dir.path(),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=96x72:rate=24",
+            "-frames:v",
+            "0",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "zero.mp4",
+        ],
+    );
+    assert!(matches!(
+        refused(&std::fs::read(zero).unwrap(), &limits),
+        VideoError::NoVideoStream | VideoError::NoFrames
+    ));
 
     let small = |limits: VideoLimits| refused(&clip, &limits);
     assert_eq!(

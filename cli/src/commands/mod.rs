@@ -21,6 +21,7 @@ pub mod video;
 pub mod vision;
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -165,7 +166,12 @@ pub fn serve_until_signal_reloading<S: Service, D, R: Future<Output = ()>>(
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = start.await?;
-        println!("{}", ready(&server));
+        // Whoever started this server reads the ready line; if it has gone (stdout closed),
+        // stop cleanly instead of serving unannounced.
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{}", ready(&server))
+            .and_then(|()| stdout.flush())
+            .context("writing the ready line to stdout")?;
         let stop = wait_for_signal();
         tokio::pin!(stop);
         let mut hangups = Hangups::new()?;

@@ -246,11 +246,20 @@ pub fn http_with_headers(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
-        .unwrap();
+    try_http(addr, method, path, headers, body).unwrap()
+}
+
+/// [`http_with_headers`], a failed connection or a broken answer an error instead of a panic.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use std::io::{Error, ErrorKind, Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
@@ -260,22 +269,24 @@ pub fn http_with_headers(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n{extra}\r\n",
         body.len()
-    )
-    .unwrap();
-    stream.write_all(body).unwrap();
+    )?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let broken = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("not an HTTP answer: {text:?}"),
+        )
+    };
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(broken)?;
     let mut lines = head.lines();
     let status = lines
         .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(broken)?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -288,11 +299,11 @@ pub fn http_with_headers(
     } else {
         rest.to_owned()
     };
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut rest: &str) -> String {
@@ -552,9 +563,8 @@ pub fn red_circle_request() -> String {
 pub fn wait_healthy(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if std::net::TcpStream::connect(addr).is_ok()
-            && http(addr, "GET", "/health", b"").status == 200
-        {
+        // A listener that is starting (or restarting) may reset a connection: not ready yet.
+        if matches!(try_http(addr, "GET", "/health", &[], b""), Ok(r) if r.status == 200) {
             return;
         }
         assert!(
