@@ -493,24 +493,56 @@ impl Up {
         Self::start_with_env(args, &[])
     }
 
-    /// [`Up::start`] with these environment variables (its servers inherit them).
+    /// [`Up::start`] with these environment variables (its servers inherit them). The ports are
+    /// free when chosen but another process may bind them before `dvd up` does; if it exits
+    /// before it is healthy, it is started again on other ports.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port_pair();
-        let child = dvd()
-            .args(["up", "--port", &port.to_string()])
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self {
-            child,
-            http: format!("127.0.0.1:{port}"),
-        };
-        wait_healthy(&up.http);
-        up
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let mut child = dvd()
+                .args(["up", "--port", &port.to_string()])
+                .args(args)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let http = format!("127.0.0.1:{port}");
+            match wait_healthy_while_running(&http, &mut child) {
+                Ok(()) => return Self { child, http },
+                Err(status) => eprintln!("dvd up on {http} exited ({status}); other ports"),
+            }
+        }
+        panic!("dvd up exited before it was healthy five times");
     }
+}
+
+/// Waits (up to 60 s) until the gateway at `addr` answers `/health` with 200, or `child` exits
+/// (its status).
+fn wait_healthy_while_running(
+    addr: &str,
+    child: &mut Child,
+) -> Result<(), std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if healthy(addr) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway at {addr} never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the gateway at `addr` answers `/health` with 200 now. A listener that is starting
+/// (or restarting) may reset a connection: not healthy yet.
+fn healthy(addr: &str) -> bool {
+    matches!(try_http(addr, "GET", "/health", &[], b""), Ok(r) if r.status == 200)
 }
 
 impl Up {
@@ -563,8 +595,7 @@ pub fn red_circle_request() -> String {
 pub fn wait_healthy(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        // A listener that is starting (or restarting) may reset a connection: not ready yet.
-        if matches!(try_http(addr, "GET", "/health", &[], b""), Ok(r) if r.status == 200) {
+        if healthy(addr) {
             return;
         }
         assert!(
