@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::{
-    ServerProcess, Up, coupled_generate, dvd, free_port_pair, http, image, json_output,
+    ServerProcess, Up, coupled_generate, data_url, dvd, free_port_pair, http, image, json_output,
     language_fixture, start_language, start_vision, wait_healthy,
 };
 use serde_json::{Value, json};
@@ -25,13 +24,6 @@ fn up(extra: &[&str]) -> Up {
     let mut args = vec!["--model", model.to_str().unwrap(), "--kv-cache-mib", "64"];
     args.extend_from_slice(extra);
     Up::start(&args)
-}
-
-fn data_url(bytes: &[u8]) -> String {
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
 }
 
 /// The model `dvd up` serves by default; the hand-built deployment serves it as "m".
@@ -50,7 +42,8 @@ fn chat_body_for(
 ) -> Vec<u8> {
     let mut content = Vec::new();
     if let Some(bytes) = image {
-        content.push(json!({"type": "image_url", "image_url": {"url": data_url(bytes)}}));
+        content
+            .push(json!({"type": "image_url", "image_url": {"url": data_url("image/png", bytes)}}));
     }
     content.push(json!({"type": "text", "text": text}));
     serde_json::to_vec(&json!({

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use dvd_vision_server::video::clips::{audio_only, ffmpeg_make, h264_clip};
 
 use crate::common::{
-    REFERENCE_LOGITS_TOLERANCE, Up, assert_success, dvd, generate_json, http, image, json_output,
-    language_fixture, max_diff, read_f32, read_i64, video_fixture,
+    REFERENCE_LOGITS_TOLERANCE, Up, assert_success, data_url, dvd, generate_json, http, image,
+    json_output, language_fixture, max_diff, read_f32, read_i64, video_fixture,
 };
 
 const MODEL: &str = "internvl-moe-custom-bf16";
@@ -264,11 +264,7 @@ fn video_chat(video_url: serde_json::Value, question: &str, max_tokens: u32) -> 
 }
 
 fn mp4_url(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    format!(
-        "data:video/mp4;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+    data_url("video/mp4", bytes)
 }
 
 #[test]
@@ -466,12 +462,11 @@ fn a_deployment_without_ffmpeg_refuses_videos_clearly_and_serves_images() {
         "{}",
         reply.body
     );
-    use base64::Engine as _;
-    let png = base64::engine::general_purpose::STANDARD.encode(std::fs::read(image()).unwrap());
+    let png = data_url("image/png", &std::fs::read(image()).unwrap());
     let body = serde_json::json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}},
+            {"type": "image_url", "image_url": {"url": png}},
             {"type": "text", "text": "What is shown?"},
         ]}],
         "max_tokens": 4,

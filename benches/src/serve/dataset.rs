@@ -333,8 +333,13 @@ pub fn image_file_part(path: &Path) -> Result<Value> {
 }
 
 fn image_part(bytes: &[u8], mime: &str) -> Value {
+    json!({"type": "image_url", "image_url": {"url": data_url(bytes, mime)}})
+}
+
+/// `bytes` as a base64 `data:` URL of media type `mime`.
+fn data_url(bytes: &[u8], mime: &str) -> String {
     let data = base64::engine::general_purpose::STANDARD.encode(bytes);
-    json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}})
+    format!("data:{mime};base64,{data}")
 }
 
 /// A `width` x `height` JPEG of [`random_picture`]'s kind, the same for the same `seed`.
@@ -385,8 +390,7 @@ fn random_clip_part(side: u32, frames: u32, rng: &mut ChaCha8Rng) -> Result<Valu
 }
 
 fn video_part(bytes: &[u8], mime: &str, num_frames: Option<u32>, max_tiles: Option<u32>) -> Value {
-    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
-    let mut video_url = json!({"url": format!("data:{mime};base64,{data}")});
+    let mut video_url = json!({"url": data_url(bytes, mime)});
     if let Some(n) = num_frames {
         video_url["num_frames"] = json!(n);
     }

@@ -569,16 +569,21 @@ pub fn ask_red_circle(addr: &str) -> HttpResponse {
     )
 }
 
+/// `bytes` as a base64 `data:` URL of media type `mime`.
+pub fn data_url(mime: &str, bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
 /// The body of [`ask_red_circle`]'s chat completion request.
 pub fn red_circle_request() -> String {
-    use base64::Engine as _;
     let png =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/red-circle.png"))
             .unwrap();
-    let url = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    );
+    let url = data_url("image/png", &png);
     let body = serde_json::json!({
         "model": "dvd-demo",
         "messages": [{"role": "user", "content": [
